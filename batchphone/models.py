@@ -1,0 +1,229 @@
+"""The data that flows through batchphone: frozen, slotted, free of I/O.
+
+The way of a row: ``InputRow`` (reader) -> ``Normalized`` (normalizer) -> ``UpdateRequest``
+(runner) -> ``ApiOutcome`` (client) -> ``RowResult`` (journal, writer).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "FINAL_STATUSES",
+    "RESULT_COLUMNS",
+    "SUCCESS_STATUSES",
+    "ApiOutcome",
+    "InputRow",
+    "Normalized",
+    "Reason",
+    "RowResult",
+    "Status",
+    "Summary",
+    "UpdateRequest",
+]
+
+
+class Status(enum.StrEnum):
+    """The one status every result row ends with."""
+
+    UPDATED = "updated"
+    WOULD_UPDATE = "would_update"
+    VALID = "valid"
+    UNCHANGED = "unchanged"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    NOT_ATTEMPTED = "not_attempted"
+
+
+#: Statuses that make the exit code 0.
+SUCCESS_STATUSES = frozenset(
+    {Status.UPDATED, Status.WOULD_UPDATE, Status.VALID, Status.UNCHANGED, Status.DUPLICATE}
+)
+#: Statuses a resumed run does not send again (everything but ``not_attempted``).
+FINAL_STATUSES = frozenset(set(Status) - {Status.NOT_ATTEMPTED})
+
+
+class Reason(enum.StrEnum):
+    """Stable upper-case reason codes: scripts match on them, never rename one."""
+
+    INVALID_NUMBER = "INVALID_NUMBER"
+    MISSING_REGION = "MISSING_REGION"
+    EMPTY_PHONE = "EMPTY_PHONE"
+    EXTENSION_PRESENT = "EXTENSION_PRESENT"
+    SCIENTIFIC_NOTATION = "SCIENTIFIC_NOTATION"
+    TOO_SHORT = "TOO_SHORT"
+    TOO_LONG = "TOO_LONG"
+    INVALID_COUNTRY_CODE = "INVALID_COUNTRY_CODE"
+    INVALID_REGION = "INVALID_REGION"
+    NUMERIC_CELL = "NUMERIC_CELL"
+    INVALID_VERIFIED = "INVALID_VERIFIED"
+    EMPTY_LOGIN_ID = "EMPTY_LOGIN_ID"
+    DUPLICATE_ROW = "DUPLICATE_ROW"
+    CONFLICTING_DUPLICATE = "CONFLICTING_DUPLICATE"
+    USER_NOT_FOUND = "USER_NOT_FOUND"
+    PHONE_CONFLICT = "PHONE_CONFLICT"
+    RETRIES_EXHAUSTED = "RETRIES_EXHAUSTED"
+    REJECTED = "REJECTED"
+    REMOVE_PHONE = "REMOVE_PHONE"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    STOPPED = "STOPPED"
+    INTERRUPTED = "INTERRUPTED"
+    CIRCUIT_OPEN = "CIRCUIT_OPEN"
+
+
+@dataclass(frozen=True, slots=True)
+class InputRow:
+    """One data row as read: every cell a string (or ``None`` when the cell is empty/null).
+
+    ``row`` is the 1-based data row number (the header is not counted).
+    ``verified`` and ``region`` are the raw cells of the optional columns of those names.
+    """
+
+    row: int
+    login_id: str | None
+    phone_raw: str | None
+    verified_raw: str | None = None
+    region: str | None = None
+    #: True when the phone cell held a number, not text (Parquet/Excel numeric cell): the leading
+    #: ``+`` or ``0`` may have been lost, so the normalizer refuses it (``NUMERIC_CELL``).
+    phone_was_number: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """What the normalizer made of one raw phone: E.164, or the reason it is not sendable.
+
+    Exactly one of ``e164`` and ``reason`` is set, except for an intended removal
+    (``e164 == ""`` and ``reason is None``), which only ``allow_remove`` produces.
+    """
+
+    e164: str | None
+    reason: Reason | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRequest:
+    """One call to ``POST /v1/mgmt/user/update/phone`` (``phone == ""`` removes the phone)."""
+
+    row: int
+    login_id: str
+    phone: str
+    verified: bool | None
+    fail_on_conflict: bool = True
+    phone_input: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiOutcome:
+    """The client's reading of one HTTP answer that is final for its row.
+
+    Transient failures (5xx, timeouts, 429) are not outcomes: the client raises for them
+    (see ``errors``) so the retry and rate pieces can act.
+    """
+
+    status: Status
+    reason: Reason | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    user: dict[str, Any] | None = None
+
+
+#: The fixed columns of every result file, in this order.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "row",
+    "loginId",
+    "phone_input",
+    "phone",
+    "status",
+    "reason",
+    "http_status",
+    "error_code",
+    "error_message",
+    "attempts",
+    "user_id",
+    "verified_phone",
+    "user",
+    "finished_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """The one result of one input row; a result file holds exactly one per input row.
+
+    ``user_json`` is the returned user serialized as compact JSON (or ``None``), so a result
+    is cheap to journal and to write. ``finished_at`` is ISO 8601 UTC; ``finished_ts`` is the
+    same instant as epoch seconds (the limiter is seeded from it after a crash).
+    """
+
+    row: int
+    login_id: str | None
+    phone_input: str | None
+    phone: str | None
+    status: Status
+    reason: Reason | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int = 0
+    user_id: str | None = None
+    verified_phone: bool | None = None
+    user_json: str | None = None
+    finished_at: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_record(self) -> dict[str, Any]:
+        """The result row as a mapping of the fixed result columns (plus ``extra``)."""
+        record: dict[str, Any] = {
+            "row": self.row,
+            "loginId": self.login_id,
+            "phone_input": self.phone_input,
+            "phone": self.phone,
+            "status": self.status.value,
+            "reason": self.reason.value if self.reason else None,
+            "http_status": self.http_status,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "attempts": self.attempts,
+            "user_id": self.user_id,
+            "verified_phone": self.verified_phone,
+            "user": self.user_json,
+            "finished_at": self.finished_at,
+        }
+        record.update(self.extra)
+        return record
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """What a finished run reports: counts by status and the figures a scheduler wants."""
+
+    input_rows: int
+    counts: dict[str, int]
+    requests: int
+    rate_limited: int
+    elapsed_s: float
+    exit_code: int
+    result_path: str | None = None
+    resumed_rows: int = 0
+    stopped_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``--summary-json`` document."""
+        return {
+            "input_rows": self.input_rows,
+            "counts": dict(sorted(self.counts.items())),
+            "requests": self.requests,
+            "rate_limited": self.rate_limited,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "exit_code": self.exit_code,
+            "result_path": self.result_path,
+            "resumed_rows": self.resumed_rows,
+            "stopped_reason": self.stopped_reason,
+        }
