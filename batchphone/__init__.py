@@ -1,0 +1,62 @@
+"""batchphone: update the phone numbers of many Descope users at once.
+
+The light parts (models, errors, settings) are imported eagerly; the pipeline, which pulls in
+polars, httpx and phonenumbers, is imported on first use so that ``batchphone --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from batchphone.config import Settings, load_settings
+from batchphone.errors import (
+    BatchphoneError,
+    FatalRemoteError,
+    InputError,
+    OutputError,
+    RateLimitedError,
+    RemoteError,
+    ResumeError,
+    TransientError,
+    UsageError,
+)
+from batchphone.models import InputRow, Normalized, Reason, RowResult, Status, Summary
+
+if TYPE_CHECKING:
+    from batchphone.runner import Job, execute, run_sync
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchphoneError",
+    "FatalRemoteError",
+    "InputError",
+    "InputRow",
+    "Job",
+    "Normalized",
+    "OutputError",
+    "RateLimitedError",
+    "Reason",
+    "RemoteError",
+    "ResumeError",
+    "RowResult",
+    "Settings",
+    "Status",
+    "Summary",
+    "TransientError",
+    "UsageError",
+    "__version__",
+    "execute",
+    "load_settings",
+    "run_sync",
+]
+
+_LAZY = {"Job", "execute", "run_sync"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from batchphone import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'batchphone' has no attribute {name!r}")

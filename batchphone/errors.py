@@ -5,7 +5,7 @@
     BatchphoneError                 exit_code 1
     ├── UsageError                  2  a setting is wrong (names the setting and its source)
     ├── InputError                  2  the input file cannot be read as rows (names the file)
-    ├── OutputError                 2  the result file cannot be written, or is locked by another run
+    ├── OutputError                 2  the result file cannot be written, or another run holds it
     ├── ResumeError                 2  the journal beside --out belongs to another run
     └── RemoteError                 1  the API answered something the client cannot use
         ├── TransientError          -  5xx, timeout, dropped connection, non-JSON body: retry

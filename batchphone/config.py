@@ -1,0 +1,297 @@
+"""Settings: defaults < ``config.toml`` < environment < flags, validated once, frozen.
+
+Every setting is declared once in ``_SPECS`` with its parser, its environment variable and its
+config key, so an error can always name the setting and the source of the bad value.
+The management key is special: it is read only from ``DESCOPE_MANAGEMENT_KEY`` or from a file,
+never from ``config.toml`` or a flag value (flags show in ``ps`` and shell history).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from batchphone.errors import UsageError
+
+__all__ = ["Secret", "Settings", "load_settings", "parse_rate"]
+
+CONFIG_SECTION = "batchphone"
+DEFAULT_CONFIG = Path("config.toml")
+
+
+class Secret:
+    """A string that does not show itself: repr, str and format all mask it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The real value, for the one place that needs it (the Authorization header)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs to know, from all sources, checked."""
+
+    project_id: str | None = None
+    base_url: str | None = None
+    management_key: Secret | None = None
+    login_id_column: str = "loginId"
+    phone_column: str = "phone"
+    default_region: str | None = None
+    verified: bool | None = None
+    allow_merge: bool = False
+    allow_remove: bool = False
+    rate_calls: int = 500
+    rate_period: float = 60.0
+    rate_margin: float = 0.02
+    concurrency: int = 8
+    timeout: float = 30.0
+    max_attempts: int = 5
+    max_error_rate: float = 0.5
+    dry_run: bool = False
+    limit: int | None = None
+    log_format: str = "auto"
+    quiet: bool = False
+    summary_json: Path | None = None
+    emulator: bool = False
+    emulator_users: Path | None = None
+    restart: bool = False
+    retry_failed: bool = False
+    debug: bool = False
+
+
+def parse_rate(text: str) -> tuple[int, float]:
+    """``"500/60"`` -> ``(500, 60.0)``: N calls per SECONDS, both positive."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(?:s)?\s*", text)
+    if not match:
+        raise ValueError("expected N/SECONDS, e.g. 500/60")
+    calls, period = int(match.group(1)), float(match.group(2))
+    if calls < 1 or period <= 0:
+        raise ValueError("N and SECONDS must be positive")
+    return calls, period
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive_int(value: Any) -> int:
+    number = int(str(value).strip()) if not isinstance(value, int) else value
+    if isinstance(value, bool) or number < 1:
+        raise ValueError("expected a whole number >= 1")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("expected a number > 0")
+    return number
+
+
+def _fraction(value: Any) -> float:
+    number = float(value)
+    if not 0 < number <= 1:
+        raise ValueError("expected a fraction in (0, 1]")
+    return number
+
+
+def _region(value: Any) -> str:
+    from batchphone.normalize import check_region  # phonenumbers is heavy: only when used
+
+    region: str = check_region(str(value))
+    return region
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def _text(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+def _url(value: Any) -> str:
+    text = _text(value).rstrip("/")
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise ValueError("expected an http(s):// URL")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    parse: Callable[[Any], Any]
+    env: str | None = None
+
+
+_SPECS: dict[str, _Spec] = {
+    "project_id": _Spec(_text, "DESCOPE_PROJECT_ID"),
+    "base_url": _Spec(_url, "DESCOPE_BASE_URI"),
+    "management_key_file": _Spec(_text, "BATCHPHONE_MANAGEMENT_KEY_FILE"),
+    "login_id_column": _Spec(_text, "BATCHPHONE_LOGIN_ID_COLUMN"),
+    "phone_column": _Spec(_text, "BATCHPHONE_PHONE_COLUMN"),
+    "default_region": _Spec(_region, "BATCHPHONE_DEFAULT_REGION"),
+    "verified": _Spec(_parse_bool, "BATCHPHONE_VERIFIED"),
+    "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
+    "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
+    "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
+    "rate_margin": _Spec(_fraction, "BATCHPHONE_RATE_MARGIN"),
+    "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
+    "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
+    "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),
+    "max_error_rate": _Spec(_fraction, "BATCHPHONE_MAX_ERROR_RATE"),
+    "log_format": _Spec(_choice("auto", "console", "json"), "BATCHPHONE_LOG_FORMAT"),
+}
+
+#: Settings that only flags set (they describe one invocation, not a project).
+_FLAG_ONLY = {
+    "dry_run",
+    "limit",
+    "quiet",
+    "summary_json",
+    "emulator",
+    "emulator_users",
+    "restart",
+    "retry_failed",
+    "debug",
+}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot read config file {path}: {exc.strerror}", setting="config", source=str(path)
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(
+            f"config file {path} is not valid TOML: {exc}", setting="config", source=str(path)
+        ) from None
+    section = document.get(CONFIG_SECTION, document)
+    if not isinstance(section, dict):
+        raise UsageError(f"config file {path}: [{CONFIG_SECTION}] must be a table")
+    if "management_key" in section:
+        raise UsageError(
+            f"config file {path}: management_key must not be stored in a config file; "
+            "set DESCOPE_MANAGEMENT_KEY or use management_key_file",
+            setting="management_key",
+            source=str(path),
+        )
+    unknown = sorted(set(section) - set(_SPECS))
+    if unknown:
+        known = ", ".join(sorted(_SPECS))
+        raise UsageError(
+            f"config file {path}: unknown setting {unknown[0]!r} (known: {known})",
+            setting=unknown[0],
+            source=str(path),
+        )
+    return dict(section)
+
+
+def _read_key_file(path_text: str, source: str) -> Secret:
+    path = Path(path_text).expanduser()
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(
+            f"management key file {path} ({source}): cannot read it: {reason}",
+            setting="management_key_file",
+            source=source,
+        ) from None
+    if not key:
+        raise UsageError(
+            f"management key file {path} ({source}) is empty",
+            setting="management_key_file",
+            source=source,
+        )
+    return Secret(key)
+
+
+def load_settings(
+    flags: Mapping[str, Any],
+    *,
+    env: Mapping[str, str] | None = None,
+    config_path: Path | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < flags into one checked ``Settings``.
+
+    ``flags`` holds only what the user gave on the command line (``None`` values are ignored).
+    ``config_path`` is the ``--config`` value; without it ``./config.toml`` is read when present.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, tuple[Any, str]] = {}
+    path = config_path if config_path is not None else DEFAULT_CONFIG
+    if config_path is not None or path.is_file():
+        for name, value in _read_config(path).items():
+            raw[name] = (value, f"{path}")
+    for name, spec in _SPECS.items():
+        if spec.env and env.get(spec.env, "").strip():
+            raw[name] = (env[spec.env], f"environment variable {spec.env}")
+    for name, value in flags.items():
+        if value is not None:
+            raw[name] = (value, f"flag --{name.replace('_', '-')}")
+
+    values: dict[str, Any] = {}
+    for name, (value, source) in raw.items():
+        if name in _FLAG_ONLY:
+            values[name] = value
+            continue
+        if name not in _SPECS:
+            raise UsageError(f"unknown setting {name!r} ({source})", setting=name, source=source)
+        try:
+            values[name] = _SPECS[name].parse(value)
+        except (ValueError, TypeError, UsageError) as exc:
+            raise UsageError(
+                f"{name}: bad value {str(value)!r} ({source}): {exc}", setting=name, source=source
+            ) from None
+
+    if "rate" in values:
+        values["rate_calls"], values["rate_period"] = values.pop("rate")
+    key_file = values.pop("management_key_file", None)
+    if key_file is not None:
+        values["management_key"] = _read_key_file(key_file, raw["management_key_file"][1])
+    elif env.get("DESCOPE_MANAGEMENT_KEY", "").strip():
+        values["management_key"] = Secret(env["DESCOPE_MANAGEMENT_KEY"].strip())
+    if values.get("limit") is not None and values["limit"] < 1:
+        raise UsageError("limit: must be >= 1 (flag --limit)", setting="limit")
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})

@@ -1,0 +1,161 @@
+"""Row rules: turn input rows into update requests, or into results that need no call.
+
+Pure and synchronous (the runner calls it from a worker thread, one batch at a time). Rows whose
+login id occurs more than once in the input are held back until the input ends, because a later
+row can make an earlier one a conflicting duplicate: none of those may be sent before we know.
+Only those rows are held, so memory stays proportional to the repeated rows, not to the input.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from batchphone.models import InputRow, Normalized, Reason, RowResult, Status, UpdateRequest
+from batchphone.normalize import normalize
+
+__all__ = ["EXPLANATIONS", "Mode", "Prepared", "Preparer", "RowRules", "now_iso"]
+
+
+class Mode(enum.Enum):
+    """What happens to a sendable row."""
+
+    RUN = "run"  # it becomes an UpdateRequest
+    DRY_RUN = "dry_run"  # it ends as would_update
+    VALIDATE = "validate"  # it ends as valid
+
+
+#: One sentence per reason, written for the support person reading the result file.
+EXPLANATIONS: dict[Reason, str] = {
+    Reason.INVALID_NUMBER: "not a valid phone number",
+    Reason.MISSING_REGION: "national number without a country: add a region column or "
+    "--default-region, or write it as +<country code>...",
+    Reason.EMPTY_PHONE: "empty phone: not sent (use --allow-remove to remove the user's phone)",
+    Reason.EXTENSION_PRESENT: "the number has an extension, which E.164 cannot carry: not sent",
+    Reason.SCIENTIFIC_NOTATION: "a spreadsheet turned this number into scientific notation: "
+    "format the column as text and export again",
+    Reason.TOO_SHORT: "too few digits for a phone number",
+    Reason.TOO_LONG: "too many digits for a phone number",
+    Reason.INVALID_COUNTRY_CODE: "no country has this calling code",
+    Reason.INVALID_REGION: "the region cell is not a known ISO 3166 country code",
+    Reason.NUMERIC_CELL: "the cell holds a number, not text: its + or leading 0 may be lost; "
+    "store phones as text",
+    Reason.INVALID_VERIFIED: "the verified cell must be true/false, yes/no or 1/0",
+    Reason.EMPTY_LOGIN_ID: "empty login id",
+    Reason.DUPLICATE_ROW: "same login id and phone as an earlier row, which was sent",
+    Reason.CONFLICTING_DUPLICATE: "the same login id appears with different phones or verified "
+    "flags: none of its rows was sent",
+}
+
+_TRUE = {"true", "1", "yes", "y", "t"}
+_FALSE = {"false", "0", "no", "n", "f"}
+
+
+def now_iso() -> str:
+    """The current time as ISO 8601 UTC with milliseconds, as written in ``finished_at``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class RowRules:
+    """The options that decide what is sent for a row."""
+
+    mode: Mode = Mode.RUN
+    default_region: str | None = None
+    verified: bool | None = None
+    allow_merge: bool = False
+    allow_remove: bool = False
+
+
+Prepared = UpdateRequest | RowResult
+
+
+def _local(row: InputRow, status: Status, reason: Reason | None, phone: str | None) -> RowResult:
+    message = EXPLANATIONS.get(reason) if reason else None
+    return RowResult(
+        row=row.row,
+        login_id=row.login_id,
+        phone_input=row.phone_raw,
+        phone=phone,
+        status=status,
+        reason=reason,
+        error_message=message,
+        finished_at=now_iso(),
+    )
+
+
+class Preparer:
+    """Applies the row rules batch by batch; ``finish`` settles the held duplicate groups."""
+
+    def __init__(self, rules: RowRules, repeated_login_ids: Iterable[str] = ()) -> None:
+        self.rules = rules
+        self._repeated = frozenset(repeated_login_ids)
+        self._held: dict[str, list[tuple[InputRow, Prepared]]] = {}
+
+    def prepare(self, rows: Iterable[InputRow]) -> list[Prepared]:
+        """What to do with each row, in order; rows of repeated login ids come out of ``finish``."""
+        out: list[Prepared] = []
+        for row in rows:
+            verdict = self._judge(row)
+            if row.login_id is not None and row.login_id in self._repeated:
+                self._held.setdefault(row.login_id, []).append((row, verdict))
+            else:
+                out.append(self._settle(row, verdict))
+        return out
+
+    def finish(self) -> list[Prepared]:
+        """Resolve every held group: one send for exact duplicates, none for conflicting ones."""
+        out: list[Prepared] = []
+        for group in self._held.values():
+            sendable = [(row, v) for row, v in group if isinstance(v, UpdateRequest)]
+            distinct = {(v.phone, v.verified) for _, v in sendable}
+            first = sendable[0][0].row if sendable else None
+            for row, verdict in group:
+                if not isinstance(verdict, UpdateRequest):
+                    out.append(verdict)
+                elif len(distinct) > 1:
+                    out.append(_local(row, Status.INVALID, Reason.CONFLICTING_DUPLICATE, None))
+                elif row.row == first:
+                    out.append(self._settle(row, verdict))
+                else:
+                    out.append(_local(row, Status.DUPLICATE, Reason.DUPLICATE_ROW, None))
+        self._held.clear()
+        out.sort(key=lambda item: item.row)
+        return out
+
+    def _settle(self, row: InputRow, verdict: Prepared) -> Prepared:
+        if isinstance(verdict, RowResult) or self.rules.mode is Mode.RUN:
+            return verdict
+        status = Status.WOULD_UPDATE if self.rules.mode is Mode.DRY_RUN else Status.VALID
+        reason = Reason.REMOVE_PHONE if verdict.phone == "" else None
+        return _local(row, status, reason, verdict.phone)
+
+    def _judge(self, row: InputRow) -> Prepared:
+        rules = self.rules
+        if row.login_id is None or not row.login_id.strip():
+            return _local(row, Status.INVALID, Reason.EMPTY_LOGIN_ID, None)
+        verified = rules.verified
+        if row.verified_raw is not None and row.verified_raw.strip():
+            text = row.verified_raw.strip().lower()
+            if text not in _TRUE | _FALSE:
+                return _local(row, Status.INVALID, Reason.INVALID_VERIFIED, None)
+            verified = text in _TRUE
+        region = row.region.strip() if row.region and row.region.strip() else rules.default_region
+        result: Normalized = normalize(
+            row.phone_raw,
+            region,
+            allow_remove=rules.allow_remove,
+            was_number=row.phone_was_number,
+        )
+        if result.reason is not None or result.e164 is None:
+            return _local(row, Status.INVALID, result.reason or Reason.INVALID_NUMBER, None)
+        return UpdateRequest(
+            row=row.row,
+            login_id=row.login_id,
+            phone=result.e164,
+            verified=verified,
+            fail_on_conflict=not rules.allow_merge,
+            phone_input=row.phone_raw,
+        )

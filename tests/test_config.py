@@ -1,0 +1,121 @@
+"""Settings: precedence defaults < config.toml < environment < flags, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchphone.config import Secret, load_settings, parse_rate
+from batchphone.errors import UsageError
+
+
+def _config(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(body, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_any_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings({}, env={})
+    assert (settings.rate_calls, settings.rate_period) == (500, 60.0)
+    assert settings.concurrency == 8
+    assert settings.allow_merge is False and settings.allow_remove is False
+    assert settings.verified is None
+    assert settings.management_key is None
+
+
+def test_precedence_config_then_env_then_flags(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        '[batchphone]\nrate = "100/60"\nconcurrency = 3\nproject_id = "Pfromconfig"\n'
+        'phone_column = "mobile"\n',
+    )
+    env = {"BATCHPHONE_RATE": "200/60", "DESCOPE_PROJECT_ID": "Pfromenv"}
+    settings = load_settings({"rate": "300/30"}, env=env, config_path=config)
+    assert (settings.rate_calls, settings.rate_period) == (300, 30.0)  # flag wins
+    assert settings.project_id == "Pfromenv"  # env beats config
+    assert settings.concurrency == 3  # config beats default
+    assert settings.phone_column == "mobile"
+    only_config = load_settings({}, env={}, config_path=config)
+    assert only_config.project_id == "Pfromconfig"
+    assert only_config.rate_calls == 100
+
+
+def test_default_config_file_is_read_from_cwd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _config(tmp_path, "[batchphone]\nconcurrency = 5\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_settings({}, env={}).concurrency == 5
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "config", "expected"),
+    [
+        ({"rate": "fast"}, {}, "", "rate: bad value 'fast' (flag --rate): expected N/SECONDS"),
+        ({}, {"BATCHPHONE_CONCURRENCY": "0"}, "", "environment variable BATCHPHONE_CONCURRENCY"),
+        ({}, {}, "[batchphone]\ntimeout = -1\n", "config.toml"),
+        ({}, {}, "[batchphone]\nrate_limit = 3\n", "unknown setting 'rate_limit'"),
+        ({}, {}, "[batchphone\n", "is not valid TOML"),
+        ({}, {"DESCOPE_BASE_URI": "ftp://x"}, "", "base_url: bad value 'ftp://x'"),
+        (
+            {"default_region": "XX"},
+            {},
+            "",
+            "default_region: bad value 'XX' (flag --default-region)",
+        ),
+    ],
+)
+def test_bad_values_name_setting_and_source(
+    tmp_path: Path, flags: dict[str, str], env: dict[str, str], config: str, expected: str
+) -> None:
+    path = _config(tmp_path, config)
+    with pytest.raises(UsageError) as caught:
+        load_settings(flags, env=env, config_path=path)
+    assert expected in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_key_from_env_or_file_never_from_config(tmp_path: Path) -> None:
+    settings = load_settings({}, env={"DESCOPE_MANAGEMENT_KEY": "K-env-secret"}, config_path=None)
+    assert settings.management_key == Secret("K-env-secret")
+    key_file = tmp_path / "key"
+    key_file.write_text("K-file-secret\n", encoding="utf-8")
+    from_file = load_settings(
+        {"management_key_file": str(key_file)}, env={"DESCOPE_MANAGEMENT_KEY": "K-env-secret"}
+    )
+    assert from_file.management_key == Secret("K-file-secret")  # the flag wins
+    config = _config(tmp_path, '[batchphone]\nmanagement_key = "K-in-config"\n')
+    with pytest.raises(UsageError) as caught:
+        load_settings({}, env={}, config_path=config)
+    assert "must not be stored in a config file" in str(caught.value)
+    assert "K-in-config" not in str(caught.value)
+
+
+def test_secret_never_shows_itself() -> None:
+    secret = Secret("K-very-secret")
+    settings = load_settings({}, env={"DESCOPE_MANAGEMENT_KEY": "K-very-secret"})
+    for text in (repr(secret), str(secret), f"{secret}", repr(settings), str(settings)):
+        assert "K-very-secret" not in text
+    assert secret.reveal() == "K-very-secret"
+
+
+def test_missing_key_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UsageError) as caught:
+        load_settings({"management_key_file": str(tmp_path / "nope")}, env={})
+    assert "management key file" in str(caught.value) and "cannot read it" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("500/60", (500, 60.0)), (" 50 / 1 ", (50, 1.0)), ("20/0.5s", (20, 0.5))]
+)
+def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "500", "0/60", "5/0", "-1/60", "a/b"])
+def test_parse_rate_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_rate(text)
