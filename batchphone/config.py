@@ -67,6 +67,9 @@ class Settings:
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
+    #: backoff before the 2nd attempt, and its cap (library callers and tests tune these)
+    retry_wait_initial: float = 0.5
+    retry_wait_max: float = 30.0
     max_error_rate: float = 0.5
     dry_run: bool = False
     limit: int | None = None

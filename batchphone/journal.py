@@ -11,7 +11,6 @@ journal cuts it off. Rows whose result came from an API call are written to the 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import time
@@ -20,23 +19,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from batchphone.errors import OutputError, ResumeError
 from batchphone.models import FINAL_STATUSES, RowResult, Status
 
-try:  # orjson is optional: three times faster on big journals
-    import orjson
 
-    def _dumps(record: Mapping[str, Any]) -> bytes:
-        data: bytes = orjson.dumps(record)
-        return data
+def _dumps(record: Mapping[str, Any]) -> bytes:
+    data: bytes = orjson.dumps(record)
+    return data
 
-    _loads = orjson.loads
-except ImportError:  # pragma: no cover - depends on the environment
 
-    def _dumps(record: Mapping[str, Any]) -> bytes:
-        return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+def _loads(line: bytes) -> Any:
+    return orjson.loads(line)
 
-    _loads = json.loads
 
 __all__ = ["Journal", "JournalState", "RunLock", "iter_records", "journal_path", "lock_path"]
 

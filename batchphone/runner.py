@@ -332,7 +332,12 @@ async def _connect(
         settings.rate_calls, settings.rate_period, margin=settings.rate_margin
     )
     run.limiter.seed(run.journal.state.call_times)
-    run.policy = RetryPolicy(max_attempts=settings.max_attempts)
+    run.policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        wait_initial=settings.retry_wait_initial,
+        wait_max=settings.retry_wait_max,
+        wait_jitter=settings.retry_wait_initial,
+    )
 
 
 def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:

@@ -1,0 +1,386 @@
+"""Descope's management API over one ``httpx.AsyncClient``: HTTP in, domain results out.
+
+The client knows no files, no rows and no rate: it sends one call and says what the answer
+means. A final answer for a row is an ``ApiOutcome``; anything worth another try raises
+``TransientError``, a 429 raises ``RateLimitedError`` (the limiter pauses everyone), and an
+answer no later call can change (401, 403) raises ``FatalRemoteError``.
+
+The management key lives in the ``Authorization`` header (httpx masks it in reprs) and in a
+``Secret``; error messages are built from status codes and response bodies, and bodies are
+scrubbed of the key in case a proxy echoes the request back.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import html
+import json
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
+
+import httpx
+import structlog
+
+from batchphone import __version__
+from batchphone.config import Secret
+from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
+from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest
+
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _dumps_std(body: object) -> bytes:
+    return _encoder.encode(body).encode()
+
+
+_dumps: Callable[[object], bytes] = _dumps_std
+_loads: Callable[[bytes], Any] = json.loads
+try:  # orjson is optional: a faster encoder and decoder when it is installed
+    import orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    pass
+else:
+    _dumps = orjson.dumps
+    _loads = orjson.loads
+
+__all__ = ["DEFAULT_BASE_URL", "DescopeClient", "derive_base_url"]
+
+E = TypeVar("E", bound=RemoteError)
+
+log = structlog.get_logger("batchphone")
+
+DEFAULT_BASE_URL: Final = "https://api.descope.com"
+UPDATE_PHONE_PATH: Final = "/v1/mgmt/user/update/phone"
+LOAD_USER_PATH: Final = "/v1/mgmt/user"
+SEARCH_PATH: Final = "/v2/mgmt/user/search"
+PATCH_BATCH_PATH: Final = "/v1/mgmt/user/patch/batch"
+LICENSE_PATH: Final = "/v1/mgmt/license"
+
+_USER_NOT_FOUND: Final = "E112102"
+_PHONE_CONFLICT: Final = "E062107"
+_DEFAULT_RETRY_AFTER: Final = 60.0
+# 408 is a 4xx that means "try again"; every 5xx is retried (the retry budget is bounded)
+_RETRY_4XX: Final = frozenset({408})
+_TIER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_SCRIPT_OR_STYLE = re.compile(r"<(script|style)\b.*?</\1\s*>", re.S | re.I)
+_TAG = re.compile(r"<[^>]*>")
+_SPACE = re.compile(r"\s+")
+_EXCERPT = 200
+
+
+def derive_base_url(project_id: str) -> str:
+    """The API base URL for a project, as the official SDKs derive it.
+
+    A project id of 32+ characters carries its region in characters 1..4
+    (``Puse1...`` -> ``https://api.use1.descope.com``); shorter ids use the default.
+    """
+    if len(project_id) >= 32:
+        return f"https://api.{project_id[1:5]}.descope.com"
+    return DEFAULT_BASE_URL
+
+
+class DescopeClient:
+    """One connection pool to one project's management API.
+
+    ``requests`` counts HTTP calls made (answered or not), ``rate_limited`` the 429s seen.
+    """
+
+    def __init__(
+        self,
+        *,
+        project_id: str,
+        management_key: str,
+        base_url: str,
+        timeout: float = 30.0,
+        max_connections: int = 8,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not project_id:
+            raise ValueError("project_id is empty")
+        if not management_key:
+            raise ValueError("management_key is empty")
+        self.project_id = project_id
+        self.base_url = base_url.rstrip("/")
+        self.license: str | None = None
+        self.requests = 0
+        self.rate_limited = 0
+        self._key = Secret(management_key)
+        # the headers the official Python SDK sends, with batchphone's own name and version
+        headers = {
+            "Authorization": f"Bearer {project_id}:{management_key}",
+            "Content-Type": "application/json",
+            "User-Agent": f"batchphone/{__version__}",
+            "x-descope-project-id": project_id,
+            "x-descope-sdk-name": "batchphone",
+            "x-descope-sdk-python-version": platform.python_version(),
+            "x-descope-sdk-version": __version__,
+        }
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"DescopeClient(project_id={self.project_id!r}, base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection pool (idempotent)."""
+        await self._http.aclose()
+
+    # -- endpoints -----------------------------------------------------------------------
+    async def fetch_license(self) -> str | None:
+        """Ask for the project's rate-limit tier and send it as ``x-descope-license`` from now on.
+
+        The SDKs do this so the CDN applies the right budget. Only 401/403 are fatal (the key
+        is wrong, so every later call would fail too); any other failure leaves the tier unset.
+        """
+        try:
+            response = await self._send("GET", LICENSE_PATH, what="license")
+        except TransientError as exc:
+            log.warning("license_unavailable", error=exc.message)
+            return None
+        status = response.status_code
+        if status in (401, 403):
+            raise self._fatal(response, "license", self._error_fields(response)[0])
+        if status == 429:
+            self.rate_limited += 1
+        tier = self._json(response).get("rateLimitTier") if response.is_success else None
+        if not isinstance(tier, str) or not _TIER.fullmatch(tier):
+            log.warning("license_unavailable", http_status=status)
+            return None
+        self.license = tier
+        self._http.headers["x-descope-license"] = tier
+        return tier
+
+    async def update_phone(self, request: UpdateRequest) -> ApiOutcome:
+        """``POST /v1/mgmt/user/update/phone``: the answer as a final outcome for the row.
+
+        Raises ``TransientError`` (5xx, timeout, unusable 200), ``RateLimitedError`` (429) and
+        ``FatalRemoteError`` (401/403).
+        """
+        body = {
+            "loginId": request.login_id,
+            "phone": request.phone,
+            "verified": request.verified,
+            "failOnConflict": request.fail_on_conflict,
+        }
+        response = await self._send("POST", UPDATE_PHONE_PATH, body=body, what="update phone")
+        status = response.status_code
+        if response.is_success:
+            return ApiOutcome(
+                Status.UPDATED, http_status=status, user=self._user(response, "update phone")
+            )
+        code, message = self._error_fields(response)
+        self._raise_unless_final(response, "update phone", code, message)
+        if status == 404 or code == _USER_NOT_FOUND:
+            reason, outcome = Reason.USER_NOT_FOUND, Status.NOT_FOUND
+        elif status == 409 or code == _PHONE_CONFLICT:
+            reason, outcome = Reason.PHONE_CONFLICT, Status.CONFLICT
+        else:
+            reason, outcome = Reason.REJECTED, Status.FAILED
+        return ApiOutcome(outcome, reason, status, code, message)
+
+    async def load_user(self, login_id: str) -> dict[str, Any] | None:
+        """``GET /v1/mgmt/user?loginId=``: the user, or ``None`` when there is none."""
+        response = await self._send(
+            "GET", LOAD_USER_PATH, params={"loginId": login_id}, what="load user"
+        )
+        if response.is_success:
+            return self._user(response, "load user")
+        code, message = self._error_fields(response)
+        self._raise_unless_final(response, "load user", code, message)
+        if response.status_code == 404 or code == _USER_NOT_FOUND:
+            return None
+        raise self._error(RemoteError, response, "load user", code, message)
+
+    async def search_users(
+        self, login_ids: Sequence[str], *, page: int = 0, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], int]:
+        """``POST /v2/mgmt/user/search`` by login ids: one page of users and the total."""
+        # withTestUser: a login id named explicitly must be found even if it is a test user
+        body = {"loginIds": list(login_ids), "page": page, "limit": limit, "withTestUser": True}
+        response = await self._send("POST", SEARCH_PATH, body=body, what="search users")
+        data = self._success_body(response, "search users")
+        users = data.get("users")
+        if not isinstance(users, list):
+            raise self._error(TransientError, response, "search users", None, "no users list")
+        total = data.get("total")
+        return users, total if isinstance(total, int) else len(users)
+
+    async def patch_batch(self, users: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """``PATCH /v1/mgmt/user/patch/batch``: the answer body.
+
+        Per-user failures come back inside a 200 (``failedUsers``); the caller reads them.
+        """
+        body = {"users": list(users)}
+        response = await self._send("PATCH", PATCH_BATCH_PATH, body=body, what="patch batch")
+        return self._success_body(response, "patch batch")
+
+    # -- sending and reading -------------------------------------------------------------
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        body: object = None,
+        params: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        content = None if body is None else _dumps(body)
+        self.requests += 1
+        try:
+            return await self._http.request(method, path, content=content, params=params)
+        except httpx.UnsupportedProtocol:
+            raise FatalRemoteError(
+                f"{what}: the base URL {self.base_url!r} is not an http(s) URL"
+            ) from None
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"{what}: no answer in time ({type(exc).__name__})") from None
+        except httpx.RequestError as exc:
+            detail = self._scrub(str(exc)) or "no detail"
+            raise TransientError(f"{what}: {type(exc).__name__}: {detail}") from None
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        """The body as a JSON object, or ``{}`` when it is not one."""
+        try:
+            data = _loads(response.content)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _user(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        user = self._json(response).get("user")
+        if not isinstance(user, dict):
+            # a 200 without a user is a broken answer (a proxy, a truncated body): try again
+            raise self._error(TransientError, response, what, None, "no user in the answer")
+        return user
+
+    def _success_body(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        if response.is_success:
+            data = self._json(response)
+            if not data:
+                raise self._error(TransientError, response, what, None, "answer is not JSON")
+            return data
+        code, message = self._error_fields(response)
+        self._raise_unless_final(response, what, code, message)
+        raise self._error(RemoteError, response, what, code, message)
+
+    def _error_fields(self, response: httpx.Response) -> tuple[str | None, str | None]:
+        """``errorCode`` and a readable message; a non-JSON (CDN, HTML) body becomes text."""
+        data = self._json(response)
+        if data:
+            code = data.get("errorCode")
+            message = data.get("errorMessage") or data.get("errorDescription")
+            return (
+                str(code) if code else None,
+                self._scrub(str(message)) if message else None,
+            )
+        return None, self._scrub(_excerpt(response.text)) or None
+
+    def _raise_unless_final(
+        self, response: httpx.Response, what: str, code: str | None, message: str | None
+    ) -> None:
+        """Raise for answers that are no final word on the call: 401/403, 429, 5xx."""
+        status = response.status_code
+        if status in (401, 403):
+            raise self._fatal(response, what, code)
+        if status == 429:
+            self.rate_limited += 1
+            raise RateLimitedError(
+                f"{what}: HTTP 429 rate limited" + (f" ({code})" if code else ""),
+                retry_after=_retry_after(response, self._json(response)),
+                http_status=status,
+                error_code=code,
+                error_message=message,
+            )
+        if status >= 500 or status in _RETRY_4XX:
+            raise self._error(TransientError, response, what, code, message)
+
+    def _fatal(self, response: httpx.Response, what: str, code: str | None) -> FatalRemoteError:
+        status = response.status_code
+        cause = (
+            "wrong management key or project id"
+            if status == 401
+            else "the management key lacks permission for user management"
+        )
+        return FatalRemoteError(
+            f"{what}: HTTP {status}: {cause}", http_status=status, error_code=code
+        )
+
+    def _error(
+        self,
+        kind: type[E],
+        response: httpx.Response,
+        what: str,
+        code: str | None,
+        message: str | None,
+    ) -> E:
+        detail = ": ".join(part for part in (code, message) if part)
+        return kind(
+            f"{what}: HTTP {response.status_code}" + (f": {detail}" if detail else ""),
+            http_status=response.status_code,
+            error_code=code,
+            error_message=message,
+        )
+
+    def _scrub(self, text: str) -> str:
+        key = self._key.reveal()
+        return text.replace(key, "********") if key in text else text
+
+
+def _excerpt(text: str) -> str:
+    """The first 200 characters of readable text in a body that may be an HTML page."""
+    text = _SCRIPT_OR_STYLE.sub(" ", text[:65536])
+    text = html.unescape(_TAG.sub(" ", text))
+    return _SPACE.sub(" ", text).strip()[:_EXCERPT]
+
+
+def _retry_after(response: httpx.Response, data: dict[str, Any]) -> float:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), the body, or 60."""
+    header = response.headers.get("Retry-After")
+    candidates: list[object] = [header, data.get("retryAfter"), data.get("Retry-After")]
+    for value in candidates:
+        seconds = _seconds(value)
+        if seconds is not None:
+            return seconds
+    return _DEFAULT_RETRY_AFTER
+
+
+def _seconds(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError):
+                return None
+            seconds = when.timestamp() - time.time()
+    # a date in the past or a zero says "now": still wait a second rather than hammer
+    return max(seconds, 1.0) if seconds == seconds and seconds < 86400 else None

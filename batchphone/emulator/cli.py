@@ -1,0 +1,181 @@
+"""``batchphone emulator``: serve a local Descope management API on loopback until Ctrl-C.
+
+A thin shell: parse the flags, build the projects and faults, call ``server.serve``. Any bad
+flag or seed file ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from batchphone.emulator.app import Emulator
+from batchphone.emulator.faults import FaultKind, Faults
+from batchphone.emulator.projects import (
+    BudgetDefaults,
+    load_projects_file,
+    project_settings,
+)
+from batchphone.emulator.server import check_loopback, serve
+from batchphone.errors import BatchphoneError
+
+__all__ = ["emulator_command"]
+
+_PREFIX = "batchphone emulator"
+_RATE = click.FloatRange(0.0, 1.0)
+_SECONDS = click.FloatRange(min=0.0)
+_FAULT_RATES = [kind.value for kind in FaultKind]
+_FAULT_HELP = {
+    "error_500": "HTTP 500 answers (JSON body).",
+    "error_503": "HTTP 503 answers (JSON body).",
+    "error_520": "HTTP 520 answers (JSON body).",
+    "error_524": "HTTP 524 answers (JSON body).",
+    "html_502": "HTTP 502 answers with the CDN's HTML page.",
+    "drop": "connections closed before the call is applied.",
+    "timeout": "answers held for --timeout-delay seconds (the call is applied).",
+    "lost_answer": "calls applied whose connection then closes with no answer.",
+    "ignore_update": "updates answered 200 but not applied.",
+}
+
+
+def _fail(message: str) -> None:
+    click.echo(f"{_PREFIX}: error: {message}", err=True)
+    sys.exit(2)
+
+
+class _OneLineErrors(click.Command):
+    """A command whose flag errors are one line on stderr, not click's usage block."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            _fail(exc.format_message())
+            raise  # unreachable: _fail exits
+
+
+def _fault_options(function: Any) -> Any:
+    for name in reversed(_FAULT_RATES):
+        flag = "--" + name.replace("_", "-")
+        function = click.option(
+            flag, name, type=_RATE, default=0.0, help=f"Rate of {_FAULT_HELP[name]}"
+        )(function)
+    return function
+
+
+@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--project-id", default="P2batchphoneemulator0000000000", show_default=True)
+@click.option(
+    "--management-key",
+    envvar="BATCHPHONE_EMULATOR_KEY",
+    help="The emulator's own fake key (or BATCHPHONE_EMULATOR_KEY).",
+)
+@click.option("--users", type=click.Path(path_type=Path), help="Seed file: JSON list or CSV.")
+@click.option("--generate", type=int, help="Generate N users user0@example.com...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of users and faults.")
+@click.option("--rate-limit", default="500/60", show_default=True, help="Budget as N/SECONDS.")
+@click.option("--penalty", type=_SECONDS, default=60.0, show_default=True, help="Block, seconds.")
+@click.option(
+    "--rate-algorithm",
+    type=click.Choice(["sliding", "fixed"]),
+    default="sliding",
+    show_default=True,
+)
+@click.option(
+    "--license-tier",
+    type=click.Choice(["tier1", "tier2", "tier3", "tier4"]),
+    default="tier1",
+    show_default=True,
+)
+@click.option("--latency", type=_SECONDS, default=0.0, show_default=True, help="Seconds per call.")
+@click.option("--jitter", type=_SECONDS, default=0.0, show_default=True, help="Up to +seconds.")
+@_fault_options
+@click.option(
+    "--timeout-delay",
+    type=_SECONDS,
+    default=65.0,
+    show_default=True,
+    help="Seconds a timeout answer is held.",
+)
+@click.option(
+    "--projects-file", type=click.Path(path_type=Path), help="TOML or JSON list of projects."
+)
+@click.option("--quiet", is_flag=True, help="Print only the listening line.")
+def emulator_command(**options: Any) -> None:
+    """Serve a local Descope management API emulator (loopback only) until Ctrl-C."""
+    try:
+        check_loopback(options["host"])
+        emulator = Emulator(projects=_projects(options), faults=_faults(options))
+    except BatchphoneError as exc:
+        _fail(str(exc))
+        return
+    quiet = options["quiet"]
+
+    def started(base_url: str) -> None:
+        projects = ",".join(emulator.project_ids)
+        label = "project" if len(emulator.project_ids) == 1 else "projects"
+        click.echo(f"{_PREFIX} listening on {base_url} {label}={projects}")
+
+    try:
+        serve(
+            emulator,
+            options["host"],
+            options["port"],
+            on_started=started,
+            log_level="error" if quiet else "warning",
+        )
+    except BatchphoneError as exc:
+        _fail(str(exc))
+    if not quiet:
+        for project_id in emulator.project_ids:
+            stats = emulator.stats(project_id)
+            click.echo(
+                f"{_PREFIX} stopped: project={project_id} calls={stats.total_requests} "
+                f"429={stats.rate_limited} blocks={stats.blocks} "
+                f"max_window_calls={stats.max_window_calls}"
+            )
+
+
+def _projects(options: dict[str, Any]) -> list[Any]:
+    budget = BudgetDefaults(
+        rate=options["rate_limit"],
+        penalty=options["penalty"],
+        algorithm=options["rate_algorithm"],
+        license_tier=options["license_tier"],
+    )
+    if options["projects_file"] is not None:
+        if options["users"] is not None or options["generate"] is not None:
+            _fail("--projects-file lists each project's users: drop --users and --generate")
+        return load_projects_file(options["projects_file"], budget)
+    if not options["management_key"]:
+        _fail("--management-key (or BATCHPHONE_EMULATOR_KEY) is required")
+    return [
+        project_settings(
+            options["project_id"],
+            options["management_key"],
+            users=options["users"],
+            generate=options["generate"],
+            seed=options["seed"],
+            budget=budget,
+        )
+    ]
+
+
+def _faults(options: dict[str, Any]) -> Faults:
+    rates = {name: options[name] for name in _FAULT_RATES}
+    try:
+        return Faults(
+            seed=options["seed"],
+            latency=options["latency"],
+            jitter=options["jitter"],
+            timeout_delay=options["timeout_delay"],
+            **rates,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+        raise  # unreachable: _fail exits

@@ -1,0 +1,398 @@
+"""Input file -> stream of ``InputRow`` (polars; every cell read as text).
+
+``open_input`` checks all it can before the first API call (format, encoding, header, one data
+row) and raises a one-line ``InputError`` a support person can act on; a problem met later while
+streaming is an ``InputError`` naming the data row. Rules the rest of batchphone relies on:
+
+* Rows are numbered 1.. in file order, without the header and without rows whose every cell is
+  empty (blank lines): the numbering has no gaps.
+* Empty cells are ``None``. Login ids are kept as read except that leading and trailing ASCII
+  whitespace is stripped (only whitespace: ``None``); all other cells are raw.
+* CSV/TSV: UTF-8 (BOM dropped), RFC 4180 quoting, CRLF or LF; nothing is inferred, so leading
+  zeros and ``+`` survive. Excel: the first sheet. Parquet/JSONL/Excel number cells become text,
+  and a number in the phone column sets ``phone_was_number`` (its ``+`` or ``0`` may be gone).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import difflib
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fastexcel
+import polars as pl
+
+from batchphone.errors import InputError
+from batchphone.models import InputRow
+
+__all__ = ["FORMATS", "InputSource", "InputSpec", "open_input"]
+
+#: File extension (lower case) -> input format.
+FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "xlsx"}
+FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
+_CHUNK = 1 << 20
+_ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
+_JSON_SAMPLE_LINES = 100
+# Internal names of the standard frame every format is turned into.
+_LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
+_POLARS_ERRORS = (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
+_EXCEL_HINT = "re-save it as UTF-8 (in Excel: CSV UTF-8)"
+_MAGIC: dict[bytes | tuple[bytes, ...], str] = {
+    (b"\xff\xfe", b"\xfe\xff"): f"is UTF-16 text: {_EXCEL_HINT}",
+    b"PK\x03\x04": "is a ZIP archive or Excel workbook, not text: rename it to .xlsx if a workbook",
+    b"PAR1": "is a Parquet file, not text: rename it to .parquet",
+}
+# A one-column header holding one of these: the file uses another delimiter. What to do.
+_DELIMITER_FIXES = {
+    ";": "re-save it with commas",
+    "|": "re-save it with commas",
+    "\t": "rename it to .tsv",
+    ",": "rename it to .csv",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """Which file to read and which of its columns hold what."""
+
+    path: Path
+    login_id_column: str = "loginId"
+    phone_column: str = "phone"
+    verified_column: str = "verified"  # optional column: used when present
+    region_column: str = "region"  # optional column: used when present
+
+
+def open_input(spec: InputSpec) -> InputSource:
+    """Check the file (format, readability, encoding, header, data) and return its source.
+
+    Raises ``InputError`` with a one-line message before any row is read.
+    """
+    path = spec.path
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise _error(
+            path, f"unsupported file type {path.suffix or '(none)'!r}: use " + ", ".join(FORMATS)
+        )
+    _check_readable(path)
+    digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
+    try:
+        if fmt in ("csv", "tsv"):
+            columns = _csv_header(path, "\t" if fmt == "tsv" else ",")
+        elif fmt == "jsonl":
+            columns = _jsonl_keys(path, sample=_JSON_SAMPLE_LINES)
+        elif fmt == "parquet":
+            schema = pl.read_parquet_schema(path)
+            columns = tuple(schema)
+        else:
+            columns = _excel_header(path)
+    except _POLARS_ERRORS as exc:
+        problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
+        raise _error(path, problem) from None
+    required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
+    for name, flag in required.items():
+        if name not in columns:
+            raise _error(path, _missing_column(name, columns, flag))
+    used = {spec.login_id_column, spec.phone_column, spec.verified_column, spec.region_column}
+    doubled = ", ".join(sorted({f'"{c}"' for c in columns if c in used and columns.count(c) > 1}))
+    if doubled:
+        raise _error(path, f"column {doubled} appears more than once: keep one, re-save the file")
+    if fmt == "parquet":
+        for name in used & set(columns):
+            dtype = schema[name]
+            if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
+                raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
+    source = InputSource(spec, fmt, columns, digest)
+    if source.count_rows(limit=1) == 0:
+        what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
+        raise _error(path, f"has {what} but no data rows")
+    return source
+
+
+class InputSource:
+    """An opened, checked input file: streams its rows in batches."""
+
+    def __init__(self, spec: InputSpec, fmt: str, columns: tuple[str, ...], digest: str | None):
+        self.spec = spec
+        self.path = spec.path
+        self.format = fmt
+        self.columns = columns
+        self.has_verified = spec.verified_column in columns
+        self.has_region = spec.region_column in columns
+        self._digest = digest
+        self._excel: pl.DataFrame | None = None
+
+    def batches(
+        self, batch_size: int = 20_000, limit: int | None = None
+    ) -> Iterator[list[InputRow]]:
+        """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
+        done = 0
+        try:
+            frames = self._frame(limit).collect_batches(chunk_size=batch_size, engine="streaming")
+            for frame in frames:
+                numbered = enumerate(frame.iter_rows(), start=done + 1)
+                rows = [InputRow(n, c[0], c[1], c[2], c[3], bool(c[4])) for n, c in numbered]
+                done += len(rows)
+                if rows:
+                    yield rows
+        except _POLARS_ERRORS as exc:
+            raise self._mid_stream_error(exc, done) from None
+
+    def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
+        """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
+
+        Groups 64-bit hashes first (16 bytes per distinct id, not the ids), then checks the ids
+        whose hash repeats in a second pass: a hash collision only costs a candidate.
+        """
+        logins = self._frame(limit).select(_LOGIN).drop_nulls()
+        hashed = pl.col(_LOGIN).hash(seed=0)
+        repeated = logins.group_by(hashed.alias("h")).len().filter(pl.col("len") > 1)
+        hashes = self._collect(repeated.select("h"))["h"]
+        if hashes.is_empty():
+            return frozenset()
+        candidates = logins.filter(hashed.is_in(hashes.implode())).group_by(_LOGIN).len()
+        query = candidates.filter(pl.col("len") > 1).select(_LOGIN)
+        return frozenset(self._collect(query)[_LOGIN].to_list())
+
+    def count_rows(self, limit: int | None = None) -> int:
+        """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
+        return int(self._collect(self._frame(limit).select(pl.len())).item())
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
+        if self._digest is None:
+            digest = hashlib.sha256()
+            with self.path.open("rb") as file:
+                while chunk := file.read(_CHUNK):
+                    digest.update(chunk)
+            self._digest = digest.hexdigest()
+        return self._digest
+
+    def _collect(self, query: pl.LazyFrame) -> pl.DataFrame:
+        try:
+            return query.collect(engine="streaming")
+        except _POLARS_ERRORS as exc:
+            raise self._mid_stream_error(exc, 0) from None
+
+    def _frame(self, limit: int | None) -> pl.LazyFrame:
+        """The standard frame (login, phone, verified, region, numeric) of non-blank rows."""
+        raw = self._scan()
+        spec, schema = self.spec, raw.collect_schema()
+        cells = [(pl.col(name), dtype) for name, dtype in schema.items() if name != _NUMERIC]
+        filled = [c.is_not_null() & ((c != "") if t == pl.String else True) for c, t in cells]
+        frame = raw.filter(pl.any_horizontal(filled))
+        if limit is not None:
+            frame = frame.head(limit)
+
+        def text(name: str, *, login: bool = False) -> pl.Expr:
+            if name not in schema:
+                return pl.lit(None, dtype=pl.String)
+            cell = _as_text(pl.col(name), schema[name])
+            if login:
+                cell = cell.str.strip_chars(_ASCII_WHITESPACE)
+            return pl.when(cell == "").then(None).otherwise(cell)
+
+        phone = pl.col(spec.phone_column)
+        numeric = (  # Parquet: a numeric phone column; JSONL and Excel: the flag per cell
+            pl.col(_NUMERIC).fill_null(False)
+            if _NUMERIC in schema
+            else phone.is_not_null() & schema[spec.phone_column].is_numeric()
+        )
+        return frame.select(
+            text(spec.login_id_column, login=True).alias(_LOGIN),
+            text(spec.phone_column).alias(_PHONE),
+            text(spec.verified_column).alias(_VERIFIED),
+            text(spec.region_column).alias(_REGION),
+            numeric.alias(_NUMERIC),
+        )
+
+    def _scan(self) -> pl.LazyFrame:
+        """The file as a lazy frame; for JSONL and Excel with a ``numeric`` phone flag."""
+        path, fmt, phone = self.path, self.format, self.spec.phone_column
+        if fmt in ("csv", "tsv"):
+            separator = "\t" if fmt == "tsv" else ","
+            return pl.scan_csv(path, separator=separator, infer_schema=False, raise_if_empty=False)
+        if fmt == "parquet":
+            return pl.scan_parquet(path)
+        if fmt == "jsonl":
+            names = list(dict.fromkeys(self.columns))
+            cells = pl.scan_ndjson(path, schema=dict.fromkeys(names, pl.String))
+            # A JSON number is told from a JSON string only by reading the column a second time
+            # as a number: strings (even "447911123456") come back null there.
+            numbers = pl.scan_ndjson(path, schema={phone: pl.Float64}, ignore_errors=True)
+            flag = numbers.select(pl.col(phone).is_not_null().alias(_NUMERIC))
+            return pl.concat([cells, flag], how="horizontal")
+        return self._excel_frame().lazy()
+
+    def _excel_frame(self) -> pl.DataFrame:
+        # Excel caps a sheet at 1,048,576 rows, so it is read whole, once.
+        if self._excel is None:
+            reader = fastexcel.read_excel(self.path)
+            cells = reader.load_sheet(0, dtypes="string").to_polars()
+            phone = self.spec.phone_column
+            # Read as booleans, text cells come back null and number cells do not; a boolean
+            # cell does too, but it reads as "true"/"false" in text, which no phone is.
+            flags = reader.load_sheet(0, dtypes={phone: "boolean"}, use_columns=[phone]).to_polars()
+            numeric = flags[phone].is_not_null() & ~cells[phone].is_in(["true", "false"])
+            self._excel = cells.with_columns(numeric.alias(_NUMERIC))
+        return self._excel
+
+    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
+        # polars says what is wrong but not on which row: a second pass in Python finds it.
+        path, fmt = self.path, self.format
+        try:
+            if fmt in ("csv", "tsv"):
+                _csv_header(path, "\t" if fmt == "tsv" else ",", every_row=True)
+            elif fmt == "jsonl":
+                _jsonl_keys(path, sample=None)
+        except InputError as located:
+            return located
+        if done == 0:
+            return _error(path, f"cannot be read as {self.format.upper()} ({_short(exc)})")
+        message = f"{path}: cannot be read after data row {done} ({_short(exc)})"
+        return InputError(message, path=str(path), row=done + 1)
+
+
+def _as_text(cell: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """A Parquet column as text; whole floats lose their ``.0`` (login ids 123.0 -> 123)."""
+    if dtype == pl.String:
+        return cell
+    if dtype.is_float():
+        whole = cell.is_finite() & (cell == cell.floor()) & (cell.abs() < 2**63)
+        digits = cell.cast(pl.Int64, strict=False).cast(pl.String)
+        return pl.when(whole).then(digits).otherwise(cell.cast(pl.String))
+    return cell.cast(pl.String)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.is_file():
+        raise _error(path, "is a directory, not a file" if path.is_dir() else "no such file")
+    try:
+        with path.open("rb") as file:
+            empty = not file.read(1)
+    except OSError as exc:
+        raise _error(path, f"cannot be read ({exc.strerror or exc})") from None
+    if empty:
+        raise _error(path, "is empty")
+
+
+def _check_text(path: Path) -> str:
+    """One streaming pass over a text file: UTF-8 and no NUL bytes; returns its SHA-256.
+
+    Done before any API call, so a bad byte at row 900,000 stops the run before it starts.
+    """
+    digest = hashlib.sha256()
+    carry = b""  # the start of a character cut by the chunk boundary
+    offset = lines = 0  # bytes and newlines before `carry`
+    with path.open("rb") as file:
+        while True:
+            chunk = file.read(_CHUNK)
+            if offset == 0 and not carry:
+                for magic, problem in _MAGIC.items():
+                    if chunk.startswith(magic):
+                        raise _error(path, problem)
+            digest.update(chunk)
+            data = carry + chunk
+            nul = data.find(b"\x00")
+            if nul >= 0:
+                line = lines + data.count(b"\n", 0, nul) + 1
+                where = f"line {line}, byte offset {offset + nul}"
+                raise _error(path, f"has a NUL byte ({where}): it is not a text file")
+            try:
+                _, consumed = codecs.utf_8_decode(data, "strict", not chunk)
+            except UnicodeDecodeError as exc:
+                line = lines + data.count(b"\n", 0, exc.start) + 1
+                where = f"line {line}, byte offset {offset + exc.start}"
+                raise _error(path, f"is not UTF-8 ({where}): {_EXCEL_HINT}") from None
+            if not chunk:
+                return digest.hexdigest()
+            carry = data[consumed:]
+            lines += data.count(b"\n", 0, consumed)
+            offset += consumed
+
+
+def _csv_header(path: Path, delimiter: str, *, every_row: bool = False) -> tuple[str, ...]:
+    """The header row; with ``every_row`` (error path only) also an error for a bad data row."""
+    header: list[str] | None = None
+    row = 0
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as file:
+            reader = csv.reader(file, delimiter=delimiter)
+            header = next(reader, None)
+            for record in filter(any, reader) if every_row and header else ():
+                row += 1
+                if len(record) > len(header or ()):
+                    problem = f"has {len(record)} fields but the header has {len(header or ())}"
+                    raise _error(path, f"{problem} (an unquoted delimiter in a cell?)", row)
+    except csv.Error as exc:
+        raise _error(path, f"is malformed ({exc})", row + 1 if header else None) from None
+    if not header or not any(name.strip() for name in header):
+        raise _error(path, "is empty (no header row)")
+    found = [sep for sep in _DELIMITER_FIXES if len(header) == 1 and sep in header[0]]
+    if found and found[0] != delimiter:
+        shown = "tab" if found[0] == "\t" else f'"{found[0]}"'
+        problem = f"seem to be separated by {shown}, not by the delimiter of its type"
+        single = f'has a single column "{header[0][:80]}"'
+        raise _error(path, f"{single}: its values {problem} ({_DELIMITER_FIXES[found[0]]})")
+    return tuple(header)
+
+
+def _jsonl_keys(path: Path, sample: int | None) -> tuple[str, ...]:
+    """Keys of the first ``sample`` objects (all: error path), in order; JSONL has no header."""
+    keys: dict[str, None] = {}
+    doubled: set[str] = set()  # a key twice in one object: reported like a doubled column
+    row = 0
+    with path.open(encoding="utf-8") as file:
+        for row, line in enumerate(filter(str.strip, file), start=1):
+            try:
+                item = json.loads(line, object_pairs_hook=_Pairs)
+            except ValueError as exc:
+                raise _error(path, f"is not valid JSON ({getattr(exc, 'msg', exc)})", row) from None
+            if not isinstance(item, _Pairs):
+                raise _error(path, "is not a JSON object", row)
+            names = [key for key, _ in item]
+            doubled.update(key for key in names if names.count(key) > 1)
+            keys.update(dict.fromkeys(names))
+            if row == sample:
+                break
+    if not row:
+        raise _error(path, "is empty (no JSON lines)")
+    return tuple(keys) + tuple(sorted(doubled))
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key/value pairs, so that doubled keys can be seen."""
+
+
+def _excel_header(path: Path) -> tuple[str, ...]:
+    reader = fastexcel.read_excel(path)
+    header = reader.load_sheet(0, header_row=None, n_rows=1, dtypes="string").to_polars()
+    if header.height == 0:
+        raise _error(path, "is empty (its first sheet has no header row)")
+    return tuple("" if value is None else str(value) for value in header.row(0))
+
+
+def _missing_column(name: str, columns: tuple[str, ...], flag: str) -> str:
+    shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
+    folded = {column.casefold(): column for column in columns}
+    wanted = name.casefold()
+    # `phone` in `phone_number` or `Mobile Phone` is too short for difflib's ratio alone.
+    contained = [key for key in folded if wanted in key or (key and key in wanted)]
+    close = difflib.get_close_matches(wanted, list(folded), n=1, cutoff=0.6) or contained[:1]
+    hint = f'did you mean "{folded[close[0]]}"? ' if close else ""
+    return f'no column "{name}" (columns found: {shown}; {hint}use {flag})'
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message: polars adds hints and context below it."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _error(path: Path, message: str, row: int | None = None) -> InputError:
+    where = f"data row {row}: " if row else ""
+    return InputError(f"{path}: {where}{message}", path=str(path), row=row)

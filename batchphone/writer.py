@@ -1,0 +1,400 @@
+"""Journal records -> the result file (CSV, TSV, JSONL, Parquet or XLSX), atomically.
+
+Journal records come nearly in row order, and a resumed run appends the rows it re-did at the
+end. The last record of each row is kept and rows are written in ascending order by an external
+merge sort: sorted runs of about ``_RUN_BYTES`` are spilled to private temp files beside the
+result and merged with ``heapq.merge``, so memory stays flat however many rows there are.
+
+* The result holds personal data: it is written to a temp file created ``0600`` in the result's
+  directory, fsynced, then renamed over ``out_path`` (a crash leaves the old file or none).
+  Spilled runs live in a ``0700`` directory beside it and are removed afterwards.
+* Formula injection: XLSX writes all text as text cells (``+44...`` and ``=cmd`` stay text).
+  CSV and TSV prefix ``'`` to a ``loginId``, ``phone_input``, ``error_message`` or ``user`` cell
+  starting with ``=``, ``@``, tab or CR; never to ``+`` or ``-`` (phones must stay exact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import heapq
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+import xlsxwriter
+from polars.io.plugins import register_io_source
+
+from batchphone.errors import OutputError
+from batchphone.models import RESULT_COLUMNS
+
+__all__ = ["RESULT_FORMATS", "XLSX_MAX_ROWS", "check_output_path", "write_results"]
+
+#: File extension (lower case) -> result format.
+RESULT_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+RESULT_FORMATS |= {".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+#: Data rows an Excel sheet can hold below its header row.
+XLSX_MAX_ROWS = 1_048_575
+
+_INT_COLUMNS = frozenset({"row", "http_status", "attempts"})
+_BOOL_COLUMNS = frozenset({"verified_phone"})
+_PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
+_DEFUSED_COLUMNS = frozenset({"loginId", "phone_input", "error_message", "user"})
+_FORMULA_STARTS = ("=", "@", "\t", "\r")
+_RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
+_BLOCK = 256  # records per pickled block: what the merge holds per run
+_PARQUET_ROWS = 20_000  # rows per Parquet row group
+
+Values = tuple[Any, ...]
+# (row, arrival number, values in column order): sorts by row, then by arrival.
+_Keyed = tuple[int, int, Values]
+
+
+def check_output_path(out_path: Path, input_path: Path | None) -> str:
+    """Check before any API call that ``out_path`` can receive the result; return its format.
+
+    Raises ``OutputError`` for an unknown extension, the input file itself (symlinks and hard
+    links resolved), a directory, or a directory that does not exist or cannot be written in
+    (probed by creating and removing a temp file).
+    """
+    fmt = _format(out_path)
+    if out_path.is_dir():
+        raise OutputError(f"{out_path}: is a directory: give a file name for the result")
+    if input_path is not None and _same_file(out_path, input_path):
+        raise OutputError(f"{out_path}: is the input file: choose another result file")
+    parent = out_path.parent
+    if not parent.is_dir():
+        raise OutputError(f"{out_path}: directory {parent} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".batchphone-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{out_path}: cannot write in {parent} ({exc.strerror})") from None
+    return fmt
+
+
+def write_results(
+    records: Iterable[dict[str, Any]],
+    out_path: Path,
+    *,
+    columns: Sequence[str] = RESULT_COLUMNS,
+) -> int:
+    """Write the last record of each row, rows ascending, ``columns`` in that order.
+
+    Missing keys are written empty, other keys are ignored. Returns the number of rows written.
+    """
+    fmt = _format(out_path)
+    columns = tuple(columns)
+    try:
+        work = Path(tempfile.mkdtemp(prefix=".batchphone-sort-", dir=out_path.parent))
+    except OSError as exc:
+        raise OutputError(
+            f"{out_path}: cannot write in {out_path.parent} ({exc.strerror})"
+        ) from None
+    try:
+        rows = _last_per_row(_merge(_sorted_runs(records, columns, work)))
+        return _write_atomically(out_path, fmt, columns, rows, work)
+    except OutputError as exc:
+        raise OutputError(f"{out_path}: {exc}") from None
+    except OSError as exc:
+        raise OutputError(f"{out_path}: cannot write the result ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _format(out_path: Path) -> str:
+    fmt = RESULT_FORMATS.get(out_path.suffix.lower())
+    if fmt is None:
+        kind = f"unsupported result file type {out_path.suffix or '(none)'!r}"
+        raise OutputError(f"{out_path}: {kind}: use " + ", ".join(RESULT_FORMATS))
+    return fmt
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    with contextlib.suppress(OSError):
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _sorted_runs(
+    records: Iterable[dict[str, Any]], columns: tuple[str, ...], work: Path
+) -> list[Iterable[_Keyed]]:
+    """Cut the records into sorted runs; all but an only run are spilled to disk."""
+    typed = _Typer(columns)
+    runs: list[Iterable[_Keyed]] = []
+    run: list[_Keyed] = []
+    size = per_record = 0
+    for seq, record in enumerate(records):
+        try:
+            row = int(record["row"])
+        except (KeyError, TypeError, ValueError):
+            raise OutputError(f"result record {seq + 1} has no row number") from None
+        values = typed(record, row)
+        run.append((row, seq, values))
+        if seq % 1024 == 0:  # sizing every record would cost more than the sort
+            per_record = 100 + 60 * len(values) + sum(len(v) for v in values if type(v) is str)
+        size += per_record
+        if size >= _RUN_BYTES:
+            runs.append(_spill(run, work, len(runs)))
+            run, size = [], 0
+    run.sort()
+    if runs and run:
+        runs.append(_spill(run, work, len(runs)))
+    elif run:
+        runs.append(run)
+    return runs
+
+
+class _Typer:
+    """Record -> values in column order, each of its column's type (or None).
+
+    Journal records nearly always have the right types already, and only a handful of
+    shapes (which cells are null): a shape once checked is remembered, so the common case
+    costs two C-level ``map`` calls and a dict lookup instead of a Python call per cell.
+    """
+
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self.columns = columns
+        self.kinds = tuple(
+            int if name in _INT_COLUMNS else bool if name in _BOOL_COLUMNS else str
+            for name in columns
+        )
+        self.converters = tuple(_coercer(name) for name in columns)
+        self.clean: dict[tuple[type, ...], bool] = {}
+
+    def __call__(self, record: dict[str, Any], row: int) -> Values:
+        values = tuple(map(record.get, self.columns))
+        shape = tuple(map(type, values))
+        clean = self.clean.get(shape)
+        if clean is None:
+            clean = self.clean[shape] = all(
+                kind is type(None) or kind is wanted
+                for kind, wanted in zip(shape, self.kinds, strict=True)
+            )
+        if clean:
+            return values
+        try:
+            return tuple(
+                convert(value) for convert, value in zip(self.converters, values, strict=True)
+            )
+        except (TypeError, ValueError) as exc:
+            raise OutputError(f"result row {row} has a value of the wrong type ({exc})") from None
+
+
+def _spill(run: list[_Keyed], work: Path, number: int) -> Iterable[_Keyed]:
+    # (row, seq) is unique, so sorting never compares the values (which may be None).
+    run.sort()
+    path = work / f"run-{number:05d}.pickle"
+    with open(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as file:
+        for start in range(0, len(run), _BLOCK):
+            pickle.dump(run[start : start + _BLOCK], file, protocol=pickle.HIGHEST_PROTOCOL)
+    return _read_run(path)
+
+
+def _read_run(path: Path) -> Iterator[_Keyed]:
+    # Only our own files, in our own 0700 directory, are unpickled.
+    with path.open("rb") as file:
+        while True:
+            try:
+                block: list[_Keyed] = pickle.load(file)
+            except EOFError:
+                return
+            yield from block
+
+
+def _merge(runs: list[Iterable[_Keyed]]) -> Iterator[_Keyed]:
+    if len(runs) == 1:
+        return iter(runs[0])
+    return heapq.merge(*runs)
+
+
+def _last_per_row(keyed: Iterator[_Keyed]) -> Iterator[Values]:
+    """Of the records of one row (adjacent, in arrival order) yield only the last."""
+    pending: _Keyed | None = None
+    for item in keyed:
+        if pending is not None and item[0] != pending[0]:
+            yield pending[2]
+        pending = item
+    if pending is not None:
+        yield pending[2]
+
+
+def _coercer(name: str) -> Callable[[Any], Any]:
+    """The converter of one column to its result type (int, bool or text; None stays None)."""
+    if name in _INT_COLUMNS:
+        return _to_int
+    if name in _BOOL_COLUMNS:
+        return _to_bool
+    return _to_text
+
+
+def _to_int(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    return int(value)
+
+
+def _to_bool(value: Any) -> bool | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _to_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return str(value)
+
+
+def _write_atomically(
+    out_path: Path, fmt: str, columns: tuple[str, ...], rows: Iterator[Values], work: Path
+) -> int:
+    temp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()  # left by a crashed writer of this same process id
+    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
+        with open(fd, "wb") as file:
+            if fmt == "parquet":
+                count = _write_parquet(temp, columns, rows)
+            elif fmt == "xlsx":
+                count = _write_xlsx(file, columns, rows, work)
+            elif fmt == "jsonl":
+                count = _write_jsonl(file, columns, rows)
+            else:
+                count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, out_path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        directory = os.open(out_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    return count
+
+
+def _write_delimited(
+    file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values], delimiter: str
+) -> int:
+    # The csv module writes None as "" and ints as digits itself; only booleans (lower case,
+    # like JSON) and the formula-prone text columns need a hand.
+    risky = [i for i, name in enumerate(columns) if name in _DEFUSED_COLUMNS]
+    flags = [i for i, name in enumerate(columns) if name in _BOOL_COLUMNS]
+    count = 0
+    with open(file.fileno(), "w", encoding="utf-8", newline="", closefd=False) as text:
+        writer = csv.writer(
+            text, delimiter=delimiter, lineterminator="\r\n" if delimiter == "," else "\n"
+        )
+        writer.writerow(columns)
+        for values in rows:
+            cells: list[Any] = list(values)
+            for i in risky:
+                cell = cells[i]
+                if cell and cell.startswith(_FORMULA_STARTS):
+                    cells[i] = "'" + cell
+            for i in flags:
+                if cells[i] is not None:
+                    cells[i] = "true" if cells[i] else "false"
+            writer.writerow(cells)
+            count += 1
+    return count
+
+
+def _write_jsonl(file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values]) -> int:
+    count = 0
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    for values in rows:
+        file.write(encode(dict(zip(columns, values, strict=True))).encode() + b"\n")
+        count += 1
+    return count
+
+
+def _write_parquet(path: Path, columns: tuple[str, ...], rows: Iterator[Values]) -> int:
+    schema = {name: _PARQUET_TYPES.get(name, pl.String) for name in columns}
+    count = 0
+    failure: list[BaseException] = []
+
+    def batches(*_: Any) -> Iterator[pl.DataFrame]:
+        nonlocal count
+        try:
+            while True:
+                block = [values for _, values in zip(range(_PARQUET_ROWS), rows, strict=False)]
+                if not block:
+                    return
+                count += len(block)
+                yield pl.DataFrame(block, schema=schema, orient="row")
+        except BaseException as exc:  # polars would hide it behind its own error
+            failure.append(exc)
+            raise
+
+    # Streams row groups from the merge into the file: the table is never whole in memory.
+    frame = register_io_source(batches, schema=schema)
+    try:
+        frame.sink_parquet(path, row_group_size=_PARQUET_ROWS, sync_on_close="all")
+    except pl.exceptions.PolarsError as exc:
+        if failure:
+            raise failure[0] from None
+        raise OutputError(f"cannot write Parquet ({str(exc).splitlines()[0]})") from None
+    return count
+
+
+def _write_xlsx(
+    file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values], work: Path
+) -> int:
+    workbook = xlsxwriter.Workbook(
+        file,
+        {
+            "constant_memory": True,  # rows are flushed as written: memory stays flat
+            "tmpdir": str(work),  # its temp files hold personal data too
+            "strings_to_numbers": False,
+            "strings_to_formulas": False,
+            "strings_to_urls": False,
+        },
+    )
+    sheet = workbook.add_worksheet("results")
+    header = workbook.add_format({"bold": True})
+    sheet.freeze_panes(1, 0)
+    for col, name in enumerate(columns):
+        sheet.set_column(col, col, max(12, min(len(name) + 2, 40)))
+        sheet.write_string(0, col, name, header)
+    count = 0
+    for count, values in enumerate(rows, start=1):
+        if count > XLSX_MAX_ROWS:
+            workbook.close()
+            raise OutputError(
+                f"more than {XLSX_MAX_ROWS:,} rows do not fit in an Excel sheet: "
+                "write .csv or .parquet instead"
+            )
+        for col, value in enumerate(values):
+            if value is None:
+                continue
+            if isinstance(value, bool):
+                sheet.write_boolean(count, col, value)
+            elif isinstance(value, int):
+                sheet.write_number(count, col, value)
+            else:
+                # Always a text cell: keeps `+` and leading zeros, never runs a formula.
+                sheet.write_string(count, col, value)
+    workbook.close()
+    return count

@@ -1,0 +1,352 @@
+"""The reader: every format to InputRow, header checks, and errors a support person can act on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import polars as pl
+import pytest
+import xlsxwriter
+
+from batchphone.errors import InputError
+from batchphone.models import InputRow
+from batchphone.reader import InputSource, InputSpec, open_input
+
+
+def _open(path: Path, **columns: str) -> InputSource:
+    return open_input(InputSpec(path, **columns))
+
+
+def _rows(source: InputSource, **kwargs: int) -> list[InputRow]:
+    return [row for batch in source.batches(**kwargs) for row in batch]
+
+
+def _error(path: Path, **columns: str) -> InputError:
+    with pytest.raises(InputError) as info:
+        _open(path, **columns)
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    return info.value
+
+
+def _write(tmp_path: Path, name: str, content: bytes | str) -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def _xlsx(path: Path, rows: list[list[object]]) -> Path:
+    workbook = xlsxwriter.Workbook(path)
+    sheet = workbook.add_worksheet()
+    for number, row in enumerate(rows):
+        for col, value in enumerate(row):
+            if isinstance(value, str):
+                sheet.write_string(number, col, value)
+            elif value is not None:
+                sheet.write(number, col, value)
+    workbook.close()
+    return path
+
+
+def test_csv_keeps_text_exactly_and_strips_only_login_whitespace(tmp_path: Path) -> None:
+    content = (
+        b"\xef\xbb\xbfloginId,phone,region,verified\r\n"
+        b'"a,b","+44 7911\r\n123456",GB,yes\r\n'
+        b"  c\t ,007,,\r\n"
+        b'"  ","",,\r\n'
+        b"d,+1 415 555 0123,US,false\r\n"
+    )
+    source = _open(_write(tmp_path, "users.csv", content))
+    assert (source.format, source.columns) == ("csv", ("loginId", "phone", "region", "verified"))
+    assert source.has_region and source.has_verified
+    assert _rows(source) == [
+        InputRow(1, "a,b", "+44 7911\r\n123456", "yes", "GB"),
+        InputRow(2, "c", "007", None, None),
+        InputRow(3, None, None, None, None),
+        InputRow(4, "d", "+1 415 555 0123", "false", "US"),
+    ]
+
+
+def test_blank_lines_are_not_rows_and_numbering_stays_contiguous(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.csv", 'loginId,phone,name\n\na,1,\n,,\n"","",""\nb,2,x\n\n')
+    source = _open(path)
+    assert [(row.row, row.login_id) for row in _rows(source)] == [(1, "a"), (2, "b")]
+    assert source.count_rows() == 2
+
+
+def test_a_row_with_only_other_cells_is_still_a_row(tmp_path: Path) -> None:
+    source = _open(_write(tmp_path, "users.csv", "loginId,phone,name\n,,Bob\n"))
+    assert _rows(source) == [InputRow(1, None, None)]
+
+
+def test_tsv_and_custom_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.TSV", "user\tmobile\tverified\na\t+14155550123\ttrue\n")
+    source = _open(path, login_id_column="user", phone_column="mobile")
+    assert source.format == "tsv" and not source.has_region
+    assert _rows(source) == [InputRow(1, "a", "+14155550123", "true", None)]
+
+
+def test_batches_stream_in_order_with_limit(tmp_path: Path) -> None:
+    lines = "".join(f"user{i},+1415555{i:04d}\n" for i in range(1, 1001))
+    source = _open(_write(tmp_path, "users.csv", "loginId,phone\n" + lines))
+    batches = list(source.batches(batch_size=300))
+    assert all(len(batch) <= 300 for batch in batches)
+    rows = [row for batch in batches for row in batch]
+    assert [row.row for row in rows] == list(range(1, 1001))
+    assert rows[-1] == InputRow(1000, "user1000", "+14155551000")
+    limited = _rows(source, batch_size=7, limit=10)
+    assert [row.login_id for row in limited] == [f"user{i}" for i in range(1, 11)]
+    assert source.count_rows() == 1000 and source.count_rows(limit=10) == 10
+
+
+def test_repeated_login_ids_after_stripping_and_within_limit(tmp_path: Path) -> None:
+    content = "loginId,phone\na,1\nb,2\n a ,3\nc,4\n,5\n,6\nb,7\n"
+    source = _open(_write(tmp_path, "users.csv", content))
+    assert source.repeated_login_ids() == frozenset({"a", "b"})
+    assert source.repeated_login_ids(limit=3) == frozenset({"a"})
+    assert source.repeated_login_ids(limit=2) == frozenset()
+
+
+def test_content_hash_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
+    for name, content in [("a.csv", b"loginId,phone\na,1\n"), ("a.parquet", None)]:
+        path = tmp_path / name
+        if content is None:
+            pl.DataFrame({"loginId": ["a"], "phone": ["1"]}).write_parquet(path)
+        else:
+            path.write_bytes(content)
+        assert _open(path).content_hash() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parquet_numbers_become_text_and_numeric_phones_are_flagged(tmp_path: Path) -> None:
+    path = tmp_path / "users.parquet"
+    pl.DataFrame(
+        {
+            "loginId": [1.0, 2.5, None, 7.0],
+            "phone": [447911123456, None, 1, 2],
+            "verified": [True, False, None, True],
+        }
+    ).write_parquet(path)
+    assert _rows(_open(path)) == [
+        InputRow(1, "1", "447911123456", "true", None, phone_was_number=True),
+        InputRow(2, "2.5", None, "false", None, phone_was_number=False),
+        InputRow(3, None, "1", None, None, phone_was_number=True),
+        InputRow(4, "7", "2", "true", None, phone_was_number=True),
+    ]
+    text = tmp_path / "text.parquet"
+    pl.DataFrame({"loginId": ["a"], "phone": ["+447911123456"]}).write_parquet(text)
+    assert _rows(_open(text)) == [InputRow(1, "a", "+447911123456")]
+
+
+def test_jsonl_numeric_phones_are_flagged_per_row(tmp_path: Path) -> None:
+    lines = [
+        {"loginId": 1, "phone": 447911123456, "verified": True},
+        {"loginId": " b ", "phone": "+447911123456", "region": "GB"},
+        {},
+        {"loginId": 2.0, "phone": "447911123456"},
+        {"loginId": "c", "phone": None},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + "\n\n"
+    source = _open(_write(tmp_path, "users.ndjson", text))
+    assert source.format == "jsonl" and source.has_region
+    assert _rows(source) == [
+        InputRow(1, "1", "447911123456", "true", None, phone_was_number=True),
+        InputRow(2, "b", "+447911123456", None, "GB"),
+        InputRow(3, "2", "447911123456", None, None),
+        InputRow(4, "c", None, None, None),
+    ]
+
+
+def test_xlsx_numeric_phones_are_flagged_per_row(tmp_path: Path) -> None:
+    path = _xlsx(
+        tmp_path / "users.xlsx",
+        [
+            ["loginId", "phone", "verified"],
+            [123.0, "+447911123456", True],
+            [None, None, None],
+            [2.5, 447911123456, "yes"],
+            ["x", "0791112345", None],
+            ["y", True, None],
+        ],
+    )
+    source = _open(path)
+    assert source.count_rows() == 4
+    assert _rows(source) == [
+        InputRow(1, "123", "+447911123456", "true", None),
+        InputRow(2, "2.5", "447911123456", "yes", None, phone_was_number=True),
+        InputRow(3, "x", "0791112345", None, None),
+        InputRow(4, "y", "true", None, None),
+    ]
+
+
+def test_a_10_mb_cell_is_just_a_long_cell(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.csv", "loginId,phone\nu1," + "9" * 10_000_000 + "\nu2,+1\n")
+    rows = _rows(_open(path))
+    assert [(row.login_id, len(row.phone_raw or "")) for row in rows] == [("u1", 10**7), ("u2", 2)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "users.xls",
+            b"x",
+            "unsupported file type '.xls': use .csv, .tsv, .parquet, .xlsx, .jsonl, .ndjson",
+        ),
+        ("users", b"x", "unsupported file type '(none)'"),
+        ("users.csv", b"", "is empty"),
+        ("users.csv", b"\r\n\r\n", "is empty (no header row)"),
+        ("users.csv", b"loginId,phone\r\n", "has a header row but no data rows"),
+        ("users.csv", b"loginId,phone\r\n,\r\n\r\n", "has a header row but no data rows"),
+        ("users.jsonl", b"\n\n", "is empty (no JSON lines)"),
+        (
+            "users.csv",
+            b"loginId,phone_number\na,1\n",
+            'no column "phone" (columns found: loginId, phone_number; '
+            'did you mean "phone_number"? use --phone-column)',
+        ),
+        (
+            "users.csv",
+            b"LoginID,phone\na,1\n",
+            'no column "loginId" (columns found: LoginID, phone; did you mean "LoginID"? '
+            "use --login-id-column)",
+        ),
+        (
+            "users.csv",
+            b"email,mobile\na,1\n",
+            'no column "loginId" (columns found: email, mobile; use',
+        ),
+        ("users.csv", b"loginId,phone,phone\na,1,2\n", 'column "phone" appears more than once'),
+        (
+            "users.jsonl",
+            b'{"loginId": 1, "phone": 1, "phone": 2}\n',
+            '"phone" appears more than once',
+        ),
+        ("users.csv", b"loginId;phone\na;1\n", 'single column "loginId;phone"'),
+        ("users.csv", b"loginId|phone\na|1\n", 'separated by "|"'),
+        (
+            "users.csv",
+            b"loginId\tphone\na\t1\n",
+            "separated by tab, not by the delimiter of its type",
+        ),
+        ("users.tsv", b"loginId,phone\na,1\n", "(rename it to .csv)"),
+        ("users.csv", b"loginId,phone\r\na,\xff1\r\n", "is not UTF-8 (line 2, byte offset 17)"),
+        ("users.csv", b"\xff\xfel\x00o\x00", "is UTF-16 text: re-save it as UTF-8"),
+        ("users.csv", b"PK\x03\x04\x14\x00garbage", "is a ZIP archive or Excel workbook"),
+        ("users.csv", b"PAR1\x15\x04garbage", "is a Parquet file, not text"),
+        (
+            "users.csv",
+            b"loginId,phone\r\na,\x00\x01\x02",
+            "has a NUL byte (line 2, byte offset 17)",
+        ),
+        ("users.jsonl", b"[1, 2]\n", "data row 1: is not a JSON object"),
+        ("users.jsonl", b'{"loginId": 1,\n', "data row 1: is not valid JSON"),
+        ("users.parquet", b"PAR1garbage", "cannot be read as PARQUET: damaged or truncated?"),
+        ("users.xlsx", b"PK\x03\x04" + b"x" * 64, "cannot be read as XLSX: damaged or truncated?"),
+    ],
+)
+def test_header_and_file_errors(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = _write(tmp_path, name, content)
+    error = _error(path)
+    assert str(error).startswith(f"{path}: ")
+    assert message in str(error)
+    assert error.path == str(path)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    assert str(_error(tmp_path / "nope.csv")) == f"{tmp_path / 'nope.csv'}: no such file"
+    folder = tmp_path / "folder.csv"
+    folder.mkdir()
+    assert "is a directory" in str(_error(folder))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.csv", "loginId,phone\na,1\n")
+    path.chmod(0)
+    assert "cannot be read (Permission denied)" in str(_error(path))
+
+
+def test_a_bad_byte_deep_in_the_file_is_found_before_any_row(tmp_path: Path) -> None:
+    lines = b"".join(b"user%d,+1415555%04d\n" % (i, i % 10000) for i in range(60_000))
+    path = _write(tmp_path, "users.csv", b"loginId,phone\n" + lines + b"bad,\xc3(\n")
+    error = _error(path)
+    assert f"is not UTF-8 (line 60002, byte offset {14 + len(lines) + 4})" in str(error)
+
+
+def test_a_character_split_across_chunks_is_fine(tmp_path: Path) -> None:
+    head = b"loginId,phone\n" + b"x" * ((1 << 20) - 15) + b","  # 'é' straddles the 1 MiB mark
+    path = _write(tmp_path, "users.csv", head + "é\n".encode())
+    assert _rows(_open(path))[0].phone_raw == "é"
+
+
+def test_a_ragged_row_mid_stream_names_its_row(tmp_path: Path) -> None:
+    lines = "".join(f"user{i},+1\n" for i in range(1, 50_001))
+    path = _write(tmp_path, "users.csv", "loginId,phone\n" + lines)
+    source = _open(path)
+    # The file goes bad after the open-time checks (how far polars reads ahead at open varies).
+    path.write_text("loginId,phone\n" + lines + "late,+1,extra\n", encoding="utf-8")
+    with pytest.raises(InputError) as info:
+        _rows(source, batch_size=1000)
+    assert info.value.row == 50_001
+    assert str(info.value) == (
+        f"{path}: data row 50001: has 3 fields but the header has 2"
+        " (an unquoted delimiter in a cell?)"
+    )
+
+
+def test_a_bad_json_line_mid_stream_names_its_row(tmp_path: Path) -> None:
+    lines = "".join(json.dumps({"loginId": f"u{i}", "phone": "+1"}) + "\n" for i in range(150))
+    path = _write(tmp_path, "users.jsonl", lines + '{"loginId": "late", "phone": \n')
+    with pytest.raises(InputError) as info:  # polars parses a small file whole, at open
+        _rows(_open(path), batch_size=50)
+    assert info.value.row == 151
+    assert str(info.value) == f"{path}: data row 151: is not valid JSON (Expecting value)"
+
+
+def test_truncated_parquet(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.parquet"
+    pl.DataFrame({"loginId": ["a"] * 100, "phone": ["+1"] * 100}).write_parquet(whole)
+    cut = _write(tmp_path, "users.parquet", whole.read_bytes()[:-40])
+    assert "cannot be read as PARQUET: damaged or truncated?" in str(_error(cut))
+
+
+def test_parquet_header_only_and_nested_columns(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.parquet"
+    pl.DataFrame(schema={"loginId": pl.String, "phone": pl.String}).write_parquet(empty)
+    assert str(_error(empty)).endswith("has columns but no data rows")
+    nested = tmp_path / "nested.parquet"
+    pl.DataFrame({"loginId": ["a"], "phone": [[1]]}).write_parquet(nested)
+    assert 'column "phone" holds List(Int64) values' in str(_error(nested))
+
+
+def test_xlsx_header_checks(tmp_path: Path) -> None:
+    empty = _xlsx(tmp_path / "empty.xlsx", [])
+    assert "is empty" in str(_error(empty))
+    header = _xlsx(tmp_path / "header.xlsx", [["loginId", "phone"]])
+    assert str(_error(header)).endswith("has a header row but no data rows")
+    doubled = _xlsx(tmp_path / "doubled.xlsx", [["loginId", "phone", "phone"], ["a", "+1", "+2"]])
+    assert 'column "phone" appears more than once' in str(_error(doubled))
+    missing = _xlsx(tmp_path / "missing.xlsx", [["loginId", "Phone Number"], ["a", "+1"]])
+    assert 'did you mean "Phone Number"? use --phone-column' in str(_error(missing))
+
+
+def test_an_unused_doubled_column_is_harmless(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.csv", "loginId,phone,note,note\na,+1,x,y\n")
+    assert _rows(_open(path)) == [InputRow(1, "a", "+1")]
+
+
+def test_a_file_damaged_after_open_is_an_input_error(tmp_path: Path) -> None:
+    path = tmp_path / "users.parquet"
+    frame = pl.DataFrame({"loginId": [f"u{i}" for i in range(1000)], "phone": ["+1"] * 1000})
+    frame.write_parquet(path)
+    source = _open(path)
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(InputError) as info:
+        _rows(source)
+    assert str(info.value).startswith(f"{path}: cannot be read as PARQUET (")
+    assert "\n" not in str(info.value)

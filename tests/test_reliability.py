@@ -1,0 +1,133 @@
+"""Real processes, sockets and signals: kill -9 and resume, Ctrl-C, bad input with zero calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from batchphone.emulator import Emulator, Faults, ProjectSettings
+from batchphone.emulator.server import ServerThread
+
+pytestmark = pytest.mark.slow
+
+PROJECT = "P2batchphoneKillProject00000000"
+KEY = "K2-kill-test-key-000000000000000"
+ROWS = 1200
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Emulator, str]]:
+    users = [{"loginId": f"user{i}@example.com"} for i in range(ROWS)]
+    emulator = Emulator(
+        projects=[
+            ProjectSettings(
+                project_id=PROJECT,
+                management_key=KEY,
+                users=users,
+                rate_limit=2000,
+                rate_window=1.0,
+                penalty=60.0,
+            )
+        ],
+        faults=Faults(seed=3, latency=0.02, jitter=0.01),
+    )
+    with ServerThread(emulator, port=0) as base_url:
+        yield emulator, base_url
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    path = tmp_path / "in.csv"
+    pl.DataFrame(
+        {
+            "loginId": [f"user{i}@example.com" for i in range(ROWS)],
+            "phone": [f"+1 415 555 {i:04d}" for i in range(ROWS)],
+        }
+    ).write_csv(path)
+    return path
+
+
+def start(source: Path, out: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "DESCOPE_PROJECT_ID": PROJECT,
+        "DESCOPE_MANAGEMENT_KEY": KEY,
+        "DESCOPE_BASE_URI": base_url,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "batchphone", "run", str(source), "--out", str(out), *extra],
+        env=env,
+        cwd=out.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def updates(emulator: Emulator) -> dict[str, int]:
+    return dict(emulator.stats(PROJECT).updates)
+
+
+def test_kill_9_at_many_moments_then_resume(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    emulator, base_url = served
+    out = tmp_path / "results.csv"
+    kills = 0
+    for moment in range(12):
+        process = start(source, out, base_url, "--rate", "60/1", "--concurrency", "8")
+        # from start-up (no call made yet) to well into the run: each resumed run gets a
+        # little further, and 1,200 rows at 60/s outlast all twelve
+        time.sleep(0.3 + 0.13 * moment)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL, stderr
+    assert kills >= 10
+    final = start(source, out, base_url, "--rate", "1000/1")
+    _, stderr = final.communicate(timeout=120)
+    assert final.returncode == 0, stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert rows.height == ROWS
+    assert rows["row"].cast(int).to_list() == list(range(1, ROWS + 1))
+    assert set(rows["status"]) == {"updated"}
+    counts = updates(emulator)
+    assert len(counts) == ROWS
+    # a row is sent again only when a kill caught it in flight: at most `concurrency` per kill
+    assert max(counts.values()) <= 1 + kills
+    assert sum(n - 1 for n in counts.values()) <= 8 * kills
+
+
+def test_sigint_writes_everything_and_resume_finishes(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    emulator, base_url = served
+    out = tmp_path / "results.csv"
+    process = start(source, out, base_url, "--rate", "100/1", "--log-format", "json")
+    time.sleep(2.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert rows.height == ROWS
+    statuses = set(rows["status"])
+    assert statuses == {"updated", "not_attempted"}
+    done_before = (rows["status"] == "updated").sum()
+    assert 0 < done_before < ROWS
+    assert set(rows.filter(pl.col("status") == "not_attempted")["reason"]) == {"INTERRUPTED"}
+    resumed = start(source, out, base_url, "--rate", "1000/1")
+    _, stderr = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, stderr
+    assert set(pl.read_csv(out, infer_schema=False)["status"]) == {"updated"}
+    assert emulator.stats(PROJECT).rate_limited == 0
+    assert max(updates(emulator).values()) == 1  # a graceful stop re-sends nothing

@@ -1,0 +1,336 @@
+"""The writer: last record per row, rows ascending, every format round-trips, atomic and 0600."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openpyxl  # type: ignore[import-untyped]
+import polars as pl
+import pytest
+
+from batchphone import writer
+from batchphone.errors import OutputError
+from batchphone.models import RESULT_COLUMNS, Reason, RowResult, Status
+from batchphone.writer import check_output_path, write_results
+
+FORMATS = ["csv", "tsv", "jsonl", "ndjson", "parquet", "xlsx"]
+
+
+def _record(row: int, **changes: Any) -> dict[str, Any]:
+    result = RowResult(
+        row=row,
+        login_id=f"user{row}@example.com",
+        phone_input="+44 20 7946 0958",
+        phone="+442079460958",
+        status=Status.UPDATED,
+        http_status=200,
+        attempts=1,
+        user_id=f"U{row}",
+        verified_phone=True,
+        user_json=f'{{"userId":"U{row}","phone":"+442079460958"}}',
+        finished_at="2026-11-28T01:02:03Z",
+    )
+    record = result.to_record()
+    record.update(changes)
+    return record
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    """The written file back as dicts of the values a reader of that format sees."""
+    suffix = path.suffix
+    if suffix in (".csv", ".tsv"):
+        frame = pl.read_csv(path, separator="\t" if suffix == ".tsv" else ",", infer_schema=False)
+        return frame.to_dicts()
+    if suffix in (".jsonl", ".ndjson"):
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    if suffix == ".parquet":
+        return pl.read_parquet(path).to_dicts()
+    sheet = openpyxl.load_workbook(path).active
+    assert sheet is not None
+    rows = list(sheet.iter_rows(values_only=True))
+    return [dict(zip(rows[0], values, strict=True)) for values in rows[1:]]
+
+
+def _texts(rows: list[dict[str, Any]], column: str) -> list[Any]:
+    return [row[column] for row in rows]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_keeps_last_record_per_row_in_row_order(tmp_path: Path, fmt: str) -> None:
+    redo = _record(
+        2,
+        status="failed",
+        reason=Reason.RETRIES_EXHAUSTED.value,
+        http_status=503,
+        attempts=4,
+        verified_phone=None,
+        user=None,
+        phone=None,
+        user_id=None,
+    )
+    records = [_record(3), _record(1), _record(2), _record(4), redo]
+    out = tmp_path / f"result.{fmt}"
+    assert write_results(iter(records), out) == 4
+    rows = _read(out)
+    assert list(rows[0]) == list(RESULT_COLUMNS)
+    assert [str(row["row"]) for row in rows] == ["1", "2", "3", "4"]
+    assert _texts(rows, "status") == ["updated", "failed", "updated", "updated"]
+    assert _texts(rows, "phone")[:3] == ["+442079460958", None, "+442079460958"]
+    assert _texts(rows, "phone_input")[0] == "+44 20 7946 0958"
+    assert _texts(rows, "user")[0] == '{"userId":"U1","phone":"+442079460958"}'
+    if fmt in ("jsonl", "ndjson", "parquet", "xlsx"):
+        # typed formats keep real types: ints, booleans and nulls
+        assert _texts(rows, "row") == [1, 2, 3, 4]
+        assert _texts(rows, "http_status")[:2] == [200, 503]
+        assert _texts(rows, "verified_phone")[:2] == [True, None]
+        assert _texts(rows, "reason")[:2] == [None, "RETRIES_EXHAUSTED"]
+    else:
+        assert _texts(rows, "verified_phone")[:2] == ["true", None]
+        assert _texts(rows, "attempts")[:2] == ["1", "4"]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert sorted(os.listdir(tmp_path)) == [out.name]  # no temp file, no spilled run left
+
+
+def test_parquet_schema_is_typed(tmp_path: Path) -> None:
+    out = tmp_path / "result.parquet"
+    write_results([_record(1), _record(2, verified_phone=None, http_status=None)], out)
+    schema = pl.read_parquet_schema(out)
+    assert schema["row"] == pl.Int64 and schema["http_status"] == pl.Int64
+    assert schema["attempts"] == pl.Int64 and schema["verified_phone"] == pl.Boolean
+    others = set(RESULT_COLUMNS) - {"row", "http_status", "attempts", "verified_phone"}
+    assert {schema[name] for name in others} == {pl.String}
+
+
+def test_parquet_is_written_in_row_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writer, "_PARQUET_ROWS", 100)
+    out = tmp_path / "result.parquet"
+    assert write_results((_record(row) for row in range(1, 1001)), out) == 1000
+    frame = pl.read_parquet(out)
+    assert frame["row"].to_list() == list(range(1, 1001))
+
+
+def test_xlsx_cells_are_text_header_bold_and_frozen(tmp_path: Path) -> None:
+    out = tmp_path / "result.xlsx"
+    write_results([_record(1, loginId="=HYPERLINK(1)", phone_input="0044 20 7946 0958")], out)
+    sheet = openpyxl.load_workbook(out).active
+    assert sheet is not None
+    header = {cell.value: cell for cell in sheet[1]}
+    assert all(cell.font.b for cell in header.values())
+    assert sheet.freeze_panes == "A2"
+    column = {name: cell.column for name, cell in header.items()}
+    cells = {name: sheet.cell(row=2, column=col) for name, col in column.items()}
+    for name in ("loginId", "phone_input", "phone", "status", "user", "finished_at"):
+        assert cells[name].data_type == "s", name
+    assert cells["phone"].value == "+442079460958"
+    assert cells["phone_input"].value == "0044 20 7946 0958"
+    assert cells["loginId"].value == "=HYPERLINK(1)"  # text, not a formula
+    assert (cells["row"].data_type, cells["row"].value) == ("n", 1)
+    assert (cells["verified_phone"].data_type, cells["verified_phone"].value) == ("b", True)
+    assert cells["reason"].value is None
+
+
+def test_xlsx_refuses_more_rows_than_a_sheet_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "XLSX_MAX_ROWS", 3)
+    out = tmp_path / "result.xlsx"
+    write_results([_record(row) for row in (1, 2, 3)], out)
+    with pytest.raises(OutputError) as info:
+        write_results([_record(row) for row in (1, 2, 3, 4)], out)
+    assert str(info.value) == (
+        f"{out}: more than 3 rows do not fit in an Excel sheet: write .csv or .parquet instead"
+    )
+    assert len(_read(out)) == 3  # the earlier result is untouched
+    assert sorted(os.listdir(tmp_path)) == ["result.xlsx"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv"])
+def test_delimited_defuses_formulas_but_not_phones(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"result.{fmt}"
+    record = _record(
+        1,
+        loginId="=cmd|' /C calc'!A0",
+        phone_input="+44 20 7946 0958",
+        error_message="@SUM(1)",
+        user="\tx",
+        status="-neg",
+        phone="+442079460958",
+    )
+    write_results([record, _record(2, loginId="-5", phone_input="\rx")], out)
+    rows = _read(out)
+    assert rows[0]["loginId"] == "'=cmd|' /C calc'!A0"
+    assert rows[0]["error_message"] == "'@SUM(1)"
+    assert rows[0]["user"] == "'\tx"
+    assert rows[0]["phone_input"] == "+44 20 7946 0958"
+    assert rows[0]["phone"] == "+442079460958" and rows[0]["status"] == "-neg"
+    assert rows[1]["loginId"] == "-5" and rows[1]["phone_input"] == "'\rx"
+
+
+def test_csv_is_rfc4180(tmp_path: Path) -> None:
+    out = tmp_path / "result.csv"
+    write_results([_record(1, error_message='bad "quote", and\nnewline')], out)
+    raw = out.read_bytes()
+    assert raw.startswith(b"row,loginId,") and b"\r\n" in raw and not raw.startswith(b"\xef")
+    assert b'"bad ""quote"", and\nnewline"' in raw
+    assert _read(out)[0]["error_message"] == 'bad "quote", and\nnewline'
+
+
+def test_columns_choose_and_order_output(tmp_path: Path) -> None:
+    out = tmp_path / "result.jsonl"
+    records: list[dict[str, Any]] = [
+        {"row": 2, "status": "valid", "extra": 5, "ignored": "x"},
+        {"row": 1},
+    ]
+    assert write_results(records, out, columns=("status", "row", "extra", "phone")) == 2
+    assert _read(out) == [
+        {"status": None, "row": 1, "extra": None, "phone": None},
+        {"status": "valid", "row": 2, "extra": "5", "phone": None},
+    ]
+
+
+def test_spilled_runs_merge_in_order_and_keep_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "_RUN_BYTES", 20_000)  # a run of some 20 records
+    spilled: list[Path] = []
+    spill = writer._spill
+
+    def watch(run: list[Any], work: Path, number: int) -> Any:
+        result = spill(run, work, number)
+        path = work / f"run-{number:05d}.pickle"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(work.stat().st_mode) == 0o700
+        spilled.append(path)
+        return result
+
+    monkeypatch.setattr(writer, "_spill", watch)
+
+    def records() -> Iterator[dict[str, Any]]:
+        for start in range(1, 1001, 10):  # nearly sorted: blocks of 10 arrive reversed
+            for row in reversed(range(start, start + 10)):
+                yield _record(row, attempts=1)
+        for row in range(1000, 0, -97):  # a resumed run re-did some rows, at the end
+            yield _record(row, attempts=2)
+
+    out = tmp_path / "result.csv"
+    assert write_results(records(), out) == 1000
+    assert len(spilled) > 10
+    rows = _read(out)
+    assert [int(row["row"]) for row in rows] == list(range(1, 1001))
+    redone = {int(row["row"]) for row in rows if row["attempts"] == "2"}
+    assert redone == set(range(1000, 0, -97))
+    assert not any(path.exists() for path in spilled)
+    assert sorted(os.listdir(tmp_path)) == ["result.csv"]
+
+
+def test_a_failure_mid_write_leaves_the_old_file(tmp_path: Path) -> None:
+    out = tmp_path / "result.csv"
+    write_results([_record(1)], out)
+    before = out.read_bytes()
+
+    def broken() -> Iterator[dict[str, Any]]:
+        yield _record(1)
+        raise RuntimeError("journal went away")
+
+    with pytest.raises(RuntimeError):
+        write_results(broken(), out)
+    with pytest.raises(OutputError, match="result row 2 has a value of the wrong type"):
+        write_results([_record(1), _record(2, attempts="many")], out)
+    with pytest.raises(OutputError, match="result record 1 has no row number"):
+        write_results([{"status": "updated"}], out)
+    assert out.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["result.csv"]
+
+
+def test_the_final_file_is_0600_even_when_replacing_a_public_one(tmp_path: Path) -> None:
+    out = tmp_path / "result.csv"
+    out.write_text("old\n")
+    out.chmod(0o644)
+    old_umask = os.umask(0)
+    try:
+        write_results([_record(1)], out)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_loose_types_are_coerced(tmp_path: Path) -> None:
+    out = tmp_path / "result.parquet"
+    records: list[dict[str, Any]] = [
+        {
+            "row": "1",
+            "attempts": "3",
+            "http_status": "",
+            "verified_phone": "true",
+            "status": Status.UPDATED,
+            "user": {"userId": "U1"},
+            "loginId": 42,
+        },
+    ]
+    write_results(records, out)
+    row = pl.read_parquet(out).to_dicts()[0]
+    assert (row["row"], row["attempts"], row["http_status"]) == (1, 3, None)
+    assert row["verified_phone"] is True and row["status"] == "updated"
+    assert row["user"] == '{"userId":"U1"}' and row["loginId"] == "42"
+
+
+def test_no_records_writes_a_header_only_file(tmp_path: Path) -> None:
+    out = tmp_path / "result.csv"
+    assert write_results([], out) == 0
+    assert out.read_text(encoding="utf-8").strip() == ",".join(RESULT_COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        ("r.csv", "csv"),
+        ("r.TSV", "tsv"),
+        ("r.ndjson", "jsonl"),
+        ("r.parquet", "parquet"),
+        ("r.xlsx", "xlsx"),
+    ],
+)
+def test_check_output_path_returns_the_format(tmp_path: Path, name: str, fmt: str) -> None:
+    assert check_output_path(tmp_path / name, tmp_path / "in.csv") == fmt
+    assert os.listdir(tmp_path) == []  # the probe cleaned up after itself
+
+
+def test_check_output_path_errors(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("loginId,phone\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(source)
+    hard = tmp_path / "hard.csv"
+    os.link(source, hard)
+    folder = tmp_path / "out.csv"
+    folder.mkdir()
+    formats = ".csv, .tsv, .parquet, .xlsx, .jsonl, .ndjson"
+    cases = {
+        tmp_path / "r.txt": f"unsupported result file type '.txt': use {formats}",
+        source: "is the input file",
+        link: "is the input file",
+        hard: "is the input file",
+        tmp_path / "sub" / ".." / "in.csv": "is the input file",
+        folder: "is a directory",
+        tmp_path / "missing" / "r.csv": f"directory {tmp_path / 'missing'} does not exist",
+    }
+    for out, message in cases.items():
+        with pytest.raises(OutputError) as info:
+            check_output_path(out, source)
+        assert str(info.value).startswith(f"{out}: ") and message in str(info.value), out
+
+
+def test_check_output_path_probes_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(**_: Any) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", refuse)  # root could write anywhere
+    with pytest.raises(OutputError, match=r"cannot write in .* \(Permission denied\)"):
+        check_output_path(tmp_path / "r.csv", None)
