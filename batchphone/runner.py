@@ -162,13 +162,17 @@ class _Run:
             items = await anyio.to_thread.run_sync(next, batches, None)
             if items is None:
                 return
-            for item in items:
+            for index, item in enumerate(items):
+                # rows that need no call are recorded right here: a trip through the result
+                # stream costs more than the row itself (validate and dry-runs are all such rows)
                 if isinstance(item, RowResult):
-                    await results.send(item)
+                    self.record(item)
                 elif self.control.stop_reason is not None:
-                    await results.send(_not_attempted(item, self.control.stop_reason))
+                    self.record(_not_attempted(item, self.control.stop_reason))
                 else:
                     await jobs.send(item)
+                if index % 1000 == 999:
+                    await anyio.lowlevel.checkpoint()
 
     # -- workers --------------------------------------------------------------------------
     async def process(self, request: UpdateRequest) -> RowResult:
@@ -258,6 +262,11 @@ class _Run:
 
     # -- consumer -------------------------------------------------------------------------
     async def consume(self, result: RowResult) -> None:
+        self.record(result)
+
+    def record(self, result: RowResult) -> None:
+        """Journal a final result. Synchronous (no await), so the producer's and the consumer's
+        records never interleave within a line."""
         self.journal.append(result, ts=time.time(), urgent=result.attempts > 0)
         if result.status is Status.FAILED:
             log.info(
@@ -428,7 +437,8 @@ async def _execute_locked(
     journal = Journal.open(
         job.out_path,
         identity,
-        restart=settings.restart,
+        # validate has nothing to resume: reading an old report's journal would be wasted time
+        restart=settings.restart or mode is Mode.VALIDATE,
         replaceable=mode is not Mode.RUN,
     )
     limit = settings.limit
