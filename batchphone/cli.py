@@ -84,7 +84,7 @@ class _TqdmProgress:
         pause = self._paused_until - time.monotonic()
         if pause > 0:
             parts.append(f"PAUSED by API 429: {pause:.0f}s")
-        return ", " + ", ".join(parts) if parts else ""
+        return ", ".join(parts)
 
 
 def _duration(seconds: float) -> str:

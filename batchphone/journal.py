@@ -192,15 +192,20 @@ class Journal:
                 data = data[written:]
         self._last_flush = time.monotonic()
 
-    def sync(self) -> None:
-        """Flush and fsync (blocking: call it from a worker thread on a running loop)."""
-        self.flush()
-        os.fsync(self._fd)
+    def fsync(self) -> None:
+        """Ask the OS to put what it holds on disk (blocking: run it in a worker thread).
+
+        It touches only the file descriptor, never the buffer, so it is safe to run while the
+        event loop thread goes on appending; ``flush`` must stay on the thread that appends.
+        """
+        if self._fd >= 0:
+            os.fsync(self._fd)
 
     def close(self) -> None:
         """Flush, fsync and close."""
         if self._fd >= 0:
-            self.sync()
+            self.flush()
+            os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 

@@ -170,6 +170,21 @@ class RateLimiter:
             self._paused_until = until
         self._pauses += 1
 
+    def slow_down(self, factor: float = 0.9) -> int:
+        """Keep only ``factor`` of the calls per window from now on; return the new number.
+
+        A 429 although this limiter kept its budget means the budget is shared (the customer's
+        own traffic) or the server counts differently than we think. Another block would cost a
+        whole penalty of zero throughput for everyone, so the run settles for less, for good.
+        """
+        if not 0 < factor <= 1:
+            raise ValueError(f"factor must be in (0, 1], not {factor}")
+        calls = max(1, int(self.calls * factor))
+        if calls < self.calls:
+            self.calls = calls
+            self._log = deque(self._log, maxlen=calls)  # the newest `calls` starts
+        return self.calls
+
     def seed(self, wall_timestamps: Iterable[float], *, wall_now: float | None = None) -> None:
         """Fill the log with call times of a previous run (epoch seconds) after a restart.
 

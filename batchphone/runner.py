@@ -48,6 +48,8 @@ EXIT_INTERRUPTED = 130
 _BATCH_ROWS = 5_000
 _CIRCUIT_WINDOW = 100
 _CIRCUIT_MIN_CALLS = 20
+#: After a block, keep this share of the calls per window: one block is bad luck, two a habit.
+_SLOW_DOWN = 0.9
 
 log = structlog.get_logger("batchphone")
 
@@ -237,11 +239,12 @@ class _Run:
         return result
 
     def _on_rate_limited(self, retry_after: float) -> None:
-        until = time.monotonic() + retry_after
-        if until > self._paused_until + 1.0:
-            log.warning("rate_limited", retry_after=retry_after)
+        now = time.monotonic()
+        if now >= self._paused_until:  # a new block, not one more answer from the same one
+            calls = self.limiter.slow_down(_SLOW_DOWN)
+            log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)
             self.progress.paused(retry_after)
-        self._paused_until = max(self._paused_until, until)
+        self._paused_until = max(self._paused_until, now + retry_after)
 
     def _trip_circuit(self, result: RowResult) -> None:
         failures = self.control.recent_failures
@@ -294,7 +297,8 @@ class _Run:
     async def sync_journal(self) -> None:
         while True:
             await anyio.sleep(1.0)
-            await anyio.to_thread.run_sync(self.journal.sync)
+            self.journal.flush()  # here, on the loop: the buffer is not thread-safe
+            await anyio.to_thread.run_sync(self.journal.fsync)
 
 
 def _counts(journal: Journal, total: int) -> dict[str, int]:

@@ -143,3 +143,13 @@ async def test_unknown_project_is_a_fatal_401(tmp_path: Path, sample_emulator: E
 @pytest.fixture
 def sample_emulator(tmp_path: Path) -> Emulator:
     return make_emulator([{"loginId": "user0@example.com"}])
+
+
+async def test_blocks_make_the_run_settle_below_the_real_budget(tmp_path: Path) -> None:
+    """The user's --rate is above the project's real budget: each block costs 10% of the rate."""
+    users, source = users_and_input(tmp_path, 90)
+    emulator = make_emulator(users, rate_limit=20, rate_window=0.5, penalty=0.3)
+    summary = await run(emulator, source, tmp_path / "r.csv", rate_calls=24, rate_period=0.5)
+    stats = emulator.stats(PROJECT)
+    assert summary.counts == {"updated": 90}
+    assert 1 <= stats.blocks <= 3  # 24 -> 21 -> 18: below 20, no more blocks

@@ -365,3 +365,24 @@ async def test_an_injected_clock_is_the_one_slept_on() -> None:
     limiter = RateLimiter(1, 4.0, margin=0.0, clock=clock)
     await run_acquirers(limiter, 3)
     assert clock.sleeps == [4.0, 4.0]
+
+
+def test_slow_down_keeps_the_newest_starts_and_never_reaches_zero() -> None:
+    limiter = RateLimiter(10, 1.0, clock=_StillClock())
+    limiter.seed([100.0 + i / 100 for i in range(10)], wall_now=100.1)
+    assert limiter.slow_down(0.5) == 5
+    assert limiter.calls == 5 and len(limiter._log) == 5
+    assert limiter.next_start() == pytest.approx(limiter._log[0] + limiter.window)
+    for _ in range(10):
+        limiter.slow_down(0.5)
+    assert limiter.calls == 1
+    with pytest.raises(ValueError):
+        limiter.slow_down(0)
+
+
+class _StillClock:
+    def now(self) -> float:
+        return 50.0
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - not called
+        raise AssertionError("no sleep expected")
