@@ -511,11 +511,16 @@ async def _execute_locked(
 
 async def _run_pool(run: _Run, mode: Mode) -> None:
     if mode is Mode.RUN:
-        try:
-            await run.client.fetch_license()
-        except FatalRemoteError as exc:
-            run.control.fatal = exc
-            run.control.stop(Reason.UNAUTHORIZED, hard=True)
+        # the handshake is a call in flight like any other: a second Ctrl-C must cancel it
+        with anyio.CancelScope() as scope:
+            run.control.inflight.add(scope)
+            try:
+                await run.client.fetch_license()
+            except FatalRemoteError as exc:
+                run.control.fatal = exc
+                run.control.stop(Reason.UNAUTHORIZED, hard=True)
+            finally:
+                run.control.inflight.discard(scope)
     await run_pool(
         run.produce,
         run.process,

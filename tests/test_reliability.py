@@ -131,3 +131,29 @@ def test_sigint_writes_everything_and_resume_finishes(
     assert set(pl.read_csv(out, infer_schema=False)["status"]) == {"updated"}
     assert emulator.stats(PROJECT).rate_limited == 0
     assert max(updates(emulator).values()) == 1  # a graceful stop re-sends nothing
+
+
+def test_second_sigint_cancels_calls_in_flight(source: Path, tmp_path: Path) -> None:
+    users = [{"loginId": f"user{i}@example.com"} for i in range(ROWS)]
+    slow = Emulator(
+        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users)],
+        # every answer (the license handshake's too) takes 30 s: only cancelling ends a call
+        faults=Faults(latency=30.0),
+    )
+    with ServerThread(slow, port=0) as base_url:
+        out = tmp_path / "results.csv"
+        process = start(source, out, base_url, "--concurrency", "4", "--log-format", "json")
+        time.sleep(2.0)
+        process.send_signal(signal.SIGINT)  # first: stop taking rows, wait for the 4 in flight
+        time.sleep(0.5)
+        assert process.poll() is None
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGINT)  # second: cancel them
+        _, stderr = process.communicate(timeout=20)
+        assert time.monotonic() - stopped_at < 10
+    assert process.returncode == 130, stderr
+    assert "cancelling calls in flight" in stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert rows.height == ROWS
+    assert set(rows["status"]) == {"not_attempted"}
+    assert set(rows["reason"]) == {"INTERRUPTED"}
