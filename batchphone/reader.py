@@ -146,13 +146,27 @@ class InputSource:
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
 
-        Groups 64-bit hashes first (16 bytes per distinct id, not the ids), then checks the ids
-        whose hash repeats in a second pass: a hash collision only costs a candidate.
+        Collects one 64-bit hash per row in batches and sorts them (8 bytes per row: a hash
+        table over the ids, even over their hashes, costs several times that), then checks the
+        ids whose hash repeats in a second pass: a hash collision only costs a candidate.
         """
         logins = self._frame(limit).select(_LOGIN).drop_nulls()
         hashed = pl.col(_LOGIN).hash(seed=0)
-        repeated = logins.group_by(hashed.alias("h")).len().filter(pl.col("len") > 1)
-        hashes = self._collect(repeated.select("h"))["h"]
+        try:
+            parts = [
+                frame.to_series()
+                for frame in logins.select(hashed).collect_batches(
+                    chunk_size=200_000, engine="streaming"
+                )
+            ]
+        except _POLARS_ERRORS as exc:
+            raise self._mid_stream_error(exc, 0) from None
+        if not parts:
+            return frozenset()
+        ordered = pl.concat(parts).sort()
+        del parts
+        hashes = ordered.filter(ordered == ordered.shift(1)).unique()
+        del ordered
         if hashes.is_empty():
             return frozenset()
         candidates = logins.filter(hashed.is_in(hashes.implode())).group_by(_LOGIN).len()
