@@ -1,4 +1,4 @@
-"""Descope's management API over one ``httpx.AsyncClient``: HTTP in, domain results out.
+"""Descope's management API over httpx keep-alive connections: HTTP in, domain results out.
 
 The client knows no files, no rows and no rate: it sends one call and says what the answer
 means. A final answer for a row is an ``ApiOutcome``; anything worth another try raises
@@ -111,7 +111,6 @@ class DescopeClient:
         self._key = Secret(management_key)
         # the headers the official Python SDK sends, with batchphone's own name and version
         headers = {
-            "Authorization": f"Bearer {project_id}:{management_key}",
             "Content-Type": "application/json",
             "User-Agent": f"batchphone/{__version__}",
             "x-descope-project-id": project_id,
@@ -119,16 +118,16 @@ class DescopeClient:
             "x-descope-sdk-python-version": platform.python_version(),
             "x-descope-sdk-version": __version__,
         }
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._headers = headers
+        self._timeout = httpx.Timeout(timeout)
+        self._transport = transport
+        # One single-connection httpx.AsyncClient per call in flight ("lanes"), reused from a
+        # free list, instead of one pool of N connections: httpcore's pool scans every
+        # connection for every request, which at 16-64 calls in flight costs more CPU than the
+        # calls themselves (see bench/results.md). There are as many lanes as calls were ever
+        # in flight at once: the pool's workers (``max_connections``) bound that.
+        self._lanes: list[httpx.AsyncClient] = []
+        self._idle: list[httpx.AsyncClient] = []
 
     def __repr__(self) -> str:
         return f"DescopeClient(project_id={self.project_id!r}, base_url={self.base_url!r})"
@@ -145,8 +144,30 @@ class DescopeClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the connection pool (idempotent)."""
-        await self._http.aclose()
+        """Close every connection (idempotent)."""
+        lanes, self._lanes, self._idle = self._lanes, [], []
+        for lane in lanes:
+            await lane.aclose()
+
+    def _take_lane(self) -> httpx.AsyncClient:
+        if self._idle:
+            return self._idle.pop()  # the most recently used: its connection is warm
+        # the Authorization header lives only inside httpx, which masks it in every repr
+        secret = {"Authorization": f"Bearer {self.project_id}:{self._key.reveal()}"}
+        lane = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers={**secret, **self._headers},
+            timeout=self._timeout,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            transport=self._transport,
+            follow_redirects=False,
+        )
+        self._lanes.append(lane)
+        return lane
+
+    def _return_lane(self, lane: httpx.AsyncClient) -> None:
+        if not lane.is_closed:  # closed: aclose() ran meanwhile
+            self._idle.append(lane)
 
     # -- endpoints -----------------------------------------------------------------------
     async def fetch_license(self) -> str | None:
@@ -170,7 +191,9 @@ class DescopeClient:
             log.warning("license_unavailable", http_status=status)
             return None
         self.license = tier
-        self._http.headers["x-descope-license"] = tier
+        self._headers["x-descope-license"] = tier
+        for lane in self._lanes:
+            lane.headers["x-descope-license"] = tier
         return tier
 
     async def update_phone(self, request: UpdateRequest) -> ApiOutcome:
@@ -249,8 +272,9 @@ class DescopeClient:
     ) -> httpx.Response:
         content = None if body is None else _dumps(body)
         self.requests += 1
+        lane = self._take_lane()
         try:
-            return await self._http.request(method, path, content=content, params=params)
+            response = await lane.request(method, path, content=content, params=params)
         except httpx.UnsupportedProtocol:
             raise FatalRemoteError(
                 f"{what}: the base URL {self.base_url!r} is not an http(s) URL"
@@ -260,6 +284,10 @@ class DescopeClient:
         except httpx.RequestError as exc:
             detail = self._scrub(str(exc)) or "no detail"
             raise TransientError(f"{what}: {type(exc).__name__}: {detail}") from None
+        finally:
+            # after an error too: httpx drops a broken connection and the lane opens a new one
+            self._return_lane(lane)
+        return response
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         """The body as a JSON object, or ``{}`` when it is not one."""

@@ -492,7 +492,9 @@ async def test_the_key_never_appears_in_errors_or_reprs(status: int) -> None:
             outcome: object = await client.update_phone(REQUEST)
         except RemoteError as exc:
             outcome = exc
-        assert_no_key(outcome, client, client._http, client._http.headers)
+        lanes = client._lanes
+        assert lanes
+        assert_no_key(outcome, client, *lanes, *(lane.headers for lane in lanes))
     if isinstance(outcome, ApiOutcome):
         assert outcome.error_message is not None
         assert "********" in outcome.error_message
@@ -526,15 +528,36 @@ def test_a_client_needs_a_project_and_a_key() -> None:
 # -- pool and lifetime -----------------------------------------------------------------------
 
 
-async def test_the_pool_is_sized_and_closed() -> None:
+async def test_one_lane_per_call_in_flight_reused_and_closed() -> None:
+    release = anyio.Event()
+    in_flight = 0
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight
+        in_flight += 1
+        if in_flight == 5:
+            release.set()
+        await release.wait()
+        return httpx.Response(200, json={"user": USER})
+
     client = DescopeClient(
-        project_id=PROJECT_ID, management_key=KEY, base_url=BASE_URL, max_connections=3
+        project_id=PROJECT_ID,
+        management_key=KEY,
+        base_url=BASE_URL,
+        max_connections=3,
+        transport=httpx.MockTransport(handler),
     )
-    pool = client._http._transport._pool  # type: ignore[attr-defined]
-    assert (pool._max_connections, pool._max_keepalive_connections) == (3, 3)
     async with client:
-        assert not client._http.is_closed
-    assert client._http.is_closed
+        async with anyio.create_task_group() as group:
+            for _ in range(5):
+                group.start_soon(client.update_phone, REQUEST)
+        lanes = list(client._lanes)
+        assert len(lanes) == 5  # one single-connection client per call in flight
+        assert len(client._idle) == 5
+        await client.update_phone(REQUEST)
+        assert len(client._lanes) == 5  # a warm lane was reused, none created
+    assert all(lane.is_closed for lane in lanes)
+    assert client._lanes == [] and client._idle == []
     await client.aclose()  # idempotent
 
 
