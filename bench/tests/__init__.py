@@ -1,0 +1,1 @@
+"""Tests of the bench itself (``pytest bench/tests``)."""
