@@ -12,8 +12,9 @@ import tempfile
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import click
 
@@ -22,6 +23,7 @@ from batchphone.errors import BatchphoneError
 from batchphone.models import RowResult, Status, Summary
 
 EXIT_USAGE = 2
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _TqdmProgress:
@@ -138,16 +140,22 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _print_summary(summary: Summary, command: str) -> None:
+def _print_summary(summary: Summary, command: str, budget: str) -> None:
     order = [status.value for status in Status]
     lines = [f"{command}: {summary.input_rows} rows in {summary.elapsed_s:.1f}s"]
     for status in order:
         if summary.counts.get(status):
             lines.append(f"  {status:<14} {summary.counts[status]:>9}")
-    if command == "run":
+    if command != "validate":
         lines.append(f"  {'API calls':<14} {summary.requests:>9}")
         if summary.rate_limited:
             lines.append(f"  {'rate limited':<14} {summary.rate_limited:>9}")
+    if summary.planned_calls is not None:
+        who = "a run with --skip-unchanged" if command == "plan" else f"the {command}"
+        lines.append(
+            f"  {who} needs about {summary.planned_calls} API calls: "
+            f"at least {_duration(summary.planned_s or 0.0)} at a budget of {budget}"
+        )
     if summary.result_path:
         lines.append(f"  results: {summary.result_path}")
     if summary.stopped_reason:
@@ -157,41 +165,108 @@ def _print_summary(summary: Summary, command: str) -> None:
     click.echo("\n".join(lines), err=True)
 
 
-def _common_options(func: Any) -> Any:
-    options = [
-        click.option("--login-id-column", help="Column of login ids (default loginId)."),
-        click.option("--phone-column", help="Column of phones (default phone)."),
-        click.option("--default-region", help="ISO country for national numbers, e.g. US."),
-        click.option(
-            "--verified/--no-verified",
-            default=None,
-            help="verified for rows without their own value (unset: null is sent).",
-        ),
-        click.option(
-            "--allow-remove",
-            is_flag=True,
-            default=None,
-            help="An empty phone cell removes the user's phone (otherwise EMPTY_PHONE).",
-        ),
-        click.option("--limit", type=int, help="Process only the first N rows."),
-        click.option(
-            "--config",
-            "config_path",
-            type=click.Path(path_type=Path),
-            help="Config file (default ./config.toml when present).",
-        ),
-        click.option("--log-format", help="console, json or auto (json when not a terminal)."),
-        click.option("--quiet", is_flag=True, default=None, help="No progress bar, warnings only."),
-        click.option(
-            "--summary-json",
-            type=click.Path(path_type=Path),
-            help="Write the run's summary here, for schedulers.",
-        ),
-        click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _options(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return decorate
+
+
+_ROW_OPTIONS = [
+    click.option("--login-id-column", help="Column of login ids (default loginId)."),
+    click.option("--phone-column", help="Column of phones (default phone)."),
+    click.option("--default-region", help="ISO country for national numbers, e.g. US."),
+    click.option(
+        "--verified/--no-verified",
+        default=None,
+        help="verified for rows without their own value (unset: null is sent).",
+    ),
+]
+_REMOVE_AND_LIMIT = [
+    click.option(
+        "--allow-remove",
+        is_flag=True,
+        default=None,
+        help="An empty phone cell removes the user's phone (otherwise EMPTY_PHONE).",
+    ),
+    click.option("--limit", type=int, help="Process only the first N rows."),
+]
+_OUTPUT_OPTIONS = [
+    click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        help="Config file (default ./config.toml when present).",
+    ),
+    click.option("--log-format", help="console, json or auto (json when not a terminal)."),
+    click.option("--quiet", is_flag=True, default=None, help="No progress bar, warnings only."),
+    click.option(
+        "--summary-json",
+        type=click.Path(path_type=Path),
+        help="Write the run's summary here, for schedulers.",
+    ),
+    click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+]
+_common_options = _options(_ROW_OPTIONS + _REMOVE_AND_LIMIT + _OUTPUT_OPTIONS)
+_API_OPTIONS = [
+    click.option("--project-id", help="Descope project id (or DESCOPE_PROJECT_ID)."),
+    click.option(
+        "--base-url", help="API base URL (or DESCOPE_BASE_URI; default from the project id)."
+    ),
+    click.option(
+        "--management-key-file",
+        type=click.Path(path_type=Path),
+        help="File holding the management key (or set DESCOPE_MANAGEMENT_KEY).",
+    ),
+    click.option("--management-key", hidden=True, help="Refused: the key would show in ps."),
+    click.option("--rate", help="Budget as N/SECONDS (default 500/60)."),
+    click.option("--concurrency", type=int, help="Calls in flight at once (default 8)."),
+    click.option("--timeout", type=float, help="Seconds to wait for one answer (default 30)."),
+    click.option("--max-attempts", type=int, help="Attempts per row on 5xx/timeouts (default 5)."),
+    click.option("--max-error-rate", type=float, help="Stop when this share of calls fails (0.5)."),
+]
+_api_options = _options(_API_OPTIONS)
+_EMULATOR_OPTIONS = [
+    click.option(
+        "--emulator", is_flag=True, default=None, help="Rehearse on the embedded emulator."
+    ),
+    click.option(
+        "--emulator-users",
+        type=click.Path(path_type=Path),
+        help="Seed file for --emulator (default users.csv beside INPUT, else the input's ids).",
+    ),
+]
+_RESTART = click.option(
+    "--restart", is_flag=True, default=None, help="Discard the journal; start over."
+)
+_RETRY_FAILED = click.option(
+    "--retry-failed", is_flag=True, default=None, help="Resend rows that failed."
+)
+_SENDING_OPTIONS = [
+    click.option(
+        "--api",
+        type=click.Choice(["update", "batch"]),
+        help="update: a call per row (default); batch: up to --batch-size rows per patch call.",
+    ),
+    click.option(
+        "--batch-size",
+        type=click.IntRange(1, 100),
+        help="Rows per patch call with --api batch (default 100).",
+    ),
+]
+#: Flags that describe the job (``runner.Job``), not settings.
+_JOB_FLAGS = ("skip_unchanged", "api", "batch_size", "canary")
+
+
+def _refuse_key(management_key: str | None) -> None:
+    if management_key is not None:
+        _fail(
+            "--management-key is not accepted: a key on the command line shows in ps and shell "
+            "history; set DESCOPE_MANAGEMENT_KEY or use --management-key-file",
+            EXIT_USAGE,
+        )
 
 
 def _execute(command: str, input_path: Path, out: Path, flags: dict[str, Any]) -> None:
@@ -200,7 +275,9 @@ def _execute(command: str, input_path: Path, out: Path, flags: dict[str, Any]) -
 
     config_path = flags.pop("config_path", None)
     debug = bool(flags.get("debug"))
+    job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
     try:
+        job = Job(command=command, input_path=input_path, out_path=out, **job_flags)
         settings = load_settings(flags, config_path=config_path)
         _configure_logging(settings.log_format, settings.quiet)
         transport_factory, target = None, None
@@ -210,7 +287,7 @@ def _execute(command: str, input_path: Path, out: Path, flags: dict[str, Any]) -
             transport_factory, target = embedded_target(input_path, settings.emulator_users)
         quiet = settings.quiet or not sys.stderr.isatty()
         summary = run_sync(
-            Job(command=command, input_path=input_path, out_path=out),
+            job,
             settings,
             progress=None if quiet else _TqdmProgress(),
             transport_factory=transport_factory,
@@ -232,7 +309,7 @@ def _execute(command: str, input_path: Path, out: Path, flags: dict[str, Any]) -
     if settings.summary_json is not None:
         _write_summary(settings.summary_json, summary)
     if not settings.quiet:
-        _print_summary(summary, command)
+        _print_summary(summary, command, f"{settings.rate_calls}/{settings.rate_period:g}")
     sys.exit(summary.exit_code)
 
 
@@ -288,19 +365,7 @@ def main() -> None:
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Result file.")
 @_common_options
-@click.option("--project-id", help="Descope project id (or DESCOPE_PROJECT_ID).")
-@click.option("--base-url", help="API base URL (or DESCOPE_BASE_URI; default from the project id).")
-@click.option(
-    "--management-key-file",
-    type=click.Path(path_type=Path),
-    help="File holding the management key (or set DESCOPE_MANAGEMENT_KEY).",
-)
-@click.option("--management-key", hidden=True, help="Refused: the key would show in ps.")
-@click.option("--rate", help="Budget as N/SECONDS (default 500/60).")
-@click.option("--concurrency", type=int, help="Calls in flight at once (default 8).")
-@click.option("--timeout", type=float, help="Seconds to wait for one answer (default 30).")
-@click.option("--max-attempts", type=int, help="Attempts per row on 5xx/timeouts (default 5).")
-@click.option("--max-error-rate", type=float, help="Stop when this share of calls fails (0.5).")
+@_api_options
 @click.option(
     "--allow-merge",
     is_flag=True,
@@ -308,26 +373,69 @@ def main() -> None:
     help="Send failOnConflict=false: Descope may MERGE and DELETE users. Dangerous.",
 )
 @click.option("--dry-run", is_flag=True, default=None, help="Everything but the update calls.")
-@click.option("--restart", is_flag=True, default=None, help="Discard the journal; start over.")
-@click.option("--retry-failed", is_flag=True, default=None, help="Resend rows that failed.")
-@click.option("--emulator", is_flag=True, default=None, help="Rehearse on the embedded emulator.")
+@_RESTART
+@_RETRY_FAILED
+@_options(_EMULATOR_OPTIONS)
 @click.option(
-    "--emulator-users",
-    type=click.Path(path_type=Path),
-    help="Seed file for --emulator (default users.csv beside INPUT, else the input's ids).",
+    "--skip-unchanged",
+    is_flag=True,
+    default=None,
+    help="Read the users first (a call per 100 rows); send only rows that change.",
+)
+@_options(_SENDING_OPTIONS)
+@click.option(
+    "--canary",
+    type=click.IntRange(min=1),
+    help="Send the first N updates, read them back, go on only if all stuck.",
 )
 def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Update the phones of the users in INPUT; write one result row per input row to --out.
 
     Rerunning the same command resumes: rows already final are not sent again.
     """
-    if management_key is not None:
-        _fail(
-            "--management-key is not accepted: a key on the command line shows in ps and shell "
-            "history; set DESCOPE_MANAGEMENT_KEY or use --management-key-file",
-            EXIT_USAGE,
-        )
+    _refuse_key(management_key)
     _execute("run", input_path, out, flags)
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Plan file.")
+@_common_options
+@_api_options
+@_RESTART
+@_options(_EMULATOR_OPTIONS)
+@_options(_SENDING_OPTIONS)
+def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
+    """Show what run would change, and what it would cost; update nothing.
+
+    Reads the users (a call per 100 rows). Each row ends change (phone_before -> phone),
+    unchanged, not_found, conflict (the phone is another user's login id), invalid or
+    duplicate; the summary says how many calls and how long a run with --skip-unchanged
+    needs at the budget.
+    """
+    _refuse_key(management_key)
+    _execute("plan", input_path, out, flags)
+
+
+@main.command()
+@click.argument("results", metavar="RESULTS", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Undo result file.")
+@_options(_REMOVE_AND_LIMIT)
+@_options(_OUTPUT_OPTIONS)
+@_api_options
+@click.option("--dry-run", is_flag=True, default=None, help="Read the users; change nothing.")
+@_RESTART
+@_RETRY_FAILED
+@_options(_SENDING_OPTIONS)
+def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
+    """Restore the phones a run updated, from its result file RESULTS.
+
+    Needs the phone_before/verified_before columns (a run with --skip-unchanged writes them).
+    A user whose phone is no longer the one the run set is skipped (CHANGED_SINCE); restoring
+    an empty phone needs --allow-remove. Rerunning the same command resumes.
+    """
+    _refuse_key(management_key)
+    _execute("undo", results, out, flags)
 
 
 @main.command()

@@ -12,11 +12,13 @@ from typing import Any
 
 __all__ = [
     "FINAL_STATUSES",
+    "LOOKUP_COLUMNS",
     "RESULT_COLUMNS",
     "SUCCESS_STATUSES",
     "ApiOutcome",
     "InputRow",
     "Normalized",
+    "PhoneState",
     "Reason",
     "RowResult",
     "Status",
@@ -31,18 +33,27 @@ class Status(enum.StrEnum):
     UPDATED = "updated"
     WOULD_UPDATE = "would_update"
     VALID = "valid"
+    CHANGE = "change"  # plan: a run would send it (phone_before -> phone)
     UNCHANGED = "unchanged"
     INVALID = "invalid"
     DUPLICATE = "duplicate"
     NOT_FOUND = "not_found"
     CONFLICT = "conflict"
+    SKIPPED = "skipped"  # undo: deliberately left as is (see its reason)
     FAILED = "failed"
     NOT_ATTEMPTED = "not_attempted"
 
 
 #: Statuses that make the exit code 0.
 SUCCESS_STATUSES = frozenset(
-    {Status.UPDATED, Status.WOULD_UPDATE, Status.VALID, Status.UNCHANGED, Status.DUPLICATE}
+    {
+        Status.UPDATED,
+        Status.WOULD_UPDATE,
+        Status.VALID,
+        Status.CHANGE,
+        Status.UNCHANGED,
+        Status.DUPLICATE,
+    }
 )
 #: Statuses a resumed run does not send again (everything but ``not_attempted``).
 FINAL_STATUSES = frozenset(set(Status) - {Status.NOT_ATTEMPTED})
@@ -74,6 +85,10 @@ class Reason(enum.StrEnum):
     STOPPED = "STOPPED"
     INTERRUPTED = "INTERRUPTED"
     CIRCUIT_OPEN = "CIRCUIT_OPEN"
+    CHANGED_SINCE = "CHANGED_SINCE"
+    NOT_UPDATED = "NOT_UPDATED"
+    NO_BEFORE_IMAGE = "NO_BEFORE_IMAGE"
+    CANARY_MISMATCH = "CANARY_MISMATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +122,25 @@ class Normalized:
 
 
 @dataclass(frozen=True, slots=True)
+class PhoneState:
+    """A user's phone (``""`` when none) and verified flag as a lookup read them."""
+
+    phone: str
+    verified: bool
+    user_id: str | None = None
+
+    def columns(self) -> dict[str, Any]:
+        """The before-image columns of a result row."""
+        return {"phone_before": self.phone, "verified_before": self.verified}
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRequest:
-    """One call to ``POST /v1/mgmt/user/update/phone`` (``phone == ""`` removes the phone)."""
+    """One call to ``POST /v1/mgmt/user/update/phone`` (``phone == ""`` removes the phone).
+
+    ``before`` is the user's state when a lookup read it (``None``: not looked up).
+    ``expect_phone`` (undo): send only while the user's phone is still this one.
+    """
 
     row: int
     login_id: str
@@ -116,6 +148,8 @@ class UpdateRequest:
     verified: bool | None
     fail_on_conflict: bool = True
     phone_input: str | None = None
+    before: PhoneState | None = None
+    expect_phone: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +185,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "user",
     "finished_at",
 )
+#: Appended after ``RESULT_COLUMNS`` whenever a run looked users up (the before-image).
+LOOKUP_COLUMNS: tuple[str, ...] = ("phone_before", "verified_before")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +249,14 @@ class Summary:
     result_path: str | None = None
     resumed_rows: int = 0
     stopped_reason: str | None = None
+    #: ``plan``: API calls a ``run --skip-unchanged`` of the same file needs, and the least
+    #: time the budget lets them take
+    planned_calls: int | None = None
+    planned_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document."""
-        return {
+        document: dict[str, Any] = {
             "input_rows": self.input_rows,
             "counts": dict(sorted(self.counts.items())),
             "requests": self.requests,
@@ -227,3 +267,7 @@ class Summary:
             "resumed_rows": self.resumed_rows,
             "stopped_reason": self.stopped_reason,
         }
+        if self.planned_calls is not None:
+            document["planned_calls"] = self.planned_calls
+            document["planned_s"] = self.planned_s
+        return document

@@ -9,15 +9,26 @@ Only those rows are held, so memory stays proportional to the repeated rows, not
 from __future__ import annotations
 
 import enum
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from batchphone.models import InputRow, Normalized, Reason, RowResult, Status, UpdateRequest
 from batchphone.normalize import normalize
 
-__all__ = ["EXPLANATIONS", "Mode", "Prepared", "Preparer", "RowRules", "now_iso"]
+__all__ = [
+    "EXPLANATIONS",
+    "Mode",
+    "Prepared",
+    "Preparer",
+    "RowRules",
+    "now_iso",
+    "result_for",
+    "user_fields",
+]
 
 
 class Mode(enum.Enum):
@@ -26,6 +37,7 @@ class Mode(enum.Enum):
     RUN = "run"  # it becomes an UpdateRequest
     DRY_RUN = "dry_run"  # it ends as would_update
     VALIDATE = "validate"  # it ends as valid
+    PLAN = "plan"  # it is looked up and ends as change, unchanged, ...: nothing is sent
 
 
 #: One sentence per reason, written for the support person reading the result file.
@@ -48,6 +60,9 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.DUPLICATE_ROW: "same login id and phone as an earlier row, which was sent",
     Reason.CONFLICTING_DUPLICATE: "the same login id appears with different phones or verified "
     "flags: none of its rows was sent",
+    Reason.NOT_UPDATED: "the run did not update this row: nothing to undo",
+    Reason.NO_BEFORE_IMAGE: "the run did not read this user's phone before updating it: "
+    "it cannot be restored",
 }
 
 _TRUE = {"true", "1", "yes", "y", "t"}
@@ -69,6 +84,31 @@ def now_iso() -> str:
         stamp = datetime.fromtimestamp(millis / 1000, UTC).isoformat(timespec="milliseconds")
         _last_stamp = (millis, stamp.replace("+00:00", "Z"))
     return _last_stamp[1]
+
+
+def result_for(request: UpdateRequest, *, status: Status, **fields_: Any) -> RowResult:
+    """The result of a row that became ``request``; a known before-image fills its columns."""
+    return RowResult(
+        row=request.row,
+        login_id=request.login_id,
+        phone_input=request.phone_input,
+        phone=request.phone,
+        status=status,
+        finished_at=now_iso(),
+        extra=request.before.columns() if request.before is not None else {},
+        **fields_,
+    )
+
+
+def user_fields(user: dict[str, Any] | None) -> dict[str, Any]:
+    """The result fields taken from a user the API returned (none when there is no user)."""
+    if not user:
+        return {}
+    return {
+        "user_id": user.get("userId"),
+        "verified_phone": user.get("verifiedPhone"),
+        "user_json": json.dumps(user, separators=(",", ":"), ensure_ascii=False),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +179,7 @@ class Preparer:
         return out
 
     def _settle(self, row: InputRow, verdict: Prepared) -> Prepared:
-        if isinstance(verdict, RowResult) or self.rules.mode is Mode.RUN:
+        if isinstance(verdict, RowResult) or self.rules.mode in (Mode.RUN, Mode.PLAN):
             return verdict
         status = Status.WOULD_UPDATE if self.rules.mode is Mode.DRY_RUN else Status.VALID
         reason = Reason.REMOVE_PHONE if verdict.phone == "" else None

@@ -1,6 +1,8 @@
-"""The one place that knows every stage: reader -> rules -> pool(client) -> journal -> writer.
+"""The one place that knows every stage: reader -> rules -> screen -> pool -> journal -> writer.
 
-``execute`` runs one job (``run`` or ``validate``) and returns its ``Summary``; it raises
+``execute`` runs one job (``run``, ``validate``, ``plan`` or ``undo``) and returns its ``Summary``;
+the screen (``plan``) reads users before anything is sent, and updates go one per call or in
+batches (``batch``), after a canary (``canary``) when asked. It raises
 ``BatchphoneError`` subclasses for everything that stops a run before its first call. Once the
 pool has started, every way out (done, Ctrl-C, SIGTERM, a fatal API answer, the circuit breaker)
 goes through the same ``finally``: the journal is closed and the result file written, so every
@@ -9,13 +11,11 @@ input row has its one result row.
 
 from __future__ import annotations
 
-import collections
-import json
+import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,13 @@ import httpx
 import structlog
 from anyio.abc import ObjectSendStream
 
+from batchphone.canary import Canary
 from batchphone.config import Settings
-from batchphone.errors import FatalRemoteError, UsageError
+from batchphone.errors import BatchphoneError, UsageError
+from batchphone.job import Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
 from batchphone.models import (
+    LOOKUP_COLUMNS,
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
     Reason,
@@ -36,55 +39,24 @@ from batchphone.models import (
     Summary,
     UpdateRequest,
 )
+from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.pool import run_pool
-from batchphone.prepare import Mode, Prepared, Preparer, RowRules, now_iso
+from batchphone.prepare import Mode, Prepared
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
+from batchphone.send import Control, Sender, not_attempted
+from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
 EXIT_INTERRUPTED = 130
-_BATCH_ROWS = 5_000
-_CIRCUIT_WINDOW = 100
-_CIRCUIT_MIN_CALLS = 20
-#: After a block, keep this share of the calls per window: one block is bad luck, two a habit.
-_SLOW_DOWN = 0.9
 
 log = structlog.get_logger("batchphone")
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """What to do: ``command`` over ``input_path``, results to ``out_path``."""
-
-    command: str  # "run" or "validate"
-    input_path: Path
-    out_path: Path
-
-
-@dataclass(slots=True)
-class _Control:
-    """Shared stop state: set by signals, fatal answers and the circuit breaker."""
-
-    stop_reason: Reason | None = None
-    fatal: FatalRemoteError | None = None
-    interrupted: bool = False
-    inflight: set[anyio.CancelScope] = field(default_factory=set)
-    recent_failures: collections.deque[bool] = field(
-        default_factory=lambda: collections.deque(maxlen=_CIRCUIT_WINDOW)
-    )
-
-    def stop(self, reason: Reason, *, hard: bool) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if hard:
-            for scope in list(self.inflight):
-                scope.cancel()
-
-
 def _identity(
-    job: Job, settings: Settings, source: InputSource, target: dict[str, Any]
+    job: Job, settings: Settings, source: InputSource | UndoSource, target: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "command": job.command,
@@ -98,23 +70,11 @@ def _identity(
         "verified": settings.verified,
         "allow_merge": settings.allow_merge,
         "allow_remove": settings.allow_remove,
-        "dry_run": settings.dry_run or job.command == "validate",
+        "dry_run": settings.dry_run or job.command in ("validate", "plan"),
+        "skip_unchanged": job.skip_unchanged,
+        "api": job.api,
+        "batch_size": job.batch_size if job.api == "batch" else None,
     }
-
-
-def _result_from(request: UpdateRequest, **fields_: Any) -> RowResult:
-    return RowResult(
-        row=request.row,
-        login_id=request.login_id,
-        phone_input=request.phone_input,
-        phone=request.phone,
-        finished_at=now_iso(),
-        **fields_,
-    )
-
-
-def _not_attempted(request: UpdateRequest, reason: Reason, **fields_: Any) -> RowResult:
-    return _result_from(request, status=Status.NOT_ATTEMPTED, reason=reason, **fields_)
 
 
 class _Run:
@@ -124,153 +84,126 @@ class _Run:
         self,
         job: Job,
         settings: Settings,
-        source: InputSource,
+        prepared: Iterator[list[Prepared]],
         journal: Journal,
         progress: Progress,
-        preparer: Preparer,
         total: int,
+        rules: ScreenRules,
     ) -> None:
         self.job = job
         self.settings = settings
-        self.source = source
+        self.prepared = prepared
         self.journal = journal
         self.progress = progress
-        self.preparer = preparer
         self.total = total
-        self.control = _Control()
-        self.requests = 0
-        self.rate_limited = 0
-        self.client: Any = None
-        self.limiter: Any = None
-        self.policy: Any = None
-        self._paused_until = 0.0
+        self.rules = rules
+        self.control = Control()
+        self.sender: Sender | None = None
+        self.screen: Screen | None = None
+        self.canary: Canary | None = None
+        self._pending: list[UpdateRequest] = []  # the batch being filled
 
     # -- producer -------------------------------------------------------------------------
     def _batches(self) -> Iterator[list[Prepared]]:
-        for rows in self.source.batches(batch_size=_BATCH_ROWS, limit=self.settings.limit):
-            yield self._keep(self.preparer.prepare(rows))
-        yield self._keep(self.preparer.finish())
+        for items in self.prepared:
+            yield self._keep(items)
 
     def _keep(self, items: list[Prepared]) -> list[Prepared]:
         state, retry = self.journal.state, self.settings.retry_failed
         return [item for item in items if not state.is_final(item.row, retry_failed=retry)]
 
-    async def produce(
-        self, jobs: ObjectSendStream[UpdateRequest], results: ObjectSendStream[RowResult]
-    ) -> None:
+    async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
         batches = self._batches()
         while True:
             # reading and normalizing a batch is blocking work: keep it off the event loop
             items = await anyio.to_thread.run_sync(next, batches, None)
             if items is None:
-                return
+                break
+            if self.screen is not None:
+                await self._take_screened(items, jobs)
+                continue
             for index, item in enumerate(items):
                 # rows that need no call are recorded right here: a trip through the result
                 # stream costs more than the row itself (validate and dry-runs are all such rows)
                 if isinstance(item, RowResult):
                     self.record(item)
-                elif self.control.stop_reason is not None:
-                    self.record(_not_attempted(item, self.control.stop_reason))
                 else:
-                    await jobs.send(item)
+                    await self._send(item, jobs)
                 if index % 1000 == 999:
                     await anyio.lowlevel.checkpoint()
+        await self._flush(jobs)
+        await self._check_canary()
 
-    # -- workers --------------------------------------------------------------------------
-    async def process(self, request: UpdateRequest) -> RowResult:
-        from batchphone.retry import call_with_retry
+    async def _take_screened(self, items: Iterable[Prepared], jobs: ObjectSendStream[Any]) -> None:
+        assert self.screen is not None
+        # closed even when the run is cancelled halfway through a batch
+        async with contextlib.aclosing(self.screen.screen(items)) as screened:
+            index = 0
+            async for item in screened:
+                if isinstance(item, RowResult):
+                    self.record(item)
+                else:
+                    await self._send(item, jobs)
+                index += 1
+                if index % 1000 == 0:  # runs of rows resolved locally must not hog the loop
+                    await anyio.lowlevel.checkpoint()
 
+    async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
         if self.control.stop_reason is not None:
-            return _not_attempted(request, self.control.stop_reason)
-        with anyio.CancelScope() as scope:
-            self.control.inflight.add(scope)
-            try:
-                attempted = await call_with_retry(
-                    lambda: self.client.update_phone(request),
-                    limiter=self.limiter,
-                    policy=self.policy,
-                    on_rate_limited=self._on_rate_limited,
-                )
-            except FatalRemoteError as exc:
-                if self.control.fatal is None:
-                    self.control.fatal = exc
-                self.control.stop(Reason.UNAUTHORIZED, hard=True)
-                return _not_attempted(
-                    request,
-                    Reason.UNAUTHORIZED,
-                    http_status=exc.http_status,
-                    error_code=exc.error_code,
-                    error_message=exc.message,
-                )
-            finally:
-                self.control.inflight.discard(scope)
-        if scope.cancelled_caught:
-            return _not_attempted(request, self.control.stop_reason or Reason.INTERRUPTED)
-        self.rate_limited += attempted.rate_limited
-        if attempted.value is None:
-            error = attempted.error
-            result = _result_from(
-                request,
-                status=Status.FAILED,
-                reason=Reason.RETRIES_EXHAUSTED,
-                http_status=getattr(error, "http_status", None),
-                error_code=getattr(error, "error_code", None),
-                error_message=str(error) if error else None,
-                attempts=attempted.attempts,
-            )
-        else:
-            outcome = attempted.value
-            user = outcome.user
-            result = _result_from(
-                request,
-                status=outcome.status,
-                reason=outcome.reason or (Reason.REMOVE_PHONE if request.phone == "" else None),
-                http_status=outcome.http_status,
-                error_code=outcome.error_code,
-                error_message=outcome.error_message,
-                attempts=attempted.attempts,
-                user_id=user.get("userId") if user else None,
-                verified_phone=user.get("verifiedPhone") if user else None,
-                user_json=json.dumps(user, separators=(",", ":"), ensure_ascii=False)
-                if user
-                else None,
-            )
-        self._trip_circuit(result)
-        return result
-
-    def _on_rate_limited(self, retry_after: float) -> None:
-        now = time.monotonic()
-        if now >= self._paused_until:  # a new block, not one more answer from the same one
-            calls = self.limiter.slow_down(_SLOW_DOWN)
-            log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)
-            self.progress.paused(retry_after)
-        self._paused_until = max(self._paused_until, now + retry_after)
-
-    def _trip_circuit(self, result: RowResult) -> None:
-        failures = self.control.recent_failures
-        failures.append(result.status is Status.FAILED)
-        if len(failures) < _CIRCUIT_MIN_CALLS or self.control.fatal is not None:
+            self.record(not_attempted(request, self.control.stop_reason))
             return
-        rate = sum(failures) / len(failures)
-        if rate > self.settings.max_error_rate:
-            self.control.fatal = FatalRemoteError(
-                f"stopped: {sum(failures)} of the last {len(failures)} calls failed "
-                f"(last: {result.error_code or result.http_status or result.reason}: "
-                f"{result.error_message}); fix the cause, then rerun to resume",
-                http_status=result.http_status,
-                error_code=result.error_code,
+        if self.sender is None or self.sender.batch is None:
+            await jobs.send(request)
+        else:
+            self._pending.append(request)
+            if len(self._pending) >= self.job.batch_size:
+                await self._flush(jobs)
+        if self.canary is not None and self.canary.admit(request):
+            await self._flush(jobs)
+            await self._check_canary()
+
+    async def _flush(self, jobs: ObjectSendStream[Any]) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            await jobs.send(batch)
+
+    async def _check_canary(self) -> None:
+        """Hold the producer until the canary rows are done, read them back, stop on a miss."""
+        canary, sender = self.canary, self.sender
+        if canary is None or canary.checked or not canary.sent or sender is None:
+            return
+        if self.control.stop_reason is not None:
+            return  # stopping anyway: no verdict, and no reads
+        await canary.wait()
+        bad = await canary.check(sender.lookup.read_back, on_fatal=sender.fatal)
+        for result in bad:
+            self.record(result, advance=False)  # the row was counted once already
+        if not bad:
+            log.info("canary_passed", rows=len(canary.sent))
+            return
+        log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
+        if self.control.fatal is None:
+            self.control.fatal = BatchphoneError(
+                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick; first: "
+                f"{bad[0].error_message}; the remaining rows were not sent: find the cause, "
+                "then rerun the same command to resume"
             )
-            log.error("circuit_open", failed=sum(failures), calls=len(failures))
-            self.control.stop(Reason.CIRCUIT_OPEN, hard=False)
+        self.control.stop(Reason.STOPPED, hard=False)
 
     # -- consumer -------------------------------------------------------------------------
     async def consume(self, result: RowResult) -> None:
         self.record(result)
 
-    def record(self, result: RowResult) -> None:
+    async def consume_batch(self, results: list[RowResult]) -> None:
+        for result in results:
+            self.record(result)
+
+    def record(self, result: RowResult, *, advance: bool = True) -> None:
         """Journal a final result. Synchronous (no await), so the producer's and the consumer's
         records never interleave within a line."""
         self.journal.append(result, ts=time.time(), urgent=result.attempts > 0)
+        if self.canary is not None:
+            self.canary.observe(result)
         if result.status is Status.FAILED:
             log.info(
                 "row_failed",
@@ -279,7 +212,8 @@ class _Run:
                 http_status=result.http_status,
                 error_code=result.error_code,
             )
-        self.progress.advance(result)
+        if advance:
+            self.progress.advance(result)
 
     # -- signals and housekeeping ---------------------------------------------------------
     async def watch_signals(self) -> None:
@@ -314,7 +248,7 @@ def _counts(journal: Journal, total: int) -> dict[str, int]:
     return counts
 
 
-def _exit_code(counts: dict[str, int], control: _Control) -> int:
+def _exit_code(counts: dict[str, int], control: Control) -> int:
     if control.interrupted:
         return EXIT_INTERRUPTED
     if control.fatal is not None:
@@ -323,34 +257,34 @@ def _exit_code(counts: dict[str, int], control: _Control) -> int:
     return 0 if all(status in ok for status, n in counts.items() if n) else 1
 
 
-async def _connect(
+def _connect(
     run: _Run,
     settings: Settings,
     target: dict[str, Any],
     transport: httpx.AsyncBaseTransport | None,
-) -> None:
-    from batchphone.client import DescopeClient
-    from batchphone.ratelimit import RateLimiter
-    from batchphone.retry import RetryPolicy
-
-    run.client = DescopeClient(
-        project_id=target["project_id"],
-        management_key=target["management_key"],
-        base_url=target["base_url"],
-        timeout=settings.timeout,
-        max_connections=settings.concurrency,
-        transport=transport,
+    mode: Mode,
+) -> Sender:
+    sender = Sender(
+        settings,
+        target,
+        transport,
+        control=run.control,
+        progress=run.progress,
+        call_times=run.journal.state.call_times,
+        batches=mode is Mode.RUN and run.job.api == "batch",
     )
-    run.limiter = RateLimiter(
-        settings.rate_calls, settings.rate_period, margin=settings.rate_margin
-    )
-    run.limiter.seed(run.journal.state.call_times)
-    run.policy = RetryPolicy(
-        max_attempts=settings.max_attempts,
-        wait_initial=settings.retry_wait_initial,
-        wait_max=settings.retry_wait_max,
-        wait_jitter=settings.retry_wait_initial,
-    )
+    run.sender = sender
+    if run.rules.active:
+        run.screen = Screen(
+            run.rules,
+            sender.lookup,
+            stopped=lambda: run.control.stop_reason,
+            on_fatal=sender.fatal,
+            observe=sender.trip_circuit,
+        )
+    if mode is Mode.RUN and run.job.canary:
+        run.canary = Canary(run.job.canary)
+    return sender
 
 
 def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
@@ -392,20 +326,20 @@ async def execute(
     """
     progress = progress or NullProgress()
     started = time.monotonic()
-    mode = (
-        Mode.VALIDATE
-        if job.command == "validate"
-        else (Mode.DRY_RUN if settings.dry_run else Mode.RUN)
-    )
-    needs_api = mode is Mode.RUN
+    mode = job_mode(job, settings)
+    needs_api = mode in (Mode.RUN, Mode.PLAN)
     target = target if target is not None else _target(settings, needs_api)
     await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
-    spec = InputSpec(
-        path=job.input_path,
-        login_id_column=settings.login_id_column,
-        phone_column=settings.phone_column,
-    )
-    source = await anyio.to_thread.run_sync(open_input, spec)
+    source: InputSource | UndoSource
+    if job.command == "undo":
+        source = await anyio.to_thread.run_sync(open_results, job.input_path)
+    else:
+        spec = InputSpec(
+            path=job.input_path,
+            login_id_column=settings.login_id_column,
+            phone_column=settings.phone_column,
+        )
+        source = await anyio.to_thread.run_sync(open_input, spec)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)
     lock = RunLock(job.out_path)
     await anyio.to_thread.run_sync(lock.acquire)
@@ -429,7 +363,7 @@ async def execute(
 async def _execute_locked(
     job: Job,
     settings: Settings,
-    source: InputSource,
+    source: InputSource | UndoSource,
     identity: dict[str, Any],
     target: dict[str, Any],
     mode: Mode,
@@ -445,18 +379,9 @@ async def _execute_locked(
         restart=settings.restart or mode is Mode.VALIDATE,
         replaceable=mode is not Mode.RUN,
     )
-    limit = settings.limit
-    repeated, total = await anyio.to_thread.run_sync(
-        lambda: (source.repeated_login_ids(limit), source.count_rows(limit))
-    )
-    rules = RowRules(
-        mode=mode,
-        default_region=settings.default_region,
-        verified=settings.verified,
-        allow_merge=settings.allow_merge,
-        allow_remove=settings.allow_remove,
-    )
-    run = _Run(job, settings, source, journal, progress, Preparer(rules, repeated), total)
+    prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)
+    rules = screen_rules(job, settings, mode)
+    run = _Run(job, settings, prepared, journal, progress, total, rules)
     done = total - sum(
         n for status, n in _counts(journal, total).items() if status == Status.NOT_ATTEMPTED.value
     )
@@ -468,15 +393,21 @@ async def _execute_locked(
         resumed=journal.resumed,
         already_final=done,
         dry_run=mode is Mode.DRY_RUN,
+        plan=mode is Mode.PLAN,
+        skip_unchanged=job.skip_unchanged,
+        api=job.api,
     )
+    needs_api = mode in (Mode.RUN, Mode.PLAN)
     progress.start(
         total,
         done=done,
-        calls_per_second=settings.rate_calls / settings.rate_period if mode is Mode.RUN else None,
+        calls_per_second=settings.rate_calls / settings.rate_period if needs_api else None,
     )
+    # the before-image columns come with every read of the users' state
+    columns = RESULT_COLUMNS + LOOKUP_COLUMNS if rules.compare else RESULT_COLUMNS
     try:
-        if mode is Mode.RUN:
-            await _connect(run, settings, target, transport)
+        if needs_api:
+            _connect(run, settings, target, transport, mode)
         async with anyio.create_task_group() as group:
             if handle_signals and threading.current_thread() is threading.main_thread():
                 group.start_soon(run.watch_signals)
@@ -485,18 +416,24 @@ async def _execute_locked(
             group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            if run.client is not None:
-                run.requests = run.client.requests
-                await run.client.aclose()
+            if run.sender is not None:
+                await run.sender.aclose()
             journal.close()
-            await anyio.to_thread.run_sync(_write, job.out_path, journal, total)
+            await anyio.to_thread.run_sync(_write, job.out_path, journal, total, columns)
             progress.close()
     counts = _counts(journal, total)
+    planned: int | None = None
+    planned_s: float | None = None
+    if mode is Mode.PLAN:
+        planned = planned_calls(counts, batch_size=job.batch_size if job.api == "batch" else None)
+        window = settings.rate_period * (1 + settings.rate_margin)
+        planned_s = budget_seconds(planned, settings.rate_calls, window)
+    sender = run.sender
     summary = Summary(
         input_rows=total,
         counts=counts,
-        requests=run.requests,
-        rate_limited=run.rate_limited,
+        requests=sender.client.requests if sender is not None else 0,
+        rate_limited=sender.rate_limited if sender is not None else 0,
         elapsed_s=time.monotonic() - started,
         exit_code=_exit_code(counts, run.control),
         result_path=str(job.out_path),
@@ -504,34 +441,35 @@ async def _execute_locked(
         stopped_reason=run.control.fatal.message
         if run.control.fatal
         else ("interrupted" if run.control.interrupted else None),
+        planned_calls=planned,
+        planned_s=planned_s,
     )
     log.info("run_finished", **summary.to_json())
     return summary
 
 
 async def _run_pool(run: _Run, mode: Mode) -> None:
-    if mode is Mode.RUN:
-        # the handshake is a call in flight like any other: a second Ctrl-C must cancel it
-        with anyio.CancelScope() as scope:
-            run.control.inflight.add(scope)
-            try:
-                await run.client.fetch_license()
-            except FatalRemoteError as exc:
-                run.control.fatal = exc
-                run.control.stop(Reason.UNAUTHORIZED, hard=True)
-            finally:
-                run.control.inflight.discard(scope)
-    await run_pool(
-        run.produce,
-        run.process,
-        run.consume,
-        concurrency=run.settings.concurrency if mode is Mode.RUN else 1,
-    )
+    sender = run.sender
+    if sender is None:  # nothing to send: the producer records every row itself
+        await run_pool(run.produce, _never, run.consume, concurrency=1)
+        return
+    await sender.fetch_license()
+    concurrency = run.settings.concurrency if mode is Mode.RUN else 1
+    if sender.batch is not None:
+        await run_pool(
+            run.produce, sender.process_batch, run.consume_batch, concurrency=concurrency
+        )
+    else:
+        await run_pool(run.produce, sender.process, run.consume, concurrency=concurrency)
 
 
-def _write(out_path: Path, journal: Journal, total: int) -> int:
+async def _never(request: UpdateRequest) -> RowResult:
+    raise AssertionError(f"row {request.row}: a run that sends nothing got a row to send")
+
+
+def _write(out_path: Path, journal: Journal, total: int, columns: tuple[str, ...]) -> int:
     records = (r for r in iter_records(journal.path) if r["row"] <= total)
-    written: int = write_results(records, out_path, columns=RESULT_COLUMNS)
+    written: int = write_results(records, out_path, columns=columns)
     return written
 
 

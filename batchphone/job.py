@@ -1,0 +1,114 @@
+"""A job: what to do (``run``, ``validate``, ``plan``, ``undo``), with which rows, and how.
+
+``Job`` is what the CLI asks for; ``job_mode`` says what becomes of a sendable row (and refuses
+options that cannot go together), ``screen_rules`` which reads come before sending, and
+``prepared_batches`` turns the input (or, for ``undo``, a result file) into batches of update
+requests and of results that need no call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchphone.batch import MAX_BATCH
+from batchphone.config import Settings
+from batchphone.errors import UsageError
+from batchphone.plan import ScreenRules
+from batchphone.prepare import Mode, Prepared, Preparer, RowRules
+from batchphone.reader import InputSource
+from batchphone.undo import UndoSource
+
+__all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
+
+#: Input rows read and judged at a time.
+BATCH_ROWS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What to do: ``command`` over ``input_path``, results to ``out_path``, and how to send.
+
+    ``command`` is ``run``, ``validate``, ``plan`` or ``undo`` (whose input is a result file).
+    ``skip_unchanged`` reads the users first and sends only rows that change; ``api`` is
+    ``update`` (a call per row) or ``batch`` (``batch_size`` rows per patch call); ``canary``
+    sends the first N updates, reads them back and goes on only if every one stuck.
+    """
+
+    command: str
+    input_path: Path
+    out_path: Path
+    skip_unchanged: bool = False
+    api: str = "update"
+    batch_size: int = MAX_BATCH
+    canary: int = 0
+
+    def __post_init__(self) -> None:
+        if self.api not in ("update", "batch"):
+            raise UsageError(f"api: expected update or batch, not {self.api!r}", setting="api")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise UsageError(
+                f"batch_size: expected 1..{MAX_BATCH}, not {self.batch_size}", setting="batch_size"
+            )
+        if self.canary < 0:
+            raise UsageError(f"canary: expected N >= 1, not {self.canary}", setting="canary")
+
+
+def job_mode(job: Job, settings: Settings) -> Mode:
+    """What the job does with sendable rows; refuses options that cannot go together."""
+    if job.command == "validate":
+        mode = Mode.VALIDATE
+    elif job.command == "plan" or (
+        settings.dry_run and (job.skip_unchanged or job.command == "undo")
+    ):
+        mode = Mode.PLAN  # a dry run that compares is a plan
+    else:
+        mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
+    if job.api == "batch" and settings.allow_merge and mode is Mode.RUN:
+        raise UsageError(
+            "--allow-merge cannot be used with --api batch: a batch patch has no failOnConflict, "
+            "so batchphone refuses every phone that is another user's login id there",
+            setting="allow_merge",
+        )
+    if job.canary and mode is not Mode.RUN:
+        raise UsageError(
+            "--canary reads back the updates it sent: it cannot be used with --dry-run",
+            setting="canary",
+        )
+    return mode
+
+
+def screen_rules(job: Job, settings: Settings, mode: Mode) -> ScreenRules:
+    """Which reads come before sending: nothing is read when nothing could be sent."""
+    if mode not in (Mode.RUN, Mode.PLAN):
+        return ScreenRules()
+    compare = mode is Mode.PLAN or job.skip_unchanged or job.command == "undo"
+    # a plan always shows conflicts; a batch patch cannot refuse them itself
+    guard = mode is Mode.PLAN or job.api == "batch" or (compare and not settings.allow_merge)
+    return ScreenRules(compare=compare, guard=guard, plan=mode is Mode.PLAN)
+
+
+def prepared_batches(
+    source: InputSource | UndoSource, settings: Settings, mode: Mode
+) -> tuple[Iterator[list[Prepared]], int]:
+    """The row batches to process (lazily: each is read when asked for) and how many rows."""
+    limit = settings.limit
+    if isinstance(source, UndoSource):
+        batches = source.prepared(allow_remove=settings.allow_remove, limit=limit)
+        return batches, source.count_rows(limit)
+    rules = RowRules(
+        mode=mode,
+        default_region=settings.default_region,
+        verified=settings.verified,
+        allow_merge=settings.allow_merge,
+        allow_remove=settings.allow_remove,
+    )
+    preparer = Preparer(rules, source.repeated_login_ids(limit))
+
+    def judged() -> Iterator[list[Prepared]]:
+        for rows in source.batches(batch_size=BATCH_ROWS, limit=limit):
+            yield preparer.prepare(rows)
+        yield preparer.finish()
+
+    return judged(), source.count_rows(limit)

@@ -1,0 +1,177 @@
+"""Reads of users' current state, batched and paced by the run's limiter like every update.
+
+A run that compares before it sends (``--skip-unchanged``, ``plan``, ``undo``) reads users with
+``POST /v2/mgmt/user/search`` by ``loginIds``, 100 ids per call: a call per 100 rows instead of a
+call per row. The same search finds the owners of new phones (a phone that is another user's
+login id is the case where Descope merges users); since few phones are anyone's login id, that
+search asks for up to 1000 phones at once and pages through the (usually empty) answer. How many
+filter values the API takes is not published: should it refuse a long list, the run asks for
+100 at a time from then on. ``--canary`` reads single users back with ``GET /v1/mgmt/user``.
+Every read waits for the limiter and goes through ``call_with_retry``, so reads and updates
+share one budget and a 429 pauses them all.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, TypeVar, cast
+
+import anyio
+import structlog
+
+from batchphone.client import DescopeClient
+from batchphone.errors import FatalRemoteError, RemoteError
+from batchphone.models import Reason, Status
+from batchphone.ratelimit import RateLimiter
+from batchphone.retry import RetryPolicy, call_with_retry
+
+__all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "owner_checks"]
+
+T = TypeVar("T")
+
+#: Ids per search and users per page: descope-api.md assumes 100 is the largest page, and with
+#: at most 100 ids a page can never overflow (one id names at most one user).
+PAGE = 100
+#: Phones per owner check: nearly all of them are nobody's login id, so the answer is one page.
+OWNER_IDS = 1000
+
+log = structlog.get_logger("batchphone")
+
+
+def owner_checks(phones: int) -> int:
+    """Searches needed to check ``phones`` phones when few of them are anyone's login id."""
+    return math.ceil(phones / OWNER_IDS)
+
+
+class LookupFailed(Exception):
+    """A read gave no usable answer.
+
+    ``fields`` are the result fields of the rows it was for (``status``, ``reason``,
+    ``http_status``, ...); ``None`` means the run is stopping and the rows stay unsent.
+    """
+
+    def __init__(self, fields: dict[str, Any] | None) -> None:
+        super().__init__(fields.get("error_message") if fields else "stopped")
+        self.fields = fields
+
+
+class Lookup:
+    """Batched user reads of one run: same client, limiter, retry policy and stop scopes."""
+
+    def __init__(
+        self,
+        client: DescopeClient,
+        limiter: RateLimiter,
+        policy: RetryPolicy,
+        *,
+        on_rate_limited: Callable[[float], None] | None = None,
+        inflight: set[anyio.CancelScope] | None = None,
+    ) -> None:
+        self.client = client
+        self.limiter = limiter
+        self.policy = policy
+        self.on_rate_limited = on_rate_limited
+        # the run cancels every scope in here on a second Ctrl-C, reads included
+        self.inflight = inflight if inflight is not None else set()
+        #: calls that got a usable answer, and the 429s met on the way
+        self.calls = 0
+        self.rate_limited = 0
+        self._owner_ids = OWNER_IDS
+
+    async def by_login_id(self, login_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The users that have one of ``login_ids`` as a login id, keyed by that id.
+
+        Ids nobody has are simply absent. One search per 100 distinct ids; raises
+        ``LookupFailed`` (the rows of these ids cannot be judged) or ``FatalRemoteError``.
+        """
+        wanted = list(dict.fromkeys(login_ids))
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted), PAGE):
+            found |= await self._owned(wanted[start : start + PAGE])
+        return found
+
+    async def owners(self, phones: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The users whose login id is one of ``phones``, keyed by that phone.
+
+        Like ``by_login_id``, but up to 1000 phones per search (see the module docstring).
+        """
+        wanted = list(dict.fromkeys(phones))
+        found: dict[str, dict[str, Any]] = {}
+        start = 0
+        while start < len(wanted):
+            chunk = wanted[start : start + self._owner_ids]
+            try:
+                found |= await self._owned(chunk)
+            except LookupFailed as exc:
+                refused = exc.fields is not None and exc.fields["reason"] is Reason.REJECTED
+                if not refused or len(chunk) <= PAGE:
+                    raise
+                log.warning("long_search_refused", ids=len(chunk), now=PAGE)
+                self._owner_ids = PAGE
+                continue
+            start += len(chunk)
+        return found
+
+    async def _owned(self, chunk: list[str]) -> dict[str, dict[str, Any]]:
+        names = set(chunk)
+        found: dict[str, dict[str, Any]] = {}
+        for user in await self._search(chunk):
+            for login_id in user.get("loginIds") or ():
+                if login_id in names:
+                    found[login_id] = user
+        return found
+
+    async def read_back(self, login_id: str) -> dict[str, Any] | None:
+        """``GET /v1/mgmt/user``: the user as stored now, or ``None`` when there is none."""
+        user: dict[str, Any] | None = await self._call(lambda: self.client.load_user(login_id))
+        return user
+
+    async def _search(self, login_ids: Sequence[str]) -> list[dict[str, Any]]:
+        users: list[dict[str, Any]] = []
+        page = 0
+        while True:
+            search = functools.partial(self.client.search_users, login_ids, page=page, limit=PAGE)
+            found, total = await self._call(search)
+            users.extend(user for user in found if isinstance(user, dict))
+            # at most PAGE ids fit one page; an owner check of more ids rarely needs a second
+            if len(found) < PAGE or len(users) >= total:
+                return users
+            page += 1
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        with anyio.CancelScope() as scope:
+            self.inflight.add(scope)
+            try:
+                attempted = await call_with_retry(
+                    call,
+                    limiter=self.limiter,
+                    policy=self.policy,
+                    on_rate_limited=self.on_rate_limited,
+                )
+            except FatalRemoteError:
+                raise
+            except RemoteError as exc:  # a 4xx no retry can change
+                raise LookupFailed(_failure(Reason.REJECTED, exc, attempts=1)) from None
+            finally:
+                self.inflight.discard(scope)
+        if scope.cancelled_caught:
+            raise LookupFailed(None)
+        self.rate_limited += attempted.rate_limited
+        if attempted.error is not None:
+            failure = _failure(Reason.RETRIES_EXHAUSTED, attempted.error, attempted.attempts)
+            raise LookupFailed(failure)
+        self.calls += 1
+        return cast(T, attempted.value)  # no error: the value is the call's answer
+
+
+def _failure(reason: Reason, error: RemoteError, attempts: int) -> dict[str, Any]:
+    return {
+        "status": Status.FAILED,
+        "reason": reason,
+        "http_status": error.http_status,
+        "error_code": error.error_code,
+        "error_message": f"lookup failed: {error.message}",
+        "attempts": attempts,
+    }

@@ -1,0 +1,260 @@
+"""Spend calls only where they change something: judge rows against the users' current state.
+
+``Screen`` sits between the row rules and the senders. For each batch of rows it
+
+1. reads the users (``compare``: ``--skip-unchanged``, ``plan``, ``undo``), 100 per search: a row
+   whose user already has that phone and verified flag ends ``unchanged``, a login id nobody
+   has ends ``not_found``, and (undo) a user whose phone is no longer the one the run set ends
+   ``skipped``/``CHANGED_SINCE``; every other row keeps the user's state as its before-image;
+2. checks the new phones (``guard``: always before a batch patch, which has no
+   ``failOnConflict``): a phone that is another user's login id ends ``conflict`` unsent, since
+   Descope would merge the two users. Rows wait until 1000 phones are pending (or the batch
+   ends), so a check costs about one search per 1000 changes, not one per 100 rows;
+3. hands on what is left: to the senders, or (``plan``) as ``change`` rows.
+
+Row results the screen makes carry the user it read; nothing here sends an update.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from batchphone.errors import FatalRemoteError
+from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, owner_checks
+from batchphone.models import PhoneState, Reason, RowResult, Status, UpdateRequest
+from batchphone.prepare import Prepared, result_for, user_fields
+
+__all__ = ["Screen", "ScreenRules", "budget_seconds", "planned_calls", "target_verified"]
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenRules:
+    """Which reads the screen makes, and whether anything may be sent afterwards."""
+
+    compare: bool = False  # read each user: before-image, unchanged, not_found, changed since
+    guard: bool = False  # refuse a phone that is another user's login id
+    plan: bool = False  # send nothing: rows that would be sent end as `change`
+
+    @property
+    def active(self) -> bool:
+        """True when the screen makes any read at all."""
+        return self.compare or self.guard
+
+
+def target_verified(request: UpdateRequest) -> bool:
+    """The ``verifiedPhone`` the user has after ``request``.
+
+    The API stores ``null`` as false (descope-api.md: the Go SDK sends false, the protobuf
+    default), and a removed phone is never verified.
+    """
+    return bool(request.phone) and bool(request.verified)
+
+
+def _state(user: Mapping[str, Any]) -> PhoneState:
+    user_id = user.get("userId")
+    return PhoneState(
+        phone=str(user.get("phone") or ""),
+        verified=bool(user.get("verifiedPhone")),
+        user_id=user_id if isinstance(user_id, str) else None,
+    )
+
+
+def _same_user(owner: Mapping[str, Any], request: UpdateRequest) -> bool:
+    """True when the owner of the phone is the row's own user (its phone is its login id)."""
+    owner_id = owner.get("userId")
+    if request.before is not None and request.before.user_id is not None:
+        return owner_id == request.before.user_id
+    return request.login_id in (owner.get("loginIds") or ()) or owner_id == request.login_id
+
+
+class Screen:
+    """Judges update requests against the users' current state, batch by batch.
+
+    ``stopped`` returns the reason the run is stopping, if it is: rows not judged yet then end
+    ``not_attempted`` (never unjudged: a batch patch must not skip the phone check). A
+    ``FatalRemoteError`` goes to ``on_fatal``, after which the run is stopping too; a read that
+    failed for good goes to ``observe`` as one failed call (the circuit breaker counts it).
+    """
+
+    def __init__(
+        self,
+        rules: ScreenRules,
+        lookup: Lookup,
+        *,
+        stopped: Callable[[], Reason | None],
+        on_fatal: Callable[[FatalRemoteError], None],
+        observe: Callable[[RowResult], None] | None = None,
+    ) -> None:
+        self.rules = rules
+        self.lookup = lookup
+        self.stopped = stopped
+        self.on_fatal = on_fatal
+        self.observe = observe
+
+    async def screen(self, items: Iterable[Prepared]) -> AsyncGenerator[Prepared, None]:
+        """Yield every item of ``items`` once: judged results, or requests still to send.
+
+        Results come out as soon as they are known, so the senders start on a batch while
+        the rest of it is still being read.
+        """
+        chunk: list[UpdateRequest] = []
+        waiting: list[UpdateRequest] = []  # read, and waiting for the phone check
+        for item in items:
+            if isinstance(item, RowResult):
+                yield item
+                continue
+            chunk.append(item)
+            if len(chunk) == PAGE:
+                for out in await self._read(chunk, waiting):
+                    yield out
+                chunk = []
+            while len(waiting) >= OWNER_IDS:
+                for out in await self._check(waiting[:OWNER_IDS]):
+                    yield out
+                del waiting[:OWNER_IDS]
+        if chunk:
+            for out in await self._read(chunk, waiting):
+                yield out
+        if waiting:
+            for out in await self._check(waiting):
+                yield out
+
+    async def _read(
+        self, chunk: list[UpdateRequest], waiting: list[UpdateRequest]
+    ) -> list[Prepared]:
+        """Judge a chunk by its users; requests that need the phone check go to ``waiting``."""
+        if not self.rules.compare:
+            return self._hand_on(chunk, waiting)
+        users = await self._users([r.login_id for r in chunk], chunk)
+        if isinstance(users, list):
+            return users
+        out: list[Prepared] = []
+        sendable: list[UpdateRequest] = []
+        for request in chunk:
+            user = users.get(request.login_id)
+            if user is None:
+                out.append(
+                    result_for(
+                        request,
+                        status=Status.NOT_FOUND,
+                        reason=Reason.USER_NOT_FOUND,
+                        error_message="no user has this login id",
+                    )
+                )
+                continue
+            before = _state(user)
+            request = replace(request, before=before)
+            found = user_fields(user)
+            if before.phone == request.phone and before.verified == target_verified(request):
+                out.append(result_for(request, status=Status.UNCHANGED, **found))
+            elif request.expect_phone is not None and before.phone != request.expect_phone:
+                message = (
+                    f"the user's phone is now {before.phone or '(none)'}, not the "
+                    f"{request.expect_phone or '(none)'} the run set: left as is"
+                )
+                out.append(
+                    result_for(
+                        request,
+                        status=Status.SKIPPED,
+                        reason=Reason.CHANGED_SINCE,
+                        error_message=message,
+                        **found,
+                    )
+                )
+            else:
+                sendable.append(request)
+        return out + self._hand_on(sendable, waiting)
+
+    def _hand_on(
+        self, requests: list[UpdateRequest], waiting: list[UpdateRequest]
+    ) -> list[Prepared]:
+        if not self.rules.guard:
+            return [self._ready(r) for r in requests]
+        out: list[Prepared] = []
+        for request in requests:
+            # removing a phone cannot collide with anyone's login id
+            if request.phone:
+                waiting.append(request)
+            else:
+                out.append(self._ready(request))
+        return out
+
+    async def _check(self, requests: list[UpdateRequest]) -> list[Prepared]:
+        """Refuse the requests whose new phone is another user's login id."""
+        owners = await self._users([r.phone for r in requests], requests, owners=True)
+        if isinstance(owners, list):
+            return owners
+        out: list[Prepared] = []
+        for request in requests:
+            owner = owners.get(request.phone)
+            if owner is None or _same_user(owner, request):
+                out.append(self._ready(request))
+                continue
+            message = (
+                f"{request.phone} is the login id of another user ({owner.get('userId')}): "
+                "not sent, Descope would merge the two users"
+            )
+            out.append(
+                result_for(
+                    request,
+                    status=Status.CONFLICT,
+                    reason=Reason.PHONE_CONFLICT,
+                    error_message=message,
+                )
+            )
+        return out
+
+    async def _users(
+        self, login_ids: list[str], requests: list[UpdateRequest], *, owners: bool = False
+    ) -> dict[str, dict[str, Any]] | list[Prepared]:
+        """The users by login id, or the requests' results when they cannot be read."""
+        if self.stopped() is None:
+            try:
+                if owners:
+                    return await self.lookup.owners(login_ids)
+                return await self.lookup.by_login_id(login_ids)
+            except FatalRemoteError as exc:
+                self.on_fatal(exc)
+            except LookupFailed as exc:
+                if exc.fields is not None:
+                    failed: list[Prepared] = [result_for(r, **exc.fields) for r in requests]
+                    if self.observe is not None and isinstance(failed[0], RowResult):
+                        self.observe(failed[0])  # one call failed, however many rows it read
+                    return failed
+        # stopping (a signal, a fatal answer, a cancelled read): these rows stay unsent
+        reason = self.stopped() or Reason.INTERRUPTED
+        return [result_for(r, status=Status.NOT_ATTEMPTED, reason=reason) for r in requests]
+
+    def _ready(self, request: UpdateRequest) -> Prepared:
+        if not self.rules.plan:
+            return request
+        reason = Reason.REMOVE_PHONE if request.phone == "" else None
+        return result_for(request, status=Status.CHANGE, reason=reason)
+
+
+def planned_calls(counts: Mapping[str, int], *, batch_size: int | None) -> int:
+    """API calls a ``run --skip-unchanged`` needs for rows judged as in ``counts``.
+
+    One search per 100 rows read, one phone check per 1000 rows that change (or would have,
+    for conflicts), and one update per change, or one patch per ``batch_size`` changes.
+    """
+    changes = counts.get(Status.CHANGE.value, 0)
+    judged = (Status.CHANGE, Status.UNCHANGED, Status.NOT_FOUND, Status.CONFLICT, Status.SKIPPED)
+    read = sum(counts.get(status.value, 0) for status in judged)
+    read += counts.get(Status.FAILED.value, 0)  # reads that failed are tried again
+    checked = changes + counts.get(Status.CONFLICT.value, 0)
+    sends = changes if batch_size is None else math.ceil(changes / batch_size)
+    return math.ceil(read / PAGE) + owner_checks(checked) + sends
+
+
+def budget_seconds(calls: int, rate_calls: int, window: float) -> float:
+    """The least time ``calls`` take when at most ``rate_calls`` may start in any ``window``.
+
+    The first ``rate_calls`` start at once; each further full budget waits one more window.
+    """
+    if calls <= rate_calls:
+        return 0.0
+    return ((calls - 1) // rate_calls) * window

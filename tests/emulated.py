@@ -1,0 +1,135 @@
+"""Helpers for the end-to-end tests of plan, skip-unchanged, undo, batch mode and canary.
+
+Every run goes to an in-process emulator (``Emulator(...).transport()``): no socket, no port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+
+from batchphone.config import Secret, Settings
+from batchphone.emulator import Emulator, ProjectSettings
+from batchphone.models import Summary
+from batchphone.runner import Job, execute
+
+PROJECT = "P2batchphoneIssue6Project000000"
+KEY = "K2-issue6-management-key-0123456789"
+UPDATE = "/v1/mgmt/user/update/phone"
+SEARCH = "/v2/mgmt/user/search"
+LOAD = "/v1/mgmt/user"
+PATCH_BATCH = "/v1/mgmt/user/patch/batch"
+LICENSE = "/v1/mgmt/license"
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
+
+
+def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
+    """One project holding ``users``."""
+    return Emulator(
+        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users, **project)]
+    )
+
+
+def settings(**overrides: Any) -> Settings:
+    """Settings for the emulated project: a budget never reached, short retry waits."""
+    base = Settings(
+        project_id=PROJECT,
+        base_url="http://127.0.0.1:9",  # never reached: the transport is in-process
+        management_key=Secret(KEY),
+        rate_calls=10_000,
+        rate_period=1.0,
+        retry_wait_initial=0.001,
+        retry_wait_max=0.005,
+    )
+    return replace(base, **overrides)
+
+
+async def run_job(
+    emulator: Emulator,
+    command: str,
+    input_path: Path,
+    out: Path,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    job: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> Summary:
+    """Execute ``command`` with the job options ``job`` and settings ``overrides``."""
+    return await execute(
+        Job(command=command, input_path=input_path, out_path=out, **(job or {})),
+        settings(**overrides),
+        transport=transport or emulator.transport(),
+    )
+
+
+class Spy(httpx.AsyncBaseTransport):
+    """Passes every request to the emulator, after ``handler`` had a chance to answer it.
+
+    It keeps the JSON body (or query) of each request by path.
+    """
+
+    def __init__(self, emulator: Emulator, handler: Handler | None = None) -> None:
+        self.inner = emulator.transport()
+        self.handler = handler
+        self.bodies: dict[str, list[Any]] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else dict(request.url.params)
+        self.bodies.setdefault(request.url.path, []).append(body)
+        if self.handler is not None:
+            answer = await self.handler(request)
+            if answer is not None:
+                return answer
+        return await self.inner.handle_async_request(request)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    """A CSV result file as dicts of text cells."""
+    return pl.read_csv(path, infer_schema=False).to_dicts()
+
+
+def by_row(path: Path) -> dict[int, tuple[str, str | None]]:
+    """(status, reason) of each row of a CSV result file."""
+    return {int(r["row"]): (r["status"], r["reason"]) for r in read(path)}
+
+
+def calls(emulator: Emulator, path: str | None = None) -> int:
+    """Calls the emulator received (to ``path``, or to any path)."""
+    requests = emulator.stats(PROJECT).requests
+    return sum(n for (p, _), n in requests.items() if path in (None, p))
+
+
+def write_input(path: Path, rows: list[tuple[str, str]], verified: list[str] | None = None) -> Path:
+    """An input CSV of (loginId, phone) rows, with a verified column when given."""
+    data: dict[str, list[str]] = {
+        "loginId": [login for login, _ in rows],
+        "phone": [phone for _, phone in rows],
+    }
+    if verified is not None:
+        data["verified"] = verified
+    pl.DataFrame(data).write_csv(path)
+    return path
+
+
+def phone_users(count: int, *, verified: bool = True) -> list[dict[str, Any]]:
+    """``count`` users ``user<i>@example.com`` with phone ``+1415555<i:04d>``."""
+    return [
+        {
+            "loginId": f"user{i}@example.com",
+            "phone": f"+1415555{i:04d}",
+            "verifiedPhone": verified,
+        }
+        for i in range(count)
+    ]
+
+
+def json_answer(status: int, body: dict[str, Any]) -> httpx.Response:
+    """An API answer with a JSON body."""
+    return httpx.Response(status, json=body)

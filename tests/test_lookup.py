@@ -1,0 +1,236 @@
+"""Batched user reads: 100 ids per search, paced by the limiter, 429s and failures handled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from batchphone.client import DescopeClient
+from batchphone.errors import FatalRemoteError
+from batchphone.lookup import PAGE, Lookup, LookupFailed
+from batchphone.models import Reason, Status
+from batchphone.ratelimit import RateLimiter
+from batchphone.retry import RetryPolicy
+from tests.emulated import KEY, LOAD, PROJECT, SEARCH, Spy, json_answer, make_emulator, phone_users
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    """Limiter time that moves only when someone sleeps on it: pauses cost no real time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def lookup_over(
+    transport: httpx.AsyncBaseTransport, *, max_attempts: int = 3, **kwargs: Any
+) -> AsyncIterator[Lookup]:
+    client = DescopeClient(
+        project_id=PROJECT,
+        management_key=KEY,
+        base_url="http://emulator.invalid",
+        transport=transport,
+    )
+    limiter = RateLimiter(1000, 1.0, clock=FakeClock())
+    policy = RetryPolicy(max_attempts=max_attempts, wait_initial=0.5, wait_max=1.0, wait_jitter=0)
+    try:
+        yield Lookup(client, limiter, policy, **kwargs)
+    finally:
+        await client.aclose()
+
+
+async def test_one_search_per_hundred_ids_each_through_the_limiter() -> None:
+    emulator = make_emulator(phone_users(230))
+    spy = Spy(emulator)
+    ids = [f"user{i}@example.com" for i in range(250)]  # the last 20 do not exist
+    async with lookup_over(spy) as lookup:
+        found = await lookup.by_login_id([*ids, ids[0]])  # a repeated id is asked once
+        assert lookup.calls == 3 and lookup.limiter.stats.calls == 3
+    assert [len(body["loginIds"]) for body in spy.bodies[SEARCH]] == [100, 100, 50]
+    assert all(body["limit"] == PAGE and body["withTestUser"] for body in spy.bodies[SEARCH])
+    assert set(found) == set(ids[:230])
+    assert found["user7@example.com"]["phone"] == "+14155550007"
+
+
+async def test_a_user_is_found_under_each_login_id_asked_for() -> None:
+    emulator = make_emulator([{"loginIds": ["a@example.com", "+14155550100"], "phone": ""}])
+    async with lookup_over(emulator.transport()) as lookup:
+        found = await lookup.by_login_id(["+14155550100", "b@example.com"])
+    assert list(found) == ["+14155550100"]
+    assert found["+14155550100"]["loginIds"] == ["a@example.com", "+14155550100"]
+
+
+async def test_a_429_pauses_the_limiter_and_the_search_is_sent_again() -> None:
+    emulator = make_emulator(phone_users(3))
+    answered = 0
+
+    async def first_is_429(request: httpx.Request) -> httpx.Response | None:
+        nonlocal answered
+        answered += 1
+        if answered == 1:
+            body = {"errorCode": "E130429", "errorMessage": "rate limited"}
+            return httpx.Response(429, json=body, headers={"Retry-After": "7"})
+        return None
+
+    pauses: list[float] = []
+    spy = Spy(emulator, first_is_429)
+    async with lookup_over(spy, on_rate_limited=pauses.append) as lookup:
+        found = await lookup.by_login_id(["user1@example.com"])
+        assert lookup.rate_limited == 1 and pauses == [7.0]
+        assert lookup.limiter.stats.pauses == 1
+        assert lookup.limiter.clock.now() >= 7.0  # waited out the pause (on the fake clock)
+    assert list(found) == ["user1@example.com"]
+
+
+async def test_retries_exhausted_fail_the_rows_of_that_search() -> None:
+    emulator = make_emulator(phone_users(3))
+
+    async def unavailable(request: httpx.Request) -> httpx.Response | None:
+        return json_answer(503, {"errorCode": "E000503", "errorMessage": "unavailable"})
+
+    async with lookup_over(Spy(emulator, unavailable), max_attempts=3) as lookup:
+        with pytest.raises(LookupFailed) as caught:
+            await lookup.by_login_id(["user1@example.com"])
+        assert lookup.calls == 0 and lookup.limiter.stats.calls == 3
+    fields = caught.value.fields
+    assert fields is not None
+    assert (fields["status"], fields["reason"]) == (Status.FAILED, Reason.RETRIES_EXHAUSTED)
+    assert fields["attempts"] == 3 and fields["http_status"] == 503
+    assert fields["error_message"].startswith("lookup failed: search users: HTTP 503")
+
+
+async def test_a_4xx_is_not_retried() -> None:
+    emulator = make_emulator([])
+
+    async def bad_request(request: httpx.Request) -> httpx.Response | None:
+        return json_answer(400, {"errorCode": "E011004", "errorMessage": "limit too large"})
+
+    spy = Spy(emulator, bad_request)
+    async with lookup_over(spy) as lookup:
+        with pytest.raises(LookupFailed) as caught:
+            await lookup.by_login_id(["x@example.com"])
+    assert len(spy.bodies[SEARCH]) == 1
+    fields = caught.value.fields
+    assert fields is not None and fields["reason"] is Reason.REJECTED
+    assert fields["error_code"] == "E011004"
+
+
+async def test_a_wrong_key_is_fatal() -> None:
+    emulator = make_emulator(phone_users(1))
+    client = DescopeClient(
+        project_id=PROJECT,
+        management_key="K2-not-the-key",
+        base_url="http://emulator.invalid",
+        transport=emulator.transport(),
+    )
+    lookup = Lookup(client, RateLimiter(10, 1.0, clock=FakeClock()), RetryPolicy())
+    with pytest.raises(FatalRemoteError):
+        await lookup.by_login_id(["user0@example.com"])
+    await client.aclose()
+
+
+async def test_a_short_server_page_is_followed_to_the_end() -> None:
+    """Should a server cut pages below 100, the rest of the answer is fetched page by page."""
+    users = [{"loginIds": [f"u{i}"], "userId": f"U{i}"} for i in range(150)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = json.loads(request.content)["page"]
+        return httpx.Response(
+            200, json={"users": users[page * 100 : (page + 1) * 100], "total": 150}
+        )
+
+    async with lookup_over(httpx.MockTransport(handler)) as lookup:
+        found = await lookup.by_login_id([f"u{i}" for i in range(100)])
+        assert lookup.calls == 2
+    assert len(found) == 100
+
+
+async def test_owners_of_1000_phones_cost_one_search_per_page_of_answers() -> None:
+    # 150 of the 1200 phones are login ids (phone-login users): 2 pages, then 1 page
+    users = [{"loginId": f"+1415555{i:04d}"} for i in range(150)]
+    emulator = make_emulator(users)
+    spy = Spy(emulator)
+    phones = [f"+1415555{i:04d}" for i in range(1200)]
+    async with lookup_over(spy) as lookup:
+        found = await lookup.owners(phones)
+        assert lookup.calls == 3
+    assert [(len(b["loginIds"]), b["page"]) for b in spy.bodies[SEARCH]] == [
+        (1000, 0),
+        (1000, 1),
+        (200, 0),
+    ]
+    assert set(found) == set(phones[:150])
+
+
+async def test_a_server_refusing_long_filters_gets_100_ids_at_a_time() -> None:
+    emulator = make_emulator([{"loginId": "+14155551199"}])
+
+    async def at_most_100(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == SEARCH and len(json.loads(request.content)["loginIds"]) > 100:
+            return json_answer(400, {"errorCode": "E011004", "errorMessage": "too many"})
+        return None
+
+    spy = Spy(emulator, at_most_100)
+    phones = [f"+1415555{i:04d}" for i in range(1200)]
+    async with lookup_over(spy) as lookup:
+        found = await lookup.owners(phones)
+        assert list(await lookup.owners(phones[:150])) == []  # remembered: no long try again
+    assert [len(b["loginIds"]) for b in spy.bodies[SEARCH]] == [1000] + [100] * 12 + [100, 50]
+    assert list(found) == ["+14155551199"]
+
+
+async def test_read_back_returns_the_user_or_none() -> None:
+    emulator = make_emulator(phone_users(2))
+    spy = Spy(emulator)
+    async with lookup_over(spy) as lookup:
+        user = await lookup.read_back("user1@example.com")
+        missing = await lookup.read_back("nobody@example.com")
+        assert lookup.calls == 2 and lookup.limiter.stats.calls == 2
+    assert user is not None and user["phone"] == "+14155550001"
+    assert missing is None
+    assert spy.bodies[LOAD] == [{"loginId": "user1@example.com"}, {"loginId": "nobody@example.com"}]
+
+
+async def test_a_cancelled_read_leaves_its_rows_unjudged() -> None:
+    """A second Ctrl-C cancels every scope in ``inflight``: reads included."""
+    emulator = make_emulator(phone_users(1))
+    started = anyio.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response | None:
+        started.set()
+        await anyio.sleep_forever()
+        return None
+
+    inflight: set[anyio.CancelScope] = set()
+    outcome: list[LookupFailed] = []
+    async with lookup_over(Spy(emulator, hang), inflight=inflight) as lookup:
+
+        async def read() -> None:
+            try:
+                await lookup.by_login_id(["user0@example.com"])
+            except LookupFailed as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(read)
+            await started.wait()
+            assert len(inflight) == 1
+            for scope in list(inflight):
+                scope.cancel()
+    assert len(outcome) == 1 and outcome[0].fields is None
+    assert not inflight

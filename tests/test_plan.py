@@ -1,0 +1,249 @@
+"""``plan``: every row judged against the users' current state, nothing updated; the screen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from batchphone.cli import main
+from batchphone.emulator import load_users
+from batchphone.models import (
+    LOOKUP_COLUMNS,
+    RESULT_COLUMNS,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
+from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
+from batchphone.progress import NullProgress
+from batchphone.send import Control, Sender
+from tests.emulated import (
+    KEY,
+    PATCH_BATCH,
+    PROJECT,
+    SEARCH,
+    UPDATE,
+    Spy,
+    by_row,
+    calls,
+    make_emulator,
+    read,
+    run_job,
+    settings,
+)
+
+pytestmark = pytest.mark.anyio
+
+#: What each row of samples/phones.csv is in a plan against samples/users.csv.
+PLAN_EXPECTED: dict[int, tuple[str, str | None]] = {
+    1: ("change", None),
+    2: ("change", None),
+    3: ("change", None),
+    4: ("invalid", "MISSING_REGION"),
+    5: ("unchanged", None),  # erin already has +33612345678, verified
+    6: ("invalid", "EMPTY_PHONE"),
+    7: ("invalid", "SCIENTIFIC_NOTATION"),
+    8: ("invalid", "EXTENSION_PRESENT"),
+    9: ("change", None),
+    10: ("invalid", "TOO_SHORT"),
+    11: ("invalid", "INVALID_COUNTRY_CODE"),
+    12: ("not_found", "USER_NOT_FOUND"),
+    13: ("conflict", "PHONE_CONFLICT"),  # +14155550199 is another user's login id
+    14: ("duplicate", "DUPLICATE_ROW"),
+    15: ("change", None),
+    16: ("invalid", "CONFLICTING_DUPLICATE"),
+    17: ("invalid", "CONFLICTING_DUPLICATE"),
+    18: ("change", None),
+    19: ("invalid", "TOO_LONG"),
+    20: ("change", None),  # the phone is the user's own login id: no conflict
+    21: ("invalid", "INVALID_NUMBER"),
+    22: ("change", None),
+    23: ("change", None),
+    24: ("change", None),
+}
+
+
+@pytest.fixture
+def sample_users(samples: Path) -> list[dict[str, Any]]:
+    return load_users(samples / "users.csv")
+
+
+async def test_plan_of_the_samples_judges_every_row_and_updates_nothing(
+    samples: Path, sample_users: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    emulator = make_emulator(sample_users)
+    out = tmp_path / "plan.csv"
+    summary = await run_job(emulator, "plan", samples / "phones.csv", out)
+    assert by_row(out) == PLAN_EXPECTED
+    assert calls(emulator, UPDATE) == 0 and calls(emulator, PATCH_BATCH) == 0
+    assert emulator.user(PROJECT, "alice@example.com")["phone"] == ""
+    rows = {int(r["row"]): r for r in read(out)}
+    assert list(rows[1]) == [*RESULT_COLUMNS, *LOOKUP_COLUMNS]
+    assert (rows[2]["phone_before"], rows[2]["verified_before"]) == ("+442079460000", "true")
+    assert rows[2]["phone"] == "+442079460018"
+    assert (rows[1]["phone_before"], rows[1]["verified_before"]) == (None, "false")
+    assert rows[4]["verified_before"] is None  # invalid rows are not looked up
+    assert "another user" in rows[13]["error_message"]
+    assert json.loads(rows[5]["user"])["loginIds"] == ["erin@example.com"]
+    assert summary.exit_code == 1  # not_found, conflict and invalid rows
+    # 1 search per 100 rows read, 1 phone check per 100 changes, 1 update per change
+    assert summary.planned_calls == 1 + 1 + 10 and summary.planned_s == 0.0
+    assert summary.requests == calls(emulator) == 1 + calls(emulator, SEARCH)
+
+
+@pytest.mark.parametrize("api", ["update", "batch"])
+async def test_a_conflict_plan_finds_is_one_run_refuses_to_send(
+    samples: Path, sample_users: list[dict[str, Any]], tmp_path: Path, api: str
+) -> None:
+    emulator = make_emulator(sample_users)
+    plan = await run_job(emulator, "plan", samples / "phones.csv", tmp_path / "plan.csv")
+    assert by_row(tmp_path / "plan.csv")[13] == ("conflict", "PHONE_CONFLICT")
+    spy = Spy(emulator)
+    out = tmp_path / "run.csv"
+    summary = await run_job(
+        emulator,
+        "run",
+        samples / "phones.csv",
+        out,
+        transport=spy,
+        job={"skip_unchanged": True, "api": api},
+    )
+    assert by_row(out)[13] == ("conflict", "PHONE_CONFLICT")
+    sent = [body["loginId"] for body in spy.bodies.get(UPDATE, [])]
+    sent += [user["loginId"] for body in spy.bodies.get(PATCH_BATCH, []) for user in body["users"]]
+    assert "alice@example.com" in sent and "oscar@example.com" not in sent
+    assert summary.counts["updated"] == plan.counts["change"] == 10
+    assert emulator.user(PROJECT, "+14155550199") is not None
+    assert emulator.stats(PROJECT).merges == ()
+
+
+async def test_a_plan_resumes_and_a_run_may_reuse_its_out(
+    samples: Path, sample_users: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    emulator = make_emulator(sample_users)
+    out = tmp_path / "plan.csv"
+    await run_job(emulator, "plan", samples / "phones.csv", out)
+    before = calls(emulator)
+    again = await run_job(emulator, "plan", samples / "phones.csv", out)
+    assert calls(emulator) == before + 1  # the license handshake only
+    assert by_row(out) == PLAN_EXPECTED and again.resumed_rows == 24
+    assert again.planned_calls == 12  # from the journal's counts, not this session's calls
+    # a plan sent nothing: its journal gives way to a run on the same file
+    summary = await run_job(
+        emulator, "run", samples / "phones.csv", out, job={"skip_unchanged": True}
+    )
+    assert summary.counts["updated"] == 10 and summary.counts["unchanged"] == 1
+
+
+async def test_a_plan_with_allow_remove_shows_the_removal(
+    samples: Path, sample_users: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    emulator = make_emulator(sample_users)
+    out = tmp_path / "plan.csv"
+    spy = Spy(emulator)
+    await run_job(emulator, "plan", samples / "phones.csv", out, transport=spy, allow_remove=True)
+    frank = read(out)[5]
+    assert (frank["status"], frank["reason"], frank["phone_before"]) == (
+        "change",
+        "REMOVE_PHONE",
+        "+14155550150",
+    )
+    # a removal cannot collide with a login id: no phone check asks for ""
+    assert all("" not in body["loginIds"] for body in spy.bodies[SEARCH])
+
+
+def test_planned_calls_count_reads_checks_and_sends() -> None:
+    counts = {"change": 250, "unchanged": 700, "not_found": 40, "conflict": 10, "invalid": 99}
+    # 1000 rows read: 10 searches; 260 phones checked: 1; 250 updates or 3 patches of 100
+    assert planned_calls(counts, batch_size=None) == 10 + 1 + 250
+    assert planned_calls(counts, batch_size=100) == 10 + 1 + 3
+    assert planned_calls({"change": 2500}, batch_size=100) == 25 + 3 + 25
+    assert planned_calls({"invalid": 5}, batch_size=None) == 0
+
+
+def test_budget_seconds_counts_whole_windows() -> None:
+    assert budget_seconds(0, 500, 61.2) == 0.0
+    assert budget_seconds(500, 500, 61.2) == 0.0  # one budget goes at once
+    assert budget_seconds(501, 500, 61.2) == pytest.approx(61.2)
+    assert budget_seconds(1500, 500, 61.2) == pytest.approx(122.4)
+
+
+async def test_the_screen_leaves_every_request_unsent_when_the_run_stops() -> None:
+    emulator = make_emulator([])
+    control = Control()
+    sender = Sender(
+        settings(),
+        {"project_id": PROJECT, "base_url": "http://emulator.invalid", "management_key": KEY},
+        emulator.transport(),
+        control=control,
+        progress=NullProgress(),
+        call_times=[],
+    )
+    screen = Screen(
+        ScreenRules(compare=True, guard=True),
+        sender.lookup,
+        stopped=lambda: Reason.INTERRUPTED,
+        on_fatal=sender.fatal,
+    )
+    items = [
+        UpdateRequest(row=i, login_id=f"u{i}", phone="+14155550100", verified=True) for i in (1, 2)
+    ]
+    local = RowResult(row=3, login_id=None, phone_input=None, phone=None, status=Status.INVALID)
+    out = [item async for item in screen.screen([*items, local])]
+    await sender.aclose()
+    assert out[0] == local
+    assert [(r.row, r.status, r.reason) for r in out[1:] if isinstance(r, RowResult)] == [
+        (1, Status.NOT_ATTEMPTED, Reason.INTERRUPTED),
+        (2, Status.NOT_ATTEMPTED, Reason.INTERRUPTED),
+    ]
+    assert calls(emulator) == 0
+
+
+def test_plan_command_prints_what_a_run_would_cost(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plan.csv"
+    summary_path = tmp_path / "summary.json"
+    result = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            str(samples / "phones.csv"),
+            "--emulator",
+            "--out",
+            str(out),
+            "--rate",
+            "5/60",
+            "--summary-json",
+            str(summary_path),
+        ],
+        env={"DESCOPE_PROJECT": "", "DESCOPE_MANAGEMENT_KEY": "", "DESCOPE_BASE_URI": ""},
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1, result.output
+    assert "  change                10\n" in result.stderr
+    # 12 calls at 5 per 60 s (+2% margin): two more full windows after the first five
+    assert "needs about 12 API calls: at least 2m02s at a budget of 5/60" in result.stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["planned_calls"] == 12 and summary["planned_s"] == pytest.approx(122.4)
+    assert summary["counts"]["change"] == 10
+    assert by_row(out)[5] == ("unchanged", None)
+
+
+def test_plan_refuses_the_key_as_a_flag(samples: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main,
+        [
+            "plan",
+            str(samples / "phones.csv"),
+            "--out",
+            str(tmp_path / "p.csv"),
+            "--management-key",
+            "K2x",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--management-key is not accepted" in result.stderr and "K2x" not in result.stderr

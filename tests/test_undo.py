@@ -1,0 +1,226 @@
+"""``undo RESULTS``: put back what a run changed, from its result file; itself a resumable run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from batchphone.cli import main
+from batchphone.emulator import Emulator
+from batchphone.emulator.server import ServerThread
+from batchphone.errors import InputError
+from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
+from tests.emulated import (
+    KEY,
+    PATCH_BATCH,
+    PROJECT,
+    UPDATE,
+    Spy,
+    by_row,
+    calls,
+    make_emulator,
+    phone_users,
+    read,
+    run_job,
+    write_input,
+)
+
+pytestmark = pytest.mark.anyio
+
+SKIP = {"skip_unchanged": True}
+
+
+def new_phones(count: int) -> list[tuple[str, str]]:
+    return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
+
+
+def phones(emulator: Emulator, count: int) -> list[str]:
+    return [emulator.user(PROJECT, f"user{i}@example.com")["phone"] for i in range(count)]
+
+
+async def set_phone(emulator: Emulator, login_id: str, phone: str) -> None:
+    """Someone else changes a user (the admin console, the user themself)."""
+    async with httpx.AsyncClient(
+        transport=emulator.transport(),
+        base_url="http://emulator.invalid",
+        headers={"Authorization": f"Bearer {PROJECT}:{KEY}"},
+    ) as client:
+        body = {"loginId": login_id, "phone": phone, "verified": True, "failOnConflict": True}
+        assert (await client.post(UPDATE, json=body)).status_code == 200
+
+
+@pytest.mark.parametrize("api", ["update", "batch"])
+async def test_undo_after_a_partial_run_restores_what_was_updated(tmp_path: Path, api: str) -> None:
+    emulator = make_emulator(phone_users(20))
+    original = phones(emulator, 20)
+    source = write_input(tmp_path / "in.csv", new_phones(20), ["false"] * 20)
+    updates = 0
+
+    async def key_revoked_after_five(request: httpx.Request) -> httpx.Response | None:
+        nonlocal updates
+        if request.url.path == UPDATE:
+            updates += 1
+            if updates > 5:
+                return httpx.Response(401, json={"errorCode": "E061103"})
+        return None
+
+    out = tmp_path / "run.csv"
+    spy = Spy(emulator, key_revoked_after_five)
+    partial = await run_job(emulator, "run", source, out, transport=spy, job=SKIP, concurrency=1)
+    assert partial.exit_code == 3 and partial.counts == {"updated": 5, "not_attempted": 15}
+    assert phones(emulator, 20)[5:] == original[5:]
+
+    undone = tmp_path / "undo.csv"
+    summary = await run_job(emulator, "undo", out, undone, job={"api": api})
+    assert phones(emulator, 20) == original
+    assert all(emulator.user(PROJECT, f"user{i}@example.com")["verifiedPhone"] for i in range(5))
+    assert summary.counts == {"updated": 5, "unchanged": 15} and summary.exit_code == 0
+    rows = read(undone)
+    assert list(rows[0]) == [*RESULT_COLUMNS, *LOOKUP_COLUMNS]
+    assert (rows[0]["phone"], rows[0]["phone_input"]) == ("+14155550000", "+14155550000")
+    # the undo's own before-image is the state the run left: an undo can be undone
+    assert (rows[0]["phone_before"], rows[0]["verified_before"]) == ("+14156660000", "false")
+    assert {(r["status"], r["reason"]) for r in rows[5:]} == {("unchanged", "NOT_UPDATED")}
+    redo = await run_job(emulator, "undo", undone, tmp_path / "redo.csv")
+    assert redo.counts == {"updated": 5, "unchanged": 15}
+    assert phones(emulator, 6) == [f"+1415666{i:04d}" for i in range(5)] + [original[5]]
+
+
+async def test_undo_skips_a_user_changed_since(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(4))
+    source = write_input(tmp_path / "in.csv", new_phones(4), ["true"] * 4)
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out, job=SKIP)
+    await set_phone(emulator, "user2@example.com", "+14157770002")
+    undone = tmp_path / "undo.csv"
+    summary = await run_job(emulator, "undo", out, undone)
+    assert by_row(undone) == {
+        1: ("updated", None),
+        2: ("updated", None),
+        3: ("skipped", "CHANGED_SINCE"),
+        4: ("updated", None),
+    }
+    assert read(undone)[2]["error_message"] == (
+        "the user's phone is now +14157770002, not the +14156660002 the run set: left as is"
+    )
+    assert phones(emulator, 4) == ["+14155550000", "+14155550001", "+14157770002", "+14155550003"]
+    assert summary.exit_code == 1  # a row could not be undone: look at it
+
+
+async def test_undo_dry_run_shows_the_changes_and_sends_nothing(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(3))
+    source = write_input(tmp_path / "in.csv", new_phones(3), ["true"] * 3)
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out, job=SKIP)
+    updates = calls(emulator, UPDATE)
+    summary = await run_job(emulator, "undo", out, tmp_path / "undo.csv", dry_run=True)
+    assert calls(emulator, UPDATE) == updates
+    assert summary.counts == {"change": 3} and summary.planned_calls == 1 + 1 + 3
+    row = read(tmp_path / "undo.csv")[0]
+    assert (row["phone_before"], row["phone"]) == ("+14156660000", "+14155550000")
+
+
+async def test_restoring_an_empty_phone_needs_allow_remove(tmp_path: Path) -> None:
+    emulator = make_emulator([{"loginId": f"user{i}@example.com"} for i in range(2)])
+    source = write_input(tmp_path / "in.csv", new_phones(2), ["true"] * 2)
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out, job=SKIP)
+    assert [r["phone_before"] for r in read(out)] == [None, None]  # no phone before
+    refused = await run_job(emulator, "undo", out, tmp_path / "undo.csv")
+    assert by_row(tmp_path / "undo.csv") == {
+        1: ("skipped", "EMPTY_PHONE"),
+        2: ("skipped", "EMPTY_PHONE"),
+    }
+    assert refused.exit_code == 1 and calls(emulator, UPDATE) == 2
+    summary = await run_job(emulator, "undo", out, tmp_path / "undo2.csv", allow_remove=True)
+    assert by_row(tmp_path / "undo2.csv") == {
+        1: ("updated", "REMOVE_PHONE"),
+        2: ("updated", "REMOVE_PHONE"),
+    }
+    assert summary.exit_code == 0 and phones(emulator, 2) == ["", ""]
+
+
+async def test_undo_resumes_like_a_run(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(30))
+    source = write_input(tmp_path / "in.csv", new_phones(30), ["true"] * 30)
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out, job=SKIP)
+    undone = tmp_path / "undo.csv"
+    await run_job(emulator, "undo", out, undone, limit=10)
+    assert calls(emulator, UPDATE) == 30 + 10
+    summary = await run_job(emulator, "undo", out, undone)
+    assert calls(emulator, UPDATE) == 30 + 30 and summary.resumed_rows == 10
+    assert summary.counts == {"updated": 30}
+    again = await run_job(emulator, "undo", out, undone)
+    assert calls(emulator, UPDATE) == 60 and again.counts == {"updated": 30}
+
+
+async def test_undo_refuses_results_without_a_before_image(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(2))
+    source = write_input(tmp_path / "in.csv", new_phones(2))
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out)  # no lookups: no before-image
+    with pytest.raises(InputError, match="has no phone_before/verified_before columns"):
+        await run_job(emulator, "undo", out, tmp_path / "undo.csv")
+    with pytest.raises(InputError, match="no column 'status'"):
+        await run_job(emulator, "undo", source, tmp_path / "undo.csv")
+    assert phones(emulator, 2) == ["+1415666" + "0000", "+1415666" + "0001"]
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "parquet", "jsonl", "xlsx"])
+async def test_undo_reads_every_result_format(tmp_path: Path, ext: str) -> None:
+    # a login id that looks like a formula is defused in CSV/TSV and must come back as it was
+    users = [*phone_users(2), {"loginId": "=cmd@example.com", "phone": "+14155559999"}]
+    emulator = make_emulator(users)
+    rows = [*new_phones(2), ("=cmd@example.com", "+14156669999")]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 3)
+    out = tmp_path / f"run.{ext}"
+    await run_job(emulator, "run", source, out, job=SKIP)
+    summary = await run_job(emulator, "undo", out, tmp_path / "undo.csv", job={"api": "batch"})
+    assert summary.counts == {"updated": 3}
+    assert phones(emulator, 2) == ["+14155550000", "+14155550001"]
+    assert emulator.user(PROJECT, "=cmd@example.com")["phone"] == "+14155559999"
+    assert calls(emulator, PATCH_BATCH) == 1
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Emulator, str]]:
+    emulator = make_emulator(phone_users(5))
+    with ServerThread(emulator, port=0) as base_url:
+        yield emulator, base_url
+
+
+def test_undo_command_dry_run_then_for_real(
+    served: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    emulator, base_url = served
+    env = {
+        "DESCOPE_PROJECT_ID": PROJECT,
+        "DESCOPE_MANAGEMENT_KEY": KEY,
+        "DESCOPE_BASE_URI": base_url,
+    }
+    source = write_input(tmp_path / "in.csv", new_phones(5), ["true"] * 5)
+
+    def invoke(*args: str) -> tuple[int, str]:
+        result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+        return result.exit_code, result.stderr
+
+    code, _ = invoke("run", str(source), "--out", "run.csv", "--skip-unchanged", "--quiet")
+    assert code == 0 and phones(emulator, 5)[0] == "+14156660000"
+    code, err = invoke("undo", "run.csv", "--out", "plan.csv", "--dry-run", "--log-format", "json")
+    assert code == 0 and "  change                 5\n" in err
+    assert "the undo needs about 7 API calls" in err and phones(emulator, 5)[0] == "+14156660000"
+    code, err = invoke("undo", "run.csv", "--out", "undo.xlsx", "--log-format", "json")
+    assert code == 0 and "  updated                5\n" in err
+    assert phones(emulator, 5) == [f"+1415555{i:04d}" for i in range(5)]
+    assert pl.read_excel(tmp_path / "undo.xlsx")["status"].to_list() == ["updated"] * 5
+    code, err = invoke("undo", "in.csv", "--out", "x.csv")
+    assert code == 2 and err == (
+        "batchphone: error: in.csv: not a batchphone result file (no column 'status')\n"
+    )
