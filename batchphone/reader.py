@@ -38,6 +38,8 @@ FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", 
 FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
 _CHUNK = 1 << 20
 _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
+# a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
+csv.field_size_limit(1 << 30)
 _JSON_SAMPLE_LINES = 100
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
@@ -131,6 +133,9 @@ class InputSource:
         self, batch_size: int = 20_000, limit: int | None = None
     ) -> Iterator[list[InputRow]]:
         """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
+        if self.format in ("csv", "tsv"):
+            yield from self._text_batches(batch_size, limit)
+            return
         done = 0
         try:
             frames = self._frame(limit).collect_batches(chunk_size=batch_size, engine="streaming")
@@ -142,6 +147,59 @@ class InputSource:
                     yield rows
         except _POLARS_ERRORS as exc:
             raise self._mid_stream_error(exc, done) from None
+
+    def _text_batches(self, batch_size: int, limit: int | None) -> Iterator[list[InputRow]]:
+        """CSV/TSV rows through the csv module, which reads only as fast as it is asked.
+
+        polars' ``collect_batches`` reads ahead of a slow consumer without bound (the runner
+        judges rows far slower than polars parses them), so its memory grew with the file:
+        ~500 MB for 5M rows. This keeps one batch in memory. The file was checked at open
+        (UTF-8, header, columns); the cells follow the same rules as the polars frame: empty
+        cells are None, login ids lose surrounding ASCII whitespace, blank rows are skipped.
+        """
+        spec = self.spec
+        separator = "\t" if self.format == "tsv" else ","
+        done = 0
+        batch: list[InputRow] = []
+        with self.path.open(encoding="utf-8-sig", newline="") as file:
+            reader = csv.reader(file, delimiter=separator)
+            header = next(reader, [])
+            where = {name: index for index, name in reversed(list(enumerate(header)))}
+            login, phone = where[spec.login_id_column], where[spec.phone_column]
+            verified, region = where.get(spec.verified_column), where.get(spec.region_column)
+            try:
+                for cells in reader:
+                    if not any(cells):
+                        continue  # a blank line, or a row of empty cells
+                    width = len(cells)
+                    if width > len(header):
+                        message = (
+                            f"has {width} fields but the header has {len(header)}"
+                            " (an unquoted delimiter in a cell?)"
+                        )
+                        raise _error(self.path, message, row=done + 1)
+                    login_id = cells[login].strip(_ASCII_WHITESPACE) if login < width else ""
+                    done += 1
+                    batch.append(
+                        InputRow(
+                            done,
+                            login_id or None,
+                            (cells[phone] if phone < width else "") or None,
+                            (cells[verified] if verified is not None and verified < width else "")
+                            or None,
+                            (cells[region] if region is not None and region < width else "")
+                            or None,
+                        )
+                    )
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+                    if limit is not None and done >= limit:
+                        break
+            except csv.Error as exc:
+                raise _error(self.path, str(exc), row=done + 1) from None
+        if batch:
+            yield batch
 
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
