@@ -15,7 +15,9 @@ streaming is an ``InputError`` naming the data row. Rules the rest of batchphone
 
 from __future__ import annotations
 
+import array
 import codecs
+import collections
 import csv
 import difflib
 import hashlib
@@ -110,7 +112,7 @@ def open_input(spec: InputSpec) -> InputSource:
             if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
                 raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
     source = InputSource(spec, fmt, columns, digest)
-    if source.count_rows(limit=1) == 0:
+    if source.is_empty():
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
     return source
@@ -128,6 +130,7 @@ class InputSource:
         self.has_region = spec.region_column in columns
         self._digest = digest
         self._excel: pl.DataFrame | None = None
+        self._text_count: tuple[int | None, int] | None = None
 
     def batches(
         self, batch_size: int = 20_000, limit: int | None = None
@@ -147,6 +150,12 @@ class InputSource:
                     yield rows
         except _POLARS_ERRORS as exc:
             raise self._mid_stream_error(exc, done) from None
+
+    def is_empty(self) -> bool:
+        """True when the file has no data row (reads one row, not the file)."""
+        if self.format in ("csv", "tsv"):
+            return next(self._text_batches(1, 1), None) is None
+        return self.count_rows(limit=1) == 0
 
     def _text_batches(self, batch_size: int, limit: int | None) -> Iterator[list[InputRow]]:
         """CSV/TSV rows through the csv module, which reads only as fast as it is asked.
@@ -208,6 +217,8 @@ class InputSource:
         table over the ids, even over their hashes, costs several times that), then checks the
         ids whose hash repeats in a second pass: a hash collision only costs a candidate.
         """
+        if self.format in ("csv", "tsv"):
+            return self._repeated_in_text(limit)
         logins = self._frame(limit).select(_LOGIN).drop_nulls()
         hashed = pl.col(_LOGIN).hash(seed=0)
         try:
@@ -231,8 +242,36 @@ class InputSource:
         query = candidates.filter(pl.col("len") > 1).select(_LOGIN)
         return frozenset(self._collect(query)[_LOGIN].to_list())
 
+    def _repeated_in_text(self, limit: int | None) -> frozenset[str]:
+        """``repeated_login_ids`` for CSV/TSV, on the csv module: polars' streaming scan holds
+        ~200 MB of read-ahead here, the csv module one batch."""
+        hashes = array.array("q")
+        count = 0
+        for rows in self._text_batches(50_000, limit):
+            count += len(rows)
+            hashes.extend(hash(row.login_id) for row in rows if row.login_id is not None)
+        self._text_count = (limit, count)  # count_rows is asked next: no third pass
+        ordered = pl.Series("h", hashes, dtype=pl.Int64).sort()
+        del hashes
+        repeated = set(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
+        del ordered
+        if not repeated:
+            return frozenset()
+        seen: collections.Counter[str] = collections.Counter()
+        for rows in self._text_batches(50_000, limit):
+            seen.update(
+                row.login_id
+                for row in rows
+                if row.login_id is not None and hash(row.login_id) in repeated
+            )
+        return frozenset(login for login, n in seen.items() if n > 1)
+
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
+        if self.format in ("csv", "tsv"):
+            if self._text_count is None or self._text_count[0] != limit:
+                self._text_count = (limit, sum(map(len, self._text_batches(50_000, limit))))
+            return self._text_count[1]
         return int(self._collect(self._frame(limit).select(pl.len())).item())
 
     def content_hash(self) -> str:
