@@ -33,7 +33,7 @@ import polars as pl
 from batchphone.errors import InputError
 from batchphone.models import InputRow
 
-__all__ = ["FORMATS", "InputSource", "InputSpec", "open_input"]
+__all__ = ["FORMATS", "InputSource", "InputSpec", "file_sha256", "open_input"]
 
 #: File extension (lower case) -> input format.
 FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "xlsx"}
@@ -277,11 +277,7 @@ class InputSource:
     def content_hash(self) -> str:
         """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
         if self._digest is None:
-            digest = hashlib.sha256()
-            with self.path.open("rb") as file:
-                while chunk := file.read(_CHUNK):
-                    digest.update(chunk)
-            self._digest = digest.hexdigest()
+            self._digest = file_sha256(self.path)
         return self._digest
 
     def _collect(self, query: pl.LazyFrame) -> pl.DataFrame:
@@ -502,6 +498,15 @@ def _missing_column(name: str, columns: tuple[str, ...], flag: str) -> str:
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message: polars adds hints and context below it."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes, read 1 MB at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _error(path: Path, message: str, row: int | None = None) -> InputError:

@@ -15,7 +15,6 @@ run wrote it; a file filtered down to the rows to undo works as well).
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ import polars as pl
 from batchphone.errors import InputError
 from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
+from batchphone.reader import file_sha256
 from batchphone.writer import RESULT_FORMATS
 
 __all__ = ["UndoSource", "open_results"]
@@ -35,7 +35,6 @@ _COLUMNS = (_LOGIN, _PHONE, _STATUS, _PHONE_BEFORE, _VERIFIED_BEFORE)
 #: The writer defuses CSV cells that start like a formula with a leading quote; undo it.
 _DEFUSED = ("'=", "'@", "'\t", "'\r")
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
-_CHUNK = 1 << 20
 _BATCH_ROWS = 5_000
 
 
@@ -108,11 +107,7 @@ class UndoSource:
     def content_hash(self) -> str:
         """SHA-256 (hex) of the file's bytes: the undo's journal belongs to this file only."""
         if self._digest is None:
-            digest = hashlib.sha256()
-            with self.path.open("rb") as file:
-                while chunk := file.read(_CHUNK):
-                    digest.update(chunk)
-            self._digest = digest.hexdigest()
+            self._digest = file_sha256(self.path)
         return self._digest
 
     def count_rows(self, limit: int | None = None) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,15 @@ import httpx
 import polars as pl
 import pytest
 
-from batchphone.config import Secret, Settings
-from batchphone.emulator import Emulator, Faults, ProjectSettings, load_users
+from batchphone.config import Secret
+from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.journal import iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, Summary
 from batchphone.runner import Job, execute
+from tests.emulated import KEY, PROJECT, UPDATE, make_emulator, settings
 
 pytestmark = pytest.mark.anyio
 
-PROJECT = "P2batchphoneTestProject00000000"
-KEY = "K2-test-management-key-0123456789-secret"
-UPDATE = "/v1/mgmt/user/update/phone"
 
 #: What each row of samples/phones.csv must end as.
 SAMPLE_EXPECTED = {
@@ -52,25 +49,6 @@ SAMPLE_EXPECTED = {
     23: ("updated", None),
     24: ("updated", None),
 }
-
-
-def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
-    return Emulator(
-        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users, **project)]
-    )
-
-
-def settings(**overrides: Any) -> Settings:
-    base = Settings(
-        project_id=PROJECT,
-        base_url="http://127.0.0.1:9",  # never reached: the transport is in-process
-        management_key=Secret(KEY),
-        rate_calls=10_000,
-        rate_period=1.0,
-        retry_wait_initial=0.01,
-        retry_wait_max=0.05,
-    )
-    return replace(base, **overrides)
 
 
 async def run(
