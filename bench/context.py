@@ -40,6 +40,9 @@ class Plan:
     memory_rows: tuple[int, int] = (1_000_000, 5_000_000)
     startup_repeats: int = 7
     profile_rows: int = 3_000  # rows of the profiled reruns (a profile needs no full size)
+    # scenario 7: per-row mode runs on budget_rows; batch mode on enough rows (100 per call)
+    # to last several windows of the budget
+    batch_rows: int = 20_000
 
 
 FULL = Plan()
@@ -52,6 +55,7 @@ QUICK = Plan(
     memory_rows=(100_000, 500_000),
     startup_repeats=5,
     profile_rows=2_000,
+    batch_rows=10_000,
 )
 
 
@@ -80,11 +84,22 @@ class Bench:
         """``python -m ...`` with the bench's own interpreter."""
         return [sys.executable, *args]
 
-    def batchphone_run(self, input_path: Path, concurrency: int, rate: str) -> list[str]:
-        """``python -m batchphone run`` as a user types it (fresh result file each time)."""
-        out = self.workdir / f"result-{input_path.stem}-c{concurrency}.csv"
+    def result_path(self, input_path: Path, concurrency: int, api: str = "update") -> Path:
+        """Where :meth:`batchphone_run` writes its result file."""
+        mode = "" if api == "update" else f"-{api}"
+        return self.workdir / f"result-{input_path.stem}-c{concurrency}{mode}.csv"
+
+    def batchphone_run(
+        self, input_path: Path, concurrency: int, rate: str, *, api: str = "update"
+    ) -> list[str]:
+        """``python -m batchphone run`` as a user types it (fresh result file each time).
+
+        ``api="batch"`` adds ``--api batch`` (100 rows per patch call).
+        """
+        out = self.result_path(input_path, concurrency, api)
         argv = ["-m", "batchphone", "run", str(input_path), "--out", str(out), "--restart"]
-        return self.python(*argv, "--concurrency", str(concurrency), "--rate", rate)
+        argv += ["--concurrency", str(concurrency), "--rate", rate]
+        return self.python(*argv, *(["--api", api] if api != "update" else []))
 
     def baseline(self, name: str, input_path: Path, concurrency: int) -> list[str]:
         """``python -m bench.baselines.<name>`` over ``input_path``."""
@@ -114,7 +129,7 @@ class Bench:
             measured = measure(argv, env=emulator.env(), cwd=self.root, tty=tty)
             log = emulator.api_log()
             server_cpu = emulator.cpu_s() - before
-        if measured.returncode not in (0, 1) or not log.updates_ok:
+        if measured.returncode not in (0, 1) or not log.users_updated:
             self.notes.append(
                 f"`{measured.command}` exited {measured.returncode}: {measured.stderr[-300:]!r}"
             )
@@ -142,12 +157,13 @@ def warm_up(bench: Bench) -> None:
     input_path = data.update_csv(bench.workdir, 10)
     for argv in (
         bench.batchphone_run(input_path, 2, NO_LIMIT),
+        bench.batchphone_run(input_path, 2, NO_LIMIT, api="batch"),
         bench.baseline("sdk_loop", input_path, 1),
         bench.baseline("sdk_async", input_path, 2),
         bench.baseline("httpx_raw", input_path, 2),
     ):
         measured, log, _ = bench.api_run(argv, users=10)
-        if measured.returncode != 0 or len(log.updates_ok) != 10:
+        if measured.returncode != 0 or log.users_updated != 10:
             raise SystemExit(f"warm-up failed: {measured.command}\n{measured.stderr[-2000:]}")
     mixed = data.mixed_csv(bench.workdir, 10)
     for argv in (

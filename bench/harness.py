@@ -171,6 +171,10 @@ class ApiLog:
     max_window_calls: int
     calls: int
     statuses: dict[int, int] = field(default_factory=dict)
+    #: users the emulator applied a write to, by any call (a batch patch writes up to 100)
+    users_updated: int = 0
+    #: calls by path, whatever their answer
+    paths: dict[str, int] = field(default_factory=dict)
 
     @property
     def api_span_s(self) -> float:
@@ -305,12 +309,14 @@ class EmulatorProcess:
         return document
 
     def api_log(self) -> ApiLog:
-        """The successful update times and rate-limit counters of this emulator's run."""
+        """The successful update times, rate-limit counters and call counts of this run."""
         doc = self.stats()
         updates = [e for e in doc["log"] if e["path"] == UPDATE_PATH]
         ok = sorted(e["t"] for e in updates if e["status"] == 200)
         statuses: dict[int, int] = {}
+        paths: dict[str, int] = {}
         for entry in doc["requests"]:
+            paths[entry["path"]] = paths.get(entry["path"], 0) + entry["count"]
             if entry["path"] == UPDATE_PATH:
                 statuses[entry["status"]] = statuses.get(entry["status"], 0) + entry["count"]
         return ApiLog(
@@ -321,4 +327,6 @@ class EmulatorProcess:
             max_window_calls=doc["maxWindowCalls"],
             calls=doc["calls"],
             statuses=statuses,
+            users_updated=len(doc["updates"]),
+            paths=paths,
         )

@@ -1,8 +1,7 @@
-"""The six scenarios of issue 5, each a function of a :class:`Bench` that appends result rows.
+"""Scenarios 1-6 (issue 5; 7 is ``bench.batch_mode``), each a function of a :class:`Bench`.
 
-API scenarios start a fresh emulator process per measurement (a budget window, a block or a
-request log never leaks from one tool into the next). Baselines run in the same bench and with
-the same inputs, concurrency and emulator settings as batchphone.
+API scenarios start a fresh emulator per measurement (no budget window, block or request log
+leaks between tools); baselines get batchphone's inputs, concurrency and emulator settings.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import sys
 from pathlib import Path
 
 from bench import data
+from bench.batch_mode import batch_vs_per_row
 from bench.context import NO_LIMIT, Bench
 from bench.harness import ApiLog, measure
 from bench.report import Row
@@ -396,4 +396,5 @@ SCENARIOS = {
     "validate": validate,
     "memory": memory,
     "startup": startup,
+    "batch": batch_vs_per_row,
 }
