@@ -30,6 +30,11 @@ LICENSE = "/v1/mgmt/license"
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
 
 
+def new_phones(count: int) -> list[tuple[str, str]]:
+    """(login id, new phone) for ``user0..`` of ``phone_users``: phones none of them has yet."""
+    return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
+
+
 def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
     """One project holding ``users``."""
     return Emulator(

@@ -25,6 +25,7 @@ from tests.emulated import (
     calls,
     json_answer,
     make_emulator,
+    new_phones,
     phone_users,
     read,
     run_job,
@@ -34,10 +35,6 @@ from tests.emulated import (
 pytestmark = pytest.mark.anyio
 
 BATCH = {"api": "batch"}
-
-
-def new_phones(count: int) -> list[tuple[str, str]]:
-    return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
 
 
 async def test_batch_mode_ends_every_sample_row_as_per_row_mode_does(

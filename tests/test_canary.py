@@ -24,6 +24,7 @@ from tests.emulated import (
     by_row,
     calls,
     make_emulator,
+    new_phones,
     phone_users,
     read,
     run_job,
@@ -31,10 +32,6 @@ from tests.emulated import (
 )
 
 pytestmark = pytest.mark.anyio
-
-
-def new_phones(count: int) -> list[tuple[str, str]]:
-    return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
 
 
 async def test_a_canary_that_passes_lets_the_run_go_on(tmp_path: Path) -> None:

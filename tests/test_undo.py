@@ -24,6 +24,7 @@ from tests.emulated import (
     by_row,
     calls,
     make_emulator,
+    new_phones,
     phone_users,
     read,
     run_job,
@@ -33,10 +34,6 @@ from tests.emulated import (
 pytestmark = pytest.mark.anyio
 
 SKIP = {"skip_unchanged": True}
-
-
-def new_phones(count: int) -> list[tuple[str, str]]:
-    return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
 
 
 def phones(emulator: Emulator, count: int) -> list[str]:
