@@ -195,7 +195,7 @@ def _execute(
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
     tally = Tally()
     try:
-        summary, settings = _run(command, input_path, out, flags, output, tally)
+        summary, settings = _run(command, input_path, out, flags, output, tally, report=report)
     except BatchphoneError as exc:
         if flags.get("debug"):
             traceback.print_exc()
@@ -251,6 +251,8 @@ def _run(
     flags: dict[str, Any],
     output: Output,
     tally: Tally,
+    *,
+    report: bool,
 ) -> tuple[Summary, Settings]:
     from batchphone.config import load_settings
     from batchphone.render import TqdmProgress, configure_logging, json_logs
@@ -263,7 +265,8 @@ def _run(
     settings = load_settings(flags, config_path=config_path)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
-    configure_logging(settings.log_format, settings.quiet)
+    # without --out the report goes to a temporary folder: its path means nothing to the user
+    configure_logging(settings.log_format, settings.quiet, hide=() if report else ("result_path",))
     rehearsal = None
     if settings.emulator or settings.emulator_state is not None:
         from batchphone.rehearsal import embedded_target

@@ -190,9 +190,17 @@ class _TqdmStream:
         sys.stderr.flush()
 
 
-def configure_logging(log_format: str, quiet: bool) -> None:
-    """structlog for the library's events: JSON lines or console lines on stderr."""
+def configure_logging(log_format: str, quiet: bool, *, hide: tuple[str, ...] = ()) -> None:
+    """structlog for the library's events: JSON lines or console lines on stderr.
+
+    ``hide``: fields left out of every event (the path of a report in a temporary folder).
+    """
     import structlog
+
+    def drop(_logger: Any, _name: str, event: Any) -> Any:
+        for key in hide:
+            event.pop(key, None)
+        return event
 
     renderer: Any = (
         structlog.processors.JSONRenderer()
@@ -204,6 +212,7 @@ def configure_logging(log_format: str, quiet: bool) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            drop,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -134,8 +134,17 @@ def test_the_state_is_written_on_error_and_ctrl_c_exits(
 ) -> None:
     # exit 2 after the emulator was seeded: --canary with --dry-run is refused before any call
     refused = invoke(
-        ["run", "samples/phones.csv", "--out", "r.csv", "--emulator-state", "s.json"]
-        + ["--canary", "2", "--dry-run"]
+        [
+            "run",
+            "samples/phones.csv",
+            "--out",
+            "r.csv",
+            "--emulator-state",
+            "s.json",
+            "--canary",
+            "2",
+            "--dry-run",
+        ]
     )
     assert refused.exit_code == 2
     assert len(load_state(workdir / "s.json")) == 22
@@ -146,8 +155,16 @@ def test_the_state_is_written_on_error_and_ctrl_c_exits(
     monkeypatch.setattr("batchphone.runner.run_sync", interrupted)
     (workdir / "s.json").unlink()
     stopped = invoke(
-        ["run", "samples/phones.csv", "--out", "r.csv", "--emulator-state", "s.json"]
-        + ["--summary-json", "sum.json"]
+        [
+            "run",
+            "samples/phones.csv",
+            "--out",
+            "r.csv",
+            "--emulator-state",
+            "s.json",
+            "--summary-json",
+            "sum.json",
+        ]
     )
     assert stopped.exit_code == 130
     assert len(load_state(workdir / "s.json")) == 22
