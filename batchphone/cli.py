@@ -193,7 +193,7 @@ def _execute(
 
     summary_json: Path | None = flags.get("summary_json")
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
-    tally = Tally()
+    tally = Tally(keep_not_valid=not report)
     try:
         summary, settings = _run(command, input_path, out, flags, output, tally, report=report)
     except BatchphoneError as exc:
@@ -280,7 +280,7 @@ def _run(
             phone_column=settings.phone_column,
             sheet=settings.sheet,
         )
-        output.note("emulator", f"emulator: {rehearsal.origin}", users=rehearsal.origin)
+        output.note("emulator", f"emulator: {rehearsal.origin}", users=rehearsal.users)
     # the bar is for people at a terminal; machines get only JSON lines
     bar = not (settings.quiet or output.json_mode or not _stderr_is_terminal())
     tally.attach(TqdmProgress() if bar else None)

@@ -40,6 +40,7 @@ class Rehearsal:
     target: dict[str, Any] = field(repr=False)
     #: how many users, and where they came from: ``"12 users from samples/users.csv"``
     origin: str
+    users: int
     state_path: Path | None
     _users: Callable[[], list[dict[str, Any]]] = field(repr=False)
 
@@ -172,6 +173,7 @@ def embedded_target(
         transport_factory=emulator.transport,
         target=target,
         origin=f"{len(users)} users {where}",
+        users=len(users),
         state_path=state_path,
         _users=lambda: emulator.users(EMULATOR_PROJECT_ID),
     )

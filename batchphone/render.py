@@ -22,6 +22,7 @@ from typing import Any
 
 from batchphone.atomic import write_private
 from batchphone.models import RowResult, Status, Summary
+from batchphone.prepare import EXPLANATIONS
 from batchphone.progress import NullProgress, Progress
 
 __all__ = [
@@ -124,8 +125,9 @@ class Tally:
     says so); ``not_valid`` keeps the first rows (by row number) that ``validate`` would not send.
     """
 
-    def __init__(self, inner: Progress | None = None) -> None:
+    def __init__(self, inner: Progress | None = None, *, keep_not_valid: bool = False) -> None:
         self._inner: Progress = inner or NullProgress()
+        self._keep_not_valid = keep_not_valid
         self.sent = 0
         self.not_valid_count = 0
         self._kept: list[tuple[int, ShownRow]] = []  # a max-heap on the row number
@@ -140,7 +142,7 @@ class Tally:
     def advance(self, result: RowResult) -> None:
         if result.attempts:
             self.sent += 1
-        if result.status is not Status.VALID:
+        if self._keep_not_valid and result.status is not Status.VALID:
             self._keep(result)
         self._inner.advance(result)
 
@@ -151,17 +153,18 @@ class Tally:
         self._inner.close()
 
     def _keep(self, result: RowResult) -> None:
-        from batchphone.prepare import EXPLANATIONS
-
         self.not_valid_count += 1
+        full = len(self._kept) >= SHOWN_ROWS
+        if full and result.row > -self._kept[0][0]:
+            return  # rows come in order: past the first 20, nothing more is kept
         reason = result.reason
         explanation = (EXPLANATIONS.get(reason) if reason else None) or result.status.value
         code = reason.value if reason else ""
         shown = ShownRow(result.row, result.status.value, code, explanation)
-        if len(self._kept) < SHOWN_ROWS:
-            heapq.heappush(self._kept, (-result.row, shown))
-        elif result.row < -self._kept[0][0]:
+        if full:
             heapq.heapreplace(self._kept, (-result.row, shown))
+        else:
+            heapq.heappush(self._kept, (-result.row, shown))
 
     @property
     def not_valid(self) -> list[ShownRow]:

@@ -95,6 +95,12 @@ def test_every_emulator_run_says_where_its_users_came_from(workdir: Path) -> Non
     )
     assert refused.exit_code == 2
     assert "the state file s.json already holds the users" in refused.stderr
+    machine = invoke(
+        ["plan", "samples/phones.csv", "--out", "p6.csv", *state, "--log-format", "json"]
+    )
+    event = json.loads(machine.stderr.splitlines()[0])
+    assert event["event"] == "emulator" and event["users"] == 22
+    assert event["message"] == "emulator: 22 users from state s.json"
 
 
 def test_undo_takes_emulator_and_seeds_from_what_the_run_set(workdir: Path) -> None:
