@@ -36,6 +36,7 @@ __all__ = [
     "write_summary_json",
 ]
 
+RESUME_HINT = "rerun the same command to resume: rows already final are not sent again"
 #: How many rows that are not valid ``validate`` without ``--out`` lists.
 SHOWN_ROWS = 20
 
@@ -256,7 +257,7 @@ def summary_lines(
     if summary.stopped_reason:
         lines.append(f"  stopped: {summary.stopped_reason}")
     if summary.exit_code in (3, 130):
-        lines.append("  rerun the same command to resume: rows already final are not sent again")
+        lines.append(f"  {RESUME_HINT}")
     return lines
 
 
@@ -344,6 +345,8 @@ class Output:
                 # a stop reason may quote a row (a canary mismatch names the user and phones):
                 # logs carry no personal data, the --summary-json file (0600) keeps it
                 document.pop("stopped_reason", None)
+            if summary.exit_code in (3, 130):
+                document["hint"] = RESUME_HINT
             self._event("summary", "info", {"command": command, **document})
         else:
             sys.stderr.write("\n".join(summary_lines(summary, command, budget, tally)) + "\n")
