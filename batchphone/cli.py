@@ -5,164 +5,35 @@ Only this module imports click and tqdm, prints, and exits.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import importlib
-import json
+import os
 import sys
 import tempfile
-import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
 from batchphone import __version__
 from batchphone.errors import BatchphoneError
-from batchphone.models import RowResult, Status, Summary
+from batchphone.models import Summary
+
+if TYPE_CHECKING:
+    from batchphone.config import Settings
+    from batchphone.render import Output, Tally
 
 EXIT_USAGE = 2
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _TqdmProgress:
-    """A tqdm bar on stderr: rows done, counts by status, and an ETA the budget can keep."""
-
-    def __init__(self) -> None:
-        self._bar: Any = None
-        self._counts: Counter[str] = Counter()
-        self._calls = 0
-        self._finished = 0
-        self._calls_per_second: float | None = None
-        self._paused_until = 0.0
-        self._last_refresh = 0.0
-
-    def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
-        from tqdm import tqdm
-
-        self._calls_per_second = calls_per_second
-        self._bar = tqdm(
-            total=total,
-            initial=done,
-            unit="row",
-            file=sys.stderr,
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
-        )
-
-    def advance(self, result: RowResult) -> None:
-        self._counts[result.status.value] += 1
-        self._finished += 1
-        self._calls += 1 if result.attempts else 0
-        if self._bar is None:
-            return
-        self._bar.update(1)
-        now = time.monotonic()
-        if now - self._last_refresh > 0.5:
-            self._last_refresh = now
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
-
-    def paused(self, seconds: float) -> None:
-        self._paused_until = time.monotonic() + seconds
-        if self._bar is not None:
-            self._bar.set_postfix_str(self._postfix())
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
-            self._bar.close()
-            self._bar = None
-
-    def _postfix(self) -> str:
-        parts = [f"{status} {n}" for status, n in self._counts.most_common(4)]
-        remaining = self._bar.total - self._bar.n if self._bar is not None else 0
-        if self._calls_per_second and self._finished and remaining > 0:
-            # the budget, not the observed rate, bounds the rest: a run that started with a
-            # burst of local rows would otherwise promise far too early an end
-            calls_left = remaining * self._calls / self._finished
-            seconds = calls_left / self._calls_per_second
-            parts.append(f"budget ETA {_duration(seconds)}")
-        pause = self._paused_until - time.monotonic()
-        if pause > 0:
-            parts.append(f"PAUSED by API 429: {pause:.0f}s")
-        return ", ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
-
-
-class _TqdmStream:
-    """A file for structlog that writes through tqdm, so log lines do not garble the bar."""
-
-    def write(self, text: str) -> int:
-        from tqdm import tqdm
-
-        if text.strip():
-            tqdm.write(text.rstrip("\n"), file=sys.stderr)
-        return len(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def _configure_logging(log_format: str, quiet: bool) -> None:
-    import logging
-
-    import structlog
-
-    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if json_logs
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.WARNING if quiet else logging.INFO
-        ),
-        logger_factory=structlog.PrintLoggerFactory(file=_TqdmStream()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=False,
-    )
-
-
 def _fail(message: str, code: int) -> None:
+    """An error before the output mode is known: one line (used for flag refusals)."""
     click.echo(f"batchphone: error: {message}", err=True)
     sys.exit(code)
-
-
-def _print_summary(summary: Summary, command: str, budget: str) -> None:
-    order = [status.value for status in Status]
-    lines = [f"{command}: {summary.input_rows} rows in {summary.elapsed_s:.1f}s"]
-    for status in order:
-        if summary.counts.get(status):
-            lines.append(f"  {status:<14} {summary.counts[status]:>9}")
-    if command != "validate":
-        lines.append(f"  {'API calls':<14} {summary.requests:>9}")
-        if summary.rate_limited:
-            lines.append(f"  {'rate limited':<14} {summary.rate_limited:>9}")
-    if summary.planned_calls is not None:
-        who = "a run with --skip-unchanged" if command == "plan" else f"the {command}"
-        lines.append(
-            f"  {who} needs about {summary.planned_calls} API calls: "
-            f"at least {_duration(summary.planned_s or 0.0)} at a budget of {budget}"
-        )
-    if summary.result_path:
-        lines.append(f"  results: {summary.result_path}")
-    if summary.stopped_reason:
-        lines.append(f"  stopped: {summary.stopped_reason}")
-    if summary.exit_code in (3, 130):
-        lines.append("  rerun the same command to resume: rows already final are not sent again")
-    click.echo("\n".join(lines), err=True)
 
 
 def _options(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
@@ -183,6 +54,7 @@ _ROW_OPTIONS = [
         default=None,
         help="verified for rows without their own value (unset: null is sent).",
     ),
+    click.option("--sheet", help="Excel input: the sheet to read, by name or number (default 1)."),
 ]
 _REMOVE_AND_LIMIT = [
     click.option(
@@ -200,12 +72,16 @@ _OUTPUT_OPTIONS = [
         type=click.Path(path_type=Path),
         help="Config file (default ./config.toml when present).",
     ),
-    click.option("--log-format", help="console, json or auto (json when not a terminal)."),
+    click.option(
+        "--log-format",
+        type=click.Choice(["auto", "console", "json"], case_sensitive=False),
+        help="json: only JSON lines on stderr (no bar); auto (default): json off a terminal.",
+    ),
     click.option("--quiet", is_flag=True, default=None, help="No progress bar, warnings only."),
     click.option(
         "--summary-json",
         type=click.Path(path_type=Path),
-        help="Write the run's summary here, for schedulers.",
+        help="Write the summary here on every exit (JSON, mode 0600), for schedulers.",
     ),
     click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
 ]
@@ -237,6 +113,12 @@ _EMULATOR_OPTIONS = [
         type=click.Path(path_type=Path),
         help="Seed file for --emulator (default users.csv beside INPUT, else the input's ids).",
     ),
+    click.option(
+        "--emulator-state",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Implies --emulator: its users are read from FILE if it exists (else seeded), "
+        "and written back at exit, so plan, run and undo see one project.",
+    ),
 ]
 _RESTART = click.option(
     "--restart", is_flag=True, default=None, help="Discard the journal; start over."
@@ -260,6 +142,32 @@ _SENDING_OPTIONS = [
 _JOB_FLAGS = ("skip_unchanged", "api", "batch_size", "canary")
 
 
+_EXIT_CODES = {
+    0: "every row updated, would_update, valid, change, unchanged or duplicate",
+    1: "finished, with other rows (read the result file)",
+    2: "usage, config or input error: nothing was sent",
+    3: "a fatal remote condition (401, 403, too many failures) stopped it: rerun to resume",
+    130: "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume",
+}
+_TARGET_ENV = "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI"
+_SETTINGS_ENV = "BATCHPHONE_<SETTING> for any setting (BATCHPHONE_RATE, BATCHPHONE_LOG_FORMAT, ...)"
+
+
+def _epilog(examples: list[str], codes: tuple[int, ...], env: list[str]) -> str:
+    """The end of a command's --help: examples, exit codes, environment (lines kept as is)."""
+    lines = ["Examples:", "", "\b", *(f"  {example}" for example in examples), ""]
+    lines += ["Exit codes:", "", "\b", *(f"  {code:<4} {_EXIT_CODES[code]}" for code in codes)]
+    lines += ["", "Environment:", "", "\b", *(f"  {line}" for line in env)]
+    return "\n".join(lines)
+
+
+_API_ENV = [
+    f"{_TARGET_ENV} (as the SDKs)",
+    _SETTINGS_ENV,
+    "./config.toml, or --config PATH, is read too (flags > environment > file)",
+]
+
+
 def _refuse_key(management_key: str | None) -> None:
     if management_key is not None:
         _fail(
@@ -269,55 +177,134 @@ def _refuse_key(management_key: str | None) -> None:
         )
 
 
-def _execute(command: str, input_path: Path, out: Path, flags: dict[str, Any]) -> None:
-    from batchphone.config import load_settings
-    from batchphone.runner import Job, run_sync
+def _early_json(flags: dict[str, Any]) -> bool:
+    """Whether errors must be JSON, before the settings are loaded (they may be what is wrong)."""
+    from batchphone.render import json_logs
 
-    config_path = flags.pop("config_path", None)
-    debug = bool(flags.get("debug"))
-    job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
+    chosen = flags.get("log_format") or os.environ.get("BATCHPHONE_LOG_FORMAT", "").strip()
+    return json_logs((chosen or "auto").lower())
+
+
+def _execute(
+    command: str, input_path: Path, out: Path, flags: dict[str, Any], *, report: bool = True
+) -> None:
+    """One command, every way out: an exit code, a summary (or error) and --summary-json."""
+    from batchphone.render import Output, Tally
+
+    summary_json: Path | None = flags.get("summary_json")
+    output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
+    tally = Tally(keep_not_valid=not report)
     try:
-        job = Job(command=command, input_path=input_path, out_path=out, **job_flags)
-        settings = load_settings(flags, config_path=config_path)
-        _configure_logging(settings.log_format, settings.quiet)
-        transport_factory, target = None, None
-        if settings.emulator:
-            from batchphone.rehearsal import embedded_target
-
-            transport_factory, target = embedded_target(input_path, settings.emulator_users)
-        quiet = settings.quiet or not sys.stderr.isatty()
-        summary = run_sync(
-            job,
-            settings,
-            progress=None if quiet else _TqdmProgress(),
-            transport_factory=transport_factory,
-            target=target,
-        )
+        summary, settings = _run(command, input_path, out, flags, output, tally, report=report)
     except BatchphoneError as exc:
-        if debug:
+        if flags.get("debug"):
             traceback.print_exc()
-        _fail(exc.message, exc.exit_code)
+        _end_with_error(output, summary_json, exc.message, exc.exit_code)
         return
     except KeyboardInterrupt:
-        click.echo("batchphone: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:
-        if debug:
-            raise
-        _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)", 1)
+        _end_with_error(output, summary_json, "interrupted", 130)
         return
-    if settings.summary_json is not None:
-        _write_summary(settings.summary_json, summary)
-    if not settings.quiet:
-        _print_summary(summary, command, f"{settings.rate_calls}/{settings.rate_period:g}")
+    except Exception as exc:
+        if flags.get("debug"):
+            raise
+        message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
+        _end_with_error(output, summary_json, message, 1)
+        return
+    if not report:  # validate without --out: the report lived in a folder now deleted
+        summary = dataclasses.replace(summary, result_path=None)
+    if summary_json is not None:
+        from batchphone.render import summary_document, write_summary_json
+
+        try:
+            write_summary_json(summary_json, summary_document(summary, tally))
+        except OSError as exc:
+            output.summary(summary, command, _budget(settings), tally)
+            _end_with_error(output, None, f"cannot write --summary-json {summary_json}: {exc}", 1)
+    output.summary(summary, command, _budget(settings), tally)
     sys.exit(summary.exit_code)
 
 
-def _write_summary(path: Path, summary: Summary) -> None:
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def _budget(settings: Settings) -> str:
+    return f"{settings.rate_calls}/{settings.rate_period:g}"
+
+
+def _end_with_error(output: Output, summary_json: Path | None, message: str, code: int) -> None:
+    if summary_json is not None:
+        from batchphone.render import error_document, write_summary_json
+
+        try:
+            write_summary_json(summary_json, error_document(message, code))
+        except OSError as exc:
+            output.error(f"cannot write --summary-json {summary_json}: {exc.strerror}", code)
+    output.error(message, code)
+    sys.exit(code)
+
+
+def _run(
+    command: str,
+    input_path: Path,
+    out: Path,
+    flags: dict[str, Any],
+    output: Output,
+    tally: Tally,
+    *,
+    report: bool,
+) -> tuple[Summary, Settings]:
+    from batchphone.config import load_settings
+    from batchphone.render import TqdmProgress, configure_logging, json_logs
+    from batchphone.runner import Job, run_sync
+
+    flags = dict(flags)
+    config_path = flags.pop("config_path", None)
+    job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
+    job = Job(command=command, input_path=input_path, out_path=out, **job_flags)
+    settings = load_settings(flags, config_path=config_path)
+    output.json_mode = json_logs(settings.log_format)
+    output.quiet = settings.quiet
+    # without --out the report goes to a temporary folder: its path means nothing to the user
+    configure_logging(settings.log_format, settings.quiet, hide=() if report else ("result_path",))
+    rehearsal = None
+    if settings.emulator or settings.emulator_state is not None:
+        from batchphone.rehearsal import embedded_target
+
+        rehearsal = embedded_target(
+            input_path,
+            settings.emulator_users,
+            state_path=settings.emulator_state,
+            undo=command == "undo",
+            login_id_column=settings.login_id_column,
+            phone_column=settings.phone_column,
+            sheet=settings.sheet,
+        )
+        output.note("emulator", f"emulator: {rehearsal.origin}", users=rehearsal.users)
+    # the bar is for people at a terminal; machines get only JSON lines
+    bar = not (settings.quiet or output.json_mode or not _stderr_is_terminal())
+    tally.attach(TqdmProgress() if bar else None)
     try:
-        path.write_text(json.dumps(summary.to_json(), indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        _fail(f"cannot write --summary-json {path}: {exc.strerror}", 1)
+        summary = run_sync(
+            job,
+            settings,
+            progress=tally,
+            transport_factory=rehearsal.transport_factory if rehearsal else None,
+            target=rehearsal.target if rehearsal else None,
+        )
+    except BaseException:
+        if rehearsal is not None:
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                rehearsal.save()
+        raise
+    if rehearsal is not None:
+        try:
+            rehearsal.save()
+        except OSError as exc:
+            raise BatchphoneError(
+                f"cannot write --emulator-state {rehearsal.state_path}: {exc.strerror or exc}"
+            ) from None
+    return summary, settings
 
 
 class _LazyGroup(click.Group):
@@ -361,7 +348,17 @@ def main() -> None:
     """
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone run users.csv --out results.csv --skip-unchanged",
+            "batchphone run users.xlsx --sheet Users --out results.xlsx --canary 20",
+            "batchphone run users.csv --out r.csv --emulator-state rehearsal.json  # rehearse",
+        ],
+        (0, 1, 2, 3, 130),
+        _API_ENV,
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Result file.")
 @_common_options
@@ -397,7 +394,17 @@ def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -
     _execute("run", input_path, out, flags)
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone plan users.csv --out plan.csv",
+            "batchphone plan users.xlsx --out plan.xlsx --api batch --default-region US",
+            "batchphone plan users.csv --out plan.csv --emulator-state rehearsal.json",
+        ],
+        (0, 1, 2, 3, 130),
+        _API_ENV,
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Plan file.")
 @_common_options
@@ -417,7 +424,17 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
     _execute("plan", input_path, out, flags)
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone undo results.csv --out undo-check.csv --dry-run",
+            "batchphone undo results.csv --out undo.csv",
+            "batchphone undo results.csv --out undo.csv --emulator-state rehearsal.json",
+        ],
+        (0, 1, 2, 3, 130),
+        _API_ENV,
+    )
+)
 @click.argument("results", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Undo result file.")
 @_options(_REMOVE_AND_LIMIT)
@@ -426,6 +443,7 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 @click.option("--dry-run", is_flag=True, default=None, help="Read the users; change nothing.")
 @_RESTART
 @_RETRY_FAILED
+@_options(_EMULATOR_OPTIONS)
 @_options(_SENDING_OPTIONS)
 def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Restore the phones a run updated, from its result file RESULTS.
@@ -438,14 +456,33 @@ def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> 
     _execute("undo", results, out, flags)
 
 
-@main.command()
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone validate users.csv --default-region US",
+            "batchphone validate users.xlsx --sheet 2 --out report.xlsx",
+        ],
+        (0, 1, 2, 130),
+        [
+            "BATCHPHONE_DEFAULT_REGION, BATCHPHONE_LOGIN_ID_COLUMN, BATCHPHONE_PHONE_COLUMN,",
+            "BATCHPHONE_LOG_FORMAT, ... (BATCHPHONE_<SETTING>); ./config.toml or --config PATH",
+            "No API call: DESCOPE_* are not read.",
+        ],
+    )
+)
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Report file (same columns as run).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Report file, same columns as run (optional: without it no file is written, and the "
+    "counts and the first 20 rows that are not valid are printed).",
+)
 @_common_options
 def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
     if out is not None:
         _execute("validate", input_path, out, flags)
         return
+    # the report (and its journal) go to a folder deleted at exit: nothing is left behind
     with tempfile.TemporaryDirectory(prefix="batchphone-") as tmp:
-        _execute("validate", input_path, Path(tmp) / "report.csv", flags)
+        _execute("validate", input_path, Path(tmp) / "report.csv", flags, report=False)

@@ -78,6 +78,8 @@ class Settings:
     summary_json: Path | None = None
     emulator: bool = False
     emulator_users: Path | None = None
+    emulator_state: Path | None = None
+    sheet: str | None = None
     restart: bool = False
     retry_failed: bool = False
     debug: bool = False
@@ -190,6 +192,8 @@ _FLAG_ONLY = {
     "summary_json",
     "emulator",
     "emulator_users",
+    "emulator_state",
+    "sheet",
     "restart",
     "retry_failed",
     "debug",

@@ -9,7 +9,8 @@ streaming is an ``InputError`` naming the data row. Rules the rest of batchphone
 * Empty cells are ``None``. Login ids are kept as read except that leading and trailing ASCII
   whitespace is stripped (only whitespace: ``None``); all other cells are raw.
 * CSV/TSV: UTF-8 (BOM dropped), RFC 4180 quoting, CRLF or LF; nothing is inferred, so leading
-  zeros and ``+`` survive. Excel: the first sheet. Parquet/JSONL/Excel number cells become text,
+  zeros and ``+`` survive. Excel: the first sheet, or ``sheet`` (a name, or a number from 1).
+  Parquet/JSONL/Excel number cells become text,
   and a number in the phone column sets ``phone_was_number`` (its ``+`` or ``0`` may be gone).
 """
 
@@ -70,6 +71,8 @@ class InputSpec:
     phone_column: str = "phone"
     verified_column: str = "verified"  # optional column: used when present
     region_column: str = "region"  # optional column: used when present
+    #: Excel only: the sheet to read, by name or by number from 1 (``None``: the first)
+    sheet: str | None = None
 
 
 def open_input(spec: InputSpec) -> InputSource:
@@ -85,6 +88,9 @@ def open_input(spec: InputSpec) -> InputSource:
         )
     _check_readable(path)
     digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
+    if spec.sheet is not None and fmt != "xlsx":
+        raise _error(path, f"--sheet applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
+    sheet, sheets = 0, tuple[str, ...]()
     try:
         if fmt in ("csv", "tsv"):
             columns = _csv_header(path, "\t" if fmt == "tsv" else ",")
@@ -94,14 +100,16 @@ def open_input(spec: InputSpec) -> InputSource:
             schema = pl.read_parquet_schema(path)
             columns = tuple(schema)
         else:
-            columns = _excel_header(path)
+            sheets = tuple(fastexcel.read_excel(path).sheet_names)
+            sheet = _sheet_index(path, spec.sheet, sheets)
+            columns = _excel_header(path, sheet, sheets)
     except _POLARS_ERRORS as exc:
         problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
         raise _error(path, problem) from None
     required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
     for name, flag in required.items():
         if name not in columns:
-            raise _error(path, _missing_column(name, columns, flag))
+            raise _error(path, _missing_column(name, columns, flag, sheet=sheet, sheets=sheets))
     used = {spec.login_id_column, spec.phone_column, spec.verified_column, spec.region_column}
     doubled = ", ".join(sorted({f'"{c}"' for c in columns if c in used and columns.count(c) > 1}))
     if doubled:
@@ -111,7 +119,7 @@ def open_input(spec: InputSpec) -> InputSource:
             dtype = schema[name]
             if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
                 raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
-    source = InputSource(spec, fmt, columns, digest)
+    source = InputSource(spec, fmt, columns, digest, sheet=sheet)
     if source.is_empty():
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
@@ -121,8 +129,17 @@ def open_input(spec: InputSpec) -> InputSource:
 class InputSource:
     """An opened, checked input file: streams its rows in batches."""
 
-    def __init__(self, spec: InputSpec, fmt: str, columns: tuple[str, ...], digest: str | None):
+    def __init__(
+        self,
+        spec: InputSpec,
+        fmt: str,
+        columns: tuple[str, ...],
+        digest: str | None,
+        *,
+        sheet: int = 0,
+    ):
         self.spec = spec
+        self.sheet = sheet  # Excel: the index of the sheet read
         self.path = spec.path
         self.format = fmt
         self.columns = columns
@@ -340,11 +357,13 @@ class InputSource:
         # Excel caps a sheet at 1,048,576 rows, so it is read whole, once.
         if self._excel is None:
             reader = fastexcel.read_excel(self.path)
-            cells = reader.load_sheet(0, dtypes="string").to_polars()
+            cells = reader.load_sheet(self.sheet, dtypes="string").to_polars()
             phone = self.spec.phone_column
             # Read as booleans, text cells come back null and number cells do not; a boolean
             # cell does too, but it reads as "true"/"false" in text, which no phone is.
-            flags = reader.load_sheet(0, dtypes={phone: "boolean"}, use_columns=[phone]).to_polars()
+            flags = reader.load_sheet(
+                self.sheet, dtypes={phone: "boolean"}, use_columns=[phone]
+            ).to_polars()
             numeric = flags[phone].is_not_null() & ~cells[phone].is_in(["true", "false"])
             self._excel = cells.with_columns(numeric.alias(_NUMERIC))
         return self._excel
@@ -476,15 +495,43 @@ class _Pairs(list[tuple[str, Any]]):
     """A JSON object as its key/value pairs, so that doubled keys can be seen."""
 
 
-def _excel_header(path: Path) -> tuple[str, ...]:
+def _sheet_index(path: Path, wanted: str | None, sheets: tuple[str, ...]) -> int:
+    """The index of the sheet ``--sheet`` names: a sheet's name first, else its number from 1."""
+    if wanted is None:
+        return 0
+    if wanted in sheets:
+        return sheets.index(wanted)
+    text = wanted.strip()
+    if text.isdigit() and 1 <= int(text) <= len(sheets):
+        return int(text) - 1
+    raise _error(
+        path,
+        f'has no sheet "{wanted}" (sheets in the workbook: {_names(sheets)}; '
+        "--sheet takes a name or a number from 1)",
+    )
+
+
+def _names(sheets: tuple[str, ...]) -> str:
+    return ", ".join(f'"{name}"' for name in sheets)
+
+
+def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[str, ...]:
     reader = fastexcel.read_excel(path)
-    header = reader.load_sheet(0, header_row=None, n_rows=1, dtypes="string").to_polars()
+    header = reader.load_sheet(sheet, header_row=None, n_rows=1, dtypes="string").to_polars()
     if header.height == 0:
-        raise _error(path, "is empty (its first sheet has no header row)")
+        others = f" (sheets in the workbook: {_names(sheets)})" if len(sheets) > 1 else ""
+        raise _error(path, f'is empty (sheet "{sheets[sheet]}" has no header row){others}')
     return tuple("" if value is None else str(value) for value in header.row(0))
 
 
-def _missing_column(name: str, columns: tuple[str, ...], flag: str) -> str:
+def _missing_column(
+    name: str,
+    columns: tuple[str, ...],
+    flag: str,
+    *,
+    sheet: int = 0,
+    sheets: tuple[str, ...] = (),
+) -> str:
     shown = ", ".join(columns[:20]) + (", ..." if len(columns) > 20 else "")
     folded = {column.casefold(): column for column in columns}
     wanted = name.casefold()
@@ -492,7 +539,12 @@ def _missing_column(name: str, columns: tuple[str, ...], flag: str) -> str:
     contained = [key for key in folded if wanted in key or (key and key in wanted)]
     close = difflib.get_close_matches(wanted, list(folded), n=1, cutoff=0.6) or contained[:1]
     hint = f'did you mean "{folded[close[0]]}"? ' if close else ""
-    return f'no column "{name}" (columns found: {shown}; {hint}use {flag})'
+    if not sheets:
+        return f'no column "{name}" (columns found: {shown}; {hint}use {flag})'
+    return (
+        f'no column "{name}" on sheet "{sheets[sheet]}" (columns found: {shown}; {hint}use {flag}; '
+        f"sheets in the workbook: {_names(sheets)}: pick one with --sheet NAME|NUMBER)"
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -1,22 +1,29 @@
-"""``run --emulator``: rehearse a run against the embedded emulator, in-process.
+"""``--emulator`` / ``--emulator-state``: rehearse a command against the embedded emulator.
 
 The emulator replaces the target and the credentials entirely (a fresh random key, a project id
 that no real project has, and an in-process transport that opens no socket), so a rehearsal can
 never reach a real project, even when ``DESCOPE_*`` variables are set.
+
+Its users come from, in this order: the state file (``--emulator-state FILE``, when it exists),
+``--emulator-users``, ``users.csv`` beside the input, or the input itself (every login id of the
+input exists; for ``undo``, every user the run updated, with the phone the run set). With a
+state file the users are written back when the command ends, so plan, run and undo, each in its
+own process, see one project.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from batchphone.errors import UsageError
+from batchphone.errors import InputError, UsageError
 
-__all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "embedded_target"]
+__all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
 
 #: A project id no real project has, so a rehearsal journal never resumes a real run.
 EMULATOR_PROJECT_ID = "Pbatchphone0emulator0rehearsal00"
@@ -25,29 +32,66 @@ EMULATOR_BASE_URL = "http://emulator.invalid"
 _LATENCY_S = 0.02
 
 
-def _users_from_input(input_path: Path) -> list[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class Rehearsal:
+    """An embedded emulator ready for one command: its transport, target and users' origin."""
+
+    transport_factory: Callable[[], httpx.AsyncBaseTransport]
+    target: dict[str, Any] = field(repr=False)
+    #: how many users, and where they came from: ``"12 users from samples/users.csv"``
+    origin: str
+    users: int
+    state_path: Path | None
+    _users: Callable[[], list[dict[str, Any]]] = field(repr=False)
+
+    def save(self) -> None:
+        """Write the users back to the state file (if any): atomically, mode 0600."""
+        if self.state_path is not None:
+            from batchphone.emulator.statefile import save_state
+
+            save_state(self.state_path, self._users())
+
+
+def _users_from_input(
+    input_path: Path, login_id_column: str, phone_column: str, sheet: str | None
+) -> list[dict[str, Any]]:
     """One user per distinct login id of the input, with no phone: 'everyone exists'."""
     from batchphone.reader import InputSpec, open_input
 
-    source = open_input(InputSpec(path=input_path))
+    spec = InputSpec(
+        path=input_path, login_id_column=login_id_column, phone_column=phone_column, sheet=sheet
+    )
     seen: dict[str, dict[str, Any]] = {}
-    for rows in source.batches():
+    for rows in open_input(spec).batches():
         for row in rows:
             if row.login_id and row.login_id not in seen:
                 seen[row.login_id] = {"loginId": row.login_id}
     return list(seen.values())
 
 
-def embedded_target(
-    input_path: Path, users_path: Path | None
-) -> tuple[Callable[[], httpx.AsyncBaseTransport], dict[str, Any]]:
-    """An emulator seeded for ``input_path``: its transport factory and its target.
+def _users_from_results(results_path: Path) -> list[dict[str, Any]]:
+    """One user per row the run updated, with the phone the run set: what undo expects."""
+    from batchphone.models import UpdateRequest
+    from batchphone.undo import open_results
 
-    Users come from ``users_path``, else from ``users.csv`` beside the input, else one user per
-    login id of the input (so a rehearsal of your own file shows what would happen if every
-    user exists).
-    """
-    from batchphone.emulator import Emulator, Faults, ProjectSettings, load_users
+    seen: dict[str, dict[str, Any]] = {}
+    for items in open_results(results_path).prepared(allow_remove=True, limit=None):
+        for item in items:
+            if isinstance(item, UpdateRequest) and item.login_id not in seen:
+                seen[item.login_id] = {"loginId": item.login_id, "phone": item.expect_phone or ""}
+    return list(seen.values())
+
+
+def _seed(
+    input_path: Path,
+    users_path: Path | None,
+    *,
+    undo: bool,
+    login_id_column: str,
+    phone_column: str,
+    sheet: str | None,
+) -> tuple[list[dict[str, Any]], str]:
+    from batchphone.emulator import load_users
 
     if users_path is None and (input_path.parent / "users.csv").is_file():
         users_path = input_path.parent / "users.csv"
@@ -58,8 +102,54 @@ def embedded_target(
             raise UsageError(
                 f"--emulator-users {users_path}: {exc}", setting="emulator_users"
             ) from None
+        return users, f"from {users_path}"
+    if undo:
+        return _users_from_results(input_path), (
+            "from the results' updated rows (each with the phone the run set)"
+        )
+    users = _users_from_input(input_path, login_id_column, phone_column, sheet)
+    return users, "from the input's login ids (every login id exists)"
+
+
+def embedded_target(
+    input_path: Path,
+    users_path: Path | None,
+    *,
+    state_path: Path | None = None,
+    undo: bool = False,
+    login_id_column: str = "loginId",
+    phone_column: str = "phone",
+    sheet: str | None = None,
+) -> Rehearsal:
+    """An emulator for a command on ``input_path`` (``undo``: a result file), and its users.
+
+    Raises ``UsageError``/``InputError`` (exit 2, nothing sent) when the users cannot be had.
+    """
+    from batchphone.emulator import Emulator, Faults, ProjectSettings
+    from batchphone.emulator.statefile import load_state
+
+    if state_path is not None and state_path.exists():
+        if users_path is not None:
+            raise UsageError(
+                f"--emulator-users {users_path}: the state file {state_path} already holds the "
+                "users; drop --emulator-users, or delete the state file to seed it again",
+                setting="emulator_users",
+            )
+        try:
+            users = load_state(state_path)
+        except (OSError, ValueError) as exc:
+            message = f"--emulator-state {state_path}: {exc}"
+            raise InputError(message, path=str(state_path)) from None
+        where = f"from state {state_path}"
     else:
-        users = _users_from_input(input_path)
+        users, where = _seed(
+            input_path,
+            users_path,
+            undo=undo,
+            login_id_column=login_id_column,
+            phone_column=phone_column,
+            sheet=sheet,
+        )
     key = secrets.token_urlsafe(24)
     emulator = Emulator(
         projects=[
@@ -79,4 +169,11 @@ def embedded_target(
         "base_url": EMULATOR_BASE_URL,
         "management_key": key,
     }
-    return emulator.transport, target
+    return Rehearsal(
+        transport_factory=emulator.transport,
+        target=target,
+        origin=f"{len(users)} users {where}",
+        users=len(users),
+        state_path=state_path,
+        _users=lambda: emulator.users(EMULATOR_PROJECT_ID),
+    )

@@ -74,6 +74,8 @@ def _identity(
         "skip_unchanged": job.skip_unchanged,
         "api": job.api,
         "batch_size": job.batch_size if job.api == "batch" else None,
+        # a workbook's other sheet is another input (absent when unset: old journals resume)
+        **({"sheet": settings.sheet} if settings.sheet is not None else {}),
     }
 
 
@@ -338,6 +340,7 @@ async def execute(
             path=job.input_path,
             login_id_column=settings.login_id_column,
             phone_column=settings.phone_column,
+            sheet=settings.sheet,
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)

@@ -20,3 +20,10 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 def samples() -> Path:
     """The samples/ folder of the repository."""
     return SAMPLES
+
+
+@pytest.fixture(autouse=True)
+def _console_logs_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests are not on a terminal, where ``auto`` means JSON: CLI tests read the text form
+    unless they choose ``--log-format json`` (or delete this variable to test ``auto``)."""
+    monkeypatch.setenv("BATCHPHONE_LOG_FORMAT", "console")

@@ -149,7 +149,7 @@ def test_the_command_shows_the_first_mismatch(
     source = write_input(tmp_path / "in.csv", new_phones(10), ["true"] * 10)
     result = CliRunner().invoke(
         main,
-        ["run", str(source), "--out", "r.csv", "--canary", "2", "--log-format", "json"],
+        ["run", str(source), "--out", "r.csv", "--canary", "2", "--log-format", "console"],
         env={
             "DESCOPE_PROJECT_ID": PROJECT,
             "DESCOPE_MANAGEMENT_KEY": KEY,
@@ -162,5 +162,5 @@ def test_the_command_shows_the_first_mismatch(
         "  stopped: canary: 2 of 2 updates did not stick; first: row 1 (user0@example.com): "
         "sent phone +14156660000 verified true, read back phone +14155550000"
     ) in result.stderr
-    assert '"event": "canary_failed"' in result.stderr
+    assert "canary_failed" in result.stderr
     assert calls(emulator, UPDATE) == 2 and KEY not in result.stderr

@@ -76,8 +76,9 @@ def test_demo_command_with_embedded_emulator(samples: Path, tmp_path: Path) -> N
 
 
 def test_real_target_over_a_socket_and_summary_json(
-    served: tuple[Emulator, str], samples: Path, tmp_path: Path
+    served: tuple[Emulator, str], samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("BATCHPHONE_LOG_FORMAT")  # auto, as under cron
     _, base_url = served
     out = tmp_path / "results.xlsx"
     summary_path = tmp_path / "summary.json"
@@ -102,9 +103,12 @@ def test_real_target_over_a_socket_and_summary_json(
     assert summary["counts"]["updated"] == 11 and summary["rate_limited"] == 0
     assert summary["requests"] == 14  # 13 updates and the license handshake
     assert set(summary) >= {"input_rows", "counts", "requests", "rate_limited", "elapsed_s"}
-    # not a terminal: logs are JSON lines on stderr
-    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    assert {e["event"] for e in events} >= {"run_started", "run_finished"}
+    # not a terminal and --log-format auto: stderr carries only JSON lines, the summary too
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {e["event"] for e in events} >= {"run_started", "run_finished", "summary"}
+    closing = events[-1]
+    assert closing["event"] == "summary" and closing["counts"]["updated"] == 11
+    assert closing["exit_code"] == 1 and closing["level"] == "info"
     assert KEY not in result.output and KEY not in result.stderr
     assert KEY not in out.with_name(out.name + ".journal").read_text()
 
@@ -192,3 +196,204 @@ def test_help_lists_the_commands() -> None:
     assert result.exit_code == 0
     for command in ("run", "validate", "emulator"):
         assert f"  {command} " in result.output
+
+
+def test_an_exit_2_error_is_one_json_event(samples: Path, tmp_path: Path) -> None:
+    result = invoke(
+        [
+            "run",
+            str(samples / "phones.csv"),
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--log-format",
+            "json",
+        ]
+    )
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "error" and event["exit_code"] == 2
+    assert event["message"] == (
+        "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id"
+    )
+    # a bad setting is an error event too, though the settings could not be read
+    bad = invoke(
+        ["validate", str(samples / "phones.csv"), "--log-format", "json"],
+        env={"BATCHPHONE_RATE": "lots"},
+    )
+    assert bad.exit_code == 2
+    [line] = bad.stderr.splitlines()
+    assert json.loads(line)["message"].startswith(
+        "rate: bad value 'lots' (environment variable BATCHPHONE_RATE)"
+    )
+
+
+def test_no_progress_bar_in_json_mode(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import batchphone.render
+
+    bars: list[object] = []
+
+    class Bar(batchphone.render.TqdmProgress):
+        def __init__(self) -> None:
+            super().__init__()
+            bars.append(self)
+
+    monkeypatch.setattr(batchphone.render, "TqdmProgress", Bar)
+    monkeypatch.setattr("batchphone.cli._stderr_is_terminal", lambda: True)
+    args = ["validate", str(samples / "phones.csv"), "--out", str(tmp_path / "v.csv")]
+    invoke([*args, "--log-format", "console"])
+    assert len(bars) == 1  # a person at a terminal gets the bar
+    invoke([*args, "--log-format", "json"])
+    assert len(bars) == 1  # machines do not
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_summary_json_is_written_on_every_exit_path(
+    served: tuple[Emulator, str], samples: Path, tmp_path: Path
+) -> None:
+    _, base_url = served
+    phones = str(samples / "phones.csv")
+    target = {"DESCOPE_PROJECT_ID": PROJECT, "DESCOPE_BASE_URI": base_url}
+    cases = {
+        0: (["validate", phones, "--limit", "3"], {}),
+        1: (["validate", phones], {}),
+        2: (["run", phones, "--out", str(tmp_path / "r2.csv")], {}),
+        3: (
+            ["run", phones, "--out", str(tmp_path / "r3.csv")],
+            {**target, "DESCOPE_MANAGEMENT_KEY": "K2-wrong"},
+        ),
+    }
+    for code, (args, env) in cases.items():
+        path = tmp_path / f"summary-{code}.json"
+        result = invoke([*args, "--summary-json", str(path)], env=env)
+        assert result.exit_code == code, result.stderr
+        document = json.loads(path.read_text())
+        assert document["exit_code"] == code and _mode(path) == 0o600
+    error = json.loads((tmp_path / "summary-2.json").read_text())
+    assert error["error"].startswith("no project id") and error["requests"] is None
+    assert not list(tmp_path.glob(".summary-*"))  # no temp file left behind
+
+
+def test_a_resumed_run_says_so(samples: Path, tmp_path: Path) -> None:
+    args = ["run", str(samples / "phones.csv"), "--out", str(tmp_path / "r.csv")]
+    args += ["--emulator-state", str(tmp_path / "s.json")]
+    first = invoke([*args, "--limit", "10"])
+    assert first.exit_code == 1, first.stderr
+    again = invoke([*args, "--summary-json", str(tmp_path / "s2.json")])
+    assert "  resumed: 10 rows already final; 8 sent now; API calls this time: 9\n" in (
+        again.stderr
+    )
+    document = json.loads((tmp_path / "s2.json").read_text())
+    assert document["resumed_rows"] == 10 and document["sent_now"] == 8
+    assert document["requests"] == 9
+    fresh = invoke(["validate", str(samples / "phones.csv"), "--out", str(tmp_path / "v.csv")])
+    assert "resumed:" not in fresh.stderr
+
+
+def test_validate_without_out_prints_the_rows_and_writes_nothing(
+    samples: Path, tmp_path: Path
+) -> None:
+    result = invoke(["validate", str(samples / "phones.csv"), "--summary-json", "s.json"])
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    start = lines.index(
+        "  rows not valid (first 11 of 11; no file written: --out FILE writes every row):"
+    )
+    assert lines[start - 3 : start] == [
+        "  valid                 13",
+        "  invalid               10",
+        "  duplicate              1",
+    ]
+    assert lines[start + 1] == (
+        "    row 4      invalid    MISSING_REGION         national number without a country: "
+        "add a region column or --default-region, or write it as +<country code>..."
+    )
+    assert len(lines) == start + 12
+    assert "results:" not in result.stderr and "batchphone-" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.json"]
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert document["result_path"] is None and len(document["not_valid"]) == 11
+    assert document["not_valid"][0] == {
+        "row": 4,
+        "status": "invalid",
+        "reason": "MISSING_REGION",
+        "explanation": "national number without a country: add a region column or "
+        "--default-region, or write it as +<country code>...",
+    }
+
+
+def test_validate_lists_only_the_first_20_rows(tmp_path: Path) -> None:
+    source = tmp_path / "bad.csv"
+    source.write_text("loginId,phone\n" + "".join(f"u{i},x{i}\n" for i in range(30, 0, -1)))
+    result = invoke(["validate", str(source)])
+    lines = result.stderr.splitlines()
+    assert "  rows not valid (first 20 of 30; no file written: --out FILE writes every row):" in (
+        lines
+    )
+    rows = [line.split()[1] for line in lines if line.startswith("    row ")]
+    assert rows == [str(n) for n in range(1, 21)]
+
+
+def test_sheet_flag_reads_the_named_sheet(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "fix.xlsx"
+    workbook = xlsxwriter.Workbook(path)
+    workbook.add_worksheet("Notes").write_string(0, 0, "read me")
+    users = workbook.add_worksheet("Users")
+    for r, row in enumerate([["loginId", "phone"], ["a@example.com", "+14155550100"]]):
+        for c, value in enumerate(row):
+            users.write_string(r, c, value)
+    workbook.close()
+    missing = invoke(["validate", str(path)])
+    assert missing.exit_code == 2
+    assert 'sheets in the workbook: "Notes", "Users"' in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    found = invoke(["validate", str(path), "--sheet", "Users"])
+    assert found.exit_code == 0, found.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "undo", "validate"])
+def test_every_command_help_ends_with_examples_exit_codes_and_environment(
+    command: str,
+) -> None:
+    text = invoke([command, "--help"]).output
+    examples, codes, env = (text.index(h) for h in ("Examples:", "Exit codes:", "Environment:"))
+    assert text.index("Options:") < examples < codes < env
+    assert text.count(f"batchphone {command} ") >= 2
+    assert "    2    usage, config or input error: nothing was sent" in text
+    assert "--log-format [auto|console|json]" in text
+    if command == "validate":
+        assert "No API call: DESCOPE_* are not read." in text
+    else:
+        assert "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI" in text
+
+
+def test_validate_help_says_out_is_optional() -> None:
+    text = " ".join(invoke(["validate", "--help"]).output.split())
+    assert "--out PATH Report file, same columns as run (optional: without it no file is " in text
+    assert "[required]" not in text
+
+
+def test_emulator_help_marks_what_is_required() -> None:
+    text = invoke(["emulator", "--help"]).output
+    assert "[required unless --projects-file]" in text
+    assert "Examples:" in text and "BATCHPHONE_EMULATOR_KEY" in text
+
+
+def test_docs_link_only_to_files_in_the_repository() -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "emulator.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert links, "docs/emulator.md links nowhere"
+    for link in links:
+        assert not link.startswith("http"), link
+        assert (root / "docs" / link).resolve().is_file(), link
+    assert "shared/docs" not in text

@@ -350,3 +350,53 @@ def test_a_file_damaged_after_open_is_an_input_error(tmp_path: Path) -> None:
         _rows(source)
     assert str(info.value).startswith(f"{path}: cannot be read as PARQUET (")
     assert "\n" not in str(info.value)
+
+
+def _workbook(path: Path, sheets: dict[str, list[list[str]]]) -> Path:
+    workbook = xlsxwriter.Workbook(path)
+    for name, rows in sheets.items():
+        sheet = workbook.add_worksheet(name)
+        for number, row in enumerate(rows):
+            for col, value in enumerate(row):
+                sheet.write_string(number, col, value)
+    workbook.close()
+    return path
+
+
+def test_xlsx_sheet_by_name_or_number(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "fix.xlsx",
+        {
+            "Notes": [["who", "what"], ["ann", "fix these"]],
+            "Users": [["loginId", "phone"], ["a", "+14155550100"]],
+        },
+    )
+    by_name = open_input(InputSpec(path=path, sheet="Users"))
+    by_number = open_input(InputSpec(path=path, sheet="2"))
+    assert _rows(by_name) == _rows(by_number) == [InputRow(1, "a", "+14155550100")]
+
+
+def test_xlsx_columns_on_another_sheet_name_the_sheets_in_one_line(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "fix.xlsx",
+        {
+            "Notes": [["who", "what"], ["ann", "fix these"]],
+            "Users": [["loginId", "phone"], ["a", "+14155550100"]],
+        },
+    )
+    message = str(_error(path))
+    assert message == (
+        f'{path}: no column "loginId" on sheet "Notes" (columns found: who, what; '
+        'use --login-id-column; sheets in the workbook: "Notes", "Users": '
+        "pick one with --sheet NAME|NUMBER)"
+    )
+    assert "\n" not in message
+    with pytest.raises(InputError) as missing:
+        open_input(InputSpec(path=path, sheet="Sheet9"))
+    assert str(missing.value) == (
+        f'{path}: has no sheet "Sheet9" (sheets in the workbook: "Notes", "Users"; '
+        "--sheet takes a name or a number from 1)"
+    )
+    csv_path = _write(tmp_path, "users.csv", "loginId,phone\na,+1\n")
+    with pytest.raises(InputError, match="--sheet applies to Excel workbooks"):
+        open_input(InputSpec(path=csv_path, sheet="1"))

@@ -210,10 +210,12 @@ def test_undo_command_dry_run_then_for_real(
 
     code, _ = invoke("run", str(source), "--out", "run.csv", "--skip-unchanged", "--quiet")
     assert code == 0 and phones(emulator, 5)[0] == "+14156660000"
-    code, err = invoke("undo", "run.csv", "--out", "plan.csv", "--dry-run", "--log-format", "json")
+    code, err = invoke(
+        "undo", "run.csv", "--out", "plan.csv", "--dry-run", "--log-format", "console"
+    )
     assert code == 0 and "  change                 5\n" in err
     assert "the undo needs about 7 API calls" in err and phones(emulator, 5)[0] == "+14156660000"
-    code, err = invoke("undo", "run.csv", "--out", "undo.xlsx", "--log-format", "json")
+    code, err = invoke("undo", "run.csv", "--out", "undo.xlsx", "--log-format", "console")
     assert code == 0 and "  updated                5\n" in err
     assert phones(emulator, 5) == [f"+1415555{i:04d}" for i in range(5)]
     assert pl.read_excel(tmp_path / "undo.xlsx")["status"].to_list() == ["updated"] * 5

@@ -196,6 +196,11 @@ class Emulator:
             found = self._project(project_id).store.find(login_id)
             return copy.deepcopy(found) if found is not None else None
 
+    def users(self, project_id: str) -> list[dict[str, Any]]:
+        """Copies of every user of the project now, in creation order (for a state file)."""
+        with self._lock:
+            return copy.deepcopy(self._project(project_id).store.users())
+
     def block(self, project_id: str, seconds: float) -> None:
         """Start a rate-limit block of ``seconds`` now, as if the budget had been exceeded."""
         with self._lock:

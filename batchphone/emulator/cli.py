@@ -66,14 +66,42 @@ def _fault_options(function: Any) -> Any:
     return function
 
 
-@click.command(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+_EPILOG = """Required: --management-key (or BATCHPHONE_EMULATOR_KEY), unless --projects-file
+names each project's key. Everything else has a default.
+
+Examples:
+
+\b
+  batchphone emulator --management-key K --users samples/users.csv
+  batchphone emulator --management-key K --generate 1000 --rate-limit 50/1 --penalty 1
+  batchphone emulator --projects-file projects.toml --error-503 0.05 --port 0
+
+Exit codes:
+
+\b
+  0    stopped by Ctrl-C or SIGTERM
+  2    a bad flag, seed file or projects file, or the port is in use
+
+Environment:
+
+\b
+  BATCHPHONE_EMULATOR_KEY   the fake key (instead of --management-key)
+"""
+
+
+@click.command(
+    cls=_OneLineErrors,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_EPILOG,
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
 @click.option("--project-id", default="P2batchphoneemulator0000000000", show_default=True)
 @click.option(
     "--management-key",
     envvar="BATCHPHONE_EMULATOR_KEY",
-    help="The emulator's own fake key (or BATCHPHONE_EMULATOR_KEY).",
+    help="[required unless --projects-file] The emulator's own fake key, not a Descope one "
+    "(or BATCHPHONE_EMULATOR_KEY).",
 )
 @click.option("--users", type=click.Path(path_type=Path), help="Seed file: JSON list or CSV.")
 @click.option("--generate", type=int, help="Generate N users user0@example.com...")

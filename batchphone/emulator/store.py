@@ -85,6 +85,10 @@ class UserStore:
             if not holders:
                 del self._by_phone[user["phone"]]
 
+    def users(self) -> list[dict[str, Any]]:
+        """Every stored user (not copies), in creation order."""
+        return sorted(self._by_id.values(), key=lambda user: self._order[user["userId"]])
+
     def find(self, login_or_user_id: str) -> dict[str, Any] | None:
         """The stored user (not a copy) whose login id, else user id, this is."""
         user_id = self._by_login.get(login_or_user_id, login_or_user_id)

@@ -1,0 +1,353 @@
+"""What the CLI shows: the progress bar, log set-up, the closing summary and error lines.
+
+Two audiences, one choice (``--log-format``): on a terminal, a tqdm bar, console log lines and
+a summary table; for machines (``json``, or ``auto`` off a terminal), stderr carries only JSON
+lines: log events, a ``summary`` event at the end and an ``error`` event for an error exit, and
+no bar. Only the CLI imports this module; it imports tqdm and structlog lazily.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from batchphone.atomic import write_private
+from batchphone.models import RowResult, Status, Summary
+from batchphone.prepare import EXPLANATIONS
+from batchphone.progress import NullProgress, Progress
+
+__all__ = [
+    "Output",
+    "Tally",
+    "TqdmProgress",
+    "configure_logging",
+    "duration",
+    "json_logs",
+    "summary_lines",
+    "write_summary_json",
+]
+
+RESUME_HINT = "rerun the same command to resume: rows already final are not sent again"
+#: How many rows that are not valid ``validate`` without ``--out`` lists.
+SHOWN_ROWS = 20
+
+
+def json_logs(log_format: str) -> bool:
+    """True when stderr is for machines: ``json``, or ``auto`` and stderr is not a terminal."""
+    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+
+
+class TqdmProgress:
+    """A tqdm bar on stderr: rows done, counts by status, and an ETA the budget can keep."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._counts: Counter[str] = Counter()
+        self._calls = 0
+        self._finished = 0
+        self._calls_per_second: float | None = None
+        self._paused_until = 0.0
+        self._last_refresh = 0.0
+
+    def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
+        from tqdm import tqdm
+
+        self._calls_per_second = calls_per_second
+        self._bar = tqdm(
+            total=total,
+            initial=done,
+            unit="row",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}, {rate_fmt}{postfix}]",
+        )
+
+    def advance(self, result: RowResult) -> None:
+        self._counts[result.status.value] += 1
+        self._finished += 1
+        self._calls += 1 if result.attempts else 0
+        if self._bar is None:
+            return
+        self._bar.update(1)
+        now = time.monotonic()
+        if now - self._last_refresh > 0.5:
+            self._last_refresh = now
+            self._bar.set_postfix_str(self._postfix(), refresh=False)
+
+    def paused(self, seconds: float) -> None:
+        self._paused_until = time.monotonic() + seconds
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._postfix())
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(self._postfix(), refresh=False)
+            self._bar.close()
+            self._bar = None
+
+    def _postfix(self) -> str:
+        parts = [f"{status} {n}" for status, n in self._counts.most_common(4)]
+        remaining = self._bar.total - self._bar.n if self._bar is not None else 0
+        if self._calls_per_second and self._finished and remaining > 0:
+            # the budget, not the observed rate, bounds the rest: a run that started with a
+            # burst of local rows would otherwise promise far too early an end
+            calls_left = remaining * self._calls / self._finished
+            seconds = calls_left / self._calls_per_second
+            parts.append(f"budget ETA {duration(seconds)}")
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            parts.append(f"PAUSED by API 429: {pause:.0f}s")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ShownRow:
+    """A row that is not valid, as ``validate`` without ``--out`` lists it (no personal data)."""
+
+    row: int
+    status: str
+    reason: str
+    explanation: str
+
+
+class Tally:
+    """Progress that counts what this process did, then passes every event on.
+
+    ``sent`` counts rows made final by an API call in this process (a resumed run's summary
+    says so); ``not_valid`` keeps the first rows (by row number) that ``validate`` would not send.
+    """
+
+    def __init__(self, inner: Progress | None = None, *, keep_not_valid: bool = False) -> None:
+        self._inner: Progress = inner or NullProgress()
+        self._keep_not_valid = keep_not_valid
+        self.sent = 0
+        self.not_valid_count = 0
+        self._kept: list[tuple[int, ShownRow]] = []  # a max-heap on the row number
+
+    def attach(self, inner: Progress | None) -> None:
+        """Pass the events on to ``inner`` (the bar) from now on."""
+        self._inner = inner or NullProgress()
+
+    def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
+        self._inner.start(total, done=done, calls_per_second=calls_per_second)
+
+    def advance(self, result: RowResult) -> None:
+        if result.attempts:
+            self.sent += 1
+        if self._keep_not_valid and result.status is not Status.VALID:
+            self._keep(result)
+        self._inner.advance(result)
+
+    def paused(self, seconds: float) -> None:
+        self._inner.paused(seconds)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _keep(self, result: RowResult) -> None:
+        self.not_valid_count += 1
+        full = len(self._kept) >= SHOWN_ROWS
+        if full and result.row > -self._kept[0][0]:
+            return  # rows come in order: past the first 20, nothing more is kept
+        reason = result.reason
+        explanation = (EXPLANATIONS.get(reason) if reason else None) or result.status.value
+        code = reason.value if reason else ""
+        shown = ShownRow(result.row, result.status.value, code, explanation)
+        if full:
+            heapq.heapreplace(self._kept, (-result.row, shown))
+        else:
+            heapq.heappush(self._kept, (-result.row, shown))
+
+    @property
+    def not_valid(self) -> list[ShownRow]:
+        """The first (at most 20) rows that are not valid, by row number."""
+        return sorted((shown for _, shown in self._kept), key=lambda shown: shown.row)
+
+
+def duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{sec:02d}s"
+
+
+class _TqdmStream:
+    """A file for structlog that writes through tqdm, so log lines do not garble the bar."""
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=sys.stderr)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(log_format: str, quiet: bool, *, hide: tuple[str, ...] = ()) -> None:
+    """structlog for the library's events: JSON lines or console lines on stderr.
+
+    ``hide``: fields left out of every event (the path of a report in a temporary folder).
+    """
+    import structlog
+
+    def drop(_logger: Any, _name: str, event: Any) -> Any:
+        for key in hide:
+            event.pop(key, None)
+        return event
+
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json_logs(log_format)
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            drop,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.WARNING if quiet else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=_TqdmStream()),  # type: ignore[arg-type]
+        cache_logger_on_first_use=False,
+    )
+
+
+def summary_lines(
+    summary: Summary, command: str, budget: str, tally: Tally | None = None
+) -> list[str]:
+    """The summary table a person reads at the end of a command."""
+    lines = [f"{command}: {summary.input_rows} rows in {summary.elapsed_s:.1f}s"]
+    for status in Status:
+        if summary.counts.get(status.value):
+            lines.append(f"  {status.value:<14} {summary.counts[status.value]:>9}")
+    if command != "validate":
+        lines.append(f"  {'API calls':<14} {summary.requests:>9}")
+        if summary.rate_limited:
+            lines.append(f"  {'rate limited':<14} {summary.rate_limited:>9}")
+    if summary.resumed_rows and tally is not None:
+        lines.append(
+            f"  resumed: {summary.resumed_rows} rows already final; {tally.sent} sent now; "
+            f"API calls this time: {summary.requests}"
+        )
+    if summary.planned_calls is not None:
+        who = "a run with --skip-unchanged" if command == "plan" else f"the {command}"
+        lines.append(
+            f"  {who} needs about {summary.planned_calls} API calls: "
+            f"at least {duration(summary.planned_s or 0.0)} at a budget of {budget}"
+        )
+    if summary.result_path:
+        lines.append(f"  results: {summary.result_path}")
+    elif command == "validate" and tally is not None:
+        lines.extend(_not_valid_lines(tally))
+    if summary.stopped_reason:
+        lines.append(f"  stopped: {summary.stopped_reason}")
+    if summary.exit_code in (3, 130):
+        lines.append(f"  {RESUME_HINT}")
+    return lines
+
+
+def _not_valid_lines(tally: Tally) -> list[str]:
+    shown = tally.not_valid
+    if not shown:
+        return ["  every row is valid; no file written (--out FILE writes the report)"]
+    head = f"first {len(shown)} of {tally.not_valid_count}"
+    lines = [f"  rows not valid ({head}; no file written: --out FILE writes every row):"]
+    lines += [
+        f"    row {row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}" for row in shown
+    ]
+    return lines
+
+
+def summary_document(summary: Summary, tally: Tally | None) -> dict[str, Any]:
+    """The ``--summary-json`` document and the ``summary`` event's fields."""
+    document = summary.to_json()
+    if tally is not None:
+        document["sent_now"] = tally.sent
+        if summary.result_path is None:
+            document["not_valid"] = [
+                {"row": r.row, "status": r.status, "reason": r.reason, "explanation": r.explanation}
+                for r in tally.not_valid
+            ]
+    return document
+
+
+def error_document(message: str, exit_code: int) -> dict[str, Any]:
+    """The ``--summary-json`` document of a command that ended with an error before a summary."""
+    return {
+        "input_rows": None,
+        "counts": {},
+        "requests": None,
+        "rate_limited": None,
+        "elapsed_s": None,
+        "exit_code": exit_code,
+        "result_path": None,
+        "error": message,
+    }
+
+
+def write_summary_json(path: Path, document: Mapping[str, Any]) -> None:
+    """Write the summary for schedulers: atomically, mode 0600 (``OSError`` if it cannot)."""
+    write_private(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+class Output:
+    """The CLI's own lines on stderr: JSON events for machines, plain text for people."""
+
+    def __init__(self, *, json_mode: bool, quiet: bool = False, debug: bool = False) -> None:
+        self.json_mode = json_mode
+        self.quiet = quiet
+        self.debug = debug
+
+    def _event(self, event: str, level: str, fields: Mapping[str, Any]) -> None:
+        stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        record = {"event": event, "level": level, "timestamp": stamp, **fields}
+        sys.stderr.write(json.dumps(record, default=str) + "\n")
+        sys.stderr.flush()
+
+    def error(self, message: str, exit_code: int) -> None:
+        """An error that ends the command: one line, or one ``error`` event."""
+        if self.json_mode:
+            self._event("error", "error", {"message": message, "exit_code": exit_code})
+        else:
+            sys.stderr.write(f"batchphone: error: {message}\n")
+            sys.stderr.flush()
+
+    def note(self, event: str, text: str, **fields: Any) -> None:
+        """A line the user must see even with ``--quiet`` (where the emulator's users came from)."""
+        if self.json_mode:
+            self._event(event, "info", {"message": text, **fields})
+        else:
+            sys.stderr.write(text + "\n")
+            sys.stderr.flush()
+
+    def summary(self, summary: Summary, command: str, budget: str, tally: Tally) -> None:
+        """The closing summary: a table, or one ``summary`` event (nothing with ``--quiet``)."""
+        if self.quiet:
+            return
+        if self.json_mode:
+            document = summary_document(summary, tally)
+            if not self.debug:
+                # a stop reason may quote a row (a canary mismatch names the user and phones):
+                # logs carry no personal data, the --summary-json file (0600) keeps it
+                document.pop("stopped_reason", None)
+            if summary.exit_code in (3, 130):
+                document["hint"] = RESUME_HINT
+            self._event("summary", "info", {"command": command, **document})
+        else:
+            sys.stderr.write("\n".join(summary_lines(summary, command, budget, tally)) + "\n")
+            sys.stderr.flush()
