@@ -158,6 +158,8 @@ def _print_summary(summary: Summary, command: str, budget: str) -> None:
         )
     if summary.result_path:
         lines.append(f"  results: {summary.result_path}")
+    for path in summary.moved_aside:
+        lines.append(f"  moved aside: {path}")
     if summary.stopped_reason:
         lines.append(f"  stopped: {summary.stopped_reason}")
     if summary.exit_code in (3, 130):
@@ -208,6 +210,12 @@ _OUTPUT_OPTIONS = [
         help="Write the run's summary here, for schedulers.",
     ),
     click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+    click.option(
+        "--columns",
+        metavar="LIST",
+        help="Result columns to write, in order, e.g. row,loginId,phone,status,reason "
+        "(default: all; undo needs loginId,phone,status,phone_before,verified_before).",
+    ),
 ]
 _common_options = _options(_ROW_OPTIONS + _REMOVE_AND_LIMIT + _OUTPUT_OPTIONS)
 _API_OPTIONS = [
