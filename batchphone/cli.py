@@ -84,6 +84,12 @@ _OUTPUT_OPTIONS = [
         help="Write the summary here on every exit (JSON, mode 0600), for schedulers.",
     ),
     click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
+    click.option(
+        "--columns",
+        metavar="LIST",
+        help="Result columns to write, in order, e.g. row,loginId,phone,status,reason "
+        "(default: all; undo needs loginId,phone,status,phone_before,verified_before).",
+    ),
 ]
 _common_options = _options(_ROW_OPTIONS + _REMOVE_AND_LIMIT + _OUTPUT_OPTIONS)
 _API_OPTIONS = [

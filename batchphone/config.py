@@ -83,6 +83,8 @@ class Settings:
     restart: bool = False
     retry_failed: bool = False
     debug: bool = False
+    #: result columns to write, in this order (``None``: the full set)
+    columns: tuple[str, ...] | None = None
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -152,6 +154,22 @@ def _text(value: Any) -> str:
     return text
 
 
+def _columns(value: Any) -> tuple[str, ...]:
+    from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
+
+    names = value if isinstance(value, list | tuple) else str(value).split(",")
+    columns = tuple(str(name).strip() for name in names if str(name).strip())
+    valid = RESULT_COLUMNS + LOOKUP_COLUMNS
+    unknown = [name for name in columns if name not in valid]
+    if unknown or not columns:
+        what = f"unknown column {unknown[0]!r}" if unknown else "no column named"
+        raise ValueError(f"{what}; valid: {','.join(valid)}")
+    repeated = [name for name in columns if columns.count(name) > 1]
+    if repeated:
+        raise ValueError(f"column {repeated[0]!r} is named twice")
+    return columns
+
+
 def _url(value: Any) -> str:
     text = _text(value).rstrip("/")
     if not re.match(r"^https?://[^\s/]+", text):
@@ -182,6 +200,7 @@ _SPECS: dict[str, _Spec] = {
     "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),
     "max_error_rate": _Spec(_fraction, "BATCHPHONE_MAX_ERROR_RATE"),
     "log_format": _Spec(_choice("auto", "console", "json"), "BATCHPHONE_LOG_FORMAT"),
+    "columns": _Spec(_columns, "BATCHPHONE_COLUMNS"),
 }
 
 #: Settings that only flags set (they describe one invocation, not a project).

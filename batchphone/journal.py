@@ -6,20 +6,30 @@ It is the source of truth: the result file is rebuilt from it, and a rerun with 
 skips every row it already holds as final. A crash can only tear the last line; opening the
 journal cuts it off. Rows whose result came from an API call are written to the OS at once (a
 ``kill -9`` then loses none of them); rows resolved locally are batched and flushed within 0.5 s.
+
+A journal that records calls which changed users (a non-dry ``run``/``undo`` with an ``updated``
+row or any row that made a call) is the undo data: it is never deleted or overwritten. The same
+run resumes it; anything else is refused, and ``--restart`` moves it and its result file aside
+(``results.moved-20261203T121500Z.csv`` and its ``.journal``). A journal that changed nothing
+(validate, plan, dry run) may be replaced. The lock, the journal and the result file are never
+reached through a symbolic link.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import socket
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
+import structlog
 
 from batchphone.errors import OutputError, ResumeError
 from batchphone.models import FINAL_STATUSES, RowResult, Status
@@ -34,7 +44,17 @@ def _loads(line: bytes) -> Any:
     return orjson.loads(line)
 
 
-__all__ = ["Journal", "JournalState", "RunLock", "iter_records", "journal_path", "lock_path"]
+__all__ = [
+    "Journal",
+    "JournalState",
+    "RunLock",
+    "iter_records",
+    "journal_path",
+    "lock_path",
+    "refuse_link",
+]
+
+log = structlog.get_logger("batchphone")
 
 FORMAT = "batchphone-journal"
 VERSION = 1
@@ -42,6 +62,11 @@ _STATUS_CODES = {status: index + 1 for index, status in enumerate(Status)}
 _STATUS_BY_CODE = {code: status for status, code in _STATUS_CODES.items()}
 _FLUSH_INTERVAL = 0.5
 _FLUSH_BYTES = 1 << 16
+# O_NOFOLLOW and O_BINARY exist only on some systems: where one is missing its flag is 0 and
+# ``refuse_link``'s lstat (POSIX) or text mode never applying (Windows) stands in for it.
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+_LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}
 
 
 def journal_path(out_path: Path) -> Path:
@@ -52,6 +77,27 @@ def journal_path(out_path: Path) -> Path:
 def lock_path(out_path: Path) -> Path:
     """Where the lock of a result file lives."""
     return out_path.with_name(out_path.name + ".lock")
+
+
+def refuse_link(path: Path) -> None:
+    """Raise ``OutputError`` when ``path`` is a symbolic link (followed, it could make us write
+    over any file its owner can point it at)."""
+    if path.is_symlink():
+        raise OutputError(
+            f"{path}: is a symbolic link: batchphone never writes its files through a link; "
+            "remove the link or choose another --out"
+        )
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symbolic link at ``path`` (``OutputError``)."""
+    refuse_link(path)
+    try:
+        return os.open(path, flags | _NOFOLLOW | _BINARY, mode)
+    except OSError as exc:
+        if exc.errno in _LINK_ERRNOS or path.is_symlink():  # a link put there since the check
+            refuse_link(path)
+        raise
 
 
 @dataclass(slots=True)
@@ -90,7 +136,7 @@ class JournalState:
 def _read_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """(offset of the line's end, line, complete) for each line of the file."""
     offset = 0
-    with path.open("rb") as handle:
+    with open(open_nofollow(path, os.O_RDONLY), "rb") as handle:
         for line in handle:
             offset += len(line)
             yield offset, line, line.endswith(b"\n")
@@ -113,10 +159,12 @@ class Journal:
         self.path = path
         self.header = header
         self.state = state
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._last_flush = time.monotonic()
+        #: files ``--restart`` moved aside (result file, journal), to report
+        self.moved: tuple[Path, ...] = ()
 
     @classmethod
     def open(
@@ -126,37 +174,58 @@ class Journal:
         *,
         restart: bool = False,
         replaceable: bool = False,
+        resume: bool = True,
     ) -> Journal:
         """Open the journal of ``out_path`` for ``identity``, resuming it when it matches.
 
-        A journal of another run is refused (``ResumeError``) unless ``restart`` is set, or
-        ``replaceable`` says the old one may simply be discarded (it came from a dry run, which
-        sent nothing, or from ``validate``).
+        A journal that changed users is resumed by the same run (``identity`` equal, ``resume``
+        set, no ``restart``); otherwise it is refused (``ResumeError``, naming the command that
+        wrote it), or with ``restart`` moved aside with the result file. Any other journal of
+        another run is refused unless ``restart`` is set, or ``replaceable`` says it may simply
+        be discarded (this command sends nothing), or it came from a dry run. ``resume=False``
+        (validate: nothing to resume) never resumes. Every check runs before anything is
+        written, so a refused journal and its result file stay byte-identical.
         """
         path = journal_path(out_path)
-        if path.exists() and not restart:
-            header, state = _load(path)
-            if header.get("identity") == identity:
+        refuse_link(path)
+        refuse_link(out_path)
+        moved: tuple[Path, ...] = ()
+        if path.exists():
+            header, changed = _scan(path)
+            if header is None and not restart:
+                raise ResumeError(
+                    f"{path} is not a batchphone journal, or is damaged: move it away, "
+                    "or add --restart to move it aside"
+                )
+            old = header.get("identity", {}) if header else {}
+            if header and old == identity and resume and not restart:
+                header, state = _load(path)
                 journal = cls(path, header, state)
                 journal.header["resumed"] = True
                 return journal
-            if not (replaceable or header.get("identity", {}).get("dry_run")):
-                raise ResumeError(_mismatch(path, header.get("identity", {}), identity))
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+            if changed and not restart:
+                raise ResumeError(_kept(path, old, identity))
+            if changed:
+                moved = _move_aside(out_path, path)
+            elif not (restart or replaceable or old.get("dry_run")):
+                raise ResumeError(_mismatch(path, old, identity))
+            else:
+                path.unlink()  # it changed no user: nothing is lost
         header = {
             "format": FORMAT,
             "version": VERSION,
             "identity": identity,
             "created": time.time(),
         }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             os.write(fd, _dumps(header) + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
-        return cls(path, header, JournalState())
+        journal = cls(path, header, JournalState())
+        journal.moved = moved
+        return journal
 
     @property
     def resumed(self) -> bool:
@@ -243,9 +312,75 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     if header is None:
         raise ResumeError(f"{path} is empty or damaged; run with --restart to start over")
     if good_end < path.stat().st_size:
-        with path.open("r+b") as handle:
-            handle.truncate(good_end)
+        fd = open_nofollow(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, good_end)
+        finally:
+            os.close(fd)
     return header, state
+
+
+def _scan(path: Path) -> tuple[dict[str, Any] | None, bool]:
+    """Read-only: the journal's header (``None`` when it is not one) and whether it changed users.
+
+    A journal that cannot be read as ours counts as having changed users: only a journal
+    known to hold nothing but local results or dry-run rows may be thrown away.
+    """
+    header: dict[str, Any] | None = None
+    try:
+        for _, line, complete in _read_lines(path):
+            try:
+                record = _loads(line) if complete else None
+            except ValueError:
+                record = None
+            if not isinstance(record, dict):
+                if header is None:
+                    return None, True
+                continue  # a damaged line: the others still tell
+            if header is None:
+                if record.get("format") != FORMAT:
+                    return None, True
+                header = record
+                identity = header.get("identity") or {}
+                if identity.get("dry_run", True):
+                    return header, False  # a dry run, validate or plan calls no update
+                continue
+            if record.get("status") == Status.UPDATED.value or record.get("attempts"):
+                return header, True
+    except OSError as exc:
+        raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
+    return header, header is None
+
+
+def _aside(path: Path, stamp: str, number: int) -> Path:
+    tag = f".moved-{stamp}" + (f"-{number}" if number else "")
+    return path.with_name(path.stem + tag + path.suffix)
+
+
+def _move_aside(out_path: Path, path: Path) -> tuple[Path, ...]:
+    """Rename the result file and its journal to a free ``<stem>.moved-<UTC>.<ext>`` pair.
+
+    The journal keeps its usual name beside the moved result file, so the pair still reads
+    as a result file and its journal (``undo`` takes the moved file as it is).
+    """
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    number = 0
+    while True:
+        target = _aside(out_path, stamp, number)
+        if not (os.path.lexists(target) or os.path.lexists(journal_path(target))):
+            break
+        number += 1
+    moved: list[Path] = []
+    try:
+        if os.path.lexists(out_path):
+            os.rename(out_path, target)
+            moved.append(target)
+        os.rename(path, journal_path(target))
+        moved.append(journal_path(target))
+    except OSError as exc:
+        raise OutputError(f"cannot move {path} aside: {exc.strerror}") from None
+    log.warning("moved_aside", reason="restart", files=[str(p) for p in moved])
+    return tuple(moved)
 
 
 _IDENTITY_WORDS = {
@@ -257,10 +392,27 @@ _IDENTITY_WORDS = {
 }
 
 
-def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+def _why(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+    if "command" in changed:
+        return _IDENTITY_WORDS["command"]
     first = changed[0] if changed else "identity"
-    why = _IDENTITY_WORDS.get(first, f"option {first} changed")
+    return _IDENTITY_WORDS.get(first, f"option {first} changed")
+
+
+def _kept(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    command = old.get("command") or "an unknown command"
+    what = f"'{command}' of {old['input_name']}" if old.get("input_name") else f"'{command}'"
+    why = "" if old == new else f" ({_why(old, new)})"
+    return (
+        f"{path} is the record of a {what} that changed users{why}: it is kept as it is; "
+        f"rerun that {command} to resume it, add --restart to move it and its result file "
+        "aside, or choose another --out"
+    )
+
+
+def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    why = _why(old, new)
     return (
         f"{path} belongs to another run ({why}); "
         "rerun with --restart to start over, or choose another --out"
@@ -270,39 +422,67 @@ def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str
 class RunLock:
     """An exclusive lock on a result file, so two runs never write the same journal.
 
-    ``fcntl.flock`` is released by the kernel when its process dies, so a lock left by a
-    ``kill -9`` is stale by construction and is simply taken over.
+    The OS lock is taken on a descriptor of ``<out>.lock`` that we open ourselves (without
+    following a link) through ``filelock.lock_descriptor``: ``flock`` on POSIX, ``LockFileEx``
+    on byte 0 on Windows. The kernel drops it when its process dies, so a lock left by a
+    ``kill -9`` is stale by construction and is simply taken over. The file is never unlinked:
+    unlinking a lock file lets a waiter lock the old inode while a third run creates a new one.
+    The holder writes ``pid N on HOST`` after byte 0 (readable while Windows locks byte 0).
+    Where the OS has no such lock (no ``fcntl``), filelock's soft lock on ``<out>.lock.soft``
+    stands in: it names its holder and takes over from a dead one the same way.
     """
 
     def __init__(self, out_path: Path) -> None:
         self.path = lock_path(out_path)
-        self._handle: IO[str] | None = None
+        self._fd = -1
+        self._soft: Any = None
 
     def acquire(self) -> None:
         """Take the lock or raise ``OutputError`` naming the process holding it."""
-        import fcntl
+        with warnings.catch_warnings():  # "only soft file lock is available": handled below
+            warnings.simplefilter("ignore")
+            import filelock
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        handle = os.fdopen(fd, "r+", encoding="utf-8")
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise OutputError(
-                f"{self.path.name[: -len('.lock')]} is being written by another batchphone run "
-                f"({holder}); wait for it or stop it first"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        handle.flush()
-        self._handle = handle
+            locked = filelock.lock_descriptor(fd, blocking=False)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno != errno.ENOSYS:
+                raise OutputError(f"cannot lock {self.path}: {exc.strerror}") from None
+            self._acquire_soft(filelock)
+            return
+        if not locked:
+            os.lseek(fd, 1, os.SEEK_SET)
+            holder = os.read(fd, 512).decode("utf-8", "replace").strip()
+            os.close(fd)
+            self._busy(holder)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"\npid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+
+    def _acquire_soft(self, filelock: Any) -> None:
+        soft_path = self.path.with_name(self.path.name + ".soft")
+        refuse_link(soft_path)
+        soft = filelock.SoftFileLock(str(soft_path), timeout=0)
+        try:
+            soft.acquire()
+        except filelock.Timeout:
+            pid = soft.pid
+            self._busy(f"pid {pid}" if pid else "")
+        self._soft = soft
+
+    def _busy(self, holder: str) -> None:
+        raise OutputError(
+            f"{self.path.name[: -len('.lock')]} is being written by another batchphone run "
+            f"({holder or 'another process'}); wait for it or stop it first"
+        )
 
     def release(self) -> None:
-        """Release the lock and remove its file."""
-        if self._handle is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-            self._handle.close()
-            self._handle = None
+        """Release the lock; its file stays."""
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = -1
+        if self._soft is not None:
+            self._soft.release()
+            self._soft = None

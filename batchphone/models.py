@@ -253,6 +253,8 @@ class Summary:
     #: time the budget lets them take
     planned_calls: int | None = None
     planned_s: float | None = None
+    #: files ``--restart`` moved aside instead of deleting them (result file, journal)
+    moved_aside: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document."""
@@ -270,4 +272,6 @@ class Summary:
         if self.planned_calls is not None:
             document["planned_calls"] = self.planned_calls
             document["planned_s"] = self.planned_s
+        if self.moved_aside:
+            document["moved_aside"] = list(self.moved_aside)
         return document

@@ -254,6 +254,7 @@ def summary_lines(
         lines.append(f"  results: {summary.result_path}")
     elif command == "validate" and tally is not None:
         lines.extend(_not_valid_lines(tally))
+    lines.extend(f"  moved aside: {path}" for path in summary.moved_aside)
     if summary.stopped_reason:
         lines.append(f"  stopped: {summary.stopped_reason}")
     if summary.exit_code in (3, 130):

@@ -378,9 +378,9 @@ async def _execute_locked(
     journal = Journal.open(
         job.out_path,
         identity,
-        # validate has nothing to resume: reading an old report's journal would be wasted time
-        restart=settings.restart or mode is Mode.VALIDATE,
+        restart=settings.restart,
         replaceable=mode is not Mode.RUN,
+        resume=mode is not Mode.VALIDATE,  # validate has nothing to resume
     )
     prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)
     rules = screen_rules(job, settings, mode)
@@ -408,6 +408,7 @@ async def _execute_locked(
     )
     # the before-image columns come with every read of the users' state
     columns = RESULT_COLUMNS + LOOKUP_COLUMNS if rules.compare else RESULT_COLUMNS
+    columns = settings.columns or columns  # --columns picks and orders them
     try:
         if needs_api:
             _connect(run, settings, target, transport, mode)
@@ -446,6 +447,7 @@ async def _execute_locked(
         else ("interrupted" if run.control.interrupted else None),
         planned_calls=planned,
         planned_s=planned_s,
+        moved_aside=tuple(str(path) for path in journal.moved),
     )
     log.info("run_finished", **summary.to_json())
     return summary

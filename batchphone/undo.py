@@ -32,8 +32,10 @@ __all__ = ["UndoSource", "open_results"]
 _LOGIN, _PHONE, _STATUS = "loginId", "phone", "status"
 _PHONE_BEFORE, _VERIFIED_BEFORE = LOOKUP_COLUMNS
 _COLUMNS = (_LOGIN, _PHONE, _STATUS, _PHONE_BEFORE, _VERIFIED_BEFORE)
-#: The writer defuses CSV cells that start like a formula with a leading quote; undo it.
-_DEFUSED = ("'=", "'@", "'\t", "'\r")
+#: The writer defuses CSV/TSV/XLSX cells that start like a formula with a leading quote.
+_DEFUSED_FORMATS = ("csv", "tsv", "xlsx")
+_FORMULA_START = r"^[=+\-@\t\r]"
+_PHONE_SHAPED = r"^\+?[0-9 ().\-/]+$"
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 _BATCH_ROWS = 5_000
 
@@ -56,6 +58,12 @@ def open_results(path: Path) -> UndoSource:
             f"{path}: cannot be read as {fmt.upper()} ({exc})", path=str(path)
         ) from None
     missing = [name for name in (_LOGIN, _PHONE, _STATUS) if name not in columns]
+    if missing and "row" in columns:
+        raise InputError(
+            f"{path}: has no column {missing[0]!r}: a result file trimmed with --columns "
+            f"cannot be undone (undo needs {', '.join(_COLUMNS)})",
+            path=str(path),
+        )
     if missing:
         raise InputError(
             f"{path}: not a batchphone result file (no column {missing[0]!r})", path=str(path)
@@ -63,8 +71,8 @@ def open_results(path: Path) -> UndoSource:
     if _PHONE_BEFORE not in columns or _VERIFIED_BEFORE not in columns:
         raise InputError(
             f"{path}: has no {_PHONE_BEFORE}/{_VERIFIED_BEFORE} columns: that run did not read "
-            "the users before updating them, so there is nothing to restore them to "
-            "(runs with --skip-unchanged record it)",
+            "the users before updating them (runs with --skip-unchanged record it), or the file "
+            "was trimmed with --columns: there is nothing to restore them to",
             path=str(path),
         )
     return UndoSource(path, fmt)
@@ -89,6 +97,21 @@ def _excel(path: Path) -> pl.DataFrame:
 
     frame: pl.DataFrame = fastexcel.read_excel(path).load_sheet(0, dtypes="string").to_polars()
     return frame
+
+
+def _undefuse(cell: pl.Expr) -> pl.Expr:
+    """The inverse of ``writer.defuse``: drop the ``'`` it put before a formula-like value.
+
+    The writer quotes a value when, after its own leading quotes, it starts like a formula and
+    is not phone-shaped; so a cell that starts with ``'`` and meets that test had one added.
+    """
+    text = cell.str.replace(r"^'+", "")
+    quoted = (
+        cell.str.starts_with("'")
+        & text.str.contains(_FORMULA_START)
+        & ~text.str.contains(_PHONE_SHAPED)
+    )
+    return pl.when(quoted).then(cell.str.slice(1)).otherwise(cell)
 
 
 def _bool(text: str | None) -> bool | None:
@@ -142,13 +165,10 @@ class UndoSource:
             frame = _excel(path).lazy()
         if limit is not None:
             frame = frame.head(limit)
-        login = pl.col(_LOGIN).cast(pl.String)
-        if fmt in ("csv", "tsv"):
-            defused = pl.any_horizontal([login.str.starts_with(p) for p in _DEFUSED])
-            login = pl.when(defused).then(login.str.slice(1)).otherwise(login)
-        return frame.select(
-            login.alias(_LOGIN), *(pl.col(name).cast(pl.String) for name in _COLUMNS[1:])
-        )
+        cells = [pl.col(name).cast(pl.String) for name in _COLUMNS]
+        if fmt in _DEFUSED_FORMATS:
+            cells = [_undefuse(cell) for cell in cells]
+        return frame.select(cells)
 
 
 def _undo_row(

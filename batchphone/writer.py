@@ -1,4 +1,4 @@
-"""Journal records -> the result file (CSV, TSV, JSONL, Parquet or XLSX), atomically.
+r"""Journal records -> the result file (CSV, TSV, JSONL, Parquet or XLSX), atomically.
 
 Journal records come nearly in row order, and a resumed run appends the rows it re-did at the
 end. The last record of each row is kept and rows are written in ascending order by an external
@@ -8,9 +8,14 @@ result and merged with ``heapq.merge``, so memory stays flat however many rows t
 * The result holds personal data: it is written to a temp file created ``0600`` in the result's
   directory, fsynced, then renamed over ``out_path`` (a crash leaves the old file or none).
   Spilled runs live in a ``0700`` directory beside it and are removed afterwards.
-* Formula injection: XLSX writes all text as text cells (``+44...`` and ``=cmd`` stay text).
-  CSV and TSV prefix ``'`` to a ``loginId``, ``phone_input``, ``error_message`` or ``user`` cell
-  starting with ``=``, ``@``, tab or CR; never to ``+`` or ``-`` (phones must stay exact).
+* Formula injection: in CSV, TSV and XLSX every text cell that starts with ``=``, ``+``, ``-``,
+  ``@``, tab or CR gets a leading ``'`` (``defuse``), unless it is phone-shaped
+  (``^\+?[0-9 ().\-/]+$``: phones stay exact). A cell that already starts with ``'`` before
+  such a value gets one more, so ``undefuse`` (undo's reader) gives back every value exactly.
+  XLSX cells are text cells besides (never formulas); only ``row``, ``http_status`` and
+  ``attempts`` are number cells. JSONL and Parquet are for programs: written as they are.
+* XLSX is for people: a bold, frozen header row with an autofilter, columns as wide as their
+  content (capped).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import heapq
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,9 +38,17 @@ import xlsxwriter
 from polars.io.plugins import register_io_source
 
 from batchphone.errors import OutputError
+from batchphone.journal import journal_path, lock_path, refuse_link
 from batchphone.models import RESULT_COLUMNS
 
-__all__ = ["RESULT_FORMATS", "XLSX_MAX_ROWS", "check_output_path", "write_results"]
+__all__ = [
+    "RESULT_FORMATS",
+    "XLSX_MAX_ROWS",
+    "check_output_path",
+    "defuse",
+    "needs_quote",
+    "write_results",
+]
 
 #: File extension (lower case) -> result format.
 RESULT_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
@@ -45,8 +59,11 @@ XLSX_MAX_ROWS = 1_048_575
 _INT_COLUMNS = frozenset({"row", "http_status", "attempts"})
 _BOOL_COLUMNS = frozenset({"verified_phone"})
 _PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
-_DEFUSED_COLUMNS = frozenset({"loginId", "phone_input", "error_message", "user"})
-_FORMULA_STARTS = ("=", "@", "\t", "\r")
+#: First characters that make a spreadsheet read a cell as a formula (or that mark one defused).
+_RISKY_FIRST = frozenset("=+-@\t\r'")
+_FORMULA_FIRST = frozenset("=+-@\t\r")
+_PHONE_SHAPED = re.compile(r"\+?[0-9 ().\-/]+")
+_WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
 _BLOCK = 256  # records per pickled block: what the merge holds per run
 _PARQUET_ROWS = 20_000  # rows per Parquet row group
@@ -56,14 +73,29 @@ Values = tuple[Any, ...]
 _Keyed = tuple[int, int, Values]
 
 
+def needs_quote(value: str) -> bool:
+    """True when a spreadsheet could read ``value`` as a formula, or when it starts with the
+    ``'`` of a defused one (so that the quote we add can always be told from the data's)."""
+    text = value.lstrip("'")
+    return bool(text) and text[0] in _FORMULA_FIRST and not _PHONE_SHAPED.fullmatch(text)
+
+
+def defuse(value: str) -> str:
+    """``value`` as a spreadsheet shows it and never runs: a leading ``'`` when it needs one."""
+    return "'" + value if value and value[0] in _RISKY_FIRST and needs_quote(value) else value
+
+
 def check_output_path(out_path: Path, input_path: Path | None) -> str:
     """Check before any API call that ``out_path`` can receive the result; return its format.
 
     Raises ``OutputError`` for an unknown extension, the input file itself (symlinks and hard
-    links resolved), a directory, or a directory that does not exist or cannot be written in
-    (probed by creating and removing a temp file).
+    links resolved), a directory, a directory that does not exist or cannot be written in
+    (probed by creating and removing a temp file), or a symbolic link where the result file,
+    its journal or its lock go.
     """
     fmt = _format(out_path)
+    for path in (out_path, journal_path(out_path), lock_path(out_path)):
+        refuse_link(path)
     if out_path.is_dir():
         raise OutputError(f"{out_path}: is a directory: give a file name for the result")
     if input_path is not None and _same_file(out_path, input_path):
@@ -266,9 +298,11 @@ def _write_atomically(
     temp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()  # left by a crashed writer of this same process id
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600)
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(temp, flags | getattr(os, "O_BINARY", 0), 0o600)
     try:
-        os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
+        if hasattr(os, "fchmod"):  # not on Windows, where the mode bits mean little
+            os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
         with open(fd, "wb") as file:
             if fmt == "parquet":
                 count = _write_parquet(temp, columns, rows)
@@ -280,6 +314,7 @@ def _write_atomically(
                 count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
             file.flush()
             os.fsync(file.fileno())
+        refuse_link(out_path)  # os.replace would swap the link itself, but never write through one
         os.replace(temp, out_path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -298,8 +333,8 @@ def _write_delimited(
     file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values], delimiter: str
 ) -> int:
     # The csv module writes None as "" and ints as digits itself; only booleans (lower case,
-    # like JSON) and the formula-prone text columns need a hand.
-    risky = [i for i, name in enumerate(columns) if name in _DEFUSED_COLUMNS]
+    # like JSON) and the text columns (formulas) need a hand.
+    risky = _text_columns(columns)
     flags = [i for i, name in enumerate(columns) if name in _BOOL_COLUMNS]
     count = 0
     with open(file.fileno(), "w", encoding="utf-8", newline="", closefd=False) as text:
@@ -311,7 +346,7 @@ def _write_delimited(
             cells: list[Any] = list(values)
             for i in risky:
                 cell = cells[i]
-                if cell and cell.startswith(_FORMULA_STARTS):
+                if cell and cell[0] in _RISKY_FIRST and needs_quote(cell):
                     cells[i] = "'" + cell
             for i in flags:
                 if cells[i] is not None:
@@ -319,6 +354,10 @@ def _write_delimited(
             writer.writerow(cells)
             count += 1
     return count
+
+
+def _text_columns(columns: tuple[str, ...]) -> list[int]:
+    return [i for i, name in enumerate(columns) if name not in _INT_COLUMNS | _BOOL_COLUMNS]
 
 
 def _write_jsonl(file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values]) -> int:
@@ -375,8 +414,8 @@ def _write_xlsx(
     sheet = workbook.add_worksheet("results")
     header = workbook.add_format({"bold": True})
     sheet.freeze_panes(1, 0)
+    widths = [max(_WIDTH_MIN, len(name) + 3) for name in columns]  # room for the filter button
     for col, name in enumerate(columns):
-        sheet.set_column(col, col, max(12, min(len(name) + 2, 40)))
         sheet.write_string(0, col, name, header)
     count = 0
     for count, values in enumerate(rows, start=1):
@@ -390,11 +429,21 @@ def _write_xlsx(
             if value is None:
                 continue
             if isinstance(value, bool):
-                sheet.write_boolean(count, col, value)
-            elif isinstance(value, int):
+                # text, as in CSV and as verified_before: what the README promises
+                sheet.write_string(count, col, "true" if value else "false")
+                continue
+            if isinstance(value, int):
                 sheet.write_number(count, col, value)
+                text = str(value)
             else:
                 # Always a text cell: keeps `+` and leading zeros, never runs a formula.
-                sheet.write_string(count, col, value)
+                text = defuse(value)
+                sheet.write_string(count, col, text)
+            if len(text) > widths[col]:
+                widths[col] = min(len(text) + 1, _WIDTH_MAX)
+    # constant_memory streams the rows, but column widths and the filter are written at close
+    for col, width in enumerate(widths):
+        sheet.set_column(col, col, width)
+    sheet.autofilter(0, 0, max(count, 1), len(columns) - 1)
     workbook.close()
     return count

