@@ -151,7 +151,7 @@ def _print_summary(summary: Summary, command: str, budget: str) -> None:
         if summary.rate_limited:
             lines.append(f"  {'rate limited':<14} {summary.rate_limited:>9}")
     if summary.planned_calls is not None:
-        who = "a run with --skip-unchanged" if command == "plan" else f"the {command}"
+        who = "a run" if command == "plan" else f"the {command}"
         lines.append(
             f"  {who} needs about {summary.planned_calls} API calls: "
             f"at least {_duration(summary.planned_s or 0.0)} at a budget of {budget}"
@@ -181,7 +181,8 @@ _ROW_OPTIONS = [
     click.option(
         "--verified/--no-verified",
         default=None,
-        help="verified for rows without their own value (unset: null is sent).",
+        help="verified for rows without their own value (unset: the user's flag is kept "
+        "when the phone is the same; a new phone is sent unverified).",
     ),
 ]
 _REMOVE_AND_LIMIT = [
@@ -380,7 +381,13 @@ def main() -> None:
     "--skip-unchanged",
     is_flag=True,
     default=None,
-    help="Read the users first (a call per 100 rows); send only rows that change.",
+    help="Accepted for old scripts: reading the users first is now the default.",
+)
+@click.option(
+    "--no-lookup",
+    is_flag=True,
+    default=None,
+    help="Do not read the users first: send every row (no unchanged rows, no undo data).",
 )
 @_options(_SENDING_OPTIONS)
 @click.option(
@@ -391,7 +398,9 @@ def main() -> None:
 def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Update the phones of the users in INPUT; write one result row per input row to --out.
 
-    Rerunning the same command resumes: rows already final are not sent again.
+    Reads the users first (a call per 100 rows) and sends only the rows that change something;
+    --no-lookup sends every row without reading. Rerunning the same command resumes: rows
+    already final are not sent again.
     """
     _refuse_key(management_key)
     _execute("run", input_path, out, flags)
@@ -410,8 +419,8 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 
     Reads the users (a call per 100 rows). Each row ends change (phone_before -> phone),
     unchanged, not_found, conflict (the phone is another user's login id), invalid or
-    duplicate; the summary says how many calls and how long a run with --skip-unchanged
-    needs at the budget.
+    duplicate; the verified column shows the flag a run would send. The summary says how
+    many calls and how long a run needs at the budget.
     """
     _refuse_key(management_key)
     _execute("plan", input_path, out, flags)
@@ -430,7 +439,7 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Restore the phones a run updated, from its result file RESULTS.
 
-    Needs the phone_before/verified_before columns (a run with --skip-unchanged writes them).
+    Needs the phone_before/verified_before columns (every run without --no-lookup writes them).
     A user whose phone is no longer the one the run set is skipped (CHANGED_SINCE); restoring
     an empty phone needs --allow-remove. Rerunning the same command resumes.
     """

@@ -61,6 +61,8 @@ class Settings:
     verified: bool | None = None
     allow_merge: bool = False
     allow_remove: bool = False
+    #: send without reading the users first: no unchanged rows, no before-images, no undo
+    no_lookup: bool = False
     rate_calls: int = 500
     rate_period: float = 60.0
     rate_margin: float = 0.02
@@ -173,6 +175,7 @@ _SPECS: dict[str, _Spec] = {
     "verified": _Spec(_parse_bool, "BATCHPHONE_VERIFIED"),
     "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
+    "no_lookup": _Spec(_parse_bool, "BATCHPHONE_NO_LOOKUP"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
     "rate_margin": _Spec(_fraction, "BATCHPHONE_RATE_MARGIN"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),

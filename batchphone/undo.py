@@ -64,7 +64,7 @@ def open_results(path: Path) -> UndoSource:
         raise InputError(
             f"{path}: has no {_PHONE_BEFORE}/{_VERIFIED_BEFORE} columns: that run did not read "
             "the users before updating them, so there is nothing to restore them to "
-            "(runs with --skip-unchanged record it)",
+            "(every run records it unless --no-lookup)",
             path=str(path),
         )
     return UndoSource(path, fmt)

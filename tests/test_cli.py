@@ -67,6 +67,7 @@ def test_demo_command_with_embedded_emulator(samples: Path, tmp_path: Path) -> N
     assert len(rows) == 24
     assert {r["status"] for r in rows} == {
         "updated",
+        "unchanged",  # the users are read first: one already has its row's phone
         "invalid",
         "not_found",
         "conflict",
@@ -99,8 +100,11 @@ def test_real_target_over_a_socket_and_summary_json(
     assert result.exit_code == 1, result.output
     summary = json.loads(summary_path.read_text())
     assert summary["input_rows"] == 24 and summary["exit_code"] == 1
-    assert summary["counts"]["updated"] == 11 and summary["rate_limited"] == 0
-    assert summary["requests"] == 14  # 13 updates and the license handshake
+    assert summary["counts"]["updated"] == 10 and summary["rate_limited"] == 0
+    assert summary["counts"]["unchanged"] == 1
+    # the license handshake, 10 updates, and 4 searches: a read and a phone check for the
+    # rows, and again for the repeated login ids (judged once the input has ended)
+    assert summary["requests"] == 15
     assert set(summary) >= {"input_rows", "counts", "requests", "rate_limited", "elapsed_s"}
     # not a terminal: logs are JSON lines on stderr
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
