@@ -373,7 +373,12 @@ def main() -> None:
     default=None,
     help="Send failOnConflict=false: Descope may MERGE and DELETE users. Dangerous.",
 )
-@click.option("--dry-run", is_flag=True, default=None, help="Everything but the update calls.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    default=None,
+    help="No API call: sendable rows end would_update (plan shows what the reads decide).",
+)
 @_RESTART
 @_RETRY_FAILED
 @_options(_EMULATOR_OPTIONS)
