@@ -43,8 +43,10 @@ log = structlog.get_logger("batchphone")
 def patch_body(request: UpdateRequest) -> dict[str, Any]:
     """The patch of one row: the phone, and the verified flag ``update/phone`` would store.
 
-    ``verifiedPhone`` is always sent: a patch leaves fields it is not given alone, and a new
-    phone must never inherit the old phone's verified flag.
+    ``verifiedPhone`` is always sent, false for a row without a verified value: a patch leaves
+    fields it is not given alone, and a new phone must never inherit the old phone's verified
+    flag. A row without a value whose phone is the user's own never gets here: the screen
+    (which every batch run has) ends it ``unchanged``, so its flag is kept.
     """
     return {
         "loginId": request.login_id,
@@ -133,7 +135,7 @@ class BatchSender:
             result = result_for(
                 request,
                 status=Status.UPDATED,
-                reason=Reason.REMOVE_PHONE if request.phone == "" else None,
+                reason=request.change_reason,
                 http_status=200,
                 attempts=attempts,
                 **user_fields(user),

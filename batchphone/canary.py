@@ -32,17 +32,19 @@ def _flag(value: object) -> str:
 def mismatch(request: UpdateRequest, user: dict[str, Any] | None) -> str | None:
     """What differs between what ``request`` sent and the user as read back (``None``: same).
 
-    A ``verified`` of ``null`` was not a request for a flag, so only the phone is compared then.
+    Every update sends its verified flag explicitly (false for a row without a value: that is
+    what the API stores), so the stored flag must be the one sent, whatever the row said.
     """
     where = f"row {request.row} ({request.login_id})"
     if user is None:
         return f"{where}: the user was not found when read back"
     phone = str(user.get("phone") or "")
     stored = bool(user.get("verifiedPhone"))
-    if phone == request.phone and (request.verified is None or stored == target_verified(request)):
+    if phone == request.phone and stored == target_verified(request):
         return None
     return (
-        f"{where}: sent phone {request.phone or '(none)'} verified {_flag(request.verified)}, "
+        f"{where}: sent phone {request.phone or '(none)'} "
+        f"verified {_flag(target_verified(request))}, "
         f"read back phone {phone or '(none)'} verifiedPhone {_flag(stored)}"
     )
 

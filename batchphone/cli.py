@@ -52,7 +52,8 @@ _ROW_OPTIONS = [
     click.option(
         "--verified/--no-verified",
         default=None,
-        help="verified for rows without their own value (unset: null is sent).",
+        help="verified for rows without their own value (unset: the user's flag is kept "
+        "when the phone is the same; a new phone is sent unverified).",
     ),
     click.option("--sheet", help="Excel input: the sheet to read, by name or number (default 1)."),
 ]
@@ -375,7 +376,12 @@ def main() -> None:
     default=None,
     help="Send failOnConflict=false: Descope may MERGE and DELETE users. Dangerous.",
 )
-@click.option("--dry-run", is_flag=True, default=None, help="Everything but the update calls.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    default=None,
+    help="No API call: sendable rows end would_update (plan shows what the reads decide).",
+)
 @_RESTART
 @_RETRY_FAILED
 @_options(_EMULATOR_OPTIONS)
@@ -383,7 +389,13 @@ def main() -> None:
     "--skip-unchanged",
     is_flag=True,
     default=None,
-    help="Read the users first (a call per 100 rows); send only rows that change.",
+    help="Accepted for old scripts: reading the users first is now the default.",
+)
+@click.option(
+    "--no-lookup",
+    is_flag=True,
+    default=None,
+    help="Do not read the users first: send every row (no unchanged rows, no undo data).",
 )
 @_options(_SENDING_OPTIONS)
 @click.option(
@@ -394,7 +406,9 @@ def main() -> None:
 def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Update the phones of the users in INPUT; write one result row per input row to --out.
 
-    Rerunning the same command resumes: rows already final are not sent again.
+    Reads the users first (a call per 100 rows) and sends only the rows that change something;
+    --no-lookup sends every row without reading. Rerunning the same command resumes: rows
+    already final are not sent again.
     """
     _refuse_key(management_key)
     _execute("run", input_path, out, flags)
@@ -423,8 +437,8 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 
     Reads the users (a call per 100 rows). Each row ends change (phone_before -> phone),
     unchanged, not_found, conflict (the phone is another user's login id), invalid or
-    duplicate; the summary says how many calls and how long a run with --skip-unchanged
-    needs at the budget.
+    duplicate; the verified column shows the flag a run would send. The summary says how
+    many calls and how long a run needs at the budget.
     """
     _refuse_key(management_key)
     _execute("plan", input_path, out, flags)
@@ -454,7 +468,7 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Restore the phones a run updated, from its result file RESULTS.
 
-    Needs the phone_before/verified_before columns (a run with --skip-unchanged writes them).
+    Needs the phone_before/verified_before columns (every run without --no-lookup writes them).
     A user whose phone is no longer the one the run set is skipped (CHANGED_SINCE); restoring
     an empty phone needs --allow-remove. Rerunning the same command resumes.
     """

@@ -209,7 +209,7 @@ class DescopeClient:
         body = {
             "loginId": request.login_id,
             "phone": request.phone,
-            "verified": request.verified,
+            "verified": request.verified_sent,  # explicit: a missing flag un-verifies anyway
             "failOnConflict": request.fail_on_conflict,
         }
         response = await self._send("POST", UPDATE_PHONE_PATH, body=body, what="update phone")

@@ -61,6 +61,8 @@ class Settings:
     verified: bool | None = None
     allow_merge: bool = False
     allow_remove: bool = False
+    #: send without reading the users first: no unchanged rows, no before-images, no undo
+    no_lookup: bool = False
     rate_calls: int = 500
     rate_period: float = 60.0
     rate_margin: float = 0.02
@@ -155,11 +157,11 @@ def _text(value: Any) -> str:
 
 
 def _columns(value: Any) -> tuple[str, ...]:
-    from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
+    from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 
     names = value if isinstance(value, list | tuple) else str(value).split(",")
     columns = tuple(str(name).strip() for name in names if str(name).strip())
-    valid = RESULT_COLUMNS + LOOKUP_COLUMNS
+    valid = RESULT_COLUMNS + LOOKUP_COLUMNS + PLAN_COLUMNS
     unknown = [name for name in columns if name not in valid]
     if unknown or not columns:
         what = f"unknown column {unknown[0]!r}" if unknown else "no column named"
@@ -193,6 +195,7 @@ _SPECS: dict[str, _Spec] = {
     "verified": _Spec(_parse_bool, "BATCHPHONE_VERIFIED"),
     "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
+    "no_lookup": _Spec(_parse_bool, "BATCHPHONE_NO_LOOKUP"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
     "rate_margin": _Spec(_fraction, "BATCHPHONE_RATE_MARGIN"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from batchphone.batch import MAX_BATCH
 from batchphone.config import Settings
 from batchphone.errors import UsageError
@@ -25,13 +27,16 @@ __all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
 #: Input rows read and judged at a time.
 BATCH_ROWS = 5_000
 
+log = structlog.get_logger("batchphone")
+
 
 @dataclass(frozen=True, slots=True)
 class Job:
     """What to do: ``command`` over ``input_path``, results to ``out_path``, and how to send.
 
     ``command`` is ``run``, ``validate``, ``plan`` or ``undo`` (whose input is a result file).
-    ``skip_unchanged`` reads the users first and sends only rows that change; ``api`` is
+    ``skip_unchanged`` is accepted and changes nothing: every run reads the users first and
+    sends only rows that change, unless the settings say ``no_lookup``. ``api`` is
     ``update`` (a call per row) or ``batch`` (``batch_size`` rows per patch call); ``canary``
     sends the first N updates, reads them back and goes on only if every one stuck.
     """
@@ -59,10 +64,8 @@ def job_mode(job: Job, settings: Settings) -> Mode:
     """What the job does with sendable rows; refuses options that cannot go together."""
     if job.command == "validate":
         mode = Mode.VALIDATE
-    elif job.command == "plan" or (
-        settings.dry_run and (job.skip_unchanged or job.command == "undo")
-    ):
-        mode = Mode.PLAN  # a dry run that compares is a plan
+    elif job.command == "plan" or (settings.dry_run and job.command == "undo"):
+        mode = Mode.PLAN  # a dry undo reads the users, as the undo would: it is a plan
     else:
         mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
     if job.api == "batch" and settings.allow_merge and mode is Mode.RUN:
@@ -80,10 +83,14 @@ def job_mode(job: Job, settings: Settings) -> Mode:
 
 
 def screen_rules(job: Job, settings: Settings, mode: Mode) -> ScreenRules:
-    """Which reads come before sending: nothing is read when nothing could be sent."""
+    """Which reads come before sending: nothing is read when nothing could be sent.
+
+    A run reads every user first unless ``no_lookup``; undo always does (it must not overwrite
+    a phone changed since the run).
+    """
     if mode not in (Mode.RUN, Mode.PLAN):
         return ScreenRules()
-    compare = mode is Mode.PLAN or job.skip_unchanged or job.command == "undo"
+    compare = mode is Mode.PLAN or job.command == "undo" or not settings.no_lookup
     # a plan always shows conflicts; a batch patch cannot refuse them itself
     guard = mode is Mode.PLAN or job.api == "batch" or (compare and not settings.allow_merge)
     return ScreenRules(compare=compare, guard=guard, plan=mode is Mode.PLAN)
@@ -97,6 +104,14 @@ def prepared_batches(
     if isinstance(source, UndoSource):
         batches = source.prepared(allow_remove=settings.allow_remove, limit=limit)
         return batches, source.count_rows(limit)
+    unverified = settings.verified is None and not source.has_verified
+    if mode is Mode.RUN and settings.no_lookup and unverified:
+        # without reads nothing tells a same phone from a new one: every row says false
+        log.warning(
+            "rows_sent_unverified",
+            message="--no-lookup and no verified value (no --verified, no verified column): "
+            "every row is sent with verified false, which un-verifies phones users verified",
+        )
     rules = RowRules(
         mode=mode,
         default_region=settings.default_region,

@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "FINAL_STATUSES",
     "LOOKUP_COLUMNS",
+    "PLAN_COLUMNS",
     "RESULT_COLUMNS",
     "SUCCESS_STATUSES",
     "ApiOutcome",
@@ -89,6 +90,7 @@ class Reason(enum.StrEnum):
     NOT_UPDATED = "NOT_UPDATED"
     NO_BEFORE_IMAGE = "NO_BEFORE_IMAGE"
     CANARY_MISMATCH = "CANARY_MISMATCH"
+    VERIFIED_ONLY = "VERIFIED_ONLY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,7 @@ class PhoneState:
 class UpdateRequest:
     """One call to ``POST /v1/mgmt/user/update/phone`` (``phone == ""`` removes the phone).
 
+    ``verified`` is the row's own value (or ``--verified``); ``None`` when it has none.
     ``before`` is the user's state when a lookup read it (``None``: not looked up).
     ``expect_phone`` (undo): send only while the user's phone is still this one.
     """
@@ -150,6 +153,24 @@ class UpdateRequest:
     phone_input: str | None = None
     before: PhoneState | None = None
     expect_phone: str | None = None
+
+    @property
+    def verified_sent(self) -> bool:
+        """The ``verified`` sent, which is the ``verifiedPhone`` the user has afterwards.
+
+        Always explicit: the API reads a missing flag as false (descope-api.md), so a row
+        without a value says false out loud, and a removed phone is never verified.
+        """
+        return bool(self.phone) and bool(self.verified)
+
+    @property
+    def change_reason(self) -> Reason | None:
+        """What is worth saying about this change: a removal, or the verified flag alone."""
+        if self.phone == "":
+            return Reason.REMOVE_PHONE
+        if self.before is not None and self.before.phone == self.phone:
+            return Reason.VERIFIED_ONLY
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +208,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
 )
 #: Appended after ``RESULT_COLUMNS`` whenever a run looked users up (the before-image).
 LOOKUP_COLUMNS: tuple[str, ...] = ("phone_before", "verified_before")
+#: Appended after those in a plan file: the verified flag a run sends with ``phone``.
+PLAN_COLUMNS: tuple[str, ...] = ("verified",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +272,7 @@ class Summary:
     result_path: str | None = None
     resumed_rows: int = 0
     stopped_reason: str | None = None
-    #: ``plan``: API calls a ``run --skip-unchanged`` of the same file needs, and the least
+    #: ``plan``: API calls a ``run`` (with its lookups) of the same file needs, and the least
     #: time the budget lets them take
     planned_calls: int | None = None
     planned_s: float | None = None

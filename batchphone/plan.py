@@ -2,10 +2,12 @@
 
 ``Screen`` sits between the row rules and the senders. For each batch of rows it
 
-1. reads the users (``compare``: ``--skip-unchanged``, ``plan``, ``undo``), 100 per search: a row
-   whose user already has that phone and verified flag ends ``unchanged``, a login id nobody
-   has ends ``not_found``, and (undo) a user whose phone is no longer the one the run set ends
-   ``skipped``/``CHANGED_SINCE``; every other row keeps the user's state as its before-image;
+1. reads the users (``compare``: every ``run`` unless ``--no-lookup``, ``plan``, ``undo``), 100
+   per search: a row whose user already has that phone and verified flag ends ``unchanged`` (a
+   row without a verified value only needs the same phone: it never changes the flag by
+   itself), a login id nobody has ends ``not_found``, and (undo) a user whose phone is no
+   longer the one the run set ends ``skipped``/``CHANGED_SINCE``; every other row keeps the
+   user's state as its before-image (same phone, other flag: ``VERIFIED_ONLY``);
 2. checks the new phones (``guard``: always before a batch patch, which has no
    ``failOnConflict``): a phone that is another user's login id ends ``conflict`` unsent, since
    Descope would merge the two users. Rows wait until 1000 phones are pending (or the batch
@@ -24,7 +26,15 @@ from typing import Any
 
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, owner_checks
-from batchphone.models import PhoneState, Reason, RowResult, Status, UpdateRequest
+from batchphone.models import (
+    LOOKUP_COLUMNS,
+    PLAN_COLUMNS,
+    PhoneState,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
 from batchphone.prepare import Prepared, result_for, user_fields
 
 __all__ = ["Screen", "ScreenRules", "budget_seconds", "planned_calls", "target_verified"]
@@ -43,14 +53,32 @@ class ScreenRules:
         """True when the screen makes any read at all."""
         return self.compare or self.guard
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The result columns the screen adds: before-images when it read the users, and (plan)
+        the verified flag a run would send."""
+        columns = LOOKUP_COLUMNS if self.compare else ()
+        return columns + PLAN_COLUMNS if self.plan else columns
+
 
 def target_verified(request: UpdateRequest) -> bool:
-    """The ``verifiedPhone`` the user has after ``request``.
+    """The ``verifiedPhone`` the user has after ``request`` (what is sent as ``verified``).
 
     The API stores ``null`` as false (descope-api.md: the Go SDK sends false, the protobuf
     default), and a removed phone is never verified.
     """
-    return bool(request.phone) and bool(request.verified)
+    return request.verified_sent
+
+
+def _unchanged(before: PhoneState, request: UpdateRequest) -> bool:
+    """True when sending ``request`` would change nothing the row asks for.
+
+    A row without a verified value (``None``) asks for a phone only: sending it would
+    un-verify a phone the user verified, so the same phone is enough to leave it alone.
+    """
+    if before.phone != request.phone:
+        return False
+    return request.verified is None or before.verified == target_verified(request)
 
 
 def _state(user: Mapping[str, Any]) -> PhoneState:
@@ -148,7 +176,7 @@ class Screen:
             before = _state(user)
             request = replace(request, before=before)
             found = user_fields(user)
-            if before.phone == request.phone and before.verified == target_verified(request):
+            if _unchanged(before, request):
                 out.append(result_for(request, status=Status.UNCHANGED, **found))
             elif request.expect_phone is not None and before.phone != request.expect_phone:
                 message = (
@@ -231,12 +259,13 @@ class Screen:
     def _ready(self, request: UpdateRequest) -> Prepared:
         if not self.rules.plan:
             return request
-        reason = Reason.REMOVE_PHONE if request.phone == "" else None
-        return result_for(request, status=Status.CHANGE, reason=reason)
+        result = result_for(request, status=Status.CHANGE, reason=request.change_reason)
+        # the flag the run would send with the phone: a row without one sends false
+        return replace(result, extra={**result.extra, "verified": target_verified(request)})
 
 
 def planned_calls(counts: Mapping[str, int], *, batch_size: int | None) -> int:
-    """API calls a ``run --skip-unchanged`` needs for rows judged as in ``counts``.
+    """API calls a ``run`` (with its lookups) needs for rows judged as in ``counts``.
 
     One search per 100 rows read, one phone check per 1000 rows that change (or would have,
     for conflicts), and one update per change, or one patch per ``batch_size`` changes.

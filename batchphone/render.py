@@ -245,7 +245,7 @@ def summary_lines(
             f"API calls this time: {summary.requests}"
         )
     if summary.planned_calls is not None:
-        who = "a run with --skip-unchanged" if command == "plan" else f"the {command}"
+        who = "a run" if command == "plan" else f"the {command}"
         lines.append(
             f"  {who} needs about {summary.planned_calls} API calls: "
             f"at least {duration(summary.planned_s or 0.0)} at a budget of {budget}"

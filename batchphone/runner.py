@@ -30,7 +30,6 @@ from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
 from batchphone.models import (
-    LOOKUP_COLUMNS,
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
     Reason,
@@ -71,7 +70,7 @@ def _identity(
         "allow_merge": settings.allow_merge,
         "allow_remove": settings.allow_remove,
         "dry_run": settings.dry_run or job.command in ("validate", "plan"),
-        "skip_unchanged": job.skip_unchanged,
+        "no_lookup": settings.no_lookup,
         "api": job.api,
         "batch_size": job.batch_size if job.api == "batch" else None,
         # a workbook's other sheet is another input (absent when unset: old journals resume)
@@ -397,7 +396,7 @@ async def _execute_locked(
         already_final=done,
         dry_run=mode is Mode.DRY_RUN,
         plan=mode is Mode.PLAN,
-        skip_unchanged=job.skip_unchanged,
+        lookup=rules.compare,
         api=job.api,
     )
     needs_api = mode in (Mode.RUN, Mode.PLAN)
@@ -407,7 +406,7 @@ async def _execute_locked(
         calls_per_second=settings.rate_calls / settings.rate_period if needs_api else None,
     )
     # the before-image columns come with every read of the users' state
-    columns = RESULT_COLUMNS + LOOKUP_COLUMNS if rules.compare else RESULT_COLUMNS
+    columns = RESULT_COLUMNS + rules.columns
     columns = settings.columns or columns  # --columns picks and orders them
     try:
         if needs_api:

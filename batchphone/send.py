@@ -223,7 +223,7 @@ class Sender:
         return result_for(
             request,
             status=outcome.status,
-            reason=outcome.reason or (Reason.REMOVE_PHONE if request.phone == "" else None),
+            reason=outcome.reason or request.change_reason,
             http_status=outcome.http_status,
             error_code=outcome.error_code,
             error_message=outcome.error_message,

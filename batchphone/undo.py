@@ -71,8 +71,8 @@ def open_results(path: Path) -> UndoSource:
     if _PHONE_BEFORE not in columns or _VERIFIED_BEFORE not in columns:
         raise InputError(
             f"{path}: has no {_PHONE_BEFORE}/{_VERIFIED_BEFORE} columns: that run did not read "
-            "the users before updating them (runs with --skip-unchanged record it), or the file "
-            "was trimmed with --columns: there is nothing to restore them to",
+            "the users before updating them (every run records it unless --no-lookup), or the "
+            "file was trimmed with --columns: there is nothing to restore them to",
             path=str(path),
         )
     return UndoSource(path, fmt)

@@ -16,6 +16,7 @@ from bench import data
 from bench.batch_mode import batch_vs_per_row
 from bench.context import NO_LIMIT, Bench
 from bench.harness import ApiLog, measure
+from bench.lookups import lookup_cost
 from bench.report import Row
 
 __all__ = ["SCENARIOS"]
@@ -397,4 +398,5 @@ SCENARIOS = {
     "memory": memory,
     "startup": startup,
     "batch": batch_vs_per_row,
+    "lookups": lookup_cost,
 }

@@ -13,7 +13,7 @@ import pytest
 from batchphone.batch import BatchSender, patch_body
 from batchphone.emulator import load_users
 from batchphone.errors import ResumeError, UsageError
-from batchphone.models import Reason, RowResult, Status, UpdateRequest
+from batchphone.models import Reason, RowResult, Status, Summary, UpdateRequest
 from batchphone.prepare import result_for
 from tests.emulated import (
     PATCH_BATCH,
@@ -37,14 +37,20 @@ pytestmark = pytest.mark.anyio
 BATCH = {"api": "batch"}
 
 
+async def send(*args: Any, **kwargs: Any) -> Summary:
+    """``run_job`` without the reads first: these tests are about how rows are sent."""
+    kwargs.setdefault("no_lookup", True)
+    return await run_job(*args, **kwargs)
+
+
 async def test_batch_mode_ends_every_sample_row_as_per_row_mode_does(
     samples: Path, tmp_path: Path
 ) -> None:
     users = load_users(samples / "users.csv")
     per_row, batched = make_emulator(users), make_emulator(users)
-    await run_job(per_row, "run", samples / "phones.csv", tmp_path / "rows.csv")
+    await send(per_row, "run", samples / "phones.csv", tmp_path / "rows.csv")
     spy = Spy(batched)
-    await run_job(
+    await send(
         batched, "run", samples / "phones.csv", tmp_path / "batch.csv", transport=spy, job=BATCH
     )
     assert by_row(tmp_path / "batch.csv") == by_row(tmp_path / "rows.csv")
@@ -64,8 +70,8 @@ async def test_at_one_budget_a_batch_call_moves_at_least_50_times_the_rows(tmp_p
     per_row = make_emulator(phone_users(rows), rate_limit=100_000)
     batched = make_emulator(phone_users(rows), rate_limit=100_000)
     source = write_input(tmp_path / "in.csv", new_phones(rows), ["true"] * rows)
-    await run_job(per_row, "run", source, tmp_path / "rows.csv")
-    await run_job(batched, "run", source, tmp_path / "batch.csv", job=BATCH)
+    await send(per_row, "run", source, tmp_path / "rows.csv")
+    await send(batched, "run", source, tmp_path / "batch.csv", job=BATCH)
     assert by_row(tmp_path / "rows.csv") == by_row(tmp_path / "batch.csv")
     per_call_rows = rows / per_row.stats(PROJECT).calls
     batch_call_rows = rows / batched.stats(PROJECT).calls  # 1 phone check + 10 patches
@@ -78,7 +84,7 @@ async def test_batch_size_is_honoured(tmp_path: Path, size: int, patches: int) -
     emulator = make_emulator(phone_users(250))
     source = write_input(tmp_path / "in.csv", new_phones(250), ["true"] * 250)
     spy = Spy(emulator)
-    summary = await run_job(
+    summary = await send(
         emulator,
         "run",
         source,
@@ -99,7 +105,7 @@ async def test_partial_failures_map_back_to_their_rows(tmp_path: Path) -> None:
     source = write_input(tmp_path / "in.csv", rows, ["true"] * len(rows))
     spy = Spy(emulator)
     out = tmp_path / "r.csv"
-    summary = await run_job(emulator, "run", source, out, transport=spy, job=BATCH)
+    summary = await send(emulator, "run", source, out, transport=spy, job=BATCH)
     got = by_row(out)
     assert got[4] == got[8] == ("not_found", "USER_NOT_FOUND")
     assert [got[i][0] for i in (1, 2, 3, 5, 6, 7)] == ["updated"] * 6
@@ -121,7 +127,7 @@ async def test_a_batch_failing_as_a_whole_is_retried_then_split(tmp_path: Path) 
 
     source = write_input(tmp_path / "in.csv", new_phones(100), ["true"] * 100)
     spy = Spy(emulator, too_big)
-    summary = await run_job(
+    summary = await send(
         emulator, "run", source, tmp_path / "r.csv", transport=spy, job=BATCH, max_attempts=2
     )
     assert summary.counts == {"updated": 100}
@@ -141,7 +147,7 @@ async def test_a_batch_that_keeps_failing_falls_back_to_per_row_calls(tmp_path: 
 
     source = write_input(tmp_path / "in.csv", new_phones(8), ["true"] * 8)
     spy = Spy(emulator, no_patch)
-    summary = await run_job(emulator, "run", source, tmp_path / "r.csv", transport=spy, job=BATCH)
+    summary = await send(emulator, "run", source, tmp_path / "r.csv", transport=spy, job=BATCH)
     assert summary.counts == {"updated": 8}
     # a 4xx is not retried: 8 -> 4 + 4 -> 2 + 2 + 2 + 2, then each row on its own
     assert [len(b["users"]) for b in spy.bodies[PATCH_BATCH]] == [8, 4, 2, 2, 4, 2, 2]
@@ -160,9 +166,7 @@ async def test_a_wrong_key_stops_a_batch_run_with_exit_3(tmp_path: Path) -> None
 
     source = write_input(tmp_path / "in.csv", new_phones(10))
     out = tmp_path / "r.csv"
-    summary = await run_job(
-        emulator, "run", source, out, transport=Spy(emulator, revoked), job=BATCH
-    )
+    summary = await send(emulator, "run", source, out, transport=Spy(emulator, revoked), job=BATCH)
     assert summary.exit_code == 3 and summary.counts == {"not_attempted": 10}
     assert {r["reason"] for r in read(out)} == {"UNAUTHORIZED"}
     assert calls(emulator, UPDATE) == 0
@@ -172,12 +176,12 @@ async def test_options_that_change_what_is_sent_guard_the_journal(tmp_path: Path
     emulator = make_emulator(phone_users(4))
     source = write_input(tmp_path / "in.csv", new_phones(4))
     out = tmp_path / "r.csv"
-    await run_job(emulator, "run", source, out, job={**BATCH, "batch_size": 2}, limit=2)
+    await send(emulator, "run", source, out, job={**BATCH, "batch_size": 2}, limit=2)
     with pytest.raises(ResumeError, match="option batch_size changed"):
-        await run_job(emulator, "run", source, out, job={**BATCH, "batch_size": 3})
+        await send(emulator, "run", source, out, job={**BATCH, "batch_size": 3})
     with pytest.raises(ResumeError, match="option api changed"):
-        await run_job(emulator, "run", source, out)
-    summary = await run_job(emulator, "run", source, out, job={**BATCH, "batch_size": 2})
+        await send(emulator, "run", source, out)
+    summary = await send(emulator, "run", source, out, job={**BATCH, "batch_size": 2})
     assert summary.counts == {"updated": 4} and summary.resumed_rows == 2
 
 
@@ -185,7 +189,7 @@ async def test_batch_mode_refuses_allow_merge(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(1))
     source = write_input(tmp_path / "in.csv", new_phones(1))
     with pytest.raises(UsageError, match="--allow-merge cannot be used with --api batch"):
-        await run_job(emulator, "run", source, tmp_path / "r.csv", job=BATCH, allow_merge=True)
+        await send(emulator, "run", source, tmp_path / "r.csv", job=BATCH, allow_merge=True)
     assert calls(emulator) == 0
 
 

@@ -67,6 +67,7 @@ def test_demo_command_with_embedded_emulator(samples: Path, tmp_path: Path) -> N
     assert len(rows) == 24
     assert {r["status"] for r in rows} == {
         "updated",
+        "unchanged",  # the users are read first: one already has its row's phone
         "invalid",
         "not_found",
         "conflict",
@@ -100,14 +101,17 @@ def test_real_target_over_a_socket_and_summary_json(
     assert result.exit_code == 1, result.output
     summary = json.loads(summary_path.read_text())
     assert summary["input_rows"] == 24 and summary["exit_code"] == 1
-    assert summary["counts"]["updated"] == 11 and summary["rate_limited"] == 0
-    assert summary["requests"] == 14  # 13 updates and the license handshake
+    assert summary["counts"]["updated"] == 10 and summary["rate_limited"] == 0
+    assert summary["counts"]["unchanged"] == 1
+    # the license handshake, 10 updates, and 4 searches: a read and a phone check for the
+    # rows, and again for the repeated login ids (judged once the input has ended)
+    assert summary["requests"] == 15
     assert set(summary) >= {"input_rows", "counts", "requests", "rate_limited", "elapsed_s"}
     # not a terminal and --log-format auto: stderr carries only JSON lines, the summary too
     events = [json.loads(line) for line in result.stderr.splitlines()]
     assert {e["event"] for e in events} >= {"run_started", "run_finished", "summary"}
     closing = events[-1]
-    assert closing["event"] == "summary" and closing["counts"]["updated"] == 11
+    assert closing["event"] == "summary" and closing["counts"]["updated"] == 10
     assert closing["exit_code"] == 1 and closing["level"] == "info"
     assert KEY not in result.output and KEY not in result.stderr
     assert KEY not in out.with_name(out.name + ".journal").read_text()
@@ -285,11 +289,11 @@ def test_a_resumed_run_says_so(samples: Path, tmp_path: Path) -> None:
     first = invoke([*args, "--limit", "10"])
     assert first.exit_code == 1, first.stderr
     again = invoke([*args, "--summary-json", str(tmp_path / "s2.json")])
-    assert "  resumed: 10 rows already final; 8 sent now; API calls this time: 9\n" in (
+    assert "  resumed: 10 rows already final; 6 sent now; API calls this time: 9\n" in (
         again.stderr
     )
     document = json.loads((tmp_path / "s2.json").read_text())
-    assert document["resumed_rows"] == 10 and document["sent_now"] == 8
+    assert document["resumed_rows"] == 10 and document["sent_now"] == 6
     assert document["requests"] == 9
     fresh = invoke(["validate", str(samples / "phones.csv"), "--out", str(tmp_path / "v.csv")])
     assert "resumed:" not in fresh.stderr

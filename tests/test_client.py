@@ -130,7 +130,7 @@ async def test_update_phone_sends_the_sdk_headers_and_body() -> None:
     assert json.loads(request.content) == {
         "loginId": "ada@example.com",
         "phone": "+14155550100",
-        "verified": None,
+        "verified": False,  # a row without a value: false said out loud, never null
         "failOnConflict": True,
     }
 

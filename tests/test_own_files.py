@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from batchphone.cli import main
 from batchphone.errors import ResumeError
 from batchphone.journal import journal_path, lock_path
-from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
+from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 from tests.emulated import by_row, calls, make_emulator, new_phones, phone_users, write_input
 from tests.emulated import run_job as run_emulated
 from tests.test_journal import no_fcntl_env
@@ -44,7 +44,7 @@ OTHERS = {
     "validate": ("validate", {}, {}),
     "plan": ("plan", {}, {}),
     "run --dry-run": ("run", {}, {"dry_run": True}),
-    "run --skip-unchanged": ("run", {"skip_unchanged": True}, {}),
+    "run --no-lookup": ("run", {}, {"no_lookup": True}),
     "run of another file": ("run", {}, {}),
 }
 
@@ -154,7 +154,7 @@ def test_an_unknown_column_is_a_usage_error_before_anything(
         args.append("--emulator" if command != "undo" else "--dry-run")
     result = invoke(*args)
     assert result.exit_code == 2
-    valid = ",".join(RESULT_COLUMNS + LOOKUP_COLUMNS)
+    valid = ",".join(RESULT_COLUMNS + LOOKUP_COLUMNS + PLAN_COLUMNS)
     assert result.stderr == (
         "batchphone: error: columns: bad value 'row,phnoe' (flag --columns): "
         f"unknown column 'phnoe'; valid: {valid}\n"
@@ -191,6 +191,6 @@ def test_an_end_to_end_run_without_fcntl(samples: Path, tmp_path: Path) -> None:
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1, done.stderr  # the sample has invalid rows on purpose
     statuses = pl.read_excel(out)["status"].to_list()
-    assert len(statuses) == 24 and statuses.count("updated") == 11
+    assert len(statuses) == 24 and statuses.count("updated") == 10
     if os.name == "posix":
         assert (os.stat(out).st_mode & 0o777) == 0o600

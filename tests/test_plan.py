@@ -13,6 +13,7 @@ from batchphone.cli import main
 from batchphone.emulator import load_users
 from batchphone.models import (
     LOOKUP_COLUMNS,
+    PLAN_COLUMNS,
     RESULT_COLUMNS,
     Reason,
     RowResult,
@@ -83,7 +84,10 @@ async def test_plan_of_the_samples_judges_every_row_and_updates_nothing(
     assert calls(emulator, UPDATE) == 0 and calls(emulator, PATCH_BATCH) == 0
     assert emulator.user(PROJECT, "alice@example.com")["phone"] == ""
     rows = {int(r["row"]): r for r in read(out)}
-    assert list(rows[1]) == [*RESULT_COLUMNS, *LOOKUP_COLUMNS]
+    assert list(rows[1]) == [*RESULT_COLUMNS, *LOOKUP_COLUMNS, *PLAN_COLUMNS]
+    # the flag a run would send: the row's own value, else false (a new phone is unverified)
+    assert (rows[1]["verified"], rows[2]["verified"]) == ("true", "false")
+    assert rows[4]["verified"] is None  # nothing is sent for an invalid row
     assert (rows[2]["phone_before"], rows[2]["verified_before"]) == ("+442079460000", "true")
     assert rows[2]["phone"] == "+442079460018"
     assert (rows[1]["phone_before"], rows[1]["verified_before"]) == (None, "false")
@@ -111,7 +115,7 @@ async def test_a_conflict_plan_finds_is_one_run_refuses_to_send(
         samples / "phones.csv",
         out,
         transport=spy,
-        job={"skip_unchanged": True, "api": api},
+        job={"api": api},
     )
     assert by_row(out)[13] == ("conflict", "PHONE_CONFLICT")
     sent = [body["loginId"] for body in spy.bodies.get(UPDATE, [])]
@@ -134,9 +138,7 @@ async def test_a_plan_resumes_and_a_run_may_reuse_its_out(
     assert by_row(out) == PLAN_EXPECTED and again.resumed_rows == 24
     assert again.planned_calls == 12  # from the journal's counts, not this session's calls
     # a plan sent nothing: its journal gives way to a run on the same file
-    summary = await run_job(
-        emulator, "run", samples / "phones.csv", out, job={"skip_unchanged": True}
-    )
+    summary = await run_job(emulator, "run", samples / "phones.csv", out)
     assert summary.counts["updated"] == 10 and summary.counts["unchanged"] == 1
 
 

@@ -99,7 +99,11 @@ def test_kill_9_at_many_moments_then_resume(
     rows = pl.read_csv(out, infer_schema=False)
     assert rows.height == ROWS
     assert rows["row"].cast(int).to_list() == list(range(1, ROWS + 1))
-    assert set(rows["status"]) == {"updated"}
+    # a row whose update went through just before a kill, unjournaled, is read on resume:
+    # the user has its phone already, so it ends unchanged and is not sent again
+    statuses = rows["status"].to_list()
+    assert set(statuses) <= {"updated", "unchanged"}
+    assert statuses.count("unchanged") <= 8 * kills
     counts = updates(emulator)
     assert len(counts) == ROWS
     # a row is sent again only when a kill caught it in flight: at most `concurrency` per kill

@@ -59,6 +59,9 @@ async def run(
     command: str = "run",
     **overrides: Any,
 ) -> Summary:
+    # these tests are about sending: without the reads every sendable row makes one call
+    # (tests/test_lookup_default.py covers the default, which reads the users first)
+    overrides.setdefault("no_lookup", True)
     return await execute(
         Job(command=command, input_path=input_path, out_path=out),
         settings(**overrides),
@@ -122,7 +125,8 @@ async def test_every_update_sends_fail_on_conflict_true(
     assert all(body["failOnConflict"] is True for body in bodies)
     assert all(body["phone"] for body in bodies)  # no accidental removal
     assert {b["loginId"]: b["verified"] for b in bodies}["alice@example.com"] is True
-    assert {b["loginId"]: b["verified"] for b in bodies}["bob@example.com"] is None
+    # a row without a verified value sends false out loud, never null
+    assert {b["loginId"]: b["verified"] for b in bodies}["bob@example.com"] is False
 
 
 async def test_dry_run_makes_no_update_call(

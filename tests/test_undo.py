@@ -33,8 +33,6 @@ from tests.emulated import (
 
 pytestmark = pytest.mark.anyio
 
-SKIP = {"skip_unchanged": True}
-
 
 def phones(emulator: Emulator, count: int) -> list[str]:
     return [emulator.user(PROJECT, f"user{i}@example.com")["phone"] for i in range(count)]
@@ -68,7 +66,7 @@ async def test_undo_after_a_partial_run_restores_what_was_updated(tmp_path: Path
 
     out = tmp_path / "run.csv"
     spy = Spy(emulator, key_revoked_after_five)
-    partial = await run_job(emulator, "run", source, out, transport=spy, job=SKIP, concurrency=1)
+    partial = await run_job(emulator, "run", source, out, transport=spy, concurrency=1)
     assert partial.exit_code == 3 and partial.counts == {"updated": 5, "not_attempted": 15}
     assert phones(emulator, 20)[5:] == original[5:]
 
@@ -92,7 +90,7 @@ async def test_undo_skips_a_user_changed_since(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(4))
     source = write_input(tmp_path / "in.csv", new_phones(4), ["true"] * 4)
     out = tmp_path / "run.csv"
-    await run_job(emulator, "run", source, out, job=SKIP)
+    await run_job(emulator, "run", source, out)
     await set_phone(emulator, "user2@example.com", "+14157770002")
     undone = tmp_path / "undo.csv"
     summary = await run_job(emulator, "undo", out, undone)
@@ -113,7 +111,7 @@ async def test_undo_dry_run_shows_the_changes_and_sends_nothing(tmp_path: Path) 
     emulator = make_emulator(phone_users(3))
     source = write_input(tmp_path / "in.csv", new_phones(3), ["true"] * 3)
     out = tmp_path / "run.csv"
-    await run_job(emulator, "run", source, out, job=SKIP)
+    await run_job(emulator, "run", source, out)
     updates = calls(emulator, UPDATE)
     summary = await run_job(emulator, "undo", out, tmp_path / "undo.csv", dry_run=True)
     assert calls(emulator, UPDATE) == updates
@@ -126,7 +124,7 @@ async def test_restoring_an_empty_phone_needs_allow_remove(tmp_path: Path) -> No
     emulator = make_emulator([{"loginId": f"user{i}@example.com"} for i in range(2)])
     source = write_input(tmp_path / "in.csv", new_phones(2), ["true"] * 2)
     out = tmp_path / "run.csv"
-    await run_job(emulator, "run", source, out, job=SKIP)
+    await run_job(emulator, "run", source, out)
     assert [r["phone_before"] for r in read(out)] == [None, None]  # no phone before
     refused = await run_job(emulator, "undo", out, tmp_path / "undo.csv")
     assert by_row(tmp_path / "undo.csv") == {
@@ -146,7 +144,7 @@ async def test_undo_resumes_like_a_run(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(30))
     source = write_input(tmp_path / "in.csv", new_phones(30), ["true"] * 30)
     out = tmp_path / "run.csv"
-    await run_job(emulator, "run", source, out, job=SKIP)
+    await run_job(emulator, "run", source, out)
     undone = tmp_path / "undo.csv"
     await run_job(emulator, "undo", out, undone, limit=10)
     assert calls(emulator, UPDATE) == 30 + 10
@@ -161,7 +159,7 @@ async def test_undo_refuses_results_without_a_before_image(tmp_path: Path) -> No
     emulator = make_emulator(phone_users(2))
     source = write_input(tmp_path / "in.csv", new_phones(2))
     out = tmp_path / "run.csv"
-    await run_job(emulator, "run", source, out)  # no lookups: no before-image
+    await run_job(emulator, "run", source, out, no_lookup=True)  # no lookups: no before-image
     with pytest.raises(InputError, match="has no phone_before/verified_before columns"):
         await run_job(emulator, "undo", out, tmp_path / "undo.csv")
     with pytest.raises(InputError, match="no column 'status'"):
@@ -177,7 +175,7 @@ async def test_undo_reads_every_result_format(tmp_path: Path, ext: str) -> None:
     rows = [*new_phones(2), ("=cmd@example.com", "+14156669999")]
     source = write_input(tmp_path / "in.csv", rows, ["true"] * 3)
     out = tmp_path / f"run.{ext}"
-    await run_job(emulator, "run", source, out, job=SKIP)
+    await run_job(emulator, "run", source, out)
     summary = await run_job(emulator, "undo", out, tmp_path / "undo.csv", job={"api": "batch"})
     assert summary.counts == {"updated": 3}
     assert phones(emulator, 2) == ["+14155550000", "+14155550001"]
@@ -208,7 +206,8 @@ def test_undo_command_dry_run_then_for_real(
         result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
         return result.exit_code, result.stderr
 
-    code, _ = invoke("run", str(source), "--out", "run.csv", "--skip-unchanged", "--quiet")
+    # a plain run reads the users first, so its result file can be undone
+    code, _ = invoke("run", str(source), "--out", "run.csv", "--quiet")
     assert code == 0 and phones(emulator, 5)[0] == "+14156660000"
     code, err = invoke(
         "undo", "run.csv", "--out", "plan.csv", "--dry-run", "--log-format", "console"
@@ -238,7 +237,7 @@ async def test_spreadsheet_safe_login_ids_round_trip_through_undo(tmp_path: Path
     rows = [(login, f"+1415666000{i}") for i, login in enumerate(EVIL_IDS)]
     source = write_input(tmp_path / "in.csv", rows, ["true"] * len(rows))
     out = tmp_path / f"run.{fmt}"
-    done = await run_job(emulator, "run", source, out, job=SKIP)
+    done = await run_job(emulator, "run", source, out)
     assert done.counts == {"updated": 3}
     if fmt == "xlsx":
         written = pl.read_excel(out, infer_schema_length=0)["loginId"].to_list()

@@ -138,9 +138,10 @@ def test_the_scenario_runs_both_modes_and_compares_their_results(
     by_figure = {(row.tool, row.figure): row for row in bench.rows}
     per_row = by_figure[("batchphone", "rows/s, API phase")]
     batch = by_figure[("batchphone --api batch", "rows/s, API phase")]
-    assert per_row.note.startswith("30 rows; 30 calls; 0 × 429")
-    # 250 rows: 3 patch calls and the phone check's search
-    assert batch.note.startswith("250 rows; 4 calls (3 patch/batch, 1 search)")
+    # every run reads first: 1 search for the 30 login ids and 1 phone check
+    assert per_row.note.startswith("30 rows; 32 calls (2 search); 0 × 429")
+    # 250 rows: 3 patch calls, 3 reads of 100 login ids and the phone check
+    assert batch.note.startswith("250 rows; 7 calls (3 patch/batch, 4 search)")
     agree = by_figure[("batch vs per-row", "rows that differ")]
     assert (agree.value, agree.met) == (0.0, True)
     assert agree.note == "30 login ids in both: updated, same phone and verified"
