@@ -42,6 +42,8 @@ _STATUS_CODES = {status: index + 1 for index, status in enumerate(Status)}
 _STATUS_BY_CODE = {code: status for status, code in _STATUS_CODES.items()}
 _FLUSH_INTERVAL = 0.5
 _FLUSH_BYTES = 1 << 16
+#: The key of a call-time record: ``{"call": <epoch seconds>}``.
+CALL_KEY = "call"
 
 
 def journal_path(out_path: Path) -> Path:
@@ -182,6 +184,16 @@ class Journal:
         ):
             self.flush()
 
+    def append_call(self, ts: float) -> None:
+        """Record that an API call was answered (or given up) at ``ts`` (epoch seconds).
+
+        Every call (updates, reads, batches, retries, 429s, the license) leaves one such line,
+        so a restarted run seeds its limiter with all of them. Written to the OS at once, as
+        the row of an API call is.
+        """
+        self._buffer.append(_dumps({CALL_KEY: round(ts, 3)}) + b"\n")
+        self.flush()
+
     def flush(self) -> None:
         """Hand every buffered line to the OS."""
         if self._buffer:
@@ -216,6 +228,7 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     header: dict[str, Any] | None = None
     good_end = 0
     cutoff = time.time() - 3600
+    calls: list[float] = []
     try:
         for number, (end, line, complete) in enumerate(_read_lines(path), start=1):
             try:
@@ -234,6 +247,8 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
                     raise ResumeError(f"{path} is not a batchphone journal; move it away")
                 header = record
                 continue
+            if _call_time(record, calls, cutoff):
+                continue
             state.record(int(record["row"]), Status(record["status"]))
             state.records += 1
             if record.get("attempts") and record.get("ts", 0) >= cutoff:
@@ -242,10 +257,22 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
     if header is None:
         raise ResumeError(f"{path} is empty or damaged; run with --restart to start over")
+    if calls:  # every call has its record: row times would count the updates twice
+        state.call_times = calls
     if good_end < path.stat().st_size:
         with path.open("r+b") as handle:
             handle.truncate(good_end)
     return header, state
+
+
+def _call_time(record: dict[str, Any], calls: list[float], cutoff: float) -> bool:
+    """True when ``record`` is a call-time record; its time joins ``calls`` if recent."""
+    ts = record.get(CALL_KEY)
+    if ts is None:
+        return False
+    if ts >= cutoff:
+        calls.append(float(ts))
+    return True
 
 
 _IDENTITY_WORDS = {
