@@ -124,15 +124,17 @@ class Sender:
 
     @property
     def rate_limited(self) -> int:
-        """429 answers met by updates, reads and batches."""
-        parts = (self.lookup, self.batch)
-        return self._rate_limited + sum(p.rate_limited for p in parts if p is not None)
+        """429 answers met by updates, reads, batches and the license handshake.
+
+        Counted as they arrive, so a 429 whose row the stop then left unsent counts too.
+        """
+        return self._rate_limited
 
     async def fetch_license(self) -> None:
         """The license handshake, through the limiter like every call (a 429 pauses the pool);
         a 401/403 here stops the run before any row is sent."""
         try:
-            attempted = await call_with_retry(
+            await call_with_retry(
                 self.client.fetch_license,
                 limiter=self.limiter,
                 policy=self.policy,
@@ -144,8 +146,6 @@ class Sender:
             self.fatal(exc)
         except Stopped:
             return
-        else:
-            self._rate_limited += attempted.rate_limited
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -189,7 +189,6 @@ class Sender:
             stop=self.stop,
             on_call=self.on_call,
         )
-        self._rate_limited += attempted.rate_limited
         if attempted.value is None:
             error = attempted.error
             return result_for(
@@ -215,6 +214,7 @@ class Sender:
 
     def on_rate_limited(self, retry_after: float) -> None:
         """A 429 arrived (the limiter is paused already): slow down once per block."""
+        self._rate_limited += 1
         now = time.monotonic()
         if now >= self._paused_until:  # a new block, not one more answer from the same one
             calls = self.limiter.slow_down(_SLOW_DOWN)
