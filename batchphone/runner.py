@@ -117,7 +117,7 @@ class _Run:
 
     async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
         # On a stop the producer just ends: rows it never reached are not journaled one by one
-        # (the result file gets them as `not_attempted` when it is written, see `_unreached`).
+        # (the result file gets them as `not_attempted` when it is written, see `_Unreached`).
         batches = self._batches()
         while self.stop.reason is None:
             # reading and normalizing a batch is blocking work: keep it off the event loop
@@ -462,7 +462,7 @@ async def _execute_locked(
             run.journal_open = False
             journal.close()
             unreached = _Unreached(source, settings, journal, total, run.stop.reason)
-            await anyio.to_thread.run_sync(_write, job.out_path, journal, unreached, columns)
+            await anyio.to_thread.run_sync(_write, job.out_path, journal, total, unreached, columns)
             progress.close()
     counts = _counts(journal, total)
     planned: int | None = None
@@ -592,10 +592,13 @@ class _Unreached:
 
 
 def _write(
-    out_path: Path, journal: Journal, unreached: Iterable[dict[str, Any]], columns: tuple[str, ...]
+    out_path: Path,
+    journal: Journal,
+    total: int,
+    unreached: Iterable[dict[str, Any]],
+    columns: tuple[str, ...],
 ) -> int:
-    total = len(unreached.codes) if isinstance(unreached, _Unreached) else None
-    records = (r for r in iter_records(journal.path) if total is None or r["row"] <= total)
+    records = (r for r in iter_records(journal.path) if r["row"] <= total)
     written: int = write_results(itertools.chain(records, unreached), out_path, columns=columns)
     return written
 
