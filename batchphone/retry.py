@@ -14,7 +14,6 @@ still spread out: ``min(wait_max, wait_initial * 2 ** (n - 1)) + uniform(0, wait
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -98,13 +97,14 @@ async def call_with_retry(
     - ``on_call`` gets the wall time (epoch seconds) each call was answered or given up.
     """
     clock = clock if clock is not None else limiter.clock
+    stop = stop if stop is not None else Stop()  # one that is never requested
     attempts = 0
     rate_limited = 0
     while True:
-        with stop.waiting() if stop is not None else contextlib.nullcontext():
+        with stop.waiting():
             await limiter.acquire()
         try:
-            with stop.calling() if stop is not None else contextlib.nullcontext():
+            with stop.calling():
                 try:
                     value = await call()
                 finally:
@@ -123,7 +123,7 @@ async def call_with_retry(
                 return Attempted(
                     value=None, error=exc, attempts=attempts, rate_limited=rate_limited
                 )
-            with stop.waiting() if stop is not None else contextlib.nullcontext():
+            with stop.waiting():
                 await clock.sleep(policy.backoff(attempts, rng=rng))
             continue
         return Attempted(value=value, error=None, attempts=attempts + 1, rate_limited=rate_limited)
