@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -70,6 +70,17 @@ def start(source: Path, out: Path, base_url: str, *extra: str) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def requests_to(emulator: Emulator, path: str) -> int:
+    return sum(n for (p, _), n in emulator.stats(PROJECT).requests.items() if p == path)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def updates(emulator: Emulator) -> dict[str, int]:
@@ -168,7 +179,8 @@ def test_sigterm_during_a_429_pause_exits_at_once(source: Path, tmp_path: Path) 
     with ServerThread(emulator, port=0) as base_url:
         out = tmp_path / "results.csv"
         process = start(source, out, base_url, "--log-format", "json")
-        time.sleep(2.0)
+        wait_for(lambda: requests_to(emulator, "/v1/mgmt/license") > 0)  # the pause has begun
+        time.sleep(0.5)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=60)
@@ -188,7 +200,8 @@ def test_nothing_waiting_for_a_slot_is_sent_after_ctrl_c(
     out = tmp_path / "results.csv"
     # 2 calls per 5 s: the license and one update, then 8 workers wait for the next window
     process = start(source, out, base_url, "--rate", "2/5", "--concurrency", "8")
-    time.sleep(2.0)
+    wait_for(lambda: sum(updates(emulator).values()) > 0)
+    time.sleep(0.5)  # the workers now wait for the next window
     sent = sum(updates(emulator).values())
     signalled = time.monotonic()
     process.send_signal(signal.SIGINT)
