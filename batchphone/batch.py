@@ -29,6 +29,7 @@ from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy, call_with_retry
+from batchphone.stop import Stop, Stopped
 
 __all__ = ["MAX_BATCH", "BatchSender", "patch_body"]
 
@@ -73,7 +74,11 @@ class BatchSender:
         stopped: Callable[[], Reason | None],
         observe: Callable[[RowResult], None] | None = None,
         on_rate_limited: Callable[[float], None] | None = None,
+        stop: Stop | None = None,
+        on_call: Callable[[float], None] | None = None,
     ) -> None:
+        self.stop = stop
+        self.on_call = on_call
         self.client = client
         self.limiter = limiter
         self.policy = policy
@@ -103,10 +108,19 @@ class BatchSender:
         error: RemoteError | None
         try:
             attempted = await call_with_retry(
-                call, limiter=self.limiter, policy=policy, on_rate_limited=self.on_rate_limited
+                call,
+                limiter=self.limiter,
+                policy=policy,
+                on_rate_limited=self.on_rate_limited,
+                stop=self.stop,
+                on_call=self.on_call,
             )
         except FatalRemoteError:
             raise
+        except Stopped as stopped:  # this part only: rows settled before keep their results
+            return [
+                result_for(r, status=Status.NOT_ATTEMPTED, reason=stopped.reason) for r in requests
+            ]
         except RemoteError as exc:  # a 4xx for the batch as a whole: no retry changes it
             answer, error, attempts = None, exc, 1
         else:
@@ -115,7 +129,14 @@ class BatchSender:
         if error is None and answer is not None:
             return await self._settle(requests, answer, attempts)
         self.failed_batches += 1
-        log.warning("batch_failed", rows=len(requests), depth=depth, error=str(error))
+        # no API text in logs: it may echo a login id or a phone (the result file keeps it)
+        log.warning(
+            "batch_failed",
+            rows=len(requests),
+            depth=depth,
+            http_status=getattr(error, "http_status", None),
+            error_code=getattr(error, "error_code", None),
+        )
         if depth >= _SPLITS or len(requests) == 1:
             return [await self.send_one(r) for r in requests]
         half = (len(requests) + 1) // 2
@@ -154,7 +175,7 @@ class BatchSender:
                 log.info(
                     "batch_row_resent",
                     row=request.row,
-                    failure=failures.get(request.row, "not in the answer"),
+                    in_failed_users=request.row in failures,
                 )
                 done[request.row] = await self.send_one(request)
         return [done[r.row] for r in requests]

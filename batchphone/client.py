@@ -178,7 +178,8 @@ class DescopeClient:
         """Ask for the project's rate-limit tier and send it as ``x-descope-license`` from now on.
 
         The SDKs do this so the CDN applies the right budget. Only 401/403 are fatal (the key
-        is wrong, so every later call would fail too); any other failure leaves the tier unset.
+        is wrong, so every later call would fail too); a 429 raises ``RateLimitedError`` like
+        every other call's; any other failure leaves the tier unset.
         """
         try:
             response = await self._send("GET", LICENSE_PATH, what="license")
@@ -188,8 +189,8 @@ class DescopeClient:
         status = response.status_code
         if status in (401, 403):
             raise self._fatal(response, "license", self._error_fields(response)[0])
-        if status == 429:
-            self.rate_limited += 1
+        if status == 429:  # the caller's limiter pauses every call, as for any 429
+            self._raise_unless_final(response, "license", *self._error_fields(response))
         tier = self._json(response).get("rateLimitTier") if response.is_success else None
         if not isinstance(tier, str) or not _TIER.fullmatch(tier):
             log.warning("license_unavailable", http_status=status)

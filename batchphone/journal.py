@@ -67,6 +67,8 @@ _FLUSH_BYTES = 1 << 16
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}
+#: The key of a call-time record: ``{"call": <epoch seconds>}``.
+CALL_KEY = "call"
 
 
 def journal_path(out_path: Path) -> Path:
@@ -251,6 +253,16 @@ class Journal:
         ):
             self.flush()
 
+    def append_call(self, ts: float) -> None:
+        """Record that an API call was answered (or given up) at ``ts`` (epoch seconds).
+
+        Every call (updates, reads, batches, retries, 429s, the license) leaves one such line,
+        so a restarted run seeds its limiter with all of them. Written to the OS at once, as
+        the row of an API call is.
+        """
+        self._buffer.append(_dumps({CALL_KEY: round(ts, 3)}) + b"\n")
+        self.flush()
+
     def flush(self) -> None:
         """Hand every buffered line to the OS."""
         if self._buffer:
@@ -285,6 +297,7 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     header: dict[str, Any] | None = None
     good_end = 0
     cutoff = time.time() - 3600
+    calls: list[float] = []
     try:
         for number, (end, line, complete) in enumerate(_read_lines(path), start=1):
             try:
@@ -303,6 +316,8 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
                     raise ResumeError(f"{path} is not a batchphone journal; move it away")
                 header = record
                 continue
+            if _call_time(record, calls, cutoff):
+                continue
             state.record(int(record["row"]), Status(record["status"]))
             state.records += 1
             if record.get("attempts") and record.get("ts", 0) >= cutoff:
@@ -311,6 +326,8 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
     if header is None:
         raise ResumeError(f"{path} is empty or damaged; run with --restart to start over")
+    if calls:  # every call has its record: row times would count the updates twice
+        state.call_times = calls
     if good_end < path.stat().st_size:
         fd = open_nofollow(path, os.O_RDWR)
         try:
@@ -381,6 +398,16 @@ def _move_aside(out_path: Path, path: Path) -> tuple[Path, ...]:
         raise OutputError(f"cannot move {path} aside: {exc.strerror}") from None
     log.warning("moved_aside", reason="restart", files=[str(p) for p in moved])
     return tuple(moved)
+
+
+def _call_time(record: dict[str, Any], calls: list[float], cutoff: float) -> bool:
+    """True when ``record`` is a call-time record; its time joins ``calls`` if recent."""
+    ts = record.get(CALL_KEY)
+    if ts is None:
+        return False
+    if ts >= cutoff:
+        calls.append(float(ts))
+    return True
 
 
 _IDENTITY_WORDS = {

@@ -18,7 +18,6 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-import anyio
 import structlog
 
 from batchphone.client import DescopeClient
@@ -26,6 +25,7 @@ from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.models import Reason, Status
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy, call_with_retry
+from batchphone.stop import Stop, Stopped
 
 __all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "owner_checks"]
 
@@ -67,14 +67,16 @@ class Lookup:
         policy: RetryPolicy,
         *,
         on_rate_limited: Callable[[float], None] | None = None,
-        inflight: set[anyio.CancelScope] | None = None,
+        stop: Stop | None = None,
+        on_call: Callable[[float], None] | None = None,
     ) -> None:
         self.client = client
         self.limiter = limiter
         self.policy = policy
         self.on_rate_limited = on_rate_limited
-        # the run cancels every scope in here on a second Ctrl-C, reads included
-        self.inflight = inflight if inflight is not None else set()
+        # no read starts once the run is stopping; a hard stop cancels reads on the wire too
+        self.stop = stop if stop is not None else Stop()
+        self.on_call = on_call
         #: calls that got a usable answer, and the 429s met on the way
         self.calls = 0
         self.rate_limited = 0
@@ -141,23 +143,21 @@ class Lookup:
             page += 1
 
     async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        with anyio.CancelScope() as scope:
-            self.inflight.add(scope)
-            try:
-                attempted = await call_with_retry(
-                    call,
-                    limiter=self.limiter,
-                    policy=self.policy,
-                    on_rate_limited=self.on_rate_limited,
-                )
-            except FatalRemoteError:
-                raise
-            except RemoteError as exc:  # a 4xx no retry can change
-                raise LookupFailed(_failure(Reason.REJECTED, exc, attempts=1)) from None
-            finally:
-                self.inflight.discard(scope)
-        if scope.cancelled_caught:
-            raise LookupFailed(None)
+        try:
+            attempted = await call_with_retry(
+                call,
+                limiter=self.limiter,
+                policy=self.policy,
+                on_rate_limited=self.on_rate_limited,
+                stop=self.stop,
+                on_call=self.on_call,
+            )
+        except FatalRemoteError:
+            raise
+        except RemoteError as exc:  # a 4xx no retry can change
+            raise LookupFailed(_failure(Reason.REJECTED, exc, attempts=1)) from None
+        except Stopped:
+            raise LookupFailed(None) from None
         self.rate_limited += attempted.rate_limited
         if attempted.error is not None:
             failure = _failure(Reason.RETRIES_EXHAUSTED, attempted.error, attempted.attempts)

@@ -19,7 +19,8 @@ class Progress(Protocol):
         """``total`` input rows, ``done`` already final from a previous run."""
 
     def advance(self, result: RowResult) -> None:
-        """One more row is final."""
+        """One more row is final (never called for rows a stop left ``not_attempted``, so a
+        bar stays where the run stopped)."""
 
     def paused(self, seconds: float) -> None:
         """The API answered 429: every worker waits ``seconds``."""

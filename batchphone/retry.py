@@ -15,12 +15,14 @@ still spread out: ``min(wait_max, wait_initial * 2 ** (n - 1)) + uniform(0, wait
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from batchphone.errors import RateLimitedError, TransientError
 from batchphone.ratelimit import Clock, RateLimiter
+from batchphone.stop import Stop
 
 __all__ = ["Attempted", "RetryPolicy", "call_with_retry"]
 
@@ -77,6 +79,8 @@ async def call_with_retry(
     clock: Clock | None = None,
     on_rate_limited: Callable[[float], None] | None = None,
     rng: random.Random | None = None,
+    stop: Stop | None = None,
+    on_call: Callable[[float], None] | None = None,
 ) -> Attempted[T]:
     """Run ``call`` under ``limiter`` until it returns, or ``policy`` gives up.
 
@@ -87,14 +91,25 @@ async def call_with_retry(
     - ``TransientError``: count the attempt; after ``policy.max_attempts`` return it in
       ``Attempted.error``, else sleep the backoff on ``clock`` (default: the limiter's clock).
     - Anything else (``FatalRemoteError``, cancellation, bugs) propagates.
+    - ``stop``: no attempt starts once it is requested, and every wait before one (the limiter's
+      slot or pause, the backoff) ends at its first request, raising ``Stopped``; a hard stop
+      cancels the call on the wire (``Stopped`` too).
+    - ``on_call`` gets the wall time (epoch seconds) each call was answered or given up.
     """
     clock = clock if clock is not None else limiter.clock
+    stop = stop if stop is not None else Stop()  # one that is never requested
     attempts = 0
     rate_limited = 0
     while True:
-        await limiter.acquire()
+        with stop.waiting():
+            await limiter.acquire()
         try:
-            value = await call()
+            with stop.calling():
+                try:
+                    value = await call()
+                finally:
+                    if on_call is not None:
+                        on_call(time.time())
         except RateLimitedError as exc:
             rate_limited += 1
             retry_after = exc.retry_after if exc.retry_after > 0 else policy.default_retry_after
@@ -108,6 +123,7 @@ async def call_with_retry(
                 return Attempted(
                     value=None, error=exc, attempts=attempts, rate_limited=rate_limited
                 )
-            await clock.sleep(policy.backoff(attempts, rng=rng))
+            with stop.waiting():
+                await clock.sleep(policy.backoff(attempts, rng=rng))
             continue
         return Attempted(value=value, error=None, attempts=attempts + 1, rate_limited=rate_limited)

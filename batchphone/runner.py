@@ -12,6 +12,7 @@ input row has its one result row.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from anyio.abc import ObjectSendStream
 from batchphone.canary import Canary
 from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, UsageError
-from batchphone.job import Job, job_mode, prepared_batches, screen_rules
+from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
 from batchphone.models import (
     RESULT_COLUMNS,
@@ -40,10 +41,11 @@ from batchphone.models import (
 )
 from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.pool import run_pool
-from batchphone.prepare import Mode, Prepared
+from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
-from batchphone.send import Control, Sender, not_attempted
+from batchphone.send import Sender
+from batchphone.stop import Stop
 from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
 
@@ -98,7 +100,8 @@ class _Run:
         self.progress = progress
         self.total = total
         self.rules = rules
-        self.control = Control()
+        self.stop = Stop()
+        self.journal_open = True
         self.sender: Sender | None = None
         self.screen: Screen | None = None
         self.canary: Canary | None = None
@@ -114,8 +117,10 @@ class _Run:
         return [item for item in items if not state.is_final(item.row, retry_failed=retry)]
 
     async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
+        # On a stop the producer just ends: rows it never reached are not journaled one by one
+        # (the result file gets them as `not_attempted` when it is written, see `_Unreached`).
         batches = self._batches()
-        while True:
+        while self.stop.reason is None:
             # reading and normalizing a batch is blocking work: keep it off the event loop
             items = await anyio.to_thread.run_sync(next, batches, None)
             if items is None:
@@ -124,6 +129,8 @@ class _Run:
                 await self._take_screened(items, jobs)
                 continue
             for index, item in enumerate(items):
+                if self.stop.reason is not None:
+                    break
                 # rows that need no call are recorded right here: a trip through the result
                 # stream costs more than the row itself (validate and dry-runs are all such rows)
                 if isinstance(item, RowResult):
@@ -132,8 +139,9 @@ class _Run:
                     await self._send(item, jobs)
                 if index % 1000 == 999:
                     await anyio.lowlevel.checkpoint()
-        await self._flush(jobs)
-        await self._check_canary()
+        if self.stop.reason is None:
+            await self._flush(jobs)
+            await self._check_canary()
 
     async def _take_screened(self, items: Iterable[Prepared], jobs: ObjectSendStream[Any]) -> None:
         assert self.screen is not None
@@ -141,6 +149,11 @@ class _Run:
         async with contextlib.aclosing(self.screen.screen(items)) as screened:
             index = 0
             async for item in screened:
+                # results the screen made before the stop (failed reads) are kept; what
+                # comes after it would only be rows left unsent
+                unsent = not isinstance(item, RowResult) or item.status is Status.NOT_ATTEMPTED
+                if unsent and self.stop.reason is not None:
+                    break
                 if isinstance(item, RowResult):
                     self.record(item)
                 else:
@@ -150,9 +163,8 @@ class _Run:
                     await anyio.lowlevel.checkpoint()
 
     async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
-        if self.control.stop_reason is not None:
-            self.record(not_attempted(request, self.control.stop_reason))
-            return
+        if self.stop.reason is not None:
+            return  # not journaled: the result file lists it as not_attempted
         if self.sender is None or self.sender.batch is None:
             await jobs.send(request)
         else:
@@ -173,7 +185,7 @@ class _Run:
         canary, sender = self.canary, self.sender
         if canary is None or canary.checked or not canary.sent or sender is None:
             return
-        if self.control.stop_reason is not None:
+        if self.stop.reason is not None:
             return  # stopping anyway: no verdict, and no reads
         await canary.wait()
         bad = await canary.check(sender.lookup.read_back, on_fatal=sender.fatal)
@@ -183,13 +195,16 @@ class _Run:
             log.info("canary_passed", rows=len(canary.sent))
             return
         log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
-        if self.control.fatal is None:
-            self.control.fatal = BatchphoneError(
-                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick; first: "
-                f"{bad[0].error_message}; the remaining rows were not sent: find the cause, "
-                "then rerun the same command to resume"
-            )
-        self.control.stop(Reason.STOPPED, hard=False)
+        # rows only: what differs names a login id and phones, and this message is logged
+        # (the result file, 0600, has the details in error_message)
+        self.stop.request(
+            Reason.STOPPED,
+            fatal=BatchphoneError(
+                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick (rows "
+                f"{_rows(bad)}: see their error_message in the result file); the remaining "
+                "rows were not sent: find the cause, then rerun the same command to resume"
+            ),
+        )
 
     # -- consumer -------------------------------------------------------------------------
     async def consume(self, result: RowResult) -> None:
@@ -206,28 +221,47 @@ class _Run:
         if self.canary is not None:
             self.canary.observe(result)
         if result.status is Status.FAILED:
-            log.info(
+            # a warning, so that --quiet still shows it; no API text, which may echo the row
+            log.warning(
                 "row_failed",
                 row=result.row,
                 reason=result.reason,
                 http_status=result.http_status,
                 error_code=result.error_code,
             )
-        if advance:
+        # a row left unsent by a stop does not move the bar: it stays where the run stopped
+        if advance and result.status is not Status.NOT_ATTEMPTED:
             self.progress.advance(result)
+
+    def record_call(self, ts: float) -> None:
+        """Journal the time an API call was answered (or given up): the limiter's seed."""
+        if self.journal_open:
+            self.journal.append_call(ts)
 
     # -- signals and housekeeping ---------------------------------------------------------
     async def watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Windows has no SIGTERM: Ctrl-C alone stops the run there
+        wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
+        with anyio.open_signal_receiver(*wanted) as signals:
             async for signum in signals:
-                hard = self.control.interrupted
-                self.control.interrupted = True
-                self.control.stop(Reason.INTERRUPTED, hard=hard)
-                log.warning(
-                    "interrupted",
-                    signal=signal.Signals(signum).name,
-                    action="cancelling calls in flight" if hard else "finishing calls in flight",
-                )
+                stop, name = self.stop, signal.Signals(signum).name
+                hard = stop.interrupted
+                in_flight = stop.in_flight
+                stop.interrupted = True
+                stop.request(Reason.INTERRUPTED, hard=hard)
+                if hard:
+                    log.warning(
+                        "interrupted",
+                        signal=name,
+                        action="cancelling calls in flight",
+                        calls_in_flight=in_flight,
+                    )
+                else:
+                    log.warning(
+                        f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them",
+                        signal=name,
+                        calls_in_flight=in_flight,
+                    )
 
     async def sync_journal(self) -> None:
         while True:
@@ -249,11 +283,16 @@ def _counts(journal: Journal, total: int) -> dict[str, int]:
     return counts
 
 
-def _exit_code(counts: dict[str, int], control: Control) -> int:
-    if control.interrupted:
+def _rows(results: list[RowResult], most: int = 5) -> str:
+    numbers = ", ".join(str(r.row) for r in results[:most])
+    return numbers + (", ..." if len(results) > most else "")
+
+
+def _exit_code(counts: dict[str, int], stop: Stop) -> int:
+    if stop.interrupted:
         return EXIT_INTERRUPTED
-    if control.fatal is not None:
-        return control.fatal.exit_code
+    if stop.fatal is not None:
+        return stop.fatal.exit_code
     ok = {status.value for status in SUCCESS_STATUSES}
     return 0 if all(status in ok for status, n in counts.items() if n) else 1
 
@@ -269,9 +308,10 @@ def _connect(
         settings,
         target,
         transport,
-        control=run.control,
+        stop=run.stop,
         progress=run.progress,
         call_times=run.journal.state.call_times,
+        on_call=run.record_call,
         batches=mode is Mode.RUN and run.job.api == "batch",
     )
     run.sender = sender
@@ -279,7 +319,7 @@ def _connect(
         run.screen = Screen(
             run.rules,
             sender.lookup,
-            stopped=lambda: run.control.stop_reason,
+            stopped=lambda: run.stop.reason,
             on_fatal=sender.fatal,
             observe=sender.trip_circuit,
         )
@@ -411,18 +451,21 @@ async def _execute_locked(
     try:
         if needs_api:
             _connect(run, settings, target, transport, mode)
-        async with anyio.create_task_group() as group:
-            if handle_signals and threading.current_thread() is threading.main_thread():
-                group.start_soon(run.watch_signals)
-            group.start_soon(run.sync_journal)
-            await _run_pool(run, mode)
-            group.cancel_scope.cancel()
+        with _one_error():
+            async with anyio.create_task_group() as group:
+                if handle_signals and threading.current_thread() is threading.main_thread():
+                    group.start_soon(run.watch_signals)
+                group.start_soon(run.sync_journal)
+                await _run_pool(run, mode)
+                group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             if run.sender is not None:
                 await run.sender.aclose()
+            run.journal_open = False
             journal.close()
-            await anyio.to_thread.run_sync(_write, job.out_path, journal, total, columns)
+            unreached = _Unreached(source, settings, journal, total, run.stop.reason)
+            await anyio.to_thread.run_sync(_write, job.out_path, journal, total, unreached, columns)
             progress.close()
     counts = _counts(journal, total)
     planned: int | None = None
@@ -438,12 +481,12 @@ async def _execute_locked(
         requests=sender.client.requests if sender is not None else 0,
         rate_limited=sender.rate_limited if sender is not None else 0,
         elapsed_s=time.monotonic() - started,
-        exit_code=_exit_code(counts, run.control),
+        exit_code=_exit_code(counts, run.stop),
         result_path=str(job.out_path),
         resumed_rows=done,
-        stopped_reason=run.control.fatal.message
-        if run.control.fatal
-        else ("interrupted" if run.control.interrupted else None),
+        stopped_reason=run.stop.fatal.message
+        if run.stop.fatal
+        else ("interrupted" if run.stop.interrupted else None),
         planned_calls=planned,
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
@@ -471,9 +514,96 @@ async def _never(request: UpdateRequest) -> RowResult:
     raise AssertionError(f"row {request.row}: a run that sends nothing got a row to send")
 
 
-def _write(out_path: Path, journal: Journal, total: int, columns: tuple[str, ...]) -> int:
+@contextlib.contextmanager
+def _one_error() -> Iterator[None]:
+    """Raise a ``BatchphoneError`` from inside the pool's task groups as itself.
+
+    The library's contract is one ``BatchphoneError`` (one line, its exit code), never an
+    ``ExceptionGroup`` around it: a damaged file met while the pool runs must read the same as
+    one met before it starts.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        errors = [exc for exc in leaves if isinstance(exc, BatchphoneError)]
+        if errors and len(errors) == len(leaves):
+            raise errors[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+class _Unreached:
+    """The rows a run never reached (no journal record): `not_attempted`, from the input.
+
+    A stop does not journal the rows it never got to one by one (300k lines for a 300k-row
+    file): the result file lists them all the same, from a second streaming read of the input
+    (memory flat), with the login id and phone as read.
+    """
+
+    def __init__(
+        self,
+        source: InputSource | UndoSource,
+        settings: Settings,
+        journal: Journal,
+        total: int,
+        reason: Reason | None,
+    ) -> None:
+        self.source = source
+        self.settings = settings
+        # 1 byte per row: which rows have a record
+        self.codes = bytes(journal.state.statuses[1 : total + 1]).ljust(total, b"\0")
+        self.reason = (reason or Reason.INTERRUPTED).value
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if b"\0" not in self.codes:
+            return
+        codes, stamp = self.codes, now_iso()
+        try:
+            for row, login_id, phone_input in self._rows():
+                if row <= len(codes) and not codes[row - 1]:
+                    yield {
+                        "row": row,
+                        "loginId": login_id,
+                        "phone_input": phone_input,
+                        "status": Status.NOT_ATTEMPTED.value,
+                        "reason": self.reason,
+                        "attempts": 0,
+                        "finished_at": stamp,
+                    }
+        except BatchphoneError:
+            # the input cannot be read past some row (the error that stopped the run says so):
+            # the result lists every row up to there
+            return
+
+    def _rows(self) -> Iterator[tuple[int, str | None, str | None]]:
+        limit = self.settings.limit
+        if isinstance(self.source, UndoSource):
+            prepared = self.source.prepared(allow_remove=self.settings.allow_remove, limit=limit)
+            for batch in prepared:
+                for item in batch:
+                    yield item.row, item.login_id, item.phone_input
+            return
+        for rows in self.source.batches(batch_size=BATCH_ROWS, limit=limit):
+            for input_row in rows:
+                yield input_row.row, input_row.login_id, input_row.phone_raw
+
+
+def _write(
+    out_path: Path,
+    journal: Journal,
+    total: int,
+    unreached: Iterable[dict[str, Any]],
+    columns: tuple[str, ...],
+) -> int:
     records = (r for r in iter_records(journal.path) if r["row"] <= total)
-    written: int = write_results(records, out_path, columns=columns)
+    written: int = write_results(itertools.chain(records, unreached), out_path, columns=columns)
     return written
 
 

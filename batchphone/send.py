@@ -3,9 +3,10 @@
 The pool's workers call ``Sender.process`` (one ``update/phone`` call per row) or
 ``Sender.process_batch`` (``--api batch``); the screen and the canary read through
 ``Sender.lookup``. All of them share one limiter, so reads and updates spend one budget, and
-one ``Control``, so that
+one ``Stop`` token, so that
 
-* nothing new is sent once the run is stopping (Ctrl-C, a fatal answer, the circuit, a canary);
+* nothing new is sent once the run is stopping (Ctrl-C, a fatal answer, the circuit, a canary),
+  and a wait for a slot or a 429 pause ends at the stop;
 * a 401/403 stops the run at once and cancels the calls in flight (a second Ctrl-C too);
 * a 429 pauses every caller of the limiter and lowers the budget for the rest of the run;
 * the circuit breaker stops the run when too many of the last calls failed.
@@ -15,25 +16,25 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import anyio
 import httpx
 import structlog
 
 from batchphone.batch import BatchSender
 from batchphone.client import DescopeClient
 from batchphone.config import Settings
-from batchphone.errors import BatchphoneError, FatalRemoteError
+from batchphone.errors import FatalRemoteError
 from batchphone.lookup import Lookup
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import result_for, user_fields
 from batchphone.progress import Progress
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy, call_with_retry
+from batchphone.stop import Stop, Stopped
 
-__all__ = ["Control", "Sender", "not_attempted"]
+__all__ = ["Sender", "not_attempted"]
 
 _CIRCUIT_WINDOW = 100
 _CIRCUIT_MIN_CALLS = 20
@@ -41,27 +42,6 @@ _CIRCUIT_MIN_CALLS = 20
 _SLOW_DOWN = 0.9
 
 log = structlog.get_logger("batchphone")
-
-
-@dataclass(slots=True)
-class Control:
-    """Shared stop state: set by signals, fatal answers, the circuit breaker and the canary."""
-
-    stop_reason: Reason | None = None
-    fatal: BatchphoneError | None = None
-    interrupted: bool = False
-    inflight: set[anyio.CancelScope] = field(default_factory=set)
-    recent_failures: collections.deque[bool] = field(
-        default_factory=lambda: collections.deque(maxlen=_CIRCUIT_WINDOW)
-    )
-
-    def stop(self, reason: Reason, *, hard: bool) -> None:
-        """Send nothing new from now on; ``hard`` also cancels the calls in flight."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if hard:
-            for scope in list(self.inflight):
-                scope.cancel()
 
 
 def not_attempted(request: UpdateRequest, reason: Reason, **fields_: Any) -> RowResult:
@@ -88,14 +68,17 @@ class Sender:
         target: dict[str, Any],
         transport: httpx.AsyncBaseTransport | None,
         *,
-        control: Control,
+        stop: Stop,
         progress: Progress,
         call_times: list[float],
+        on_call: Callable[[float], None] | None = None,
         batches: bool = False,
     ) -> None:
         self.settings = settings
-        self.control = control
+        self.stop = stop
         self.progress = progress
+        self.on_call = on_call
+        self._recent_failures: collections.deque[bool] = collections.deque(maxlen=_CIRCUIT_WINDOW)
         self.client = DescopeClient(
             project_id=target["project_id"],
             management_key=target["management_key"],
@@ -120,7 +103,8 @@ class Sender:
             self.limiter,
             self.policy,
             on_rate_limited=self.on_rate_limited,
-            inflight=control.inflight,
+            stop=stop,
+            on_call=on_call,
         )
         self.batch: BatchSender | None = None
         if batches:
@@ -129,30 +113,39 @@ class Sender:
                 self.limiter,
                 self.policy,
                 send_one=self.process,
-                stopped=lambda: control.stop_reason,
+                stopped=lambda: stop.reason,
                 observe=self.trip_circuit,
                 on_rate_limited=self.on_rate_limited,
+                stop=stop,
+                on_call=on_call,
             )
         self._rate_limited = 0
         self._paused_until = 0.0
 
     @property
     def rate_limited(self) -> int:
-        """429 answers met by updates, reads and batches."""
-        parts = (self.lookup, self.batch)
-        return self._rate_limited + sum(p.rate_limited for p in parts if p is not None)
+        """429 answers met by updates, reads, batches and the license handshake.
+
+        Counted as they arrive, so a 429 whose row the stop then left unsent counts too.
+        """
+        return self._rate_limited
 
     async def fetch_license(self) -> None:
-        """The license handshake; a 401/403 here stops the run before any row is sent."""
-        # the handshake is a call in flight like any other: a second Ctrl-C must cancel it
-        with anyio.CancelScope() as scope:
-            self.control.inflight.add(scope)
-            try:
-                await self.client.fetch_license()
-            except FatalRemoteError as exc:
-                self.fatal(exc)
-            finally:
-                self.control.inflight.discard(scope)
+        """The license handshake, through the limiter like every call (a 429 pauses the pool);
+        a 401/403 here stops the run before any row is sent."""
+        try:
+            await call_with_retry(
+                self.client.fetch_license,
+                limiter=self.limiter,
+                policy=self.policy,
+                on_rate_limited=self.on_rate_limited,
+                stop=self.stop,
+                on_call=self.on_call,
+            )
+        except FatalRemoteError as exc:
+            self.fatal(exc)
+        except Stopped:
+            return
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -161,43 +154,30 @@ class Sender:
     # -- workers --------------------------------------------------------------------------
     async def process(self, request: UpdateRequest) -> RowResult:
         """Send one row (``update/phone``, retried) and return its result."""
-        if self.control.stop_reason is not None:
-            return not_attempted(request, self.control.stop_reason)
-        with anyio.CancelScope() as scope:
-            self.control.inflight.add(scope)
-            try:
-                result = await self._send_one(request)
-            except FatalRemoteError as exc:
-                self.fatal(exc)
-                return _unauthorized(request, exc)
-            finally:
-                self.control.inflight.discard(scope)
-        if scope.cancelled_caught:
-            return not_attempted(request, self.control.stop_reason or Reason.INTERRUPTED)
+        try:
+            result = await self._send_one(request)
+        except FatalRemoteError as exc:
+            self.fatal(exc)
+            return _unauthorized(request, exc)
+        except Stopped as stopped:
+            return not_attempted(request, stopped.reason)
         self.trip_circuit(result)
         return result
 
     async def process_batch(self, requests: list[UpdateRequest]) -> list[RowResult]:
         """``--api batch``: one patch call for the batch (see ``batch.BatchSender``)."""
         assert self.batch is not None
-        if self.control.stop_reason is not None:
-            return [not_attempted(r, self.control.stop_reason) for r in requests]
-        with anyio.CancelScope() as scope:
-            self.control.inflight.add(scope)
-            try:
-                return await self.batch.send(requests)
-            except FatalRemoteError as exc:
-                self.fatal(exc)
-                return [_unauthorized(r, exc) for r in requests]
-            finally:
-                self.control.inflight.discard(scope)
-        return [not_attempted(r, self.control.stop_reason or Reason.INTERRUPTED) for r in requests]
+        try:
+            return await self.batch.send(requests)
+        except FatalRemoteError as exc:
+            self.fatal(exc)
+            return [_unauthorized(r, exc) for r in requests]
+        except Stopped as stopped:
+            return [not_attempted(r, stopped.reason) for r in requests]
 
     def fatal(self, exc: FatalRemoteError) -> None:
         """No later call can succeed: stop the run and cancel the calls in flight."""
-        if self.control.fatal is None:
-            self.control.fatal = exc
-        self.control.stop(Reason.UNAUTHORIZED, hard=True)
+        self.stop.request(Reason.UNAUTHORIZED, hard=True, fatal=exc)
 
     async def _send_one(self, request: UpdateRequest) -> RowResult:
         """One ``update/phone`` call with retries, as a result (``FatalRemoteError`` raises)."""
@@ -206,8 +186,9 @@ class Sender:
             limiter=self.limiter,
             policy=self.policy,
             on_rate_limited=self.on_rate_limited,
+            stop=self.stop,
+            on_call=self.on_call,
         )
-        self._rate_limited += attempted.rate_limited
         if attempted.value is None:
             error = attempted.error
             return result_for(
@@ -233,6 +214,7 @@ class Sender:
 
     def on_rate_limited(self, retry_after: float) -> None:
         """A 429 arrived (the limiter is paused already): slow down once per block."""
+        self._rate_limited += 1
         now = time.monotonic()
         if now >= self._paused_until:  # a new block, not one more answer from the same one
             calls = self.limiter.slow_down(_SLOW_DOWN)
@@ -242,18 +224,21 @@ class Sender:
 
     def trip_circuit(self, result: RowResult) -> None:
         """Count ``result`` in the circuit breaker; stop the run when too many calls fail."""
-        failures = self.control.recent_failures
+        failures = self._recent_failures
         failures.append(result.status is Status.FAILED)
-        if len(failures) < _CIRCUIT_MIN_CALLS or self.control.fatal is not None:
+        if len(failures) < _CIRCUIT_MIN_CALLS or self.stop.fatal is not None:
             return
         rate = sum(failures) / len(failures)
         if rate > self.settings.max_error_rate:
-            self.control.fatal = FatalRemoteError(
-                f"stopped: {sum(failures)} of the last {len(failures)} calls failed "
-                f"(last: {result.error_code or result.http_status or result.reason}: "
-                f"{result.error_message}); fix the cause, then rerun to resume",
-                http_status=result.http_status,
-                error_code=result.error_code,
+            # no API text here: it may echo a login id or a phone, and this message is logged
+            last = result.error_code or result.http_status or result.reason
+            self.stop.request(
+                Reason.CIRCUIT_OPEN,
+                fatal=FatalRemoteError(
+                    f"stopped: {sum(failures)} of the last {len(failures)} calls failed "
+                    f"(last: {last}, row {result.row}); fix the cause, then rerun to resume",
+                    http_status=result.http_status,
+                    error_code=result.error_code,
+                ),
             )
             log.error("circuit_open", failed=sum(failures), calls=len(failures))
-            self.control.stop(Reason.CIRCUIT_OPEN, hard=False)

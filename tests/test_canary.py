@@ -66,9 +66,9 @@ async def test_a_silently_ignored_update_stops_the_run_with_exit_1(tmp_path: Pat
     assert [got[i] for i in (1, 2, 3)] == [("failed", "CANARY_MISMATCH")] * 3
     assert {got[i] for i in range(4, 21)} == {("not_attempted", "STOPPED")}
     assert summary.stopped_reason == (
-        "canary: 3 of 3 updates did not stick; first: row 1 (user0@example.com): sent phone "
-        "+14156660000 verified true, read back phone +14155550000 verifiedPhone true; the "
-        "remaining rows were not sent: find the cause, then rerun the same command to resume"
+        "canary: 3 of 3 updates did not stick (rows 1, 2, 3: see their error_message in the "
+        "result file); the remaining rows were not sent: find the cause, then rerun the same "
+        "command to resume"
     )
     first = read(out)[0]
     assert first["attempts"] == "1" and '"phone":"+14155550000"' in first["user"]
@@ -158,7 +158,7 @@ def served() -> Iterator[tuple[Emulator, str]]:
         yield emulator, base_url
 
 
-def test_the_command_shows_the_first_mismatch(
+def test_the_command_names_the_mismatched_rows_only(
     served: tuple[Emulator, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
@@ -175,9 +175,8 @@ def test_the_command_shows_the_first_mismatch(
         catch_exceptions=False,
     )
     assert result.exit_code == 1
-    assert (
-        "  stopped: canary: 2 of 2 updates did not stick; first: row 1 (user0@example.com): "
-        "sent phone +14156660000 verified true, read back phone +14155550000"
-    ) in result.stderr
+    # which rows, not what they hold: stderr ends up in cron mail (the result file has it)
+    assert "  stopped: canary: 2 of 2 updates did not stick (rows 1, 2: " in result.stderr
+    assert "user0@example.com" not in result.stderr and "+1415666" not in result.stderr
     assert "canary_failed" in result.stderr
     assert calls(emulator, UPDATE) == 2 and KEY not in result.stderr

@@ -159,7 +159,6 @@ async def test_the_license_tier_is_sent_on_every_later_call() -> None:
     [
         answer(404, error_body("E000000", "Not found")),
         answer(500, "<html>oops</html>"),
-        answer(429, error_body("E130429", "Rate limit"), headers={"Retry-After": "60"}),
         answer(200, {"rateLimitTier": "tier1\r\nX-Evil: 1"}),
         answer(200, "not json"),
     ],
@@ -168,6 +167,15 @@ async def test_a_failing_license_call_is_not_fatal(handler: Handler) -> None:
     async with client_for(handler) as client:
         assert await client.fetch_license() is None
         assert client.license is None
+
+
+async def test_a_rate_limited_license_call_raises_for_the_limiter() -> None:
+    handler = answer(429, error_body("E130429", "Rate limit"), headers={"Retry-After": "60"})
+    async with client_for(handler) as client:
+        with pytest.raises(RateLimitedError) as caught:
+            await client.fetch_license()
+    assert caught.value.retry_after == 60
+    assert client.rate_limited == 1
 
 
 async def test_a_license_timeout_is_not_fatal() -> None:

@@ -17,6 +17,7 @@ from batchphone.lookup import PAGE, Lookup, LookupFailed
 from batchphone.models import Reason, Status
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
+from batchphone.stop import Stop
 from tests.emulated import KEY, LOAD, PROJECT, SEARCH, Spy, json_answer, make_emulator, phone_users
 
 pytestmark = pytest.mark.anyio
@@ -207,7 +208,7 @@ async def test_read_back_returns_the_user_or_none() -> None:
 
 
 async def test_a_cancelled_read_leaves_its_rows_unjudged() -> None:
-    """A second Ctrl-C cancels every scope in ``inflight``: reads included."""
+    """A hard stop (a second Ctrl-C) cancels the calls on the wire: reads included."""
     emulator = make_emulator(phone_users(1))
     started = anyio.Event()
 
@@ -216,9 +217,9 @@ async def test_a_cancelled_read_leaves_its_rows_unjudged() -> None:
         await anyio.sleep_forever()
         return None
 
-    inflight: set[anyio.CancelScope] = set()
+    stop = Stop()
     outcome: list[LookupFailed] = []
-    async with lookup_over(Spy(emulator, hang), inflight=inflight) as lookup:
+    async with lookup_over(Spy(emulator, hang), stop=stop) as lookup:
 
         async def read() -> None:
             try:
@@ -229,8 +230,7 @@ async def test_a_cancelled_read_leaves_its_rows_unjudged() -> None:
         async with anyio.create_task_group() as group:
             group.start_soon(read)
             await started.wait()
-            assert len(inflight) == 1
-            for scope in list(inflight):
-                scope.cancel()
+            assert stop.in_flight == 1
+            stop.request(Reason.INTERRUPTED, hard=True)
     assert len(outcome) == 1 and outcome[0].fields is None
-    assert not inflight
+    assert stop.in_flight == 0

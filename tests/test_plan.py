@@ -22,7 +22,8 @@ from batchphone.models import (
 )
 from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.progress import NullProgress
-from batchphone.send import Control, Sender
+from batchphone.send import Sender
+from batchphone.stop import Stop
 from tests.emulated import (
     KEY,
     PATCH_BATCH,
@@ -177,12 +178,12 @@ def test_budget_seconds_counts_whole_windows() -> None:
 
 async def test_the_screen_leaves_every_request_unsent_when_the_run_stops() -> None:
     emulator = make_emulator([])
-    control = Control()
+    stop = Stop()
     sender = Sender(
         settings(),
         {"project_id": PROJECT, "base_url": "http://emulator.invalid", "management_key": KEY},
         emulator.transport(),
-        control=control,
+        stop=stop,
         progress=NullProgress(),
         call_times=[],
     )

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -70,6 +70,17 @@ def start(source: Path, out: Path, base_url: str, *extra: str) -> subprocess.Pop
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def requests_to(emulator: Emulator, path: str) -> int:
+    return sum(n for (p, _), n in emulator.stats(PROJECT).requests.items() if p == path)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def updates(emulator: Emulator) -> dict[str, int]:
@@ -161,3 +172,47 @@ def test_second_sigint_cancels_calls_in_flight(source: Path, tmp_path: Path) -> 
     assert rows.height == ROWS
     assert set(rows["status"]) == {"not_attempted"}
     assert set(rows["reason"]) == {"INTERRUPTED"}
+
+
+def test_sigterm_during_a_429_pause_exits_at_once(source: Path, tmp_path: Path) -> None:
+    users = [{"loginId": f"user{i}@example.com"} for i in range(ROWS)]
+    emulator = Emulator(
+        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users)]
+    )
+    emulator.block(PROJECT, 60.0)  # every call answers 429 for a minute, the license's too
+    with ServerThread(emulator, port=0) as base_url:
+        out = tmp_path / "results.csv"
+        process = start(source, out, base_url, "--log-format", "json")
+        wait_for(lambda: requests_to(emulator, "/v1/mgmt/license") > 0)  # the pause has begun
+        time.sleep(0.5)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - signalled
+    assert process.returncode == 130, stderr
+    assert took < 2.0, stderr  # no call was in flight: the pause does not hold the exit
+    assert "stopping: 0 calls in flight; Ctrl-C again to cancel them" in stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert rows.height == ROWS and set(rows["status"]) == {"not_attempted"}
+    assert rows["loginId"].to_list() == [f"user{i}@example.com" for i in range(ROWS)]
+
+
+def test_nothing_waiting_for_a_slot_is_sent_after_ctrl_c(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    emulator, base_url = served
+    out = tmp_path / "results.csv"
+    # 2 calls per 5 s: the license and one update, then 8 workers wait for the next window
+    process = start(source, out, base_url, "--rate", "2/5", "--concurrency", "8", "--no-lookup")
+    wait_for(lambda: sum(updates(emulator).values()) > 0)
+    time.sleep(0.5)  # the workers now wait for the next window
+    sent = sum(updates(emulator).values())
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - signalled < 2.0, stderr
+    assert process.returncode == 130, stderr
+    assert sent == 1 and sum(updates(emulator).values()) == sent
+    journal = out.with_name(out.name + ".journal").read_bytes().splitlines()
+    # the header, the call times, the rows taken from the queue (at most 3 x 8): not 1,200
+    assert len(journal) < 40

@@ -4,20 +4,39 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import polars as pl
 import pytest
+import structlog
 
 from batchphone.config import Secret
 from batchphone.emulator import Emulator, Faults, load_users
-from batchphone.journal import iter_records, journal_path
-from batchphone.models import RESULT_COLUMNS, Summary
+from batchphone.errors import InputError
+from batchphone.journal import Journal, iter_records, journal_path
+from batchphone.models import RESULT_COLUMNS, RowResult, Summary
 from batchphone.runner import Job, execute
-from tests.emulated import KEY, PROJECT, UPDATE, make_emulator, settings
+from tests.emulated import (
+    KEY,
+    LICENSE,
+    PATCH_BATCH,
+    PROJECT,
+    UPDATE,
+    Spy,
+    calls,
+    json_answer,
+    make_emulator,
+    new_phones,
+    phone_users,
+    run_job,
+    settings,
+    write_input,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -301,3 +320,243 @@ async def test_faults_are_retried_until_every_row_is_updated(tmp_path: Path) -> 
     assert summary.counts == {"updated": 60} and len(rows) == 60
     assert any(int(r["attempts"]) > 1 for r in rows)
     assert len(list(iter_records(journal_path(out)))) == 60
+
+
+# -- stopping: nothing is sent after a stop, and the result still lists every row -------------
+
+
+class Counting:
+    """Progress that counts the rows it was told are final."""
+
+    def __init__(self) -> None:
+        self.advanced = 0
+        self.total = 0
+
+    def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
+        self.total = total
+
+    def advance(self, result: RowResult) -> None:
+        self.advanced += 1
+
+    def paused(self, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def interrupt_on_update(emulator: Emulator, nth: int, answer: httpx.Response | None = None) -> Spy:
+    """A transport that sends this process SIGINT while the ``nth`` update is on the wire."""
+    seen = {"updates": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == UPDATE:
+            seen["updates"] += 1
+            if seen["updates"] == nth:
+                os.kill(os.getpid(), signal.SIGINT)
+                return answer
+        return None
+
+    return Spy(emulator, handler)
+
+
+async def execute_with_signals(
+    job: Job, transport: httpx.AsyncBaseTransport, progress: Any = None, **overrides: Any
+) -> Summary:
+    return await execute(
+        job, settings(**overrides), transport=transport, progress=progress, handle_signals=True
+    )
+
+
+async def test_rows_never_reached_are_not_journaled_but_listed(tmp_path: Path) -> None:
+    rows = new_phones(3000)
+    emulator = make_emulator(phone_users(3000))
+    source = write_input(tmp_path / "in.csv", rows)
+    out = tmp_path / "r.csv"
+    progress = Counting()
+    summary = await execute_with_signals(
+        Job(command="run", input_path=source, out_path=out),
+        interrupt_on_update(emulator, 3),
+        progress,
+        concurrency=2,
+    )
+    assert summary.exit_code == 130
+    journaled = [r for r in iter_records(journal_path(out))]
+    assert len(journaled) < 20  # the rows sent, and the few taken from the queue
+    result = read(out)
+    assert [int(r["row"]) for r in result] == list(range(1, 3001))
+    unsent = [r for r in result if r["status"] == "not_attempted"]
+    assert len(unsent) > 2970 and {r["reason"] for r in unsent} == {"INTERRUPTED"}
+    last = unsent[-1]
+    assert (last["loginId"], last["phone_input"]) == rows[-1]  # from the input, read again
+    # the bar stays where the run stopped: unsent rows do not move it
+    assert progress.advanced == summary.counts.get("updated", 0) < 20
+    assert calls(emulator, UPDATE) == summary.counts["updated"]
+
+
+async def test_rows_waiting_for_a_slot_are_not_sent_after_a_stop(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(40))
+    source = write_input(tmp_path / "in.csv", new_phones(40))
+    out = tmp_path / "r.csv"
+    started = time.monotonic()
+    # 2 calls per 5 s: the license and the first update; 7 workers then wait for a slot
+    summary = await execute_with_signals(
+        Job(command="run", input_path=source, out_path=out),
+        interrupt_on_update(emulator, 1),
+        concurrency=8,
+        rate_calls=2,
+        rate_period=5.0,
+        no_lookup=True,  # the budget holds the license and one update: no reads
+    )
+    assert time.monotonic() - started < 2.0
+    assert calls(emulator, UPDATE) == 1
+    assert summary.exit_code == 130 and summary.counts == {"updated": 1, "not_attempted": 39}
+
+
+async def test_a_stop_during_a_429_pause_ends_the_run_at_once(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(40))
+    source = write_input(tmp_path / "in.csv", new_phones(40))
+    out = tmp_path / "r.csv"
+    blocked = json_answer(429, {"errorCode": "E130429", "errorMessage": "rate limited"})
+    blocked.headers["Retry-After"] = "60"
+    started = time.monotonic()
+    summary = await execute_with_signals(
+        Job(command="run", input_path=source, out_path=out),
+        interrupt_on_update(emulator, 2, answer=blocked),
+        concurrency=1,
+    )
+    assert time.monotonic() - started < 2.0
+    assert summary.exit_code == 130 and summary.rate_limited == 1
+    assert summary.counts == {"updated": 1, "not_attempted": 39}
+
+
+async def test_a_run_without_sigterm_still_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(signal, "SIGTERM")  # as on Windows
+    emulator = make_emulator(phone_users(5))
+    source = write_input(tmp_path / "in.csv", new_phones(5))
+    summary = await execute_with_signals(
+        Job(command="run", input_path=source, out_path=tmp_path / "r.csv"), emulator.transport()
+    )
+    assert summary.exit_code == 0 and summary.counts == {"updated": 5}
+
+
+# -- every call is in the budget, and remembered ----------------------------------------------
+
+
+async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    emulator = make_emulator(phone_users(150))
+    failing = {"left": 2}
+
+    async def flaky(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == UPDATE and failing["left"]:
+            failing["left"] -= 1
+            return json_answer(503, {"errorCode": "E000503", "errorMessage": "down"})
+        return None
+
+    spy = Spy(emulator, flaky)
+    source = write_input(tmp_path / "in.csv", new_phones(150))
+    out = tmp_path / "r.csv"
+    summary = await execute(
+        Job(command="run", input_path=source, out_path=out, skip_unchanged=True),
+        settings(),
+        transport=spy,
+    )
+    assert summary.counts == {"updated": 150}
+    made = sum(len(bodies) for bodies in spy.bodies.values())  # reads, retries, license
+    lines = journal_path(out).read_bytes().splitlines()
+    assert sum(1 for line in lines if line.startswith(b'{"call":')) == made == summary.requests
+    state = Journal.open(out, json.loads(lines[0])["identity"]).state
+    assert len(state.call_times) == made  # not only the 150 update rows
+
+
+async def test_a_429_on_the_license_pauses_the_pool_and_counts(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(3))
+    times: dict[str, list[float]] = {}
+
+    async def license_blocked(request: httpx.Request) -> httpx.Response | None:
+        times.setdefault(request.url.path, []).append(time.monotonic())
+        if request.url.path == LICENSE and len(times[LICENSE]) == 1:
+            answer = json_answer(429, {"errorCode": "E130429", "errorMessage": "rate limited"})
+            answer.headers["Retry-After"] = "0.3"
+            return answer
+        return None
+
+    source = write_input(tmp_path / "in.csv", new_phones(3))
+    summary = await run(emulator, source, tmp_path / "r.csv", Spy(emulator, license_blocked))
+    assert summary.counts == {"updated": 3} and summary.rate_limited == 1
+    assert len(times[LICENSE]) == 2
+    assert min(times[UPDATE]) - times[LICENSE][0] >= 0.25  # the pool waited out the pause
+
+
+# -- logs carry no personal data ---------------------------------------------------------------
+
+
+def personal(events: list[dict[str, Any]], rows: list[tuple[str, str]]) -> list[str]:
+    """Every login id or phone (as sent, or in the emulator's users) found in ``events``."""
+    text = json.dumps(events, default=str)
+    words = [login for login, _ in rows] + [phone for _, phone in rows]
+    words += [f"+1415555{i:04d}" for i in range(len(rows))]
+    return [word for word in words if word in text]
+
+
+async def test_logs_carry_no_login_id_or_phone(tmp_path: Path) -> None:
+    rows = new_phones(30)
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 30)
+
+    async def echoing(request: httpx.Request) -> httpx.Response | None:
+        # the API's text echoes what it was sent: none of it may reach a log line
+        body = json.loads(request.content) if request.content else {}
+        if request.url.path in (UPDATE, PATCH_BATCH):
+            return json_answer(400, {"errorCode": "E011002", "errorMessage": json.dumps(body)})
+        return None
+
+    with structlog.testing.capture_logs() as events:
+        canary = make_emulator(phone_users(30))
+        canary.set_faults(Faults(ignore_update=1.0))  # a canary mismatch
+        first = await run_job(canary, "run", source, tmp_path / "a.csv", job={"canary": 3})
+        broken = make_emulator(phone_users(30))
+        circuit = await run_job(  # rejected rows, then the circuit opens
+            broken, "run", source, tmp_path / "b.csv", transport=Spy(broken, echoing)
+        )
+        batches = make_emulator(phone_users(30))
+        batch = await run_job(  # a batch failing as a whole, then each row on its own
+            batches,
+            "run",
+            source,
+            tmp_path / "c.csv",
+            transport=Spy(batches, echoing),
+            job={"api": "batch"},
+        )
+    assert first.counts["failed"] == 3 and first.stopped_reason is not None
+    assert circuit.exit_code == 3 and batch.counts.get("updated", 0) == 0
+    assert {"canary_failed", "circuit_open", "batch_failed", "row_failed"} <= {
+        e["event"] for e in events
+    }
+    assert all(e["log_level"] == "warning" for e in events if e["event"] == "row_failed")
+    assert personal(events, rows) == []
+    assert "user0@example.com" in (tmp_path / "b.csv").read_text()  # the result file has it
+
+
+# -- errors inside the pool keep their contract --------------------------------------------------
+
+
+async def test_a_damaged_results_file_met_by_the_pool_raises_one_input_error(
+    tmp_path: Path,
+) -> None:
+    results = tmp_path / "results.csv"
+    lines = ["row,loginId,phone_input,phone,status,phone_before,verified_before"]
+    lines += [
+        f"{i},user{i}@example.com,+14156660000,+1415666{i:04d},updated,+1415555{i:04d},true"
+        for i in range(1, 12001)
+    ]
+    data = ("\n".join(lines) + "\n").encode()
+    damage = data.index(b"user8000@")
+    results.write_bytes(data[:damage] + b"\xff\xfe" + data[damage:])  # not UTF-8 at row 8000
+    emulator = make_emulator(phone_users(10), rate_limit=100_000, rate_window=1.0)
+    with pytest.raises(InputError) as caught:
+        await run(emulator, results, tmp_path / "undo.csv", command="undo")
+    assert "cannot be read" in caught.value.message
