@@ -63,7 +63,8 @@ class Settings:
     allow_remove: bool = False
     rate_calls: int = 500
     rate_period: float = 60.0
-    rate_margin: float = 0.02
+    #: clock skew against the server, as a fraction of the period (ratelimit.DEFAULT_MARGIN)
+    rate_margin: float = 0.0005
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
@@ -126,6 +127,13 @@ def _fraction(value: Any) -> float:
     return number
 
 
+def _margin(value: Any) -> float:
+    number = float(value)
+    if not 0 <= number < 1:
+        raise ValueError("expected a fraction in [0, 1)")
+    return number
+
+
 def _region(value: Any) -> str:
     from batchphone.normalize import check_region  # phonenumbers is heavy: only when used
 
@@ -174,7 +182,7 @@ _SPECS: dict[str, _Spec] = {
     "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
-    "rate_margin": _Spec(_fraction, "BATCHPHONE_RATE_MARGIN"),
+    "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
     "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
     "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),

@@ -80,7 +80,8 @@ async def call_with_retry(
 ) -> Attempted[T]:
     """Run ``call`` under ``limiter`` until it returns, or ``policy`` gives up.
 
-    - Every attempt first waits for the limiter.
+    - Every attempt holds a limiter slot from before it starts until its answer arrives (or
+      it is given up: an error, a timeout, cancellation); the slot frees one window later.
     - ``RateLimitedError``: pause the limiter (every worker sharing it waits) for its
       ``retry_after`` (or ``policy.default_retry_after`` when it is not positive), report it to
       ``on_rate_limited``, and send again without counting an attempt.
@@ -92,9 +93,10 @@ async def call_with_retry(
     attempts = 0
     rate_limited = 0
     while True:
-        await limiter.acquire()
         try:
-            value = await call()
+            # the slot is held until the answer (or the give-up) and frees one window later
+            async with limiter.slot():
+                value = await call()
         except RateLimitedError as exc:
             rate_limited += 1
             retry_after = exc.retry_after if exc.retry_after > 0 else policy.default_retry_after
