@@ -214,6 +214,8 @@ class EmulatorProcess:
         rate: str = "1000000000/1",
         penalty: float = 1.0,
         latency: float = 0.0,
+        arrival_jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self._key = key
         self._args = [
@@ -235,6 +237,10 @@ class EmulatorProcess:
             str(penalty),
             "--latency",
             str(latency),
+            "--arrival-jitter",
+            str(arrival_jitter),
+            "--seed",
+            str(seed),
         ]
         self._proc: subprocess.Popen[str] | None = None
         self.base_url = ""
