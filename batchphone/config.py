@@ -65,6 +65,8 @@ class Settings:
     rate_period: float = 60.0
     #: clock skew against the server, as a fraction of the period (ratelimit.DEFAULT_MARGIN)
     rate_margin: float = 0.0005
+    #: where runs on one project share its budget: "file", "none" or "redis://host:port/db"
+    budget_store: str = "file"
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
@@ -134,6 +136,15 @@ def _margin(value: Any) -> float:
     return number
 
 
+def _budget_store(value: Any) -> str:
+    text = _text(value)
+    if text.lower() in ("file", "none"):
+        return text.lower()
+    if not re.match(r"^(rediss?|unix)://", text):
+        raise ValueError("expected file, none or redis://host:port/db")
+    return text
+
+
 def _region(value: Any) -> str:
     from batchphone.normalize import check_region  # phonenumbers is heavy: only when used
 
@@ -183,6 +194,7 @@ _SPECS: dict[str, _Spec] = {
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
     "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
+    "budget_store": _Spec(_budget_store, "BATCHPHONE_BUDGET_STORE"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
     "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
     "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),
