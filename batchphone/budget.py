@@ -240,7 +240,8 @@ class FileBudget:
 
     def _update(self, change: Callable[[_State, float], T]) -> T:
         try:
-            with self._lock:
+            # filelock polls a held lock every 50 ms by default: a slot would wait that long
+            with self._lock.acquire(poll_interval=0.001):
                 try:
                     state: _State = json.loads(self.path.read_bytes())
                 except FileNotFoundError:

@@ -1,4 +1,4 @@
-"""Scenarios 1-6 (issue 5; 7 is ``bench.batch_mode``), each a function of a :class:`Bench`.
+"""Scenarios 1-6 (issue 5), 7 (``bench.batch_mode``), 8-9 (``bench.shared_budget``).
 
 API scenarios start a fresh emulator per measurement (no budget window, block or request log
 leaks between tools); baselines get batchphone's inputs, concurrency and emulator settings.
@@ -17,6 +17,7 @@ from bench.batch_mode import batch_vs_per_row
 from bench.context import NO_LIMIT, Bench
 from bench.harness import ApiLog, measure
 from bench.report import Row
+from bench.shared_budget import jitter, shared
 
 __all__ = ["SCENARIOS"]
 
@@ -397,4 +398,6 @@ SCENARIOS = {
     "memory": memory,
     "startup": startup,
     "batch": batch_vs_per_row,
+    "jitter": jitter,
+    "shared": shared,
 }
