@@ -29,7 +29,6 @@ Redis client are libraries. A Redis URL may carry a password: it is never put in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import orjson
 import structlog
 from filelock import FileLock
 
@@ -243,7 +243,7 @@ class FileBudget:
             # filelock polls a held lock every 50 ms by default: a slot would wait that long
             with self._lock.acquire(poll_interval=0.001):
                 try:
-                    state: _State = json.loads(self.path.read_bytes())
+                    state: _State = orjson.loads(self.path.read_bytes())
                 except FileNotFoundError:
                     state = {}
                 except ValueError:  # not ours, or damaged: start again (logged, no data in it)
@@ -252,8 +252,8 @@ class FileBudget:
                 result = change(state, self._clock())
                 temporary = self.path.with_name(f"{self.path.name}.{self.run}.tmp")
                 descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                    json.dump(state, handle, separators=(",", ":"))
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(orjson.dumps(state))
                 # a killed writer leaves the old file whole, never half of the new one
                 os.replace(temporary, self.path)
                 return result
