@@ -105,6 +105,11 @@ _API_OPTIONS = [
     ),
     click.option("--management-key", hidden=True, help="Refused: the key would show in ps."),
     click.option("--rate", help="Budget as N/SECONDS (default 500/60)."),
+    click.option(
+        "--budget-store",
+        help="Where runs on one project share its budget: file (default), none, "
+        "or redis://host:6379/0 for several machines.",
+    ),
     click.option("--concurrency", type=int, help="Calls in flight at once (default 8)."),
     click.option("--timeout", type=float, help="Seconds to wait for one answer (default 30)."),
     click.option("--max-attempts", type=int, help="Attempts per row on 5xx/timeouts (default 5)."),

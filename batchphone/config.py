@@ -65,7 +65,10 @@ class Settings:
     no_lookup: bool = False
     rate_calls: int = 500
     rate_period: float = 60.0
-    rate_margin: float = 0.02
+    #: clock skew against the server, as a fraction of the period (ratelimit.DEFAULT_MARGIN)
+    rate_margin: float = 0.0005
+    #: where runs on one project share its budget: "file", "none" or "redis://host:port/db"
+    budget_store: str = "file"
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
@@ -130,6 +133,22 @@ def _fraction(value: Any) -> float:
     if not 0 < number <= 1:
         raise ValueError("expected a fraction in (0, 1]")
     return number
+
+
+def _margin(value: Any) -> float:
+    number = float(value)
+    if not 0 <= number < 1:
+        raise ValueError("expected a fraction in [0, 1)")
+    return number
+
+
+def _budget_store(value: Any) -> str:
+    text = _text(value)
+    if text.lower() in ("file", "none"):
+        return text.lower()
+    if not re.match(r"^(rediss?|unix)://", text):
+        raise ValueError("expected file, none or redis://host:port/db")
+    return text
 
 
 def _region(value: Any) -> str:
@@ -197,7 +216,8 @@ _SPECS: dict[str, _Spec] = {
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
     "no_lookup": _Spec(_parse_bool, "BATCHPHONE_NO_LOOKUP"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
-    "rate_margin": _Spec(_fraction, "BATCHPHONE_RATE_MARGIN"),
+    "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
+    "budget_store": _Spec(_budget_store, "BATCHPHONE_BUDGET_STORE"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
     "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
     "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),

@@ -1,31 +1,57 @@
-"""The budget: at most N call starts in any interval of W seconds, and a global pause on 429.
+"""The budget: at most N calls held or answered within any W seconds, and a pause on 429.
 
 Descope limits user-management calls per project and answers a burst with a block of the whole
 project for the rest of the period (see docs/descope-api.md). Its window algorithm is not
-published, so this limiter keeps the one promise that is safe under every algorithm (fixed
-window, sliding window, leaky bucket): never more than ``calls`` starts in **any** interval of
-``period`` seconds (plus a safety margin). It is a sliding log: the start times of the last
-``calls`` calls; a call may start at ``t`` only if ``t >= log[-calls] + period * (1 + margin)``.
+published and where it counts a call is unknown: anywhere between our send and our receipt of
+the answer. So this limiter keeps the one promise that is safe under every algorithm and every
+network delay: a call takes a slot before it starts, gives it back when its answer arrives (or
+when it is given up: timeout, error, cancellation), and the slot is free again one window after
+that. A call may start at ``t`` only while fewer than ``calls`` slots are held or were given
+back after ``t - window``. Every call's arrival lies between its start and its answer, so no
+``calls + 1`` arrivals can fall within one window, whatever the delay (proof: the last of them
+to start saw all the others held or given back less than a window before).
+
+The log is the give-back times of the last ``calls`` calls, plus a count of the slots held.
+A fractional ``margin`` (default 0.05%, the most an NTP-disciplined clock's rate may differ from
+the server's: 30 ms at 60 s) covers clock skew; at 60 s windows and 100 ms latency 99.8% of
+the budget stays usable.
 
 Why not a token bucket: a full bucket lets ``calls`` go at once and refills during the same
 window, so up to ``2 * calls`` can land in one period, which is exactly the burst that costs a
 minute of zero throughput. Why written by hand: the libraries that exist (aiolimiter, limits,
-pyrate-limiter) are token/leaky buckets or fixed windows, are tied to asyncio or to
-``time.monotonic``, and none takes an injectable clock that works under both anyio backends.
+pyrate-limiter) are token/leaky buckets or fixed windows that count starts, are tied to asyncio
+or to ``time.monotonic``, and none takes an injectable clock that works under both anyio
+backends.
+
+Runs that share a project share its budget through a :class:`SharedBudget` (a file or Redis,
+see ``batchphone.budget``): the limiter then takes each slot from the shared log as well.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
 
-__all__ = ["Clock", "LimiterStats", "RateLimiter", "SystemClock"]
+__all__ = [
+    "DEFAULT_MARGIN",
+    "Clock",
+    "LimiterStats",
+    "RateLimiter",
+    "SharedBudget",
+    "Slot",
+    "SystemClock",
+]
+
+#: The default fractional margin: clock skew only (500 ppm, the most NTP slews a clock).
+DEFAULT_MARGIN = 0.0005
 
 # A sleep on asyncio may return up to one clock tick early, and a wake-up that is a hair
 # short of its deadline must not spin on zero-length sleeps: never sleep less than this.
@@ -41,6 +67,30 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None:
         """Sleep ``seconds`` on this clock."""
+        ...
+
+
+class SharedBudget(Protocol):
+    """A budget log shared by every run on one project (``batchphone.budget`` has the stores).
+
+    Its methods are quick and synchronous (a locked file, one Redis script), so that a slot can
+    be given back from a ``finally`` block even while the task is being cancelled.
+    """
+
+    def take(self, calls: int, window: float) -> tuple[str | None, float]:
+        """Take a slot: ``(slot_id, 0)``, or ``(None, seconds to wait before asking again)``."""
+        ...
+
+    def release(self, slot_id: str) -> None:
+        """The call on ``slot_id`` got its answer (or was given up) now."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """A 429 arrived: no run on the project takes a slot for ``seconds``."""
+        ...
+
+    def close(self) -> None:
+        """This run is done: its share goes back to the other runs."""
         ...
 
 
@@ -79,13 +129,22 @@ class LimiterStats:
     pauses: int
 
 
-class RateLimiter:
-    """At most ``calls`` call starts in any interval of ``period * (1 + margin) + margin_s`` s.
+@dataclass(slots=True, eq=False)
+class Slot:
+    """One call's place in the budget, from before its start until its answer."""
 
-    ``margin`` (a fraction of the period, default 2%, which leaves 98% of the budget usable)
-    absorbs the difference between when a call starts here and when the server counts it;
-    ``margin_s`` adds absolute seconds for links whose latency jitter is larger than that.
-    Waiters are served first come, first served; ``pause`` holds them all back.
+    taken_at: float
+    shared_id: str | None = None
+    released_at: float | None = None
+
+
+class RateLimiter:
+    """At most ``calls`` slots held or given back within any ``window`` seconds.
+
+    ``window`` is ``period * (1 + margin) + margin_s``: ``margin`` (a fraction, default
+    :data:`DEFAULT_MARGIN`) and ``margin_s`` (seconds) cover clock skew against the server.
+    Waiters are served first come, first served; ``pause`` holds them all back. Use
+    ``async with limiter.slot():`` around one call, or ``acquire`` and ``release``.
     """
 
     def __init__(
@@ -93,9 +152,10 @@ class RateLimiter:
         calls: int,
         period: float,
         *,
-        margin: float = 0.02,
+        margin: float = DEFAULT_MARGIN,
         margin_s: float = 0.0,
         clock: Clock | None = None,
+        shared: SharedBudget | None = None,
     ) -> None:
         if calls < 1:
             raise ValueError(f"calls must be at least 1, not {calls}")
@@ -105,15 +165,19 @@ class RateLimiter:
             raise ValueError("margin and margin_s must not be negative")
         self.calls = calls
         self.period = period
-        #: The interval in which at most ``calls`` starts may fall.
+        #: A slot given back at ``t`` is free again at ``t + window``.
         self.window = period * (1.0 + margin) + margin_s
         self.clock: Clock = clock if clock is not None else SystemClock()
-        # only the last `calls` starts matter: log[0] is the start `calls` calls ago
+        self.shared = shared
+        # give-back times, oldest first; only the last `calls` can matter
         self._log: deque[float] = deque(maxlen=calls)
+        self._held = 0
         self._paused_until = float("-inf")
         # anyio.Lock is FIFO under both backends and hands over to the next waiter on release,
         # so the lock queue is the fairness queue; only its holder sleeps on the clock.
         self._lock = anyio.Lock()
+        # set when a slot comes back, for a head of the queue that waits on held slots
+        self._given_back: anyio.Event | None = None
         self._acquired = 0
         self._waited = 0.0
         self._pauses = 0
@@ -130,45 +194,98 @@ class RateLimiter:
         return self._paused_until
 
     @property
+    def held(self) -> int:
+        """Slots taken and not given back yet (calls in flight)."""
+        return self._held
+
+    @property
     def stats(self) -> LimiterStats:
         """Calls acquired, seconds waited for the window or a pause, pauses received."""
         return LimiterStats(calls=self._acquired, waited_s=self._waited, pauses=self._pauses)
 
     def next_start(self) -> float:
-        """The earliest clock time at which the next call may start (ignoring the queue)."""
+        """The earliest clock time at which the next call may start (ignoring the queue).
+
+        ``inf`` while every slot is held: the next one is known only once a call is answered.
+        """
+        free = self.calls - self._held
+        if free <= 0:
+            return math.inf
         earliest = self._paused_until
-        if len(self._log) == self.calls:
-            earliest = max(earliest, self._log[0] + self.window)
+        if len(self._log) >= free:
+            # `free` slots are not held; the oldest of the last `free` give-backs decides
+            earliest = max(earliest, self._log[-free] + self.window)
         return earliest
 
-    async def acquire(self) -> None:
-        """Return when one call may start now, and record its start.
+    async def acquire(self) -> Slot:
+        """Return when one call may start now, holding a slot for it; ``release`` it after.
 
         Cancellation-safe: a waiter cancelled in the queue or while sleeping leaves the lock
-        to the next in line and records nothing.
+        to the next in line and holds nothing.
         """
         async with self._lock:
             clock = self.clock
             while True:
                 now = clock.now()
-                # re-read after every sleep: a pause may have been extended meanwhile
-                remaining = self.next_start() - now
-                if remaining <= 0:
-                    break
-                await clock.sleep(max(remaining, _MIN_SLEEP))
+                # re-read after every wait: a pause may have been extended meanwhile
+                start = self.next_start()
+                if start == math.inf:
+                    given_back = self._given_back = anyio.Event()
+                    await given_back.wait()
+                elif start > now:
+                    await clock.sleep(max(start - now, _MIN_SLEEP))
+                elif self.shared is not None:
+                    shared_id, wait = self.shared.take(self.calls, self.window)
+                    if shared_id is not None:
+                        return self._hold(now, shared_id)
+                    await clock.sleep(max(wait, _MIN_SLEEP))
+                else:
+                    return self._hold(now, None)
                 self._waited += clock.now() - now
-            self._log.append(now)
-            self._acquired += 1
+
+    def _hold(self, now: float, shared_id: str | None) -> Slot:
+        self._held += 1
+        self._acquired += 1
+        return Slot(taken_at=now, shared_id=shared_id)
+
+    def release(self, slot: Slot) -> None:
+        """The call on ``slot`` got its answer, or was given up, now: free it one window on.
+
+        Synchronous, so it runs in a ``finally`` even under cancellation; a second release of
+        the same slot does nothing.
+        """
+        if slot.released_at is not None:
+            return
+        now = self.clock.now()
+        slot.released_at = now
+        self._held -= 1
+        self._log.append(now)
+        if self._given_back is not None:
+            self._given_back.set()
+            self._given_back = None
+        if self.shared is not None and slot.shared_id is not None:
+            self.shared.release(slot.shared_id)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[Slot]:
+        """Hold a slot for the body (one call); it is given back however the body ends."""
+        taken = await self.acquire()
+        try:
+            yield taken
+        finally:
+            self.release(taken)
 
     def pause(self, seconds: float) -> None:
         """A 429 arrived: no ``acquire`` returns before ``now + seconds``.
 
-        Extends an existing pause, never shortens it.
+        Extends an existing pause, never shortens it; a shared budget pauses every run.
         """
         until = self.clock.now() + max(seconds, 0.0)
         if until > self._paused_until:
             self._paused_until = until
         self._pauses += 1
+        if self.shared is not None:
+            self.shared.pause(max(seconds, 0.0))
 
     def slow_down(self, factor: float = 0.9) -> int:
         """Keep only ``factor`` of the calls per window from now on; return the new number.
@@ -182,17 +299,18 @@ class RateLimiter:
         calls = max(1, int(self.calls * factor))
         if calls < self.calls:
             self.calls = calls
-            self._log = deque(self._log, maxlen=calls)  # the newest `calls` starts
+            self._log = deque(self._log, maxlen=calls)  # the newest `calls` give-backs
         return self.calls
 
     def seed(self, wall_timestamps: Iterable[float], *, wall_now: float | None = None) -> None:
-        """Fill the log with call times of a previous run (epoch seconds) after a restart.
+        """Fill the log with answer times of a previous run (epoch seconds) after a restart.
 
-        The previous run may have spent most of the current window just before it crashed;
-        without this, the restarted run would spend the full budget again and earn a 429.
-        Times are converted to this clock by their age relative to ``wall_now`` (default:
-        ``time.time()``); times in the future (wall clock stepped back) count as now.
-        Passing finish times instead of start times is safe: it only makes the wait longer.
+        The same rule as a live call: each slot is free one window after its answer (or the
+        time its call was given up). The previous run may have spent most of the current window
+        just before it crashed; without this, the restarted run would spend the full budget
+        again and earn a 429. Times are converted to this clock by their age relative to
+        ``wall_now`` (default: ``time.time()``); times in the future (wall clock stepped back)
+        count as now.
         """
         wall_now = time.time() if wall_now is None else wall_now
         now = self.clock.now()
@@ -201,3 +319,8 @@ class RateLimiter:
         merged = sorted([*self._log, *converted])
         self._log.clear()
         self._log.extend(merged[-self.calls :])
+
+    def close(self) -> None:
+        """Give this run's share of a shared budget back to the other runs."""
+        if self.shared is not None:
+            self.shared.close()

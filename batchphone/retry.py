@@ -84,7 +84,8 @@ async def call_with_retry(
 ) -> Attempted[T]:
     """Run ``call`` under ``limiter`` until it returns, or ``policy`` gives up.
 
-    - Every attempt first waits for the limiter.
+    - Every attempt holds a limiter slot from before it starts until its answer arrives (or
+      it is given up: an error, a timeout, cancellation); the slot frees one window later.
     - ``RateLimitedError``: pause the limiter (every worker sharing it waits) for its
       ``retry_after`` (or ``policy.default_retry_after`` when it is not positive), report it to
       ``on_rate_limited``, and send again without counting an attempt.
@@ -102,14 +103,16 @@ async def call_with_retry(
     rate_limited = 0
     while True:
         with stop.waiting():
-            await limiter.acquire()
+            slot = await limiter.acquire()
         try:
-            with stop.calling():
-                try:
+            try:
+                with stop.calling():
                     value = await call()
-                finally:
-                    if on_call is not None:
-                        on_call(time.time())
+            finally:
+                # the slot is held until the answer (or the give-up) and frees one window later
+                limiter.release(slot)
+                if on_call is not None:
+                    on_call(time.time())
         except RateLimitedError as exc:
             rate_limited += 1
             retry_after = exc.retry_after if exc.retry_after > 0 else policy.default_retry_after

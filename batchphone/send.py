@@ -23,6 +23,7 @@ import httpx
 import structlog
 
 from batchphone.batch import BatchSender
+from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
 from batchphone.config import Settings
 from batchphone.errors import FatalRemoteError
@@ -87,8 +88,13 @@ class Sender:
             max_connections=settings.concurrency,
             transport=transport,
         )
+        # runs on one project share its budget; the embedded emulator is not that project
+        store = "none" if settings.emulator else settings.budget_store
         self.limiter = RateLimiter(
-            settings.rate_calls, settings.rate_period, margin=settings.rate_margin
+            settings.rate_calls,
+            settings.rate_period,
+            margin=settings.rate_margin,
+            shared=open_budget(store, target["project_id"], period=settings.rate_period),
         )
         # a restarted run must not spend again the window its predecessor spent just before
         self.limiter.seed(call_times)
@@ -148,7 +154,8 @@ class Sender:
             return
 
     async def aclose(self) -> None:
-        """Close the connection pool."""
+        """Close the connection pool and leave the shared budget."""
+        self.limiter.close()
         await self.client.aclose()
 
     # -- workers --------------------------------------------------------------------------

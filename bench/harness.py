@@ -214,6 +214,8 @@ class EmulatorProcess:
         rate: str = "1000000000/1",
         penalty: float = 1.0,
         latency: float = 0.0,
+        arrival_jitter: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self._key = key
         self._args = [
@@ -235,8 +237,13 @@ class EmulatorProcess:
             str(penalty),
             "--latency",
             str(latency),
+            "--arrival-jitter",
+            str(arrival_jitter),
+            "--seed",
+            str(seed),
         ]
         self._proc: subprocess.Popen[str] | None = None
+        self._state_dir: str | None = None
         self.base_url = ""
 
     def __repr__(self) -> str:
@@ -294,7 +301,11 @@ class EmulatorProcess:
     def env(self) -> dict[str, str]:
         """The environment a client of this emulator runs with (the SDKs' own variables)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DESCOPE_", "BATCHPHONE_"))}
+        if self._state_dir is None:
+            # a budget log of its own: no run of another measurement (or of the user) shares it
+            self._state_dir = tempfile.mkdtemp(prefix="batchphone-bench-state-")
         env.update(
+            BATCHPHONE_STATE_DIR=self._state_dir,
             DESCOPE_PROJECT_ID=PROJECT_ID,
             DESCOPE_MANAGEMENT_KEY=self._key,
             DESCOPE_BASE_URI=self.base_url,

@@ -1,4 +1,4 @@
-"""8. What reading before writing costs (issue 9): calls per 1,000 all-changed rows.
+"""10. What reading before writing costs (issue 9): calls per 1,000 all-changed rows.
 
 Every ``run`` reads the users first (100 login ids per search) and checks the new phones (up to
 1000 per search), unless ``--no-lookup``. On a file where every row changes the reads save
@@ -36,8 +36,8 @@ def read_share(paths: Mapping[str, int]) -> float:
 
 
 def lookup_cost(bench: Bench) -> None:
-    """8. Calls per 1,000 all-changed rows, lookups on (the default) against ``--no-lookup``."""
-    scenario = "8 lookups, all rows changed"
+    """10. Calls per 1,000 all-changed rows, lookups on (the default) against ``--no-lookup``."""
+    scenario = "10 lookups, all rows changed"
     input_path = data.update_csv(bench.workdir, ROWS)
     seen: dict[str, Mapping[str, int]] = {}
     for tool, extra in (("batchphone", []), ("batchphone --no-lookup", ["--no-lookup"])):

@@ -1,4 +1,4 @@
-"""Scenarios 1-6 (issue 5; 7 is ``bench.batch_mode``), each a function of a :class:`Bench`.
+"""Scenarios 1-6 (issue 5), 7 (``bench.batch_mode``), 8-9 (``bench.shared_budget``).
 
 API scenarios start a fresh emulator per measurement (no budget window, block or request log
 leaks between tools); baselines get batchphone's inputs, concurrency and emulator settings.
@@ -18,6 +18,7 @@ from bench.context import NO_LIMIT, Bench
 from bench.harness import ApiLog, measure
 from bench.lookups import lookup_cost
 from bench.report import Row
+from bench.shared_budget import jitter, shared
 
 __all__ = ["SCENARIOS"]
 
@@ -399,4 +400,6 @@ SCENARIOS = {
     "startup": startup,
     "batch": batch_vs_per_row,
     "lookups": lookup_cost,
+    "jitter": jitter,
+    "shared": shared,
 }

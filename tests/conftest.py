@@ -1,4 +1,4 @@
-"""Shared fixtures: both anyio backends, and the sample files."""
+"""Shared fixtures: both anyio backends, the sample files, and a state dir per test."""
 
 from __future__ import annotations
 
@@ -6,8 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from batchphone.budget import STATE_DIR_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own state dir: no shared budget file between tests or with real runs.
+
+    Nothing a test runs (in-process or a subprocess, which inherits the environment) writes
+    into the user's ~/.local/state.
+    """
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv(STATE_DIR_ENV, str(path))
+    return path
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -401,3 +401,22 @@ def test_docs_link_only_to_files_in_the_repository() -> None:
         assert not link.startswith("http"), link
         assert (root / "docs" / link).resolve().is_file(), link
     assert "shared/docs" not in text
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_an_unreachable_budget_store_is_one_line_exit_2(
+    command: str, samples: Path, tmp_path: Path
+) -> None:
+    result = invoke(
+        [
+            *(command, str(samples / "phones.csv"), "--out", str(tmp_path / "r.csv")),
+            *("--project-id", "P1", "--base-url", "http://127.0.0.1:9"),
+            *("--budget-store", "redis://:hunter2@127.0.0.1:1/0"),
+        ],
+        env={"DESCOPE_MANAGEMENT_KEY": "K"},
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "batchphone: error: budget_store: cannot reach redis://127.0.0.1:1/0: ConnectionError"
+    )
+    assert "hunter2" not in result.output + result.stderr

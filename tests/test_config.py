@@ -119,3 +119,19 @@ def test_parse_rate(text: str, expected: tuple[int, float]) -> None:
 def test_parse_rate_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_rate(text)
+
+
+def test_the_rate_margin_is_clock_skew_only_and_may_be_zero(tmp_path: Path) -> None:
+    assert load_settings({}, env={}, config_path=_config(tmp_path, "")).rate_margin == 0.0005
+    assert load_settings({}, env={"BATCHPHONE_RATE_MARGIN": "0"}).rate_margin == 0.0
+    with pytest.raises(UsageError, match=r"rate_margin: bad value '1'"):
+        load_settings({}, env={"BATCHPHONE_RATE_MARGIN": "1"})
+
+
+def test_the_budget_store_is_file_by_default_and_checked() -> None:
+    assert load_settings({}, env={}).budget_store == "file"
+    env = {"BATCHPHONE_BUDGET_STORE": "redis://cache:6379/0"}
+    assert load_settings({}, env=env).budget_store == "redis://cache:6379/0"
+    assert load_settings({"budget_store": "NONE"}, env=env).budget_store == "none"
+    with pytest.raises(UsageError, match=r"budget_store: bad value 'memcached://x' \(flag"):
+        load_settings({"budget_store": "memcached://x"}, env={})

@@ -57,6 +57,7 @@ def test_flags_reach_the_budget_and_the_faults(served: dict[str, Any]) -> None:
     result = run(
         *("--management-key", "K", "--generate", "5", "--seed", "9", "--rate-limit", "50/1"),
         *("--penalty", "2", "--rate-algorithm", "fixed", "--latency", "0.01", "--jitter", "0.02"),
+        *("--arrival-jitter", "0.08"),
         *("--error-503", "0.1", "--html-502", "0.05", "--drop", "0.01", "--timeout", "0.02"),
         *("--timeout-delay", "3", "--lost-answer", "0.03", "--ignore-update", "0.04", "--quiet"),
     )
@@ -67,6 +68,7 @@ def test_flags_reach_the_budget_and_the_faults(served: dict[str, Any]) -> None:
         seed=9,
         latency=0.01,
         jitter=0.02,
+        arrival_jitter=0.08,
         error_503=0.1,
         html_502=0.05,
         drop=0.01,

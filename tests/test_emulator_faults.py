@@ -218,3 +218,41 @@ async def test_without_a_way_to_drop_the_app_raises_connection_dropped() -> None
     async with httpx.AsyncClient(transport=plain, base_url="http://e", headers=headers) as c:
         with pytest.raises(ConnectionDropped):
             await c.post(UPDATE, json=body())
+
+
+def test_arrival_jitter_draws_a_delay_per_call_and_leaves_the_other_draws_alone() -> None:
+    base = Faults(seed=4, error_503=0.3, latency=0.01, jitter=0.02)
+    plain, jittered = (
+        FaultPicker(base),
+        FaultPicker(Faults(**{**_fields(base), "arrival_jitter": 0.08})),
+    )
+    delays = []
+    for i in range(200):
+        key = f"call {i}".encode()
+        a, b = plain.pick(key, faulty=True), jittered.pick(key, faulty=True)
+        assert a.kind == b.kind and a.arrival_delay == 0.0
+        assert 0.0 <= b.arrival_delay < 0.08
+        assert b.latency == pytest.approx(a.latency + b.arrival_delay)
+        delays.append(b.arrival_delay)
+    assert max(delays) - min(delays) > 0.06  # spread over the range, not a constant
+    assert FaultPicker(Faults(arrival_jitter=0.08)).active
+
+
+async def test_arrival_jitter_delays_the_count_not_only_the_answer() -> None:
+    emu = make(Faults(seed=2, arrival_jitter=0.05))
+    sent: list[float] = []
+    async with client(emu) as c:
+        for i in range(12):
+            sent.append(time.monotonic())
+            assert (await c.post(UPDATE, json=body(i))).status_code == 200
+    counted = [entry.t for entry in emu.stats(PID).log]
+    offsets = [t - s for t, s in zip(counted, sent, strict=True)]
+    # the emulator's clock is time.monotonic: each call is counted after its own delay
+    assert all(0.0 <= o < 0.05 + 0.02 for o in offsets)
+    assert max(offsets) - min(offsets) > 0.01
+
+
+def _fields(faults: Faults) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(faults)

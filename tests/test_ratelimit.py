@@ -1,4 +1,4 @@
-"""The limiter under virtual time: exact budgets, FIFO order, pauses, seeding, cancellation.
+"""The limiter under virtual time: slots freed a window after the answer, FIFO, pauses, seeding.
 
 Every async test here runs on an event loop whose clock only moves when all tasks wait
 (trio's ``MockClock(autojump_threshold=0)``, and ``VirtualTimeLoop`` below for asyncio), so
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchphone.ratelimit import RateLimiter, SystemClock
+from batchphone.ratelimit import DEFAULT_MARGIN, RateLimiter, SystemClock
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -91,13 +91,19 @@ def most_before(starts: list[float], earlier: list[float], width: float) -> int:
     return max((sum(x <= s < x + width for x in every) for s in starts), default=0)
 
 
-async def run_acquirers(limiter: RateLimiter, n: int) -> list[float]:
-    """Start ``n`` concurrent acquires in order; the time each returned, in start order."""
+async def instant_call(limiter: RateLimiter) -> None:
+    """A call answered the moment it starts: take a slot and give it back at once."""
+    limiter.release(await limiter.acquire())
+
+
+async def run_acquirers(limiter: RateLimiter, n: int, latency: float = 0.0) -> list[float]:
+    """Start ``n`` concurrent calls in order, each holding its slot ``latency`` s; their starts."""
     times: list[float | None] = [None] * n
 
     async def one(i: int) -> None:
-        await limiter.acquire()
-        times[i] = anyio.current_time()
+        async with limiter.slot():
+            times[i] = anyio.current_time()
+            await anyio.sleep(latency)
 
     async with anyio.create_task_group() as group:
         for i in range(n):
@@ -135,7 +141,7 @@ async def test_waiters_are_served_first_come_first_served() -> None:
     order: list[int] = []
 
     async def one(i: int) -> None:
-        await limiter.acquire()
+        await instant_call(limiter)
         order.append(i)
 
     async with anyio.create_task_group() as group:
@@ -145,28 +151,28 @@ async def test_waiters_are_served_first_come_first_served() -> None:
     assert order == list(range(8))
 
 
-async def test_throughput_reaches_97_percent_of_the_budget() -> None:
+async def test_throughput_reaches_99_percent_of_the_budget() -> None:
     calls, period, windows = 50, 1.0, 20
-    limiter = RateLimiter(calls, period)  # default margin 2%
+    limiter = RateLimiter(calls, period)  # default margin: clock skew only
     starts: list[float] = []
     t0 = anyio.current_time()
 
     async def worker() -> None:
         while anyio.current_time() - t0 < windows * period:
-            await limiter.acquire()
+            await instant_call(limiter)
             starts.append(anyio.current_time())
 
     async with anyio.create_task_group() as group:
         for _ in range(8):
             group.start_soon(worker)
     inside = [s for s in starts if s - t0 < windows * period]
-    assert len(inside) / (windows * period) >= 0.97 * calls / period
+    assert len(inside) / (windows * period) >= 0.99 * calls / period
     assert max_in_any_window(starts, period) <= calls
 
 
 async def test_pause_holds_back_every_waiter() -> None:
     limiter = RateLimiter(100, 60.0)
-    await limiter.acquire()
+    await instant_call(limiter)
     t0 = anyio.current_time()
     limiter.pause(30.0)
     assert limiter.paused_until == t0 + 30.0
@@ -189,12 +195,12 @@ async def test_pause_extends_but_never_shortens() -> None:
 
 async def test_a_pause_arriving_while_waiting_is_honoured() -> None:
     limiter = RateLimiter(1, 10.0, margin=0.0)
-    await limiter.acquire()
+    await instant_call(limiter)
     t0 = anyio.current_time()
     started: list[float] = []
 
     async def waiter() -> None:
-        await limiter.acquire()  # would return at t0 + 10 without the pause
+        await instant_call(limiter)  # would return at t0 + 10 without the pause
         started.append(anyio.current_time())
 
     async with anyio.create_task_group() as group:
@@ -207,12 +213,12 @@ async def test_a_pause_arriving_while_waiting_is_honoured() -> None:
 async def test_cancelled_holder_records_nothing_and_keeps_the_order() -> None:
     limiter = RateLimiter(1, 10.0, margin=0.0)
     t0 = anyio.current_time()
-    await limiter.acquire()
+    await instant_call(limiter)
     done: dict[str, float] = {}
 
     async def named(name: str, scope: anyio.CancelScope) -> None:
         with scope:
-            await limiter.acquire()
+            await instant_call(limiter)
             done[name] = anyio.current_time() - t0
 
     scopes = {name: anyio.CancelScope() for name in "bcde"}
@@ -231,7 +237,7 @@ async def test_stats_count_calls_waits_and_pauses() -> None:
     limiter = RateLimiter(2, 10.0, margin=0.0)
     await run_acquirers(limiter, 4)
     limiter.pause(5.0)
-    await limiter.acquire()
+    await instant_call(limiter)
     stats = limiter.stats
     assert stats.calls == 5
     assert stats.pauses == 1
@@ -280,7 +286,7 @@ def test_bad_parameters_are_refused() -> None:
 
 def test_repr_names_the_budget() -> None:
     assert repr(RateLimiter(500, 60.0)) == (
-        "RateLimiter(calls=500, period=60.0, window=61.200, clock=SystemClock())"
+        "RateLimiter(calls=500, period=60.0, window=60.030, clock=SystemClock())"
     )
 
 
@@ -326,7 +332,7 @@ async def test_never_more_than_n_starts_in_any_window(
 
     async def arrive(delay: float) -> None:
         await anyio.sleep(delay)
-        await limiter.acquire()
+        await instant_call(limiter)
         starts.append((next(sequence), anyio.current_time()))
 
     async def pause(delay: float, seconds: float) -> None:
@@ -357,7 +363,7 @@ async def test_a_full_log_blocks_exactly_until_the_oldest_start_leaves(
     t0 = anyio.current_time()
     starts = await run_acquirers(limiter, calls + 1)
     assert starts[:calls] == [t0] * calls
-    assert starts[calls] == pytest.approx(t0 + period * 1.02)
+    assert starts[calls] == pytest.approx(t0 + period * (1 + DEFAULT_MARGIN))
 
 
 async def test_an_injected_clock_is_the_one_slept_on() -> None:
@@ -386,3 +392,133 @@ class _StillClock:
 
     async def sleep(self, seconds: float) -> None:  # pragma: no cover - not called
         raise AssertionError("no sleep expected")
+
+
+# -- a slot is free one window after the answer, not after the start ------------------------
+
+
+async def test_a_slot_frees_one_window_after_the_answer() -> None:
+    limiter = RateLimiter(1, 10.0, margin=0.0)
+    t0 = anyio.current_time()
+    starts = await run_acquirers(limiter, 3, latency=3.0)
+    # answered 3 s after each start: the next call waits 10 s from the answer, not the start
+    assert [s - t0 for s in starts] == [0.0, 13.0, 26.0]
+
+
+async def test_while_every_slot_is_held_the_next_call_waits_for_an_answer() -> None:
+    limiter = RateLimiter(2, 1.0, margin=0.0)
+    t0 = anyio.current_time()
+    # calls slower than the window: the third may start only 1 s after the first answer
+    starts = await run_acquirers(limiter, 3, latency=50.0)
+    assert [s - t0 for s in starts] == [0.0, 0.0, 51.0]
+    assert limiter.held == 0
+
+
+async def test_a_failed_or_cancelled_call_gives_its_slot_back_when_given_up() -> None:
+    limiter = RateLimiter(1, 10.0, margin=0.0)
+    t0 = anyio.current_time()
+    with pytest.raises(RuntimeError):
+        async with limiter.slot():
+            await anyio.sleep(2.0)
+            raise RuntimeError("a bug")
+    assert limiter.next_start() == t0 + 12.0
+    await anyio.sleep(10.0)
+    with anyio.move_on_after(3.0):  # a timeout: started at t0 + 12, given up at t0 + 15
+        async with limiter.slot():
+            await anyio.sleep(100.0)
+    assert limiter.held == 0
+    assert limiter.next_start() == t0 + 25.0
+
+
+async def test_a_slot_is_given_back_once() -> None:
+    limiter = RateLimiter(2, 10.0, margin=0.0)
+    slot = await limiter.acquire()
+    limiter.release(slot)
+    limiter.release(slot)
+    assert limiter.held == 0 and len(limiter._log) == 1
+
+
+async def test_budget_use_at_a_5_s_window_and_20_ms_latency_is_at_least_98_percent() -> None:
+    calls, period, windows, latency = 50, 5.0, 20, 0.02
+    limiter = RateLimiter(calls, period)
+    t0 = anyio.current_time()
+    end = t0 + windows * period
+    arrivals: list[float] = []
+
+    async def worker() -> None:
+        while anyio.current_time() < end:
+            async with limiter.slot():
+                arrivals.append(anyio.current_time() + latency / 2)
+                await anyio.sleep(latency)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(16):
+            group.start_soon(worker)
+    inside = [a for a in arrivals if a < end]
+    assert len(inside) / (windows * calls) >= 0.98
+    assert max_in_any_window(arrivals, period) <= calls
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    calls=st.integers(1, 5),
+    period=st.floats(0.05, 10.0, allow_nan=False),
+    requests=st.lists(
+        st.tuples(
+            st.floats(0.0, 20.0, allow_nan=False),  # when the caller asks for a slot
+            st.floats(0.0, 15.0, allow_nan=False),  # how long until the answer
+            st.floats(0.0, 1.0, allow_nan=False),  # where between start and answer it arrives
+            st.booleans(),  # given up (timeout, cancellation) after half its latency
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    seeded=st.lists(st.floats(0.0, 15.0, allow_nan=False), max_size=6),
+)
+async def test_no_window_holds_more_than_n_arrivals_whatever_the_delay(
+    calls: int,
+    period: float,
+    requests: list[tuple[float, float, float, bool]],
+    seeded: list[float],
+) -> None:
+    """The server counts each call somewhere between its start and its answer (or give-up)."""
+    limiter = RateLimiter(calls, period, margin=0.0)
+    wall_now = 1_000_000.0
+    # a crashed run's calls, answered `age` s ago: they arrived at the latest then
+    limiter.seed([wall_now - age for age in seeded], wall_now=wall_now)
+    t0 = anyio.current_time()
+    arrivals = [t0 - (wall_now - (wall_now - age)) for age in seeded]  # as seed() rounds
+
+    async def call(delay: float, latency: float, where: float, given_up: bool) -> None:
+        await anyio.sleep(delay)
+        with anyio.CancelScope() as scope:
+            async with limiter.slot():
+                start = anyio.current_time()
+                if given_up:  # cancelled inside the slot: the slot comes back under cancellation
+                    scope.deadline = start + latency / 2
+                try:
+                    await anyio.sleep(latency)
+                finally:
+                    ended = anyio.current_time()
+                    arrivals.append(start + where * (ended - start))
+
+    async with anyio.create_task_group() as group:
+        for request in requests:
+            group.start_soon(call, *request)
+    assert len(arrivals) == len(seeded) + len(requests)
+    assert most_with_a_new_one(arrivals, len(seeded), period) <= calls
+
+
+def most_with_a_new_one(arrivals: list[float], old: int, width: float) -> int:
+    """The most ``arrivals`` in a ``[t, t + width)`` holding one past the first ``old``.
+
+    Windows holding only the crashed run's calls are not checked: those were not placed here.
+    """
+    new = arrivals[old:]
+    best = 0
+    for start in arrivals:
+        if any(start <= a < start + width for a in new):
+            best = max(best, sum(start <= a < start + width for a in arrivals))
+    return best

@@ -144,6 +144,47 @@ async def test_every_attempt_waits_for_the_limiter() -> None:
     assert limiter.stats.calls == 3
 
 
+class SlowScript(Script):
+    """A scripted call whose answer takes ``latency`` seconds."""
+
+    def __init__(self, answers: Sequence[object], latency: float) -> None:
+        super().__init__(answers)
+        self.latency = latency
+
+    async def __call__(self) -> str:
+        started = anyio.current_time()
+        await anyio.sleep(self.latency)
+        try:
+            return await super().__call__()
+        finally:
+            self.times[-1] = started  # the start, not the answer
+
+
+async def test_the_slot_is_held_until_the_answer_and_frees_one_window_later() -> None:
+    limiter = RateLimiter(1, 10.0, margin=0.0)
+    script = SlowScript([transient(), "ok"], latency=4.0)
+    t0 = anyio.current_time()
+    await call_with_retry(script, limiter=limiter, policy=NO_JITTER)
+    # the first answer came at t0 + 4: the retry waits until t0 + 14, not t0 + 10
+    assert [t - t0 for t in script.times] == [0.0, 14.0]
+    assert limiter.held == 0 and limiter.next_start() == t0 + 28.0
+
+
+@pytest.mark.parametrize("how", ["cancelled", "fatal"])
+async def test_a_call_given_up_gives_its_slot_back_at_that_moment(how: str) -> None:
+    limiter = RateLimiter(1, 10.0, margin=0.0)
+    t0 = anyio.current_time()
+    if how == "cancelled":
+        with anyio.move_on_after(3.0):
+            await call_with_retry(SlowScript(["ok"], 100.0), limiter=limiter, policy=NO_JITTER)
+    else:
+        error = FatalRemoteError("HTTP 401", http_status=401)
+        with pytest.raises(FatalRemoteError):
+            await call_with_retry(SlowScript([error], 3.0), limiter=limiter, policy=NO_JITTER)
+    assert limiter.held == 0
+    assert limiter.next_start() == t0 + 13.0
+
+
 @pytest.mark.parametrize(
     "error", [FatalRemoteError("HTTP 401", http_status=401), ValueError("a bug")]
 )
@@ -167,7 +208,7 @@ async def test_cancellation_during_backoff_sends_nothing_more() -> None:
 
 async def test_cancellation_while_waiting_for_the_limiter_records_no_call() -> None:
     limiter = RateLimiter(1, 60.0, margin=0.0)
-    await limiter.acquire()
+    limiter.release(await limiter.acquire())
     script = Script(["never"])
     with anyio.move_on_after(5.0):
         await call_with_retry(script, limiter=limiter, policy=NO_JITTER)

@@ -122,6 +122,13 @@ Environment:
 )
 @click.option("--latency", type=_SECONDS, default=0.0, show_default=True, help="Seconds per call.")
 @click.option("--jitter", type=_SECONDS, default=0.0, show_default=True, help="Up to +seconds.")
+@click.option(
+    "--arrival-jitter",
+    type=_SECONDS,
+    default=0.0,
+    show_default=True,
+    help="Delay each call by random 0..SECONDS before the budget counts it (a CDN in front).",
+)
 @_fault_options
 @click.option(
     "--timeout-delay",
@@ -201,6 +208,7 @@ def _faults(options: dict[str, Any]) -> Faults:
             seed=options["seed"],
             latency=options["latency"],
             jitter=options["jitter"],
+            arrival_jitter=options["arrival_jitter"],
             timeout_delay=options["timeout_delay"],
             **rates,
         )

@@ -44,13 +44,16 @@ ERROR_STATUS = {
 class Faults:
     """Fault rates (each the probability of that fault for one call) and latency in seconds.
 
-    All zero by default. The rates together may not exceed 1; ``timeout_delay`` is how long a
+    ``arrival_jitter`` delays each call by a random 0..J seconds before the budget counts it,
+    as a CDN in front of the API would: arrivals then move against the client's sends. All zero
+    by default. The rates together may not exceed 1; ``timeout_delay`` is how long a
     ``timeout`` answer is held (longer than any sane client timeout).
     """
 
     seed: int = 0
     latency: float = 0.0
     jitter: float = 0.0
+    arrival_jitter: float = 0.0
     error_500: float = 0.0
     error_503: float = 0.0
     error_520: float = 0.0
@@ -63,7 +66,7 @@ class Faults:
     timeout_delay: float = 65.0
 
     def __post_init__(self) -> None:
-        for name in ("latency", "jitter", "timeout_delay"):
+        for name in ("latency", "jitter", "arrival_jitter", "timeout_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more seconds")
         rates = self.rates()
@@ -88,10 +91,14 @@ _NOT_A_FAULT = frozenset({"seed", "timeout_delay"})
 
 @dataclass(frozen=True, slots=True)
 class FaultDecision:
-    """What the draw decided for one call: a fault (or none) and the latency to add first."""
+    """What the draw decided for one call: a fault (or none) and the latency to add first.
+
+    ``latency`` includes ``arrival_delay``, the part drawn from ``Faults.arrival_jitter``.
+    """
 
     kind: FaultKind | None
     latency: float
+    arrival_delay: float = 0.0
 
 
 NO_FAULT = FaultDecision(kind=None, latency=0.0)
@@ -129,10 +136,17 @@ class FaultPicker:
         u_fault = int.from_bytes(digest[:8], "big") / _TWO_64
         u_jitter = int.from_bytes(digest[8:], "big") / _TWO_64
         latency = faults.latency + faults.jitter * u_jitter
+        arrival_delay = 0.0
+        if faults.arrival_jitter:
+            # a draw of its own: the other draws stay as they were without arrival jitter
+            extra = hashlib.blake2b(digest, digest_size=8).digest()
+            arrival_delay = faults.arrival_jitter * int.from_bytes(extra, "big") / _TWO_64
         kind = None
         if faulty:
             for bound, candidate in self._bounds:
                 if u_fault < bound:
                     kind = candidate
                     break
-        return FaultDecision(kind=kind, latency=latency)
+        return FaultDecision(
+            kind=kind, latency=latency + arrival_delay, arrival_delay=arrival_delay
+        )

@@ -1,4 +1,4 @@
-"""Tests of scenario 8 (the cost of reading before writing): its figures from a call count."""
+"""Tests of scenario 10 (the cost of reading before writing): its figures from a call count."""
 
 from __future__ import annotations
 
