@@ -15,6 +15,10 @@ Decisions the callers can rely on:
   any region, gives itself).
 * Cells longer than 256 characters are ``INVALID_NUMBER`` without parsing, and are not cached,
   so a 10 MB cell costs one scan and pins no memory.
+* Two fast paths skip libphonenumber's parser (never its validation) for the plain shapes most
+  files hold: ``+<digits>`` (``_valid_e164``) and a national number in its region's main
+  metadata (``_national``). Each returns only a valid number, built as the parser builds it,
+  and leaves every other case (and every failure, with its reason) to the full parse.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ _NOT_DIGIT = re.compile(r"\D", re.ASCII)
 # Punctuation people put between digits; removed, `+1 (415) 555-0123` is plain E.164.
 _FORMATTING = re.compile(r"[\s().\-/\[\]]")
 _TEL_PREFIX = re.compile(r"^tel:\s*", re.IGNORECASE)
+# Digits and the punctuation libphonenumber reads as such (plain spaces only): the shape the
+# national fast path takes; anything else goes to the parser.
+_PLAIN_NATIONAL = re.compile(r"^[\d ().\-/\[\]]+$", re.ASCII)
 
 # Invisible characters pasted from web pages and right-to-left text; NFKC keeps them.
 _INVISIBLE = dict.fromkeys(
@@ -174,7 +181,7 @@ def _normalize(
         return _parse(international, None)
     if region is None:
         return _FAIL[Reason.MISSING_REGION]
-    return _parse(text, region)
+    return _national(text, digits, region) or _parse(text, region)
 
 
 def _clean(raw: str) -> str:
@@ -235,6 +242,70 @@ def _national_prefix(code: int) -> re.Pattern[str] | None:
     compiled = re.compile(pattern)
     # A pattern that can match nothing (`0?`) strips only when something is there to strip.
     return re.compile(f"(?:{pattern})(?<=.)") if compiled.match("") else compiled
+
+
+def _national(text: str, digits: str, region: str) -> Normalized | None:
+    """The valid national number ``text`` read in ``region``, or ``None`` to take the full parse.
+
+    What ``phonenumbers.parse(text, region)`` does to such a text, step by step, taking every
+    branch that is not plain to the parser: the digits are the number (the text is only digits
+    and the punctuation libphonenumber skips); a leading international prefix (``011`` in US)
+    or the region's own calling code would be read as a country code; then the trunk prefix
+    (``0`` in GB) is stripped when the rest still fits the region's number pattern and has a
+    possible length (else the parser keeps it). The parser costs as much as the validation,
+    which is never skipped. A test holds this to the full parse on every region.
+    """
+    if len(digits) < 3 or not _PLAIN_NATIONAL.match(text):
+        return None
+    rules = _national_rules(region)
+    if rules is None:
+        return None
+    code, idd, prefix, general = rules
+    if idd.match(digits) or digits.startswith(str(code)):
+        return None
+    nsn = digits
+    stripped = prefix.match(digits) if prefix is not None else None
+    if stripped is not None:
+        nsn = digits[stripped.end() :]
+        if not general.fullmatch(nsn):
+            return None  # the parser may keep the prefix here: let it decide
+    if not 2 <= len(nsn) <= 17 or nsn[0] == "0":
+        return None  # leading zeros: the parser's Italian rule decides
+    number = PhoneNumber(country_code=code, national_number=int(nsn))
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != ValidationResult.IS_POSSIBLE or not phonenumbers.is_valid_number(number):
+        return None  # the full parse gives the reason (or keeps a prefix stripped too eagerly)
+    e164 = f"+{code}{nsn}"
+    return Normalized(e164) if E164_PATTERN.match(e164) else None
+
+
+_Rules = tuple[int, re.Pattern[str], re.Pattern[str] | None, re.Pattern[str]]
+
+
+@cache
+def _national_rules(region: str) -> _Rules | None:
+    """(calling code, international prefix, trunk prefix, number pattern) of ``region``.
+
+    ``None`` (always the full parse) for a region that is not its calling code's main region
+    (its possible lengths may differ from the ones validation uses), has no international
+    prefix, or rewrites its trunk prefix (AR, BR, ...).
+    """
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+    if (
+        metadata is None
+        or phonenumbers.region_code_for_country_code(metadata.country_code) != region
+    ):
+        return None
+    general = metadata.general_desc.national_number_pattern if metadata.general_desc else None
+    if not metadata.international_prefix or not general or metadata.national_prefix_transform_rule:
+        return None
+    prefix = metadata.national_prefix_for_parsing
+    return (
+        metadata.country_code,
+        re.compile(metadata.international_prefix),
+        re.compile(prefix) if prefix else None,
+        re.compile(general),
+    )
 
 
 def _parse(text: str, region: str | None) -> Normalized:
