@@ -16,6 +16,7 @@ from batchphone.normalize import (
     _national,
     _parse,
     check_region,
+    is_valid,
     normalize,
 )
 
@@ -278,3 +279,50 @@ def test_national_fast_path_agrees_with_the_full_parse(case: tuple[str, str]) ->
 )
 def test_national_fast_path_takes_the_common_shapes(text: str, region: str, e164: str) -> None:
     assert _national(text, _NOT_DIGIT.sub("", text), region) == Normalized(e164)
+
+
+def _examples() -> list[phonenumbers.PhoneNumber]:
+    found = []
+    for region in REGIONS:
+        for kind in range(11):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is not None:
+                found.append(number)
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        number = phonenumbers.example_number_for_non_geo_entity(code)
+        if number is not None:
+            found.append(number)
+    return found
+
+
+EXAMPLES = _examples()
+
+
+def test_is_valid_agrees_with_libphonenumber_on_every_example_number() -> None:
+    assert len(EXAMPLES) > 1000
+    for number in EXAMPLES:
+        assert is_valid(number) == phonenumbers.is_valid_number(number), number
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    base=st.sampled_from(EXAMPLES),
+    code=st.one_of(st.none(), country_codes, st.integers(0, 999)),
+    tail=st.text("0123456789", max_size=4),
+    cut=st.integers(0, 4),
+    zeros=st.integers(0, 2),
+)
+def test_is_valid_agrees_with_libphonenumber(
+    base: phonenumbers.PhoneNumber, code: int | None, tail: str, cut: int, zeros: int
+) -> None:
+    """Example numbers under other calling codes, with digits changed, cut, added, zero-led."""
+    national = str(base.national_number)
+    national = national[: max(1, len(national) - cut)] + tail
+    number = phonenumbers.PhoneNumber(
+        country_code=base.country_code if code is None else code,
+        national_number=int(national),
+    )
+    if zeros:
+        number.italian_leading_zero = True
+        number.number_of_leading_zeros = zeros
+    assert is_valid(number) == phonenumbers.is_valid_number(number)
