@@ -337,8 +337,6 @@ def _parse(text: str, region: str | None) -> Normalized:
 
 # (possible lengths, empty: any; the national number pattern, None: matches nothing)
 _Desc = tuple[frozenset[int], re.Pattern[str] | None]
-# the general description, then the descriptions any of which makes the number valid
-_Checks = tuple[_Desc, tuple[_Desc, ...]]
 # the number type descriptions ``_number_type_helper`` tries, in its order, before mobile
 _TYPE_DESCS = (
     "premium_rate",
@@ -351,6 +349,43 @@ _TYPE_DESCS = (
     "voicemail",
     "fixed_line",
 )
+
+
+class _Checks:
+    """Whether a national number is of some type of one region's metadata.
+
+    The library tries the general description, then each type's (its possible lengths, then its
+    pattern) until one matches. Per number length this is one pattern: the general one as a
+    look-ahead, then the types of that length as alternatives; built on first use.
+    """
+
+    __slots__ = ("_by_length", "_general", "_types")
+
+    def __init__(self, general: _Desc, types: tuple[_Desc, ...]) -> None:
+        self._general = general
+        self._types = types
+        self._by_length: dict[int, re.Pattern[str] | None] = {}
+
+    def match(self, nsn: str) -> bool:
+        size = len(nsn)
+        try:
+            pattern = self._by_length[size]
+        except KeyError:
+            pattern = self._by_length[size] = self._combined(size)
+        return pattern is not None and pattern.fullmatch(nsn) is not None
+
+    def _combined(self, size: int) -> re.Pattern[str] | None:
+        lengths, general = self._general
+        if general is None or (lengths and size not in lengths):
+            return None
+        types = [
+            f"(?:{pattern.pattern})"
+            for lengths, pattern in self._types
+            if pattern is not None and (not lengths or size in lengths)
+        ]
+        if not types:
+            return None
+        return re.compile(f"(?=(?:{general.pattern})\\Z)(?:{'|'.join(types)})")
 
 
 def is_valid(number: PhoneNumber) -> bool:
@@ -373,17 +408,7 @@ def is_valid(number: PhoneNumber) -> bool:
 
 
 def _matches_a_type(nsn: str, checks: _Checks | None) -> bool:
-    if checks is None:
-        return False
-    general, types = checks
-    return _matches(nsn, general) and any(_matches(nsn, desc) for desc in types)
-
-
-def _matches(nsn: str, desc: _Desc) -> bool:
-    lengths, pattern = desc
-    if lengths and len(nsn) not in lengths:
-        return False
-    return pattern is not None and pattern.fullmatch(nsn) is not None
+    return checks is not None and checks.match(nsn)
 
 
 _Choice = tuple[re.Pattern[str] | None, _Checks, _Checks | None]
@@ -428,7 +453,7 @@ def _checks(metadata: phonenumbers.PhoneMetadata) -> _Checks:
     if not metadata.same_mobile_and_fixed_line_pattern:
         types.append(metadata.mobile)
     general = _desc(metadata.general_desc) or (frozenset(), None)  # None: matches nothing
-    return general, tuple(d for d in map(_desc, types) if d is not None)
+    return _Checks(general, tuple(d for d in map(_desc, types) if d is not None))
 
 
 def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
