@@ -194,3 +194,16 @@ def test_national_mix_is_mostly_national_numbers_with_their_region(tmp_path: Pat
     assert {r for _, r in national} == {"US", "GB", "FR", "DE"}
     parsed = [phonenumbers.parse(p, r) for p, r in national[:300] if p[0] != "O"]
     assert sum(map(phonenumbers.is_valid_number, parsed)) > 0.7 * len(parsed)
+
+
+def test_plot_of_a_subset_of_scenarios(tmp_path: Path) -> None:
+    """``--only validate`` draws its panels and leaves the others empty (no log-scale error)."""
+    from bench.report import Row, write_plot
+
+    rows = [
+        Row("4 validate 1,000 rows", "batchphone validate", "rows/s, wall", 30.0, bound=20.0),
+        Row("4 validate national 1,000 rows", "batchphone validate", "rows/s, wall", 25.0),
+        Row("4 validate national 1,000 rows", "batchphone validate", "peak RSS", 110.0),
+    ]
+    write_plot(tmp_path / "results.png", rows, title="subset")
+    assert (tmp_path / "results.png").stat().st_size > 0
