@@ -196,3 +196,42 @@ async def test_progress_sees_every_row(tmp_path: Path) -> None:
     assert [r.row for r in seen[:-1]] == list(range(1, len(ROWS) + 1))
     assert seen[-1] is None
     assert seen[0].status is Status.VALID and seen[3].reason is Reason.MISSING_REGION
+
+
+def test_ctrl_c_stops_a_validate_at_once_and_keeps_the_earlier_result(tmp_path: Path) -> None:
+    """No journal to resume from: the run stops, exits 130, and replaces no result file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    source = tmp_path / "big.csv"
+    rows = 400_000
+    pl.DataFrame(
+        {
+            "loginId": [f"user{i}@example.com" for i in range(rows)],
+            "phone": [f"({200 + i % 700}) 555-{i % 10_000:04d}" for i in range(rows)],
+            "region": ["US"] * rows,
+        }
+    ).write_csv(source)
+    out = tmp_path / "report.csv"
+    out.write_text("the earlier report\n")
+    argv = [sys.executable, "-m", "batchphone", "validate", str(source), "--out", str(out)]
+    with subprocess.Popen(
+        [*argv, "--log-format", "json"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:  # rows are being judged once the run has started
+            if "run_started" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert out.read_text() == "the earlier report\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["big.csv", "report.csv"]
