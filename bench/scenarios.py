@@ -300,7 +300,7 @@ def memory(bench: Bench) -> None:
         out = bench.workdir / f"dry-run-{rows}.csv"
         argv = ["-m", "batchphone", "run", str(input_path), "--out", str(out)]
         measured = measure(bench.python(*argv, "--dry-run", "--restart", "--quiet"), cwd=bench.root)
-        # batchphone keeps the journal beside a finished run's results: at 5M rows it is GBs
+        # the result file is GBs at 5M rows (a dry run keeps no journal; an older one did)
         for leftover in (out, out.with_name(out.name + ".journal")):
             leftover.unlink(missing_ok=True)
         peaks[rows] = measured.max_rss_mb
