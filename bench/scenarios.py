@@ -241,16 +241,24 @@ def _validate_mix(
     bench: Bench, scenario: str, make: Callable[[Path, int], Path], rows: int
 ) -> None:
     input_path = make(bench.workdir, rows)
-    bare = measure(
-        bench.python("-m", "bench.baselines.phonenumbers_loop", str(input_path)), cwd=bench.root
-    )
-    bare_doc = json.loads(bare.stdout.strip().splitlines()[-1])
-    bare_rate = rows / bare.wall_s
     summary = bench.workdir / "validate-summary.json"
     report = bench.workdir / "validate-report.csv"
     argv = ["-m", "batchphone", "validate", str(input_path), "--out", str(report), "--quiet"]
-    mine = measure(bench.python(*argv, "--summary-json", str(summary)), cwd=bench.root)
+    bares, mines = [], []
+    for _ in range(bench.plan.validate_repeats):  # in turn: both see the same load
+        bares.append(
+            measure(
+                bench.python("-m", "bench.baselines.phonenumbers_loop", str(input_path)),
+                cwd=bench.root,
+            )
+        )
+        mines.append(measure(bench.python(*argv, "--summary-json", str(summary)), cwd=bench.root))
+    bare = min(bares, key=lambda m: m.wall_s)
+    mine = min(mines, key=lambda m: m.wall_s)
+    bare_doc = json.loads(bare.stdout.strip().splitlines()[-1])
+    bare_rate = rows / bare.wall_s
     counts = json.loads(summary.read_text())["counts"] if summary.exists() else {}
+    fastest = f"fastest of {len(mines)}, {', '.join(f'{m.wall_s:.1f}' for m in mines)} s"
     rate = rows / mine.wall_s
     bench.add(
         Row(
@@ -263,7 +271,7 @@ def _validate_mix(
             bound_label="bare loop",
             target=">= 1.0 x bare loop",
             met=rate >= bare_rate,
-            note=f"{mine.wall_s:.1f} s; valid {counts.get('valid', 0):,}, "
+            note=f"{mine.wall_s:.1f} s ({fastest}); valid {counts.get('valid', 0):,}, "
             f"invalid {counts.get('invalid', 0):,}; writes the report",
         )
     )
@@ -283,7 +291,8 @@ def _validate_mix(
             unit="rows/s",
             bound=bare_rate,
             bound_label="bare loop",
-            note=f"{bare.wall_s:.1f} s; valid {bare_doc['valid']:,}, "
+            note=f"{bare.wall_s:.1f} s (fastest of {len(bares)}, "
+            f"{', '.join(f'{m.wall_s:.1f}' for m in bares)} s); valid {bare_doc['valid']:,}, "
             f"invalid {bare_doc['invalid']:,}; the loop alone {loop_rate:,.0f} rows/s",
         )
     )
