@@ -15,6 +15,10 @@ Decisions the callers can rely on:
   any region, gives itself).
 * Cells longer than 256 characters are ``INVALID_NUMBER`` without parsing, and are not cached,
   so a 10 MB cell costs one scan and pins no memory.
+* Two fast paths skip libphonenumber's parser (never its validation) for the plain shapes most
+  files hold: ``+<digits>`` (``_valid_e164``) and a national number in its region's main
+  metadata (``_national``). Each returns only a valid number, built as the parser builds it,
+  and leaves every other case (and every failure, with its reason) to the full parse.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from phonenumbers import NumberParseException, PhoneNumber, ValidationResult
 from batchphone.errors import UsageError
 from batchphone.models import Normalized, Reason
 
-__all__ = ["E164_PATTERN", "check_region", "normalize"]
+__all__ = ["E164_PATTERN", "check_region", "is_valid", "normalize"]
 
 #: What every E.164 output satisfies: ``+``, no leading zero, at most 15 digits.
 E164_PATTERN = re.compile(r"^\+[1-9]\d{1,14}$", re.ASCII)
@@ -63,6 +67,9 @@ _NOT_DIGIT = re.compile(r"\D", re.ASCII)
 # Punctuation people put between digits; removed, `+1 (415) 555-0123` is plain E.164.
 _FORMATTING = re.compile(r"[\s().\-/\[\]]")
 _TEL_PREFIX = re.compile(r"^tel:\s*", re.IGNORECASE)
+# Digits and the punctuation libphonenumber reads as such (plain spaces only): the shape the
+# national fast path takes; anything else goes to the parser.
+_PLAIN_NATIONAL = re.compile(r"^[\d ().\-/\[\]]+$", re.ASCII)
 
 # Invisible characters pasted from web pages and right-to-left text; NFKC keeps them.
 _INVISIBLE = dict.fromkeys(
@@ -174,7 +181,7 @@ def _normalize(
         return _parse(international, None)
     if region is None:
         return _FAIL[Reason.MISSING_REGION]
-    return _parse(text, region)
+    return _national(text, digits, region) or _parse(text, region)
 
 
 def _clean(raw: str) -> str:
@@ -219,7 +226,7 @@ def _valid_e164(text: str) -> Normalized | None:
             number.number_of_leading_zeros = zeros
     # Same two checks as the full path: some numbers are "valid" yet only dialable locally.
     possible = phonenumbers.is_possible_number_with_reason(number)
-    if possible == ValidationResult.IS_POSSIBLE and phonenumbers.is_valid_number(number):
+    if possible == ValidationResult.IS_POSSIBLE and is_valid(number):
         return Normalized(text)
     return None
 
@@ -237,6 +244,72 @@ def _national_prefix(code: int) -> re.Pattern[str] | None:
     return re.compile(f"(?:{pattern})(?<=.)") if compiled.match("") else compiled
 
 
+def _national(text: str, digits: str, region: str) -> Normalized | None:
+    """The valid national number ``text`` read in ``region``, or ``None`` to take the full parse.
+
+    What ``phonenumbers.parse(text, region)`` does to such a text, step by step, taking every
+    branch that is not plain to the parser: the digits are the number (the text is only digits
+    and the punctuation libphonenumber skips); a leading international prefix (``011`` in US)
+    or the region's own calling code would be read as a country code; then the trunk prefix
+    (``0`` in GB) is stripped when the rest still fits the region's number pattern and has a
+    possible length (else the parser keeps it). The parser costs as much as the validation,
+    which is never skipped. A test holds this to the full parse on every region.
+    """
+    if len(digits) < 3 or not _PLAIN_NATIONAL.match(text):
+        return None
+    rules = _national_rules(region)
+    if rules is None:
+        return None
+    code, idd, prefix, general = rules
+    if idd.match(digits) or digits.startswith(str(code)):
+        return None
+    nsn = digits
+    stripped = prefix.match(digits) if prefix is not None else None
+    if stripped is not None:
+        nsn = digits[stripped.end() :]
+        if not general.fullmatch(nsn):
+            return None  # the parser may keep the prefix here: let it decide
+    if not 2 <= len(nsn) <= 17 or nsn[0] == "0":
+        return None  # leading zeros: the parser's Italian rule decides
+    number = PhoneNumber(country_code=code, national_number=int(nsn))
+    possible = phonenumbers.is_possible_number_with_reason(number)
+    if possible != ValidationResult.IS_POSSIBLE or not is_valid(number):
+        return None  # the full parse gives the reason (or keeps a prefix stripped too eagerly)
+    e164 = f"+{code}{nsn}"
+    return Normalized(e164) if E164_PATTERN.match(e164) else None
+
+
+_Rules = tuple[int, re.Pattern[str], re.Pattern[str] | None, re.Pattern[str]]
+
+
+@cache
+def _national_rules(region: str) -> _Rules | None:
+    """(calling code, international prefix, trunk prefix, number pattern) of ``region``.
+
+    ``None`` (always the full parse) for a region that is not its calling code's main region
+    (its possible lengths may differ from the ones validation uses), has no international
+    prefix, or rewrites its trunk prefix (AR, BR, ...).
+    """
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region(region, None)
+    code = metadata.country_code if metadata is not None else None
+    if (
+        metadata is None
+        or code is None
+        or phonenumbers.region_code_for_country_code(code) != region
+    ):
+        return None
+    general = metadata.general_desc.national_number_pattern if metadata.general_desc else None
+    if not metadata.international_prefix or not general or metadata.national_prefix_transform_rule:
+        return None
+    prefix = metadata.national_prefix_for_parsing
+    return (
+        code,
+        re.compile(metadata.international_prefix),
+        re.compile(prefix) if prefix else None,
+        re.compile(general),
+    )
+
+
 def _parse(text: str, region: str | None) -> Normalized:
     try:
         number = phonenumbers.parse(text, region)
@@ -247,9 +320,144 @@ def _parse(text: str, region: str | None) -> Normalized:
     possible = phonenumbers.is_possible_number_with_reason(number)
     if possible != ValidationResult.IS_POSSIBLE:
         return _FAIL[_POSSIBLE_REASONS.get(possible, Reason.INVALID_NUMBER)]
-    if not phonenumbers.is_valid_number(number):
+    if not is_valid(number):
         return _FAIL[Reason.INVALID_NUMBER]
     e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
     if not E164_PATTERN.match(e164):
         return _FAIL[Reason.INVALID_NUMBER]
     return Normalized(e164)
+
+
+# -- validity ------------------------------------------------------------------------------------
+# ``phonenumbers.is_valid_number``, with the metadata's patterns compiled once. The library looks
+# every pattern up again on each call (up to eleven per number, and twice over for a +1 number,
+# whose region is found by validating it too): most of the time of validate went there, against
+# a target of at least a bare loop of that same library. Same steps, same order, same metadata;
+# a test holds it to ``phonenumbers.is_valid_number`` on every region's numbers.
+
+# (possible lengths, empty: any; the national number pattern, None: matches nothing)
+_Desc = tuple[frozenset[int], re.Pattern[str] | None]
+# the number type descriptions ``_number_type_helper`` tries, in its order, before mobile
+_TYPE_DESCS = (
+    "premium_rate",
+    "toll_free",
+    "shared_cost",
+    "voip",
+    "personal_number",
+    "pager",
+    "uan",
+    "voicemail",
+    "fixed_line",
+)
+
+
+class _Checks:
+    """Whether a national number is of some type of one region's metadata.
+
+    The library tries the general description, then each type's (its possible lengths, then its
+    pattern) until one matches. Per number length this is one pattern: the general one as a
+    look-ahead, then the types of that length as alternatives; built on first use.
+    """
+
+    __slots__ = ("_by_length", "_general", "_types")
+
+    def __init__(self, general: _Desc, types: tuple[_Desc, ...]) -> None:
+        self._general = general
+        self._types = types
+        self._by_length: dict[int, re.Pattern[str] | None] = {}
+
+    def match(self, nsn: str) -> bool:
+        size = len(nsn)
+        try:
+            pattern = self._by_length[size]
+        except KeyError:
+            pattern = self._by_length[size] = self._combined(size)
+        return pattern is not None and pattern.fullmatch(nsn) is not None
+
+    def _combined(self, size: int) -> re.Pattern[str] | None:
+        lengths, general = self._general
+        if general is None or (lengths and size not in lengths):
+            return None
+        types = [
+            f"(?:{pattern.pattern})"
+            for lengths, pattern in self._types
+            if pattern is not None and (not lengths or size in lengths)
+        ]
+        if not types:
+            return None
+        return re.compile(f"(?=(?:{general.pattern})\\Z)(?:{'|'.join(types)})")
+
+
+def is_valid(number: PhoneNumber) -> bool:
+    """``phonenumbers.is_valid_number(number)``, faster (the patterns are compiled once)."""
+    code = number.country_code
+    rules = _validity(code) if code is not None else None
+    if rules is None:
+        return False
+    nsn = phonenumbers.national_significant_number(number)
+    single, choices = rules
+    if not choices:
+        return _matches_a_type(nsn, single)
+    for leading, choose, final in choices:  # its region: the first whose numbers it looks like
+        if leading is not None:
+            if leading.match(nsn):
+                return _matches_a_type(nsn, final)
+        elif _matches_a_type(nsn, choose):
+            return _matches_a_type(nsn, final)
+    return False
+
+
+def _matches_a_type(nsn: str, checks: _Checks | None) -> bool:
+    return checks is not None and checks.match(nsn)
+
+
+_Choice = tuple[re.Pattern[str] | None, _Checks, _Checks | None]
+
+
+@cache
+def _validity(code: int) -> tuple[_Checks | None, tuple[_Choice, ...]] | None:
+    """How the numbers of calling code ``code`` are validated (``None``: no such code).
+
+    One region: its checks. Several (+1, +7, +44, ...): for each region with metadata, in the
+    library's order, its leading digits pattern, the checks that pick it when it has none, and
+    the checks its numbers are then validated with (``None``: the library refuses that region).
+    """
+    regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code)
+    if regions is None:
+        return None
+    if len(regions) == 1:
+        return _final_checks(code, regions[0]), ()
+    choices = []
+    for region in regions:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region.upper(), None)
+        if metadata is None:
+            continue
+        leading = metadata.leading_digits
+        pattern = re.compile(leading) if leading is not None else None
+        choices.append((pattern, _checks(metadata), _final_checks(code, region)))
+    return None, tuple(choices)
+
+
+def _final_checks(code: int, region: str) -> _Checks | None:
+    metadata = phonenumbers.PhoneMetadata.metadata_for_region_or_calling_code(code, region.upper())
+    non_geo = region == phonenumbers.REGION_CODE_FOR_NON_GEO_ENTITY
+    if metadata is None or (
+        not non_geo and code != phonenumbers.country_code_for_valid_region(region)
+    ):
+        return None
+    return _checks(metadata)
+
+
+def _checks(metadata: phonenumbers.PhoneMetadata) -> _Checks:
+    types = [getattr(metadata, name) for name in _TYPE_DESCS]
+    if not metadata.same_mobile_and_fixed_line_pattern:
+        types.append(metadata.mobile)
+    general = _desc(metadata.general_desc) or (frozenset(), None)  # None: matches nothing
+    return _Checks(general, tuple(d for d in map(_desc, types) if d is not None))
+
+
+def _desc(desc: phonenumbers.PhoneNumberDesc | None) -> _Desc | None:
+    if desc is None:
+        return None
+    pattern = desc.national_number_pattern
+    return frozenset(desc.possible_length or ()), re.compile(pattern) if pattern else None

@@ -22,6 +22,7 @@ from batchphone.normalize import normalize
 __all__ = [
     "EXPLANATIONS",
     "Mode",
+    "Outcome",
     "Prepared",
     "Preparer",
     "RowRules",
@@ -123,6 +124,9 @@ class RowRules:
 
 
 Prepared = UpdateRequest | RowResult
+#: What ``Preparer.outcomes`` says of a row: its final status, reason and E.164 phone.
+Outcome = tuple[Status, Reason | None, str | None]
+_Memo = dict[tuple[str | None, str | None, bool], Normalized]
 
 
 def _local(row: InputRow, status: Status, reason: Reason | None, phone: str | None) -> RowResult:
@@ -147,11 +151,17 @@ class Preparer:
         self._repeated = frozenset(repeated_login_ids)
         self._held: dict[str, list[tuple[InputRow, Prepared]]] = {}
 
+    @property
+    def repeated(self) -> frozenset[str]:
+        """The login ids on more than one row: their rows are held until ``finish``."""
+        return self._repeated
+
     def prepare(self, rows: Iterable[InputRow]) -> list[Prepared]:
         """What to do with each row, in order; rows of repeated login ids come out of ``finish``."""
         out: list[Prepared] = []
+        memo: _Memo = {}
         for row in rows:
-            verdict = self._judge(row)
+            verdict = self._judge(row, memo)
             if row.login_id is not None and row.login_id in self._repeated:
                 self._held.setdefault(row.login_id, []).append((row, verdict))
             else:
@@ -178,6 +188,27 @@ class Preparer:
         out.sort(key=lambda item: item.row)
         return out
 
+    def outcomes(self, rows: Iterable[InputRow]) -> list[Outcome]:
+        """``validate`` and dry runs: the final (status, reason, phone) of each row, in order.
+
+        The same rules as ``prepare`` without building a request and a result per row (the
+        report path writes these straight to the result file). Rows of repeated login ids are
+        not held here: the caller settles them through ``prepare`` and ``finish`` first.
+        """
+        mode = self.rules.mode
+        if mode not in (Mode.DRY_RUN, Mode.VALIDATE):
+            raise ValueError(f"outcomes: rows of a {mode.value} job need requests, not outcomes")
+        ok = Status.WOULD_UPDATE if mode is Mode.DRY_RUN else Status.VALID
+        out: list[Outcome] = []
+        memo: _Memo = {}
+        for row in rows:
+            reason, phone, _ = self._verdict(row, memo)
+            if reason is not None:
+                out.append((Status.INVALID, reason, None))
+            else:
+                out.append((ok, Reason.REMOVE_PHONE if phone == "" else None, phone))
+        return out
+
     def _settle(self, row: InputRow, verdict: Prepared) -> Prepared:
         if isinstance(verdict, RowResult) or self.rules.mode in (Mode.RUN, Mode.PLAN):
             return verdict
@@ -185,30 +216,41 @@ class Preparer:
         reason = Reason.REMOVE_PHONE if verdict.phone == "" else None
         return _local(row, status, reason, verdict.phone)
 
-    def _judge(self, row: InputRow) -> Prepared:
+    def _judge(self, row: InputRow, memo: _Memo) -> Prepared:
+        reason, phone, verified = self._verdict(row, memo)
+        if reason is not None or phone is None or row.login_id is None:
+            return _local(row, Status.INVALID, reason or Reason.INVALID_NUMBER, None)
+        return UpdateRequest(
+            row=row.row,
+            login_id=row.login_id,
+            phone=phone,
+            verified=verified,
+            fail_on_conflict=not self.rules.allow_merge,
+            phone_input=row.phone_raw,
+        )
+
+    def _verdict(self, row: InputRow, memo: _Memo) -> tuple[Reason | None, str | None, bool | None]:
+        """(reason the row cannot be sent, or None; its E.164 phone; its verified flag)."""
         rules = self.rules
         if row.login_id is None or not row.login_id.strip():
-            return _local(row, Status.INVALID, Reason.EMPTY_LOGIN_ID, None)
+            return Reason.EMPTY_LOGIN_ID, None, None
         verified = rules.verified
         if row.verified_raw is not None and row.verified_raw.strip():
             text = row.verified_raw.strip().lower()
             if text not in _TRUE | _FALSE:
-                return _local(row, Status.INVALID, Reason.INVALID_VERIFIED, None)
+                return Reason.INVALID_VERIFIED, None, None
             verified = text in _TRUE
         region = row.region.strip() if row.region and row.region.strip() else rules.default_region
-        result: Normalized = normalize(
-            row.phone_raw,
-            region,
-            allow_remove=rules.allow_remove,
-            was_number=row.phone_was_number,
-        )
+        # a phone repeated within the batch (a switchboard, a shared number) is normalized once
+        key = (row.phone_raw, region, row.phone_was_number)
+        result: Normalized | None = memo.get(key)
+        if result is None:
+            result = memo[key] = normalize(
+                row.phone_raw,
+                region,
+                allow_remove=rules.allow_remove,
+                was_number=row.phone_was_number,
+            )
         if result.reason is not None or result.e164 is None:
-            return _local(row, Status.INVALID, result.reason or Reason.INVALID_NUMBER, None)
-        return UpdateRequest(
-            row=row.row,
-            login_id=row.login_id,
-            phone=result.e164,
-            verified=verified,
-            fail_on_conflict=not rules.allow_merge,
-            phone_input=row.phone_raw,
-        )
+            return result.reason or Reason.INVALID_NUMBER, None, None
+        return None, result.e164, verified

@@ -16,7 +16,6 @@ streaming is an ``InputError`` naming the data row. Rules the rest of batchphone
 
 from __future__ import annotations
 
-import array
 import codecs
 import collections
 import csv
@@ -44,6 +43,7 @@ _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 # a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
 csv.field_size_limit(1 << 30)
 _JSON_SAMPLE_LINES = 100
+_HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
 _POLARS_ERRORS = (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
@@ -261,33 +261,75 @@ class InputSource:
 
     def _repeated_in_text(self, limit: int | None) -> frozenset[str]:
         """``repeated_login_ids`` for CSV/TSV, on the csv module: polars' streaming scan holds
-        ~200 MB of read-ahead here, the csv module one batch."""
-        hashes = array.array("q")
+        ~200 MB of read-ahead here, the csv module one batch.
+
+        The hashes are kept as one small Series per batch (8 bytes a row) and sorted a
+        sixteenth at a time, so the sort's copies stay small: at 5M rows 40 MB in all, where
+        one array sorted whole held three copies (120 MB).
+        """
+        parts: list[pl.Series] = []
         count = 0
-        for rows in self._text_batches(50_000, limit):
-            count += len(rows)
-            hashes.extend(hash(row.login_id) for row in rows if row.login_id is not None)
+        for logins in self._text_logins(50_000, limit):
+            count += len(logins)
+            hashes = [hash(login) for login in logins if login is not None]
+            parts.append(pl.Series("h", hashes, dtype=pl.Int64))
         self._text_count = (limit, count)  # count_rows is asked next: no third pass
-        ordered = pl.Series("h", hashes, dtype=pl.Int64).sort()
-        del hashes
-        repeated = set(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
-        del ordered
+        repeated: set[int] = set()
+        for bucket in range(_HASH_BUCKETS):
+            ordered = pl.concat(
+                [part.filter(part & (_HASH_BUCKETS - 1) == bucket) for part in parts]
+            )
+            ordered = ordered.sort()
+            repeated.update(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
+        del parts
         if not repeated:
             return frozenset()
         seen: collections.Counter[str] = collections.Counter()
-        for rows in self._text_batches(50_000, limit):
-            seen.update(
-                row.login_id
-                for row in rows
-                if row.login_id is not None and hash(row.login_id) in repeated
-            )
+        for logins in self._text_logins(50_000, limit):
+            seen.update(login for login in logins if login is not None and hash(login) in repeated)
         return frozenset(login for login, n in seen.items() if n > 1)
+
+    def _text_logins(self, batch_size: int, limit: int | None) -> Iterator[list[str | None]]:
+        """The login id of each row ``_text_batches`` yields (same rows, same errors), alone."""
+        separator = "\t" if self.format == "tsv" else ","
+        done = 0
+        batch: list[str | None] = []
+        with self.path.open(encoding="utf-8-sig", newline="") as file:
+            reader = csv.reader(file, delimiter=separator)
+            header = next(reader, [])
+            login = {name: i for i, name in reversed(list(enumerate(header)))}[
+                self.spec.login_id_column
+            ]
+            try:
+                for cells in reader:
+                    if not any(cells):
+                        continue  # a blank line, or a row of empty cells
+                    width = len(cells)
+                    if width > len(header):
+                        message = (
+                            f"has {width} fields but the header has {len(header)}"
+                            " (an unquoted delimiter in a cell?)"
+                        )
+                        raise _error(self.path, message, row=done + 1)
+                    done += 1
+                    batch.append(
+                        (cells[login].strip(_ASCII_WHITESPACE) if login < width else "") or None
+                    )
+                    if len(batch) >= batch_size:
+                        yield batch
+                        batch = []
+                    if limit is not None and done >= limit:
+                        break
+            except csv.Error as exc:
+                raise _error(self.path, str(exc), row=done + 1) from None
+        if batch:
+            yield batch
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
         if self.format in ("csv", "tsv"):
             if self._text_count is None or self._text_count[0] != limit:
-                self._text_count = (limit, sum(map(len, self._text_batches(50_000, limit))))
+                self._text_count = (limit, sum(map(len, self._text_logins(50_000, limit))))
             return self._text_count[1]
         return int(self._collect(self._frame(limit).select(pl.len())).item())
 

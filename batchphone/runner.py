@@ -44,6 +44,7 @@ from batchphone.pool import run_pool
 from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
+from batchphone.report import local_report, write_report
 from batchphone.send import Sender
 from batchphone.stop import Stop
 from batchphone.undo import UndoSource, open_results
@@ -414,6 +415,18 @@ async def _execute_locked(
     handle_signals: bool,
     started: float,
 ) -> Summary:
+    if local_report(mode, source):  # validate and dry runs: no journal, no pool (report.py)
+        assert isinstance(source, InputSource)
+        return await write_report(
+            job,
+            settings,
+            source,
+            identity,
+            mode,
+            progress,
+            handle_signals=handle_signals,
+            started=started,
+        )
     journal = Journal.open(
         job.out_path,
         identity,

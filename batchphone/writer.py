@@ -48,6 +48,7 @@ __all__ = [
     "defuse",
     "needs_quote",
     "write_results",
+    "write_rows",
 ]
 
 #: File extension (lower case) -> result format.
@@ -122,8 +123,26 @@ def write_results(
 
     Missing keys are written empty, other keys are ignored. Returns the number of rows written.
     """
-    fmt = _format(out_path)
     columns = tuple(columns)
+    return _write(
+        out_path, columns, lambda work: _last_per_row(_merge(_sorted_runs(records, columns, work)))
+    )
+
+
+def write_rows(
+    rows: Iterable[Values], out_path: Path, *, columns: Sequence[str] = RESULT_COLUMNS
+) -> int:
+    """Write rows that are already final: one per input row, ascending, values in ``columns``
+    order and of their column's type (int, bool, text or None). No journal records, no sort:
+    the report of ``validate`` and dry runs (``report.py``). Returns the number written.
+    """
+    return _write(out_path, tuple(columns), lambda work: iter(rows))
+
+
+def _write(
+    out_path: Path, columns: tuple[str, ...], ordered: Callable[[Path], Iterator[Values]]
+) -> int:
+    fmt = _format(out_path)
     try:
         work = Path(tempfile.mkdtemp(prefix=".batchphone-sort-", dir=out_path.parent))
     except OSError as exc:
@@ -131,8 +150,7 @@ def write_results(
             f"{out_path}: cannot write in {out_path.parent} ({exc.strerror})"
         ) from None
     try:
-        rows = _last_per_row(_merge(_sorted_runs(records, columns, work)))
-        return _write_atomically(out_path, fmt, columns, rows, work)
+        return _write_atomically(out_path, fmt, columns, ordered(work), work)
     except OutputError as exc:
         raise OutputError(f"{out_path}: {exc}") from None
     except OSError as exc:

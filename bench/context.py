@@ -37,6 +37,9 @@ class Plan:
     cpu_sdk_rows: int = 5_000  # the SDK baselines are slower: their rate is steady by then
     cpu_concurrency: int = 16
     validate_rows: int = 1_000_000
+    # validate and the bare loop run in turn this many times, fastest kept: a busy machine
+    # slows one measurement, rarely the same tool twice
+    validate_repeats: int = 2
     memory_rows: tuple[int, int] = (1_000_000, 5_000_000)
     startup_repeats: int = 7
     profile_rows: int = 3_000  # rows of the profiled reruns (a profile needs no full size)

@@ -4,7 +4,9 @@ Two shapes. ``update_csv``: ``loginId,phone`` with one distinct valid E.164 numb
 ``user<i>@example.com`` (the users the emulator's ``--generate`` creates), for the scenarios
 that call the API. ``mixed_csv``: ``loginId,phone,region`` as a real export looks (valid
 international, national with a region, damaged, garbage, and 30% of the rows repeating an
-earlier row's phone), for ``validate`` and the memory scenario.
+earlier row's phone), for ``validate`` and the memory scenario. ``national_csv``: the same
+shape where national numbers with a region dominate (``(415) 555-0134`` US, ``0 20 7946 0000``
+GB, ...), the costly case for a normalizer: each needs its region's rules.
 """
 
 from __future__ import annotations
@@ -13,12 +15,23 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["MIX", "REPEATED_SHARE", "mixed_csv", "mixed_rows", "update_csv", "update_phone"]
+__all__ = [
+    "MIX",
+    "NATIONAL_MIX",
+    "REPEATED_SHARE",
+    "mixed_csv",
+    "mixed_rows",
+    "national_csv",
+    "update_csv",
+    "update_phone",
+]
 
 #: Share of the rows of ``mixed_csv`` whose phone string repeats an earlier row's.
 REPEATED_SHARE = 0.30
 #: How the fresh (not repeated) phones of ``mixed_csv`` are drawn.
 MIX = {"international": 0.45, "national": 0.25, "damaged": 0.20, "garbage": 0.10}
+#: The same for ``national_csv``: national numbers written as people write them dominate.
+NATIONAL_MIX = {"written": 0.70, "international": 0.10, "damaged": 0.12, "garbage": 0.08}
 
 # real area codes, so that the numbers are valid for phonenumbers and not merely well formed
 _AREAS = (212, 213, 305, 312, 415, 503, 617, 646, 713, 206)
@@ -111,6 +124,17 @@ def _national(rng: random.Random) -> tuple[str, str]:
     return f"030 {rng.randrange(1_000_000, 100_000_000)}", "DE"
 
 
+def _written(rng: random.Random) -> tuple[str, str]:
+    """A national number as typed in a form: the shapes of ``_national`` and a few more."""
+    kind = rng.randrange(6)
+    if kind == 0:
+        return f"0 20 7{rng.randrange(100, 1000)} {rng.randrange(10_000):04d}", "GB"
+    if kind == 1:
+        area, exchange = rng.choice(_AREAS), rng.randrange(200, 1000)
+        return f"{area}.{exchange}.{rng.randrange(10_000):04d}", "US"
+    return _national(rng)
+
+
 def _damaged(rng: random.Random) -> tuple[str, str]:
     phone, region = (_international if rng.random() < 0.6 else _national)(rng)
     kind = rng.randrange(5)
@@ -126,12 +150,19 @@ def _damaged(rng: random.Random) -> tuple[str, str]:
     return phone, ""  # a national number whose region cell was lost
 
 
-def mixed_rows(rows: int, seed: int = 5) -> Iterator[tuple[str, str, str]]:
+def mixed_rows(
+    rows: int, seed: int = 5, mix: dict[str, float] = MIX
+) -> Iterator[tuple[str, str, str]]:
     """``(loginId, phone, region)`` rows of the mixed export (deterministic under ``seed``)."""
     rng = random.Random(seed)
-    kinds = list(MIX)
-    weights = list(MIX.values())
-    makers = {"international": _international, "national": _national, "damaged": _damaged}
+    kinds = list(mix)
+    weights = list(mix.values())
+    makers = {
+        "international": _international,
+        "national": _national,
+        "written": _written,
+        "damaged": _damaged,
+    }
     seen: list[tuple[str, str]] = []
     for i in range(rows):
         if seen and rng.random() < REPEATED_SHARE:
@@ -161,5 +192,17 @@ def mixed_csv(workdir: Path, rows: int) -> Path:
         return path
     lines = (
         f"{login_id},{_csv_cell(phone)},{region}" for login_id, phone, region in mixed_rows(rows)
+    )
+    return _write_lines(path, "loginId,phone,region", lines)
+
+
+def national_csv(workdir: Path, rows: int) -> Path:
+    """``loginId,phone,region``: ``rows`` rows of :func:`mixed_rows` under ``NATIONAL_MIX``."""
+    path = workdir / f"national-g{_GENERATION}-{rows}.csv"
+    if path.exists():
+        return path
+    lines = (
+        f"{login_id},{_csv_cell(phone)},{region}"
+        for login_id, phone, region in mixed_rows(rows, seed=6, mix=NATIONAL_MIX)
     )
     return _write_lines(path, "loginId,phone,region", lines)

@@ -204,12 +204,15 @@ def _budget_label(row: Row) -> str:
 
 
 def _size_label(row: Row) -> str:
-    size = row.scenario.split(" ")[2]  # "5 memory 1,000,000 rows" -> "1,000,000"
-    return f"{row.tool.replace('batchphone ', '')}\n{size} rows"
+    # "5 memory 1,000,000 rows" -> "1,000,000"; "4 validate national 1,000,000 rows" too
+    size = row.scenario.split(" ")[-2]
+    mix = " national" if " national " in row.scenario else ""
+    return f"{row.tool.replace('batchphone ', '')}{mix}\n{size} rows"
 
 
 def _tool_label(row: Row) -> str:
-    return row.tool.replace(" ", "\n", 1)
+    mix = "\n(national mix)" if " national " in row.scenario else ""
+    return row.tool.replace(" ", "\n", 1) + mix
 
 
 def write_plot(path: Path, rows: Sequence[Row], *, title: str) -> None:
@@ -249,7 +252,7 @@ def write_plot(path: Path, rows: Sequence[Row], *, title: str) -> None:
     _bars(
         axes["V"],
         _pick(rows, "4", "rows/s, wall"),
-        "4. Validate (mixed rows): rows/s, wall",
+        "4. Validate (mixed rows; national mix): rows/s, wall",
         label=_tool_label,
     )
     _bars(
@@ -335,7 +338,8 @@ def _batch(ax: Axes, rows: Sequence[Row]) -> None:
     labels = [f"{'batch' if batch(r) else 'per-row'}\n{r.note.split(';')[0]}" for r in picked]
     ax.set_xticks(range(len(picked)), labels, fontsize=8)
     ax.bar_label(bars, [_number(v) for v in values], fontsize=8)
-    ax.set_yscale("log")
+    if any(values):  # a run without scenario 7 (--only) leaves the panel empty
+        ax.set_yscale("log")
     per_row = next((r.value for r in picked if not batch(r)), None)
     if ratio is not None and ratio.bound and per_row:
         label = f"target: {_number(ratio.bound)} x per-row"

@@ -10,6 +10,7 @@ import json
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bench import data
@@ -231,20 +232,35 @@ def cpu(bench: Bench) -> None:
 
 
 def validate(bench: Bench) -> None:
-    """4. Validate 1M mixed rows against a bare phonenumbers loop over the same strings."""
+    """4. Validate 1M rows against a bare phonenumbers loop over the same strings, for two mixes:
+    the export mix (``mixed_csv``) and one where national numbers dominate (``national_csv``)."""
     rows = bench.plan.validate_rows
-    input_path = data.mixed_csv(bench.workdir, rows)
-    scenario = f"4 validate {rows:,} rows"
-    bare = measure(
-        bench.python("-m", "bench.baselines.phonenumbers_loop", str(input_path)), cwd=bench.root
-    )
-    bare_doc = json.loads(bare.stdout.strip().splitlines()[-1])
-    bare_rate = rows / bare.wall_s
+    for label, make in (("", data.mixed_csv), (" national", data.national_csv)):
+        _validate_mix(bench, f"4 validate{label} {rows:,} rows", make, rows)
+
+
+def _validate_mix(
+    bench: Bench, scenario: str, make: Callable[[Path, int], Path], rows: int
+) -> None:
+    input_path = make(bench.workdir, rows)
     summary = bench.workdir / "validate-summary.json"
     report = bench.workdir / "validate-report.csv"
     argv = ["-m", "batchphone", "validate", str(input_path), "--out", str(report), "--quiet"]
-    mine = measure(bench.python(*argv, "--summary-json", str(summary)), cwd=bench.root)
+    bares, mines = [], []
+    for _ in range(bench.plan.validate_repeats):  # in turn: both see the same load
+        bares.append(
+            measure(
+                bench.python("-m", "bench.baselines.phonenumbers_loop", str(input_path)),
+                cwd=bench.root,
+            )
+        )
+        mines.append(measure(bench.python(*argv, "--summary-json", str(summary)), cwd=bench.root))
+    bare = min(bares, key=lambda m: m.wall_s)
+    mine = min(mines, key=lambda m: m.wall_s)
+    bare_doc = json.loads(bare.stdout.strip().splitlines()[-1])
+    bare_rate = rows / bare.wall_s
     counts = json.loads(summary.read_text())["counts"] if summary.exists() else {}
+    fastest = f"fastest of {len(mines)}, {', '.join(f'{m.wall_s:.1f}' for m in mines)} s"
     rate = rows / mine.wall_s
     bench.add(
         Row(
@@ -257,15 +273,16 @@ def validate(bench: Bench) -> None:
             bound_label="bare loop",
             target=">= 1.0 x bare loop",
             met=rate >= bare_rate,
-            note=f"{mine.wall_s:.1f} s; valid {counts.get('valid', 0):,}, "
+            note=f"{mine.wall_s:.1f} s ({fastest}); valid {counts.get('valid', 0):,}, "
             f"invalid {counts.get('invalid', 0):,}; writes the report",
         )
     )
     if rate < bare_rate:
         # a fifth of the rows is enough to see where the time goes
-        sample = data.mixed_csv(bench.workdir, rows // 5)
+        sample = make(bench.workdir, rows // 5)
         argv = ["-m", "batchphone", "validate", str(sample), "--out", str(report), "--quiet"]
-        bench.profile(f"4 validate {rows // 5:,} rows: batchphone (missed)", bench.python(*argv))
+        title = scenario.replace(f"{rows:,}", f"{rows // 5:,}")
+        bench.profile(f"{title}: batchphone (missed)", bench.python(*argv))
     loop_rate = rows / bare_doc["loop_s"]
     bench.add(
         Row(
@@ -276,7 +293,8 @@ def validate(bench: Bench) -> None:
             unit="rows/s",
             bound=bare_rate,
             bound_label="bare loop",
-            note=f"{bare.wall_s:.1f} s; valid {bare_doc['valid']:,}, "
+            note=f"{bare.wall_s:.1f} s (fastest of {len(bares)}, "
+            f"{', '.join(f'{m.wall_s:.1f}' for m in bares)} s); valid {bare_doc['valid']:,}, "
             f"invalid {bare_doc['invalid']:,}; the loop alone {loop_rate:,.0f} rows/s",
         )
     )
@@ -293,7 +311,7 @@ def memory(bench: Bench) -> None:
         out = bench.workdir / f"dry-run-{rows}.csv"
         argv = ["-m", "batchphone", "run", str(input_path), "--out", str(out)]
         measured = measure(bench.python(*argv, "--dry-run", "--restart", "--quiet"), cwd=bench.root)
-        # batchphone keeps the journal beside a finished run's results: at 5M rows it is GBs
+        # the result file is GBs at 5M rows (a dry run keeps no journal; an older one did)
         for leftover in (out, out.with_name(out.name + ".journal")):
             leftover.unlink(missing_ok=True)
         peaks[rows] = measured.max_rss_mb

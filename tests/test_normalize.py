@@ -9,7 +9,16 @@ from hypothesis import strategies as st
 
 from batchphone.errors import UsageError
 from batchphone.models import Normalized, Reason
-from batchphone.normalize import E164_PATTERN, _cached, check_region, normalize
+from batchphone.normalize import (
+    _NOT_DIGIT,
+    E164_PATTERN,
+    _cached,
+    _national,
+    _parse,
+    check_region,
+    is_valid,
+    normalize,
+)
 
 REGIONS = sorted(phonenumbers.SUPPORTED_REGIONS)
 FORMATS = [
@@ -212,3 +221,108 @@ def test_fast_path_agrees_with_libphonenumber(code: int, digits: str) -> None:
     if not E164_PATTERN.match(text):
         return
     assert normalize(text, None).e164 == _libphonenumber(text)
+
+
+@st.composite
+def national_texts(draw: st.DrawFn) -> tuple[str, str]:
+    """A number of some region written nationally (often damaged), with that region."""
+    region = draw(st.sampled_from(REGIONS))
+    kind = draw(st.sampled_from(list(range(11))))
+    number = phonenumbers.example_number_for_type(region, kind) or phonenumbers.example_number(
+        region
+    )
+    if number is None:
+        return "(415) 555-0123", "US"
+    text = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.NATIONAL)
+    digits = [c for c in text if c.isdigit()]
+    # damage some digits: a wrong digit, one lost, one doubled, a trunk or IDD prefix put in front
+    for _ in range(draw(st.integers(0, 3))):
+        where = draw(st.integers(0, len(digits) - 1))
+        edit = draw(st.sampled_from(["swap", "drop", "double", "prefix"]))
+        if edit == "swap":
+            digits[where] = draw(st.sampled_from("0123456789"))
+        elif edit == "drop" and len(digits) > 1:
+            del digits[where]
+        elif edit == "double":
+            digits.insert(where, digits[where])
+        else:
+            digits[:0] = list(draw(st.sampled_from(["0", "1", "00", "011", "8", "9", "01"])))
+    punctuation = draw(st.sampled_from([" ", "-", ".", "", "/"]))
+    cut = draw(st.integers(0, len(digits)))
+    body = "".join(digits[:cut]) + punctuation + "".join(digits[cut:])
+    if draw(st.booleans()) and cut >= 3:
+        body = f"({body[:3]}) {body[3:]}"
+    return body, region
+
+
+@settings(max_examples=3000, deadline=None)
+@given(case=national_texts())
+@example(case=("(415) 555-0134", "US"))
+@example(case=("0 20 7946 0000", "GB"))
+@example(case=("1 415 555 0134", "US"))  # the calling code in front: the parser's call
+@example(case=("011 44 20 7946 0958", "US"))  # an international prefix: the parser's call
+def test_national_fast_path_agrees_with_the_full_parse(case: tuple[str, str]) -> None:
+    text, region = case
+    fast = _national(text, _NOT_DIGIT.sub("", text), region)
+    if fast is not None:
+        assert fast == _parse(text, region)
+
+
+@pytest.mark.parametrize(
+    ("text", "region", "e164"),
+    [
+        ("(415) 555-0134", "US", "+14155550134"),
+        ("0 20 7946 0000", "GB", "+442079460000"),
+        ("01 23 45 67 89", "FR", "+33123456789"),
+        ("030 12345678", "DE", "+493012345678"),
+    ],
+)
+def test_national_fast_path_takes_the_common_shapes(text: str, region: str, e164: str) -> None:
+    assert _national(text, _NOT_DIGIT.sub("", text), region) == Normalized(e164)
+
+
+def _examples() -> list[phonenumbers.PhoneNumber]:
+    found = []
+    for region in REGIONS:
+        for kind in range(11):
+            number = phonenumbers.example_number_for_type(region, kind)
+            if number is not None:
+                found.append(number)
+    for code in phonenumbers.COUNTRY_CODES_FOR_NON_GEO_REGIONS:
+        number = phonenumbers.example_number_for_non_geo_entity(code)
+        if number is not None:
+            found.append(number)
+    return found
+
+
+EXAMPLES = _examples()
+
+
+def test_is_valid_agrees_with_libphonenumber_on_every_example_number() -> None:
+    assert len(EXAMPLES) > 1000
+    for number in EXAMPLES:
+        assert is_valid(number) == phonenumbers.is_valid_number(number), number
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    base=st.sampled_from(EXAMPLES),
+    code=st.one_of(st.none(), country_codes, st.integers(0, 999)),
+    tail=st.text("0123456789", max_size=4),
+    cut=st.integers(0, 4),
+    zeros=st.integers(0, 2),
+)
+def test_is_valid_agrees_with_libphonenumber(
+    base: phonenumbers.PhoneNumber, code: int | None, tail: str, cut: int, zeros: int
+) -> None:
+    """Example numbers under other calling codes, with digits changed, cut, added, zero-led."""
+    national = str(base.national_number)
+    national = national[: max(1, len(national) - cut)] + tail
+    number = phonenumbers.PhoneNumber(
+        country_code=base.country_code if code is None else code,
+        national_number=int(national),
+    )
+    if zeros:
+        number.italian_leading_zero = True
+        number.number_of_leading_zeros = zeros
+    assert is_valid(number) == phonenumbers.is_valid_number(number)

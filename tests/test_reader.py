@@ -112,6 +112,17 @@ def test_repeated_login_ids_after_stripping_and_within_limit(tmp_path: Path) -> 
     assert source.repeated_login_ids(limit=2) == frozenset()
 
 
+def test_repeated_login_ids_across_batches_and_hash_buckets(tmp_path: Path) -> None:
+    """Repeats far apart (other batches of 50,000), in every bucket the hashes are sorted in."""
+    ids = [f"user{i}" for i in range(120_000)] + [f"user{i}" for i in range(0, 120_000, 97)]
+    lines = "".join(f"{login},+1\n" for login in ids)
+    source = _open(_write(tmp_path, "users.csv", "loginId,phone\n" + lines))
+    expected = frozenset(f"user{i}" for i in range(0, 120_000, 97))
+    assert source.repeated_login_ids() == expected
+    assert {hash(login) & 15 for login in expected} == set(range(16))
+    assert source.count_rows() == len(ids)
+
+
 def test_content_hash_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:
     for name, content in [("a.csv", b"loginId,phone\na,1\n"), ("a.parquet", None)]:
         path = tmp_path / name

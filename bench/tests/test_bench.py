@@ -182,3 +182,28 @@ def test_sdk_loop_main_writes_one_line_per_row(
     assert sdk_loop.main([str(source), "--out", str(out)]) == 0
     lines = list(csv.DictReader(io.StringIO(out.read_text())))
     assert [line["status"] for line in lines] == ["updated"] * 3
+
+
+def test_national_mix_is_mostly_national_numbers_with_their_region(tmp_path: Path) -> None:
+    path = data.national_csv(tmp_path, 5_000)
+    rows = [(r["phone"], r["region"]) for r in csv.DictReader(path.open())]
+    assert rows == [(p, r) for _, p, r in data.mixed_rows(5_000, seed=6, mix=data.NATIONAL_MIX)]
+    national = [(p, r) for p, r in rows if r and not p.startswith("+")]
+    assert len(national) > 0.6 * len(rows)
+    assert {"(", "0 20 7"} <= {p[:1] for p, _ in national} | {p[:6] for p, _ in national}
+    assert {r for _, r in national} == {"US", "GB", "FR", "DE"}
+    parsed = [phonenumbers.parse(p, r) for p, r in national[:300] if p[0] != "O"]
+    assert sum(map(phonenumbers.is_valid_number, parsed)) > 0.7 * len(parsed)
+
+
+def test_plot_of_a_subset_of_scenarios(tmp_path: Path) -> None:
+    """``--only validate`` draws its panels and leaves the others empty (no log-scale error)."""
+    from bench.report import Row, write_plot
+
+    rows = [
+        Row("4 validate 1,000 rows", "batchphone validate", "rows/s, wall", 30.0, bound=20.0),
+        Row("4 validate national 1,000 rows", "batchphone validate", "rows/s, wall", 25.0),
+        Row("4 validate national 1,000 rows", "batchphone validate", "peak RSS", 110.0),
+    ]
+    write_plot(tmp_path / "results.png", rows, title="subset")
+    assert (tmp_path / "results.png").stat().st_size > 0
