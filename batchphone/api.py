@@ -11,8 +11,8 @@ A library call is quiet and explicit: it reads no ``config.toml`` and no ``BATCH
 ``settings=batchphone.load_settings()`` for that), installs no signal handler unless
 ``handle_signals=True``, configures no logging and prints nothing (see ``batchphone.logs``).
 
-Heavy modules (polars, httpx, the pipeline) are imported when a function is called, so that
-importing ``batchphone`` stays fast.
+Heavy modules (polars, httpx, the pipeline, even ``secrets`` and ``tempfile``) are imported
+when a function is called, so that importing ``batchphone`` (and ``--help``) stays fast.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import secrets
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +168,8 @@ class Target:
         JSON file the users are read from when it exists and written back after every call
         (as ``--emulator-state``). Calls with the same target share one emulated project.
         """
+        import secrets
+
         from batchphone.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
 
         seed: Path | Sequence[Mapping[str, Any]] | None
@@ -349,6 +349,8 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
             settings, emulator=False, emulator_state=None, emulator_users=None
         )
         if out is None:
+            import tempfile
+
             with tempfile.TemporaryDirectory(prefix="batchphone-") as folder:
                 summary = _execute(
                     command, input_path, Path(folder) / "report.csv", settings, None, job_options,
