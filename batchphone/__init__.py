@@ -1,14 +1,19 @@
 """batchphone: update the phone numbers of many Descope users at once.
 
-The light parts (models, errors, settings) are imported eagerly; the pipeline, which pulls in
-polars, httpx and phonenumbers, is imported on first use so that ``batchphone --help`` starts fast.
+The public API is ``run``, ``validate``, ``plan`` and ``undo`` on a ``Target`` (see
+``batchphone.api``), each returning a ``Summary``. The light parts (the API's signatures,
+models, errors, settings) are imported eagerly; the pipeline, which pulls in polars, httpx and
+phonenumbers, is imported on first use so that ``batchphone --help`` starts fast.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
-from batchphone.config import Settings, load_settings
+from batchphone.api import Target, plan, run, undo, validate
+from batchphone.config import Secret, Settings, load_settings
 from batchphone.errors import (
     BatchphoneError,
     FatalRemoteError,
@@ -20,7 +25,7 @@ from batchphone.errors import (
     TransientError,
     UsageError,
 )
-from batchphone.models import InputRow, Normalized, Reason, RowResult, Status, Summary
+from batchphone.models import Command, InputRow, Normalized, Reason, RowResult, Status, Summary
 
 if TYPE_CHECKING:
     from batchphone.runner import Job, execute, run_sync
@@ -29,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchphoneError",
+    "Command",
     "FatalRemoteError",
     "InputError",
     "InputRow",
@@ -40,18 +46,44 @@ __all__ = [
     "RemoteError",
     "ResumeError",
     "RowResult",
+    "Secret",
     "Settings",
     "Status",
     "Summary",
+    "Target",
     "TransientError",
     "UsageError",
     "__version__",
     "execute",
     "load_settings",
+    "plan",
+    "run",
     "run_sync",
+    "undo",
+    "validate",
 ]
 
 _LAZY = {"Job", "execute", "run_sync"}
+#: API functions that share their name with a module of the package (plan.py, undo.py).
+_API_FUNCTIONS = {"plan": plan, "run": run, "undo": undo, "validate": validate}
+
+
+class _Package(types.ModuleType):
+    """The package, whose ``plan`` and ``undo`` stay the API's functions.
+
+    The import system binds every submodule it loads on its package (``import batchphone.plan``
+    sets ``batchphone.plan`` to the module): that would replace the pinned function the
+    moment the pipeline is imported. Code reaches those modules through ``sys.modules``
+    (``from batchphone.plan import Screen``), which this leaves as it is.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API_FUNCTIONS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

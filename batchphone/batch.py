@@ -20,10 +20,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-import structlog
-
 from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
+from batchphone.logs import get_logger
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
 from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
@@ -38,7 +37,7 @@ MAX_BATCH = 100
 #: Halvings of a failed batch before its rows go one by one (100 -> 50 -> 25 -> rows).
 _SPLITS = 2
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 
 def patch_body(request: UpdateRequest) -> dict[str, Any]:

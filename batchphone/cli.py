@@ -5,12 +5,9 @@ Only this module imports click and tqdm, prints, and exits.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import importlib
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -197,17 +194,18 @@ def _early_json(flags: dict[str, Any]) -> bool:
     return json_logs((chosen or "auto").lower())
 
 
-def _execute(
-    command: str, input_path: Path, out: Path, flags: dict[str, Any], *, report: bool = True
-) -> None:
-    """One command, every way out: an exit code, a summary (or error) and --summary-json."""
+def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, Any]) -> None:
+    """One command, every way out: an exit code, a summary (or error) and --summary-json.
+
+    ``out`` is ``None`` only for ``validate`` without ``--out`` (no report file is kept).
+    """
     from batchphone.render import Output, Tally
 
     summary_json: Path | None = flags.get("summary_json")
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
-    tally = Tally(keep_not_valid=not report)
+    tally = Tally(keep_not_valid=out is None)
     try:
-        summary, settings = _run(command, input_path, out, flags, output, tally, report=report)
+        summary, settings = _run(command, input_path, out, flags, output, tally)
     except BatchphoneError as exc:
         if flags.get("debug"):
             traceback.print_exc()
@@ -222,8 +220,6 @@ def _execute(
         message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
         _end_with_error(output, summary_json, message, 1)
         return
-    if not report:  # validate without --out: the report lived in a folder now deleted
-        summary = dataclasses.replace(summary, result_path=None)
     if summary_json is not None:
         from batchphone.render import summary_document, write_summary_json
 
@@ -259,64 +255,41 @@ def _end_with_error(output: Output, summary_json: Path | None, message: str, cod
 def _run(
     command: str,
     input_path: Path,
-    out: Path,
+    out: Path | None,
     flags: dict[str, Any],
     output: Output,
     tally: Tally,
-    *,
-    report: bool,
 ) -> tuple[Summary, Settings]:
+    """Settings from config.toml < environment < flags, then one call of the library's API."""
+    from batchphone import api
     from batchphone.config import load_settings
     from batchphone.render import TqdmProgress, configure_logging, json_logs
-    from batchphone.runner import Job, run_sync
 
     flags = dict(flags)
     config_path = flags.pop("config_path", None)
     job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
-    job = Job(command=command, input_path=input_path, out_path=out, **job_flags)
     settings = load_settings(flags, config_path=config_path)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
     # without --out the report goes to a temporary folder: its path means nothing to the user
-    configure_logging(settings.log_format, settings.quiet, hide=() if report else ("result_path",))
-    rehearsal = None
-    if settings.emulator or settings.emulator_state is not None:
-        from batchphone.rehearsal import embedded_target
-
-        rehearsal = embedded_target(
-            input_path,
-            settings.emulator_users,
-            state_path=settings.emulator_state,
-            undo=command == "undo",
-            login_id_column=settings.login_id_column,
-            phone_column=settings.phone_column,
-            sheet=settings.sheet,
-        )
+    hide = ("result_path",) if out is None else ()
+    configure_logging(settings.log_format, settings.quiet, hide=hide)
+    target = None if command == "validate" else api.Target.from_settings(settings)
+    rehearsal = api.rehearsal(target, command, input_path, settings) if target else None
+    if rehearsal is not None:
         output.note("emulator", f"emulator: {rehearsal.origin}", users=rehearsal.users)
     # the bar is for people at a terminal; machines get only JSON lines
     bar = not (settings.quiet or output.json_mode or not _stderr_is_terminal())
     tally.attach(TqdmProgress() if bar else None)
-    try:
-        summary = run_sync(
-            job,
-            settings,
-            progress=tally,
-            transport_factory=rehearsal.transport_factory if rehearsal else None,
-            target=rehearsal.target if rehearsal else None,
-        )
-    except BaseException:
-        if rehearsal is not None:
-            with contextlib.suppress(OSError):  # the first error is the one to report
-                rehearsal.save()
-        raise
-    if rehearsal is not None:
-        try:
-            rehearsal.save()
-        except OSError as exc:
-            raise BatchphoneError(
-                f"cannot write --emulator-state {rehearsal.state_path}: {exc.strerror or exc}"
-            ) from None
-    return summary, settings
+    call = {"progress": tally, "handle_signals": True, "settings": settings, **job_flags}
+    if command == "validate":
+        return api.validate(input_path, out=out, **call), settings
+    assert out is not None  # click requires --out for the others
+    if command == "plan":
+        return api.plan(input_path, out=out, target=target, **call), settings
+    if command == "undo":
+        return api.undo(input_path, out=out, target=target, **call), settings
+    return api.run(input_path, out=out, target=target, **call), settings
 
 
 class _LazyGroup(click.Group):
@@ -505,9 +478,5 @@ def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> 
 @_common_options
 def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
-    if out is not None:
-        _execute("validate", input_path, out, flags)
-        return
-    # the report (and its journal) go to a folder deleted at exit: nothing is left behind
-    with tempfile.TemporaryDirectory(prefix="batchphone-") as tmp:
-        _execute("validate", input_path, Path(tmp) / "report.csv", flags, report=False)
+    # without --out the report (and its journal) go to a folder deleted before the summary
+    _execute("validate", input_path, out, flags)

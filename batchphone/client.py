@@ -23,11 +23,11 @@ from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
 import httpx
-import structlog
 
 from batchphone import __version__
 from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
+from batchphone.logs import get_logger
 from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -51,7 +51,7 @@ __all__ = ["DEFAULT_BASE_URL", "DescopeClient", "derive_base_url"]
 
 E = TypeVar("E", bound=RemoteError)
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 DEFAULT_BASE_URL: Final = "https://api.descope.com"
 UPDATE_PHONE_PATH: Final = "/v1/mgmt/user/update/phone"

@@ -18,7 +18,7 @@ from typing import Any
 
 from batchphone.errors import UsageError
 
-__all__ = ["Secret", "Settings", "load_settings", "parse_rate"]
+__all__ = ["Secret", "Settings", "load_settings", "parse_options", "parse_rate"]
 
 CONFIG_SECTION = "batchphone"
 DEFAULT_CONFIG = Path("config.toml")
@@ -90,6 +90,23 @@ class Settings:
     debug: bool = False
     #: result columns to write, in this order (``None``: the full set)
     columns: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # A library caller builds Settings directly: check (and normalize) every field with the
+        # parsers load_settings uses, so Settings(concurrency=0) fails here, not mid-run.
+        for name, parse in _FIELD_PARSERS.items():
+            value = getattr(self, name)
+            if value is None and name in _OPTIONAL:
+                continue
+            try:
+                checked = parse(value)
+            except (ValueError, TypeError, UsageError) as exc:
+                shown = "a non-Secret value" if name == "management_key" else repr(value)
+                raise UsageError(
+                    f"Settings({name}=...): bad value {shown}: {exc}", setting=name
+                ) from None
+            if checked is not value:
+                object.__setattr__(self, name, checked)
 
 
 def parse_rate(text: str) -> tuple[int, float]:
@@ -198,6 +215,38 @@ def _url(value: Any) -> str:
     return text
 
 
+def _non_negative_float(value: Any) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise ValueError("expected a number >= 0")
+    return number
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | os.PathLike) or not str(value).strip():
+        raise ValueError("expected a path")
+    return Path(value)
+
+
+def _secret(value: Any) -> Secret:
+    if not isinstance(value, Secret):
+        # the message never shows the value: it may be the key itself
+        raise TypeError("expected a Secret (batchphone.Secret(key))")
+    if not value.reveal().strip():
+        raise ValueError("the key is empty")
+    return value
+
+
+def _same_if_equal(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``parse``, but returning ``value`` itself when parsing does not change it."""
+
+    def checked(value: Any) -> Any:
+        result = parse(value)
+        return value if type(result) is type(value) and result == value else result
+
+    return checked
+
+
 @dataclass(frozen=True, slots=True)
 class _Spec:
     parse: Callable[[Any], Any]
@@ -240,6 +289,82 @@ _FLAG_ONLY = {
     "retry_failed",
     "debug",
 }
+
+
+_SETTINGS_FIELDS = {f.name for f in fields(Settings)}
+#: Settings fields that may be ``None`` (unset).
+_OPTIONAL = {
+    "project_id",
+    "base_url",
+    "management_key",
+    "default_region",
+    "verified",
+    "limit",
+    "summary_json",
+    "emulator_users",
+    "emulator_state",
+    "sheet",
+    "columns",
+}
+_BOOLS = (
+    "allow_merge",
+    "allow_remove",
+    "no_lookup",
+    "dry_run",
+    "quiet",
+    "emulator",
+    "restart",
+    "retry_failed",
+    "debug",
+    "verified",
+)
+#: How each Settings field is checked: the parsers of ``_SPECS`` where the field has one.
+_FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
+    name: _same_if_equal(parse)
+    for name, parse in {
+        **{
+            name: _SPECS[name].parse
+            for name in _SPECS
+            if name not in ("rate", "management_key_file")
+        },
+        **dict.fromkeys(_BOOLS, _parse_bool),
+        "management_key": _secret,
+        "rate_calls": _positive_int,
+        "rate_period": _positive_float,
+        "retry_wait_initial": _non_negative_float,
+        "retry_wait_max": _non_negative_float,
+        "limit": _positive_int,
+        "summary_json": _path,
+        "emulator_users": _path,
+        "emulator_state": _path,
+        "sheet": _text,
+    }.items()
+}
+
+
+def parse_options(options: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Settings values from named options (``rate="500/60"``, ``columns="row,status"``), checked.
+
+    Names are those of ``load_settings``'s flags; ``None`` values are left out. ``source`` says
+    where they came from in an error (``"keyword"`` -> ``keyword rate=``).
+    """
+    values: dict[str, Any] = {}
+    for name, value in options.items():
+        if value is None:
+            continue
+        where = f"{source} {name}="
+        parse = _FIELD_PARSERS.get(name) or (_SPECS[name].parse if name in _SPECS else None)
+        if parse is None:
+            raise UsageError(f"unknown setting {name!r} ({where})", setting=name, source=where)
+        try:
+            values[name] = parse(value)
+        except (ValueError, TypeError, UsageError) as exc:
+            raise UsageError(
+                f"{name}: bad value {str(value)!r} ({where}): {exc}", setting=name, source=where
+            ) from None
+    if "rate" in values:
+        values["rate_calls"], values["rate_period"] = values.pop("rate")
+    return values
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -296,7 +421,7 @@ def _read_key_file(path_text: str, source: str) -> Secret:
 
 
 def load_settings(
-    flags: Mapping[str, Any],
+    flags: Mapping[str, Any] | None = None,
     *,
     env: Mapping[str, str] | None = None,
     config_path: Path | None = None,
@@ -307,6 +432,7 @@ def load_settings(
     ``config_path`` is the ``--config`` value; without it ``./config.toml`` is read when present.
     """
     env = os.environ if env is None else env
+    flags = flags or {}
     raw: dict[str, tuple[Any, str]] = {}
     path = config_path if config_path is not None else DEFAULT_CONFIG
     if config_path is not None or path.is_file():

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
 from batchphone.batch import MAX_BATCH
 from batchphone.config import Settings
 from batchphone.errors import UsageError
+from batchphone.logs import get_logger
+from batchphone.models import Command
 from batchphone.plan import ScreenRules
 from batchphone.prepare import Mode, Prepared, Preparer, RowRules
 from batchphone.reader import InputSource
@@ -27,21 +27,23 @@ __all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
 #: Input rows read and judged at a time.
 BATCH_ROWS = 5_000
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
     """What to do: ``command`` over ``input_path``, results to ``out_path``, and how to send.
 
-    ``command`` is ``run``, ``validate``, ``plan`` or ``undo`` (whose input is a result file).
+    ``command`` is a ``Command`` (``run``, ``validate``, ``plan`` or ``undo``, whose input is a
+    result file); a string is taken only when it is one of them exactly (``"Validate"`` is
+    refused: a typo must never run an update).
     ``skip_unchanged`` is accepted and changes nothing: every run reads the users first and
     sends only rows that change, unless the settings say ``no_lookup``. ``api`` is
     ``update`` (a call per row) or ``batch`` (``batch_size`` rows per patch call); ``canary``
     sends the first N updates, reads them back and goes on only if every one stuck.
     """
 
-    command: str
+    command: Command
     input_path: Path
     out_path: Path
     skip_unchanged: bool = False
@@ -50,6 +52,12 @@ class Job:
     canary: int = 0
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "command", Command.parse(self.command))
+        except ValueError as exc:
+            raise UsageError(str(exc), setting="command") from None
+        object.__setattr__(self, "input_path", Path(self.input_path))
+        object.__setattr__(self, "out_path", Path(self.out_path))
         if self.api not in ("update", "batch"):
             raise UsageError(f"api: expected update or batch, not {self.api!r}", setting="api")
         if not 1 <= self.batch_size <= MAX_BATCH:
@@ -62,9 +70,9 @@ class Job:
 
 def job_mode(job: Job, settings: Settings) -> Mode:
     """What the job does with sendable rows; refuses options that cannot go together."""
-    if job.command == "validate":
+    if job.command is Command.VALIDATE:
         mode = Mode.VALIDATE
-    elif job.command == "plan" or (settings.dry_run and job.command == "undo"):
+    elif job.command is Command.PLAN or (settings.dry_run and job.command is Command.UNDO):
         mode = Mode.PLAN  # a dry undo reads the users, as the undo would: it is a plan
     else:
         mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
@@ -90,7 +98,7 @@ def screen_rules(job: Job, settings: Settings, mode: Mode) -> ScreenRules:
     """
     if mode not in (Mode.RUN, Mode.PLAN):
         return ScreenRules()
-    compare = mode is Mode.PLAN or job.command == "undo" or not settings.no_lookup
+    compare = mode is Mode.PLAN or job.command is Command.UNDO or not settings.no_lookup
     # a plan always shows conflicts; a batch patch cannot refuse them itself
     guard = mode is Mode.PLAN or job.api == "batch" or (compare and not settings.allow_merge)
     return ScreenRules(compare=compare, guard=guard, plan=mode is Mode.PLAN)

@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import structlog
 
 from batchphone.errors import OutputError, ResumeError
+from batchphone.logs import get_logger
 from batchphone.models import FINAL_STATUSES, RowResult, Status
 
 
@@ -54,7 +54,7 @@ __all__ = [
     "refuse_link",
 ]
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 FORMAT = "batchphone-journal"
 VERSION = 1

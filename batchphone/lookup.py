@@ -18,10 +18,9 @@ import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-import structlog
-
 from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
+from batchphone.logs import get_logger
 from batchphone.models import Reason, Status
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy, call_with_retry
@@ -37,7 +36,7 @@ PAGE = 100
 #: Phones per owner check: nearly all of them are nobody's login id, so the answer is one page.
 OWNER_IDS = 1000
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 
 def owner_checks(phones: int) -> int:

@@ -17,6 +17,7 @@ __all__ = [
     "RESULT_COLUMNS",
     "SUCCESS_STATUSES",
     "ApiOutcome",
+    "Command",
     "InputRow",
     "Normalized",
     "PhoneState",
@@ -26,6 +27,26 @@ __all__ = [
     "Summary",
     "UpdateRequest",
 ]
+
+
+class Command(enum.StrEnum):
+    """What a job does. A string that is not one of these is refused, never taken for ``run``."""
+
+    RUN = "run"
+    VALIDATE = "validate"
+    PLAN = "plan"
+    UNDO = "undo"
+
+    @classmethod
+    def parse(cls, value: object) -> Command:
+        """``value`` as a command, or ``ValueError`` naming the valid ones (exact spelling)."""
+        if isinstance(value, str) and value in cls._value2member_map_:
+            return cls(value)
+        names = ", ".join(command.value for command in cls)
+        hint = ""
+        if isinstance(value, str) and value.strip().lower() in cls._value2member_map_:
+            hint = f" (did you mean {value.strip().lower()!r}?)"
+        raise ValueError(f"unknown command {value!r}{hint}: expected one of {names}")
 
 
 class Status(enum.StrEnum):
@@ -278,6 +299,11 @@ class Summary:
     planned_s: float | None = None
     #: files ``--restart`` moved aside instead of deleting them (result file, journal)
     moved_aside: tuple[str, ...] = ()
+
+    @property
+    def calls(self) -> int:
+        """API calls made (answered or not): ``requests`` in the JSON document."""
+        return self.requests
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document."""

@@ -14,7 +14,7 @@ own process, see one project.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,7 @@ def _users_from_results(results_path: Path) -> list[dict[str, Any]]:
 
 def _seed(
     input_path: Path,
-    users_path: Path | None,
+    users_path: Path | Sequence[Mapping[str, Any]] | None,
     *,
     undo: bool,
     login_id_column: str,
@@ -93,6 +93,9 @@ def _seed(
 ) -> tuple[list[dict[str, Any]], str]:
     from batchphone.emulator import load_users
 
+    if users_path is not None and not isinstance(users_path, Path):
+        users = [dict(user) for user in users_path]
+        return users, "given"
     if users_path is None and (input_path.parent / "users.csv").is_file():
         users_path = input_path.parent / "users.csv"
     if users_path is not None:
@@ -113,9 +116,10 @@ def _seed(
 
 def embedded_target(
     input_path: Path,
-    users_path: Path | None,
+    users_path: Path | Sequence[Mapping[str, Any]] | None,
     *,
     state_path: Path | None = None,
+    management_key: str | None = None,
     undo: bool = False,
     login_id_column: str = "loginId",
     phone_column: str = "phone",
@@ -123,6 +127,8 @@ def embedded_target(
 ) -> Rehearsal:
     """An emulator for a command on ``input_path`` (``undo``: a result file), and its users.
 
+    ``users_path`` is a users file or the users themselves (dicts, as ``load_users`` returns);
+    ``management_key`` the key the emulator accepts (default: a fresh random one).
     Raises ``UsageError``/``InputError`` (exit 2, nothing sent) when the users cannot be had.
     """
     from batchphone.emulator import Emulator, Faults, ProjectSettings
@@ -130,8 +136,9 @@ def embedded_target(
 
     if state_path is not None and state_path.exists():
         if users_path is not None:
+            given = users_path if isinstance(users_path, Path) else "(the users given)"
             raise UsageError(
-                f"--emulator-users {users_path}: the state file {state_path} already holds the "
+                f"--emulator-users {given}: the state file {state_path} already holds the "
                 "users; drop --emulator-users, or delete the state file to seed it again",
                 setting="emulator_users",
             )
@@ -150,7 +157,7 @@ def embedded_target(
             phone_column=phone_column,
             sheet=sheet,
         )
-    key = secrets.token_urlsafe(24)
+    key = management_key or secrets.token_urlsafe(24)
     emulator = Emulator(
         projects=[
             ProjectSettings(

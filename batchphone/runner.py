@@ -22,7 +22,6 @@ from typing import Any
 
 import anyio
 import httpx
-import structlog
 from anyio.abc import ObjectSendStream
 
 from batchphone.canary import Canary
@@ -30,9 +29,11 @@ from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
+from batchphone.logs import get_logger
 from batchphone.models import (
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
+    Command,
     Reason,
     RowResult,
     Status,
@@ -54,14 +55,14 @@ __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
 EXIT_INTERRUPTED = 130
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 
 def _identity(
     job: Job, settings: Settings, source: InputSource | UndoSource, target: dict[str, Any]
 ) -> dict[str, Any]:
     return {
-        "command": job.command,
+        "command": job.command.value,
         "input_name": job.input_path.name,
         "input_sha256": source.content_hash(),
         "project_id": target.get("project_id"),
@@ -72,7 +73,7 @@ def _identity(
         "verified": settings.verified,
         "allow_merge": settings.allow_merge,
         "allow_remove": settings.allow_remove,
-        "dry_run": settings.dry_run or job.command in ("validate", "plan"),
+        "dry_run": settings.dry_run or job.command in (Command.VALIDATE, Command.PLAN),
         "no_lookup": settings.no_lookup,
         "api": job.api,
         "batch_size": job.batch_size if job.api == "batch" else None,
@@ -329,6 +330,16 @@ def _connect(
     return sender
 
 
+def _refuse_unstarted_emulator(settings: Settings, transport: object) -> None:
+    """Settings that ask for a rehearsal never reach the project they name (or the network)."""
+    if (settings.emulator or settings.emulator_state is not None) and transport is None:
+        raise UsageError(
+            "the settings ask for the emulator, but execute() starts none: call batchphone.run() "
+            "(or plan, undo, validate), which does, or pass the emulator's transport and target",
+            setting="emulator",
+        )
+
+
 def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
     if not needs_api:
         return {"project_id": settings.project_id, "base_url": settings.base_url}
@@ -366,6 +377,7 @@ async def execute(
     settings' target: the embedded emulator and the tests use them. ``handle_signals`` makes
     SIGINT/SIGTERM stop the run gracefully (only from the main thread).
     """
+    _refuse_unstarted_emulator(settings, transport)
     progress = progress or NullProgress()
     started = time.monotonic()
     mode = job_mode(job, settings)
@@ -373,7 +385,7 @@ async def execute(
     target = target if target is not None else _target(settings, needs_api)
     await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
     source: InputSource | UndoSource
-    if job.command == "undo":
+    if job.command is Command.UNDO:
         source = await anyio.to_thread.run_sync(open_results, job.input_path)
     else:
         spec = InputSpec(
@@ -442,7 +454,7 @@ async def _execute_locked(
     )
     log.info(
         "run_started",
-        command=job.command,
+        command=job.command.value,
         input=str(job.input_path),
         rows=total,
         resumed=journal.resumed,
@@ -627,8 +639,13 @@ def run_sync(
     progress: Progress | None = None,
     transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
     target: dict[str, Any] | None = None,
+    handle_signals: bool = False,
 ) -> Summary:
-    """``execute`` on a fresh event loop (asyncio), with signal handling: for the CLI."""
+    """``execute`` on a fresh event loop (asyncio).
+
+    ``handle_signals``: SIGINT/SIGTERM stop the run gracefully (the CLI asks for it); without it
+    the caller's handlers stay as they are.
+    """
 
     async def main() -> Summary:
         transport = transport_factory() if transport_factory else None
@@ -638,7 +655,7 @@ def run_sync(
             progress=progress,
             transport=transport,
             target=target,
-            handle_signals=True,
+            handle_signals=handle_signals,
         )
 
     return anyio.run(main, backend="asyncio")

@@ -20,13 +20,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import structlog
 
 from batchphone.batch import BatchSender
 from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
 from batchphone.config import Settings
 from batchphone.errors import FatalRemoteError
+from batchphone.logs import get_logger
 from batchphone.lookup import Lookup
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import result_for, user_fields
@@ -42,7 +42,7 @@ _CIRCUIT_MIN_CALLS = 20
 #: After a block, keep this share of the calls per window: one block is bad luck, two a habit.
 _SLOW_DOWN = 0.9
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 
 def not_attempted(request: UpdateRequest, reason: Reason, **fields_: Any) -> RowResult:
