@@ -221,6 +221,7 @@ def run(
     timeout: float | None = None,
     max_attempts: int | None = None,
     max_error_rate: float | None = None,
+    budget_store: str | None = None,
     allow_merge: bool | None = None,
     dry_run: bool | None = None,
     restart: bool | None = None,
@@ -262,6 +263,7 @@ def plan(
     timeout: float | None = None,
     max_attempts: int | None = None,
     max_error_rate: float | None = None,
+    budget_store: str | None = None,
     restart: bool | None = None,
     api: str | None = None,
     batch_size: int | None = None,
@@ -287,6 +289,7 @@ def undo(
     timeout: float | None = None,
     max_attempts: int | None = None,
     max_error_rate: float | None = None,
+    budget_store: str | None = None,
     dry_run: bool | None = None,
     restart: bool | None = None,
     retry_failed: bool | None = None,
@@ -363,6 +366,8 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
     if out is None:
         raise UsageError("out: the result file is required", setting="out")
     target = _resolve_target(target, settings, from_settings=base is not None)
+    if target.is_emulator:  # an emulated project shares no budget with real runs
+        settings = dataclasses.replace(settings, budget_store="none")
     return _execute(
         command, input_path, Path(out), settings, target, job_options, progress, handle_signals
     )

@@ -41,10 +41,10 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
-import structlog
 from filelock import FileLock
 
 from batchphone.errors import BatchphoneError, UsageError
+from batchphone.logs import get_logger
 from batchphone.ratelimit import SharedBudget
 
 __all__ = [
@@ -59,7 +59,7 @@ __all__ = [
 #: Where the file store (and only it) keeps its files; tests point it at a temporary folder.
 STATE_DIR_ENV = "BATCHPHONE_STATE_DIR"
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 T = TypeVar("T")
 _State = dict[str, Any]

@@ -28,11 +28,11 @@ from typing import Any
 
 import anyio
 import anyio.from_thread
-import structlog
 
 from batchphone.config import Settings
 from batchphone.job import BATCH_ROWS, Job
 from batchphone.journal import Journal
+from batchphone.logs import get_logger
 from batchphone.models import RESULT_COLUMNS, SUCCESS_STATUSES, Reason, RowResult, Status, Summary
 from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
 from batchphone.progress import NullProgress, Progress
@@ -42,7 +42,7 @@ from batchphone.writer import write_rows
 
 __all__ = ["local_report", "report_rows", "write_report"]
 
-log = structlog.get_logger("batchphone")
+log = get_logger()
 
 _EXIT_INTERRUPTED = 130  # as runner.EXIT_INTERRUPTED
 Values = tuple[Any, ...]
