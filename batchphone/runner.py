@@ -12,7 +12,6 @@ input row has its one result row.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import signal
 import threading
 import time
@@ -628,7 +627,7 @@ def _write(
     columns: tuple[str, ...],
 ) -> int:
     records = (r for r in iter_records(journal.path) if r["row"] <= total)
-    written: int = write_results(itertools.chain(records, unreached), out_path, columns=columns)
+    written: int = write_results(records, out_path, columns=columns, in_order=unreached)
     return written
 
 

@@ -118,15 +118,33 @@ def write_results(
     out_path: Path,
     *,
     columns: Sequence[str] = RESULT_COLUMNS,
+    in_order: Iterable[dict[str, Any]] = (),
 ) -> int:
     """Write the last record of each row, rows ascending, ``columns`` in that order.
 
+    ``in_order`` are more records, already ascending by row, of rows ``records`` does not hold
+    (a stopped run's rows never reached): they join the merge as one more sorted run instead of
+    going through the sort, so a stop of a long file costs one pass over it, not a sort.
     Missing keys are written empty, other keys are ignored. Returns the number of rows written.
     """
     columns = tuple(columns)
-    return _write(
-        out_path, columns, lambda work: _last_per_row(_merge(_sorted_runs(records, columns, work)))
-    )
+
+    def ordered(work: Path) -> Iterator[Values]:
+        runs = _sorted_runs(records, columns, work)
+        runs.append(_keyed_in_order(in_order, columns))
+        return _last_per_row(_merge(runs))
+
+    return _write(out_path, columns, ordered)
+
+
+def _keyed_in_order(
+    records: Iterable[dict[str, Any]], columns: tuple[str, ...]
+) -> Iterator[_Keyed]:
+    typed = _Typer(columns)
+    for record in records:
+        row = int(record["row"])
+        # arrival -1: were a row also journaled, its journal record (arrival >= 0) wins
+        yield row, -1, typed(record, row)
 
 
 def write_rows(

@@ -430,3 +430,38 @@ def test_a_symlink_at_the_result_path_is_refused_and_its_target_untouched(tmp_pa
         write_results([_record(1)], out)
     assert out.is_symlink() and victim.read_text() == "precious\n"
     assert sorted(os.listdir(tmp_path)) == ["result.csv", "victim.txt"]
+
+
+def test_rows_in_order_join_the_sorted_records_without_a_sort(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stopped run's unreached rows (``in_order``) merge with the journal's records by row;
+    they never go through the sort (a stop of a long file costs one pass, not a sort)."""
+    sorted_records: list[int] = []
+    real = writer._sorted_runs
+
+    def counting(records: Any, columns: Any, work: Path) -> Any:
+        def seen() -> Iterator[dict[str, Any]]:
+            for record in records:
+                sorted_records.append(record["row"])
+                yield record
+
+        return real(seen(), columns, work)
+
+    monkeypatch.setattr(writer, "_sorted_runs", counting)
+    journal = [_record(5), _record(2), _record(5, status="failed")]
+    unreached = (_record(row, status="not_attempted", attempts=0) for row in (1, 3, 4, 6, 7))
+    out = tmp_path / "r.csv"
+    assert write_results(journal, out, in_order=unreached) == 7
+    rows = _read(out)
+    assert [int(r["row"]) for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+    assert _texts(rows, "status") == [
+        "not_attempted",
+        "updated",
+        "not_attempted",
+        "not_attempted",
+        "failed",  # the last journal record of the row
+        "not_attempted",
+        "not_attempted",
+    ]
+    assert sorted_records == [5, 2, 5]  # only the journal's records were sorted
