@@ -86,13 +86,13 @@ class Canary:
             self._arrived = anyio.Event()
             await self._arrived.wait()
 
-    async def check(
-        self, read_back: ReadBack, *, on_fatal: Callable[[FatalRemoteError], None]
-    ) -> list[RowResult]:
+    async def check(self, read_back: ReadBack) -> list[RowResult]:
         """Read back every updated canary row; the rows that did not stick, as ``failed``.
 
         Rows that ended otherwise (``conflict``, ``not_found``, ``failed``) say so already and
         are not read. A read that fails counts as a mismatch: nothing proves the update stuck.
+        A 401/403 (the call stack has stopped the run) or a stop ends the check with no verdict
+        on the rows not read yet.
         """
         self.checked = True
         bad: list[RowResult] = []
@@ -102,8 +102,7 @@ class Canary:
                 continue
             try:
                 user = await read_back(request.login_id)
-            except FatalRemoteError as exc:
-                on_fatal(exc)
+            except FatalRemoteError:
                 return bad
             except LookupFailed as exc:
                 if exc.fields is None:  # the run is stopping: no verdict

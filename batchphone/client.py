@@ -86,14 +86,14 @@ def derive_base_url(project_id: str) -> str:
 class DescopeClient:
     """One connection pool to one project's management API.
 
-    ``requests`` counts HTTP calls made (answered or not), ``rate_limited`` the 429s seen.
+    It counts nothing: the run's call stack (``batchphone.calls``) counts the calls it sends.
     """
 
     def __init__(
         self,
         *,
         project_id: str,
-        management_key: str,
+        management_key: Secret,
         base_url: str,
         timeout: float = 30.0,
         max_connections: int = 8,
@@ -101,14 +101,14 @@ class DescopeClient:
     ) -> None:
         if not project_id:
             raise ValueError("project_id is empty")
-        if not management_key:
+        if not isinstance(management_key, Secret):
+            raise TypeError("management_key must be a Secret")  # never a plain str to log
+        if not management_key.reveal():
             raise ValueError("management_key is empty")
         self.project_id = project_id
         self.base_url = base_url.rstrip("/")
         self.license: str | None = None
-        self.requests = 0
-        self.rate_limited = 0
-        self._key = Secret(management_key)
+        self._key = management_key
         # the headers the official Python SDK sends, with batchphone's own name and version
         headers = {
             "Content-Type": "application/json",
@@ -276,7 +276,6 @@ class DescopeClient:
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
         content = None if body is None else _dumps(body)
-        self.requests += 1
         lane = self._take_lane()
         try:
             response = await lane.request(method, path, content=content, params=params)
@@ -339,7 +338,6 @@ class DescopeClient:
         if status in (401, 403):
             raise self._fatal(response, what, code)
         if status == 429:
-            self.rate_limited += 1
             raise RateLimitedError(
                 f"{what}: HTTP 429 rate limited" + (f" ({code})" if code else ""),
                 retry_after=_retry_after(response, self._json(response)),

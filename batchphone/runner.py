@@ -25,11 +25,14 @@ import httpx
 import structlog
 from anyio.abc import ObjectSendStream
 
+from batchphone.batch import BatchSender
+from batchphone.calls import Calls, open_calls
 from batchphone.canary import Canary
 from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
+from batchphone.lookup import Lookup
 from batchphone.models import (
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
@@ -44,7 +47,7 @@ from batchphone.pool import run_pool
 from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
-from batchphone.send import Sender
+from batchphone.send import RowSender, fetch_license
 from batchphone.stop import Stop
 from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
@@ -102,7 +105,9 @@ class _Run:
         self.rules = rules
         self.stop = Stop()
         self.journal_open = True
-        self.sender: Sender | None = None
+        self.calls: Calls | None = None
+        self.lookup: Lookup | None = None
+        self.sender: RowSender | None = None
         self.screen: Screen | None = None
         self.canary: Canary | None = None
         self._pending: list[UpdateRequest] = []  # the batch being filled
@@ -182,13 +187,13 @@ class _Run:
 
     async def _check_canary(self) -> None:
         """Hold the producer until the canary rows are done, read them back, stop on a miss."""
-        canary, sender = self.canary, self.sender
-        if canary is None or canary.checked or not canary.sent or sender is None:
+        canary, lookup = self.canary, self.lookup
+        if canary is None or canary.checked or not canary.sent or lookup is None:
             return
         if self.stop.reason is not None:
             return  # stopping anyway: no verdict, and no reads
         await canary.wait()
-        bad = await canary.check(sender.lookup.read_back, on_fatal=sender.fatal)
+        bad = await canary.check(lookup.read_back)
         for result in bad:
             self.record(result, advance=False)  # the row was counted once already
         if not bad:
@@ -303,8 +308,9 @@ def _connect(
     target: dict[str, Any],
     transport: httpx.AsyncBaseTransport | None,
     mode: Mode,
-) -> Sender:
-    sender = Sender(
+) -> Calls:
+    """Wire the sending side: one call stack, and the readers and senders on top of it."""
+    calls = open_calls(
         settings,
         target,
         transport,
@@ -312,20 +318,16 @@ def _connect(
         progress=run.progress,
         call_times=run.journal.state.call_times,
         on_call=run.record_call,
-        batches=mode is Mode.RUN and run.job.api == "batch",
     )
-    run.sender = sender
+    run.calls = calls
+    run.lookup = Lookup(calls)
+    batches = mode is Mode.RUN and run.job.api == "batch"
+    run.sender = RowSender(calls, BatchSender(calls) if batches else None)
     if run.rules.active:
-        run.screen = Screen(
-            run.rules,
-            sender.lookup,
-            stopped=lambda: run.stop.reason,
-            on_fatal=sender.fatal,
-            observe=sender.trip_circuit,
-        )
+        run.screen = Screen(run.rules, run.lookup, stop=run.stop)
     if mode is Mode.RUN and run.job.canary:
         run.canary = Canary(run.job.canary)
-    return sender
+    return calls
 
 
 def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
@@ -346,7 +348,7 @@ def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
     return {
         "project_id": settings.project_id,
         "base_url": settings.base_url or derive_base_url(settings.project_id),
-        "management_key": settings.management_key.reveal(),
+        "management_key": settings.management_key,  # a Secret until the header is built
     }
 
 
@@ -460,8 +462,8 @@ async def _execute_locked(
                 group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            if run.sender is not None:
-                await run.sender.aclose()
+            if run.calls is not None:
+                await run.calls.aclose()
             run.journal_open = False
             journal.close()
             unreached = _Unreached(source, settings, journal, total, run.stop.reason)
@@ -474,12 +476,12 @@ async def _execute_locked(
         planned = planned_calls(counts, batch_size=job.batch_size if job.api == "batch" else None)
         window = settings.rate_period * (1 + settings.rate_margin)
         planned_s = budget_seconds(planned, settings.rate_calls, window)
-    sender = run.sender
+    count = run.calls.count if run.calls is not None else None
     summary = Summary(
         input_rows=total,
         counts=counts,
-        requests=sender.client.requests if sender is not None else 0,
-        rate_limited=sender.rate_limited if sender is not None else 0,
+        requests=count.calls if count is not None else 0,
+        rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
         exit_code=_exit_code(counts, run.stop),
         result_path=str(job.out_path),
@@ -497,10 +499,10 @@ async def _execute_locked(
 
 async def _run_pool(run: _Run, mode: Mode) -> None:
     sender = run.sender
-    if sender is None:  # nothing to send: the producer records every row itself
+    if sender is None or run.calls is None:  # nothing to send: the producer records every row
         await run_pool(run.produce, _never, run.consume, concurrency=1)
         return
-    await sender.fetch_license()
+    await fetch_license(run.calls)
     concurrency = run.settings.concurrency if mode is Mode.RUN else 1
     if sender.batch is not None:
         await run_pool(
