@@ -23,8 +23,9 @@ from typing import Any
 import structlog
 
 from batchphone.calls import Calls, failure_label
+from batchphone.client import PatchAnswer
 from batchphone.errors import FatalRemoteError, RemoteError
-from batchphone.models import RowResult, Status, UpdateRequest
+from batchphone.models import RowResult, Status, UpdateRequest, User
 from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
 from batchphone.retry import Attempted
@@ -63,16 +64,12 @@ class Batched:
     resend: list[UpdateRequest]
 
 
-def _patched(answer: dict[str, Any] | None) -> int:
-    return len((answer or {}).get("patchedUsers") or ())
-
-
-def _batch_verdicts(attempted: Attempted[dict[str, Any]]) -> list[str | None]:
+def _batch_verdicts(attempted: Attempted[PatchAnswer]) -> list[str | None]:
     """The circuit counts each row a patch settled (a row sent on later counts then); a batch
     that failed as a whole counts once."""
     if attempted.error is not None:
         return [failure_label(attempted.error)]
-    return [None] * _patched(attempted.value)
+    return [None] * len(attempted.value.patched if attempted.value is not None else ())
 
 
 class BatchSender:
@@ -146,7 +143,7 @@ class BatchSender:
     def _settle(
         self,
         requests: list[UpdateRequest],
-        answer: dict[str, Any],
+        answer: PatchAnswer,
         attempts: int,
         settled: list[RowResult],
         resend: list[UpdateRequest],
@@ -154,7 +151,7 @@ class BatchSender:
         """Map the patched users to their rows; the rest go on to the per-row path."""
         by_id = {r.login_id: r for r in requests}
         done: set[int] = set()
-        for user in answer.get("patchedUsers") or ():
+        for user in answer.patched:
             request = _request_of(user, by_id)
             if request is None or request.row in done:
                 continue
@@ -170,8 +167,8 @@ class BatchSender:
                 )
             )
         failures = set()
-        for entry in answer.get("failedUsers") or ():
-            request = _request_of(entry.get("user"), by_id) if isinstance(entry, dict) else None
+        for failed in answer.failed:
+            request = _request_of(failed, by_id) if failed is not None else None
             if request is not None:
                 failures.add(request.row)
         for request in requests:
@@ -183,12 +180,9 @@ class BatchSender:
                 resend.append(request)
 
 
-def _request_of(user: Any, by_id: dict[str, UpdateRequest]) -> UpdateRequest | None:
+def _request_of(user: User, by_id: dict[str, UpdateRequest]) -> UpdateRequest | None:
     """The request a user of the answer stands for: by any of its login ids, or its user id."""
-    if not isinstance(user, dict):
-        return None
-    for login_id in user.get("loginIds") or ():
-        if isinstance(login_id, str) and login_id in by_id:
+    for login_id in user.login_ids:
+        if login_id in by_id:
             return by_id[login_id]
-    user_id = user.get("userId")
-    return by_id.get(user_id) if isinstance(user_id, str) else None
+    return by_id.get(user.user_id) if user.user_id is not None else None

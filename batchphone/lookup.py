@@ -22,7 +22,7 @@ import structlog
 from batchphone.calls import Calls, failures_only
 from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
-from batchphone.models import Reason, Status
+from batchphone.models import Reason, Status, User
 from batchphone.stop import Stopped
 
 __all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "owner_checks"]
@@ -65,25 +65,25 @@ class Lookup:
         self.answered = 0
         self._owner_ids = OWNER_IDS
 
-    async def by_login_id(self, login_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def by_login_id(self, login_ids: Iterable[str]) -> dict[str, User]:
         """The users that have one of ``login_ids`` as a login id, keyed by that id.
 
         Ids nobody has are simply absent. One search per 100 distinct ids; raises
         ``LookupFailed`` (the rows of these ids cannot be judged) or ``FatalRemoteError``.
         """
         wanted = list(dict.fromkeys(login_ids))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         for start in range(0, len(wanted), PAGE):
             found |= await self._owned(wanted[start : start + PAGE])
         return found
 
-    async def owners(self, phones: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def owners(self, phones: Iterable[str]) -> dict[str, User]:
         """The users whose login id is one of ``phones``, keyed by that phone.
 
         Like ``by_login_id``, but up to 1000 phones per search (see the module docstring).
         """
         wanted = list(dict.fromkeys(phones))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         start = 0
         while start < len(wanted):
             chunk = wanted[start : start + self._owner_ids]
@@ -99,27 +99,27 @@ class Lookup:
             start += len(chunk)
         return found
 
-    async def _owned(self, chunk: list[str]) -> dict[str, dict[str, Any]]:
+    async def _owned(self, chunk: list[str]) -> dict[str, User]:
         names = set(chunk)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         for user in await self._search(chunk):
-            for login_id in user.get("loginIds") or ():
+            for login_id in user.login_ids:
                 if login_id in names:
                     found[login_id] = user
         return found
 
-    async def read_back(self, login_id: str) -> dict[str, Any] | None:
+    async def read_back(self, login_id: str) -> User | None:
         """``GET /v1/mgmt/user``: the user as stored now, or ``None`` when there is none."""
-        user: dict[str, Any] | None = await self._call(lambda client: client.load_user(login_id))
+        user: User | None = await self._call(lambda client: client.load_user(login_id))
         return user
 
-    async def _search(self, login_ids: Sequence[str]) -> list[dict[str, Any]]:
-        users: list[dict[str, Any]] = []
+    async def _search(self, login_ids: Sequence[str]) -> list[User]:
+        users: list[User] = []
         page = 0
         while True:
             search = _search_page(login_ids, page)
             found, total = await self._call(search)
-            users.extend(user for user in found if isinstance(user, dict))
+            users.extend(found)
             # at most PAGE ids fit one page; an owner check of more ids rarely needs a second
             if len(found) < PAGE or len(users) >= total:
                 return users
@@ -144,8 +144,8 @@ class Lookup:
 
 def _search_page(
     login_ids: Sequence[str], page: int
-) -> Callable[[DescopeClient], Awaitable[tuple[list[dict[str, Any]], int]]]:
-    def search(client: DescopeClient) -> Awaitable[tuple[list[dict[str, Any]], int]]:
+) -> Callable[[DescopeClient], Awaitable[tuple[list[User], int]]]:
+    def search(client: DescopeClient) -> Awaitable[tuple[list[User], int]]:
         return client.search_users(login_ids, page=page, limit=PAGE)
 
     return search

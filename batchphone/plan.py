@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, owner_checks
@@ -34,6 +33,7 @@ from batchphone.models import (
     RowResult,
     Status,
     UpdateRequest,
+    User,
 )
 from batchphone.prepare import Prepared, result_for, user_fields
 from batchphone.stop import Stop
@@ -82,21 +82,15 @@ def _unchanged(before: PhoneState, request: UpdateRequest) -> bool:
     return request.verified is None or before.verified == target_verified(request)
 
 
-def _state(user: Mapping[str, Any]) -> PhoneState:
-    user_id = user.get("userId")
-    return PhoneState(
-        phone=str(user.get("phone") or ""),
-        verified=bool(user.get("verifiedPhone")),
-        user_id=user_id if isinstance(user_id, str) else None,
-    )
+def _state(user: User) -> PhoneState:
+    return PhoneState(phone=user.phone, verified=user.verified, user_id=user.user_id)
 
 
-def _same_user(owner: Mapping[str, Any], request: UpdateRequest) -> bool:
+def _same_user(owner: User, request: UpdateRequest) -> bool:
     """True when the owner of the phone is the row's own user (its phone is its login id)."""
-    owner_id = owner.get("userId")
     if request.before is not None and request.before.user_id is not None:
-        return owner_id == request.before.user_id
-    return request.login_id in (owner.get("loginIds") or ()) or owner_id == request.login_id
+        return owner.user_id == request.before.user_id
+    return request.login_id in owner.login_ids or owner.user_id == request.login_id
 
 
 class Screen:
@@ -213,7 +207,7 @@ class Screen:
                 out.append(self._ready(request))
                 continue
             message = (
-                f"{request.phone} is the login id of another user ({owner.get('userId')}): "
+                f"{request.phone} is the login id of another user ({owner.user_id}): "
                 "not sent, Descope would merge the two users"
             )
             out.append(
@@ -228,7 +222,7 @@ class Screen:
 
     async def _users(
         self, login_ids: list[str], requests: list[UpdateRequest], *, owners: bool = False
-    ) -> dict[str, dict[str, Any]] | list[Prepared]:
+    ) -> dict[str, User] | list[Prepared]:
         """The users by login id, or the requests' results when they cannot be read."""
         if self.stop.reason is None:
             try:

@@ -12,6 +12,7 @@ import pytest
 
 from batchphone.batch import BatchSender, patch_body
 from batchphone.calls import Calls, Circuit
+from batchphone.client import PatchAnswer
 from batchphone.emulator import load_users
 from batchphone.errors import ResumeError, UsageError
 from batchphone.models import Status, Summary, UpdateRequest
@@ -228,8 +229,8 @@ async def test_patched_users_are_matched_by_any_login_id_or_user_id() -> None:
     }
 
     class Client:
-        async def patch_batch(self, users: list[dict[str, Any]]) -> dict[str, Any]:
-            return answer
+        async def patch_batch(self, users: list[dict[str, Any]]) -> PatchAnswer:
+            return PatchAnswer.from_api(answer)
 
     stop = Stop()
     circuit = Circuit(stop, 0.5, min_calls=1)

@@ -172,5 +172,5 @@ async def test_open_calls_builds_the_runs_stack_over_the_emulator() -> None:
         attempted = await calls(lambda client: client.load_user("user0@example.com"))
     finally:
         await calls.aclose()
-    assert attempted.value is not None and attempted.value["loginIds"] == ["user0@example.com"]
+    assert attempted.value is not None and attempted.value.login_ids == ("user0@example.com",)
     assert calls.count.calls == 1 and calls.circuit is not None

@@ -19,7 +19,7 @@ from batchphone.calls import call_with_retry
 from batchphone.client import DescopeClient, derive_base_url
 from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
-from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest
+from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
 from tests.test_ratelimit import virtual_backend
@@ -201,7 +201,9 @@ async def test_a_refused_license_call_is_fatal(status: int) -> None:
 async def test_200_with_a_user_is_updated() -> None:
     async with client_for(answer(200, {"user": USER})) as client:
         outcome = await client.update_phone(REQUEST)
-    assert outcome == ApiOutcome(Status.UPDATED, http_status=200, user=USER)
+    assert outcome == ApiOutcome(Status.UPDATED, http_status=200, user=User.from_api(USER))
+    assert outcome.user is not None and outcome.user.raw == USER  # the whole of it, for results
+    assert (outcome.user.user_id, outcome.user.login_ids) == ("U2ada", ("ada@example.com",))
 
 
 @pytest.mark.parametrize(
@@ -401,7 +403,8 @@ async def test_load_user_finds_or_misses() -> None:
         return httpx.Response(404, json=error_body("E112102", "User not found"))
 
     async with client_for(handler) as client:
-        assert await client.load_user("ada@example.com") == USER
+        loaded = await client.load_user("ada@example.com")
+        assert loaded is not None and loaded.raw == USER
         assert await client.load_user("nobody@example.com") is None
 
 
@@ -431,7 +434,7 @@ async def test_search_users_sends_login_ids_and_reads_the_page() -> None:
 
     async with client_for(handler) as client:
         users, total = await client.search_users(["ada@example.com", "bob"], page=2, limit=50)
-    assert (users, total) == ([USER], 7)
+    assert ([u.raw for u in users], total) == ([USER], 7)
     assert seen == [
         {"loginIds": ["ada@example.com", "bob"], "page": 2, "limit": 50, "withTestUser": True}
     ]
@@ -458,7 +461,9 @@ async def test_patch_batch_returns_per_user_failures_inside_a_200() -> None:
 
     patches = [{"loginId": "ada@example.com", "phone": "+14155550100", "verifiedPhone": True}]
     async with client_for(handler) as client:
-        assert await client.patch_batch(patches) == body
+        answer = await client.patch_batch(patches)
+    assert [u.raw for u in answer.patched] == [USER]
+    assert [u.login_ids if u else None for u in answer.failed] == [()]  # "loginId": not read
     assert seen == [{"users": patches}]
 
 
@@ -619,7 +624,7 @@ async def test_emulator_answers_map_like_the_api() -> None:
         users, total = await client.search_users(["ada@example.com", "bob@example.com"])
     assert updated.status is Status.UPDATED
     assert updated.user is not None
-    assert (updated.user["phone"], updated.user["verifiedPhone"]) == ("+14155550111", True)
+    assert (updated.user.phone, updated.user.verified_phone) == ("+14155550111", True)
     assert (missing.status, missing.error_code) == (Status.NOT_FOUND, "E112102")
     assert (invalid.status, invalid.reason, invalid.error_code) == (
         Status.FAILED,
@@ -628,9 +633,9 @@ async def test_emulator_answers_map_like_the_api() -> None:
     )
     assert (conflict.status, conflict.error_code) == (Status.CONFLICT, "E062107")
     assert loaded is not None
-    assert loaded["phone"] == "+14155550111"
+    assert loaded.phone == "+14155550111"
     assert total == 2
-    assert sorted(u["loginIds"][0] for u in users) == ["ada@example.com", "bob@example.com"]
+    assert sorted(u.login_ids[0] for u in users) == ["ada@example.com", "bob@example.com"]
 
 
 async def test_emulator_refuses_a_wrong_key_fatally() -> None:

@@ -68,7 +68,7 @@ async def test_one_search_per_hundred_ids_each_through_the_limiter() -> None:
     assert [len(body["loginIds"]) for body in spy.bodies[SEARCH]] == [100, 100, 50]
     assert all(body["limit"] == PAGE and body["withTestUser"] for body in spy.bodies[SEARCH])
     assert set(found) == set(ids[:230])
-    assert found["user7@example.com"]["phone"] == "+14155550007"
+    assert found["user7@example.com"].phone == "+14155550007"
 
 
 async def test_a_user_is_found_under_each_login_id_asked_for() -> None:
@@ -76,7 +76,7 @@ async def test_a_user_is_found_under_each_login_id_asked_for() -> None:
     async with lookup_over(emulator.transport()) as lookup:
         found = await lookup.by_login_id(["+14155550100", "b@example.com"])
     assert list(found) == ["+14155550100"]
-    assert found["+14155550100"]["loginIds"] == ["a@example.com", "+14155550100"]
+    assert found["+14155550100"].login_ids == ("a@example.com", "+14155550100")
 
 
 async def test_a_429_pauses_the_limiter_and_the_search_is_sent_again() -> None:
@@ -208,7 +208,7 @@ async def test_read_back_returns_the_user_or_none() -> None:
         user = await lookup.read_back("user1@example.com")
         missing = await lookup.read_back("nobody@example.com")
         assert lookup.answered == 2 and lookup.calls.limiter.stats.calls == 2
-    assert user is not None and user["phone"] == "+14155550001"
+    assert user is not None and user.phone == "+14155550001"
     assert missing is None
     assert spy.bodies[LOAD] == [{"loginId": "user1@example.com"}, {"loginId": "nobody@example.com"}]
 
