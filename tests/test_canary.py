@@ -136,9 +136,7 @@ def test_mismatch_compares_the_phone_and_the_flag_that_was_sent() -> None:
     stored = User.from_api
     request = UpdateRequest(row=7, login_id="a", phone="+14155550100", verified=None)
     # a row without a verified value is sent with false: a stored true did not come from it
-    assert (
-        mismatch(request, stored({"phone": "+14155550100", "verifiedPhone": False})) is None
-    )
+    assert mismatch(request, stored({"phone": "+14155550100", "verifiedPhone": False})) is None
     assert mismatch(request, stored({"phone": "+14155550100", "verifiedPhone": True})) == (
         "row 7 (a): sent phone +14155550100 verified false, "
         "read back phone +14155550100 verifiedPhone true"
