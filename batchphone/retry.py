@@ -65,7 +65,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Attempted(Generic[T]):
-    """The end of ``call_with_retry``: a value, or the last transient error.
+    """The end of the retry layer (``retried``): a value, or the last transient error.
 
     ``attempts`` counts the calls that got an answer other than 429; ``rate_limited`` the
     429s met on the way.
