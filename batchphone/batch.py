@@ -5,32 +5,32 @@ moves 100 times as many. Patch has no ``failOnConflict``, so the screen checks e
 before it gets here (see ``plan``). What comes back:
 
 * ``patchedUsers`` map to their rows by login id (or user id): ``updated``;
-* a row in ``failedUsers``, or in neither list, is sent again on its own through
-  ``update/phone`` with ``failOnConflict: true``, whose answer (``not_found``, ``conflict``,
-  ``failed``/``REJECTED``, ...) is as exact as a per-row run's, so both modes end alike;
+* a row in ``failedUsers``, or in neither list, is handed back to the caller, which sends it
+  on its own through ``update/phone`` with ``failOnConflict: true``, whose answer
+  (``not_found``, ``conflict``, ``failed``/``REJECTED``, ...) is as exact as a per-row
+  run's, so both modes end alike;
 * a batch that fails as a whole (5xx, timeouts after every retry, or a 4xx) is retried by the
   retry policy, then split in halves tried once each (a bad entry is isolated in a few calls),
-  and finally sent row by row.
+  and finally handed back to be sent row by row.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
-from batchphone.client import DescopeClient
+from batchphone.calls import Calls, failure_label
+from batchphone.client import PatchAnswer
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
-from batchphone.models import Reason, RowResult, Status, UpdateRequest
+from batchphone.models import RowResult, Status, UpdateRequest, User
 from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy, call_with_retry
-from batchphone.stop import Stop, Stopped
+from batchphone.retry import Attempted
+from batchphone.stop import Stopped
 
-__all__ = ["MAX_BATCH", "BatchSender", "patch_body"]
+__all__ = ["MAX_BATCH", "BatchSender", "Batched", "patch_body"]
 
 #: The largest batch descope-api.md assumes (the emulator refuses more).
 MAX_BATCH = 100
@@ -55,78 +55,74 @@ def patch_body(request: UpdateRequest) -> dict[str, Any]:
     }
 
 
-class BatchSender:
-    """Sends update requests in batches; rows it cannot settle go through ``send_one``.
+@dataclass(frozen=True, slots=True)
+class Batched:
+    """What a batch settled, and the rows it leaves to the per-row path (``update/phone``)."""
 
-    ``send_one`` is the per-row sender of the run (it applies the run's stop, fatal and circuit
-    rules itself); ``observe`` sees every result this sender settles on its own; ``stopped``
-    returns the reason the run is stopping, if it is.
+    settled: list[RowResult]
+    resend: list[UpdateRequest]
+
+
+def _batch_verdicts(attempted: Attempted[PatchAnswer]) -> list[str | None]:
+    """The circuit counts each row a patch settled (a row sent on later counts then); a batch
+    that failed as a whole counts once."""
+    if attempted.error is not None:
+        return [failure_label(attempted.error)]
+    return [None] * len(attempted.value.patched if attempted.value is not None else ())
+
+
+class BatchSender:
+    """Sends update requests in batches through the run's call stack.
+
+    It never sends a row on its own: rows no patch settled come back in ``Batched.resend``, for
+    the caller to send through the per-row path (which has the exact answers).
     """
 
-    def __init__(
-        self,
-        client: DescopeClient,
-        limiter: RateLimiter,
-        policy: RetryPolicy,
-        *,
-        send_one: Callable[[UpdateRequest], Awaitable[RowResult]],
-        stopped: Callable[[], Reason | None],
-        observe: Callable[[RowResult], None] | None = None,
-        on_rate_limited: Callable[[float], None] | None = None,
-        stop: Stop | None = None,
-        on_call: Callable[[float], None] | None = None,
-    ) -> None:
-        self.stop = stop
-        self.on_call = on_call
-        self.client = client
-        self.limiter = limiter
-        self.policy = policy
-        self.send_one = send_one
-        self.stopped = stopped
-        self.observe = observe
-        self.on_rate_limited = on_rate_limited
-        #: 429s met by batch calls; batches that failed as a whole
-        self.rate_limited = 0
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        #: batches that failed as a whole
         self.failed_batches = 0
 
-    async def send(self, requests: Sequence[UpdateRequest]) -> list[RowResult]:
-        """Update every row of ``requests``; one result per request, in the same order.
+    async def send(self, requests: Sequence[UpdateRequest]) -> Batched:
+        """Patch every row of ``requests``; the results it settled and the rows to send on.
 
-        Raises ``FatalRemoteError`` (401/403) for the caller to stop the run.
+        Rows the run's stop left unsent are settled ``not_attempted``. Raises
+        ``FatalRemoteError`` (401/403: the stack has stopped the run already).
         """
-        return await self._send(list(requests), depth=0)
+        settled: list[RowResult] = []
+        resend: list[UpdateRequest] = []
+        await self._send(list(requests), 0, settled, resend)
+        return Batched(settled=settled, resend=resend)
 
-    async def _send(self, requests: list[UpdateRequest], depth: int) -> list[RowResult]:
-        reason = self.stopped()
-        if reason is not None:
-            return [result_for(r, status=Status.NOT_ATTEMPTED, reason=reason) for r in requests]
+    async def _send(
+        self,
+        requests: list[UpdateRequest],
+        depth: int,
+        settled: list[RowResult],
+        resend: list[UpdateRequest],
+    ) -> None:
         # the whole batch gets the policy's retries; a half of a failed batch gets one try
-        policy = self.policy if depth == 0 else replace(self.policy, max_attempts=1)
+        policy = self.calls.policy if depth == 0 else replace(self.calls.policy, max_attempts=1)
         bodies = [patch_body(r) for r in requests]
-        call = functools.partial(self.client.patch_batch, bodies)
         error: RemoteError | None
         try:
-            attempted = await call_with_retry(
-                call,
-                limiter=self.limiter,
-                policy=policy,
-                on_rate_limited=self.on_rate_limited,
-                stop=self.stop,
-                on_call=self.on_call,
+            attempted = await self.calls(
+                lambda client: client.patch_batch(bodies), verdicts=_batch_verdicts, policy=policy
             )
         except FatalRemoteError:
             raise
         except Stopped as stopped:  # this part only: rows settled before keep their results
-            return [
+            settled.extend(
                 result_for(r, status=Status.NOT_ATTEMPTED, reason=stopped.reason) for r in requests
-            ]
+            )
+            return
         except RemoteError as exc:  # a 4xx for the batch as a whole: no retry changes it
             answer, error, attempts = None, exc, 1
         else:
-            self.rate_limited += attempted.rate_limited
             answer, error, attempts = attempted.value, attempted.error, attempted.attempts
         if error is None and answer is not None:
-            return await self._settle(requests, answer, attempts)
+            self._settle(requests, answer, attempts, settled, resend)
+            return
         self.failed_batches += 1
         # no API text in logs: it may echo a login id or a phone (the result file keeps it)
         log.warning(
@@ -137,55 +133,55 @@ class BatchSender:
             error_code=getattr(error, "error_code", None),
         )
         if depth >= _SPLITS or len(requests) == 1:
-            return [await self.send_one(r) for r in requests]
+            resend.extend(requests)
+            return
         half = (len(requests) + 1) // 2
-        first = await self._send(requests[:half], depth + 1)
-        return first + await self._send(requests[half:], depth + 1)
+        await self._send(requests[:half], depth + 1, settled, resend)
+        await self._send(requests[half:], depth + 1, settled, resend)
 
-    async def _settle(
-        self, requests: list[UpdateRequest], answer: dict[str, Any], attempts: int
-    ) -> list[RowResult]:
-        """Map the patched users to their rows; send the rest one by one."""
+    def _settle(
+        self,
+        requests: list[UpdateRequest],
+        answer: PatchAnswer,
+        attempts: int,
+        settled: list[RowResult],
+        resend: list[UpdateRequest],
+    ) -> None:
+        """Map the patched users to their rows; the rest go on to the per-row path."""
         by_id = {r.login_id: r for r in requests}
-        done: dict[int, RowResult] = {}
-        for user in answer.get("patchedUsers") or ():
+        done: set[int] = set()
+        for user in answer.patched:
             request = _request_of(user, by_id)
             if request is None or request.row in done:
                 continue
-            result = result_for(
-                request,
-                status=Status.UPDATED,
-                reason=request.change_reason,
-                http_status=200,
-                attempts=attempts,
-                **user_fields(user),
+            done.add(request.row)
+            settled.append(
+                result_for(
+                    request,
+                    status=Status.UPDATED,
+                    reason=request.change_reason,
+                    http_status=200,
+                    attempts=attempts,
+                    **user_fields(user),
+                )
             )
-            done[request.row] = result
-            if self.observe is not None:
-                self.observe(result)
-        failures = {}
-        for entry in answer.get("failedUsers") or ():
-            request = _request_of(entry.get("user"), by_id) if isinstance(entry, dict) else None
+        failures = set()
+        for failed in answer.failed:
+            request = _request_of(failed, by_id) if failed is not None else None
             if request is not None:
-                failures[request.row] = str(entry.get("failure") or "")
+                failures.add(request.row)
         for request in requests:
             if request.row not in done:
                 # the per-row call with failOnConflict says exactly what is wrong (or succeeds)
                 log.info(
-                    "batch_row_resent",
-                    row=request.row,
-                    in_failed_users=request.row in failures,
+                    "batch_row_resent", row=request.row, in_failed_users=request.row in failures
                 )
-                done[request.row] = await self.send_one(request)
-        return [done[r.row] for r in requests]
+                resend.append(request)
 
 
-def _request_of(user: Any, by_id: dict[str, UpdateRequest]) -> UpdateRequest | None:
+def _request_of(user: User, by_id: dict[str, UpdateRequest]) -> UpdateRequest | None:
     """The request a user of the answer stands for: by any of its login ids, or its user id."""
-    if not isinstance(user, dict):
-        return None
-    for login_id in user.get("loginIds") or ():
-        if isinstance(login_id, str) and login_id in by_id:
+    for login_id in user.login_ids:
+        if login_id in by_id:
             return by_id[login_id]
-    user_id = user.get("userId")
-    return by_id.get(user_id) if isinstance(user_id, str) else None
+    return by_id.get(user.user_id) if user.user_id is not None else None

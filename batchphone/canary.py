@@ -10,26 +10,25 @@ and compares the stored phone and verified flag with what was sent.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import anyio
 
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import LookupFailed
-from batchphone.models import Reason, RowResult, Status, UpdateRequest
+from batchphone.models import Reason, RowResult, Status, UpdateRequest, User
 from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
 
 __all__ = ["Canary", "mismatch"]
 
-ReadBack = Callable[[str], Awaitable["dict[str, Any] | None"]]
+ReadBack = Callable[[str], Awaitable["User | None"]]
 
 
 def _flag(value: object) -> str:
     return "null" if value is None else str(bool(value)).lower()
 
 
-def mismatch(request: UpdateRequest, user: dict[str, Any] | None) -> str | None:
+def mismatch(request: UpdateRequest, user: User | None) -> str | None:
     """What differs between what ``request`` sent and the user as read back (``None``: same).
 
     Every update sends its verified flag explicitly (false for a row without a value: that is
@@ -38,8 +37,7 @@ def mismatch(request: UpdateRequest, user: dict[str, Any] | None) -> str | None:
     where = f"row {request.row} ({request.login_id})"
     if user is None:
         return f"{where}: the user was not found when read back"
-    phone = str(user.get("phone") or "")
-    stored = bool(user.get("verifiedPhone"))
+    phone, stored = user.phone, user.verified
     if phone == request.phone and stored == target_verified(request):
         return None
     return (
@@ -86,13 +84,13 @@ class Canary:
             self._arrived = anyio.Event()
             await self._arrived.wait()
 
-    async def check(
-        self, read_back: ReadBack, *, on_fatal: Callable[[FatalRemoteError], None]
-    ) -> list[RowResult]:
+    async def check(self, read_back: ReadBack) -> list[RowResult]:
         """Read back every updated canary row; the rows that did not stick, as ``failed``.
 
         Rows that ended otherwise (``conflict``, ``not_found``, ``failed``) say so already and
         are not read. A read that fails counts as a mismatch: nothing proves the update stuck.
+        A 401/403 (the call stack has stopped the run) or a stop ends the check with no verdict
+        on the rows not read yet.
         """
         self.checked = True
         bad: list[RowResult] = []
@@ -102,8 +100,7 @@ class Canary:
                 continue
             try:
                 user = await read_back(request.login_id)
-            except FatalRemoteError as exc:
-                on_fatal(exc)
+            except FatalRemoteError:
                 return bad
             except LookupFailed as exc:
                 if exc.fields is None:  # the run is stopping: no verdict

@@ -19,6 +19,7 @@ import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -28,7 +29,7 @@ from batchphone import __version__
 from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
 from batchphone.logs import get_logger
-from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest
+from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -47,7 +48,7 @@ else:
     _dumps = orjson.dumps
     _loads = orjson.loads
 
-__all__ = ["DEFAULT_BASE_URL", "DescopeClient", "derive_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "DescopeClient", "PatchAnswer", "derive_base_url"]
 
 E = TypeVar("E", bound=RemoteError)
 
@@ -72,6 +73,25 @@ _SPACE = re.compile(r"\s+")
 _EXCERPT = 200
 
 
+@dataclass(frozen=True, slots=True)
+class PatchAnswer:
+    """A batch patch's answer: the users it patched, and those it failed (``None``: an entry
+    without a usable user)."""
+
+    patched: tuple[User, ...] = ()
+    failed: tuple[User | None, ...] = ()
+
+    @classmethod
+    def from_api(cls, data: dict[str, Any]) -> PatchAnswer:
+        """Read ``patchedUsers`` and ``failedUsers`` (``[{"failure": ..., "user": {...}}]``)."""
+        patched = [User.from_api(u) for u in data.get("patchedUsers") or () if isinstance(u, dict)]
+        failed: list[User | None] = []
+        for entry in data.get("failedUsers") or ():
+            user = entry.get("user") if isinstance(entry, dict) else None
+            failed.append(User.from_api(user) if isinstance(user, dict) else None)
+        return cls(patched=tuple(patched), failed=tuple(failed))
+
+
 def derive_base_url(project_id: str) -> str:
     """The API base URL for a project, as the official SDKs derive it.
 
@@ -86,14 +106,14 @@ def derive_base_url(project_id: str) -> str:
 class DescopeClient:
     """One connection pool to one project's management API.
 
-    ``requests`` counts HTTP calls made (answered or not), ``rate_limited`` the 429s seen.
+    It counts nothing: the run's call stack (``batchphone.calls``) counts the calls it sends.
     """
 
     def __init__(
         self,
         *,
         project_id: str,
-        management_key: str,
+        management_key: Secret,
         base_url: str,
         timeout: float = 30.0,
         max_connections: int = 8,
@@ -101,14 +121,14 @@ class DescopeClient:
     ) -> None:
         if not project_id:
             raise ValueError("project_id is empty")
-        if not management_key:
+        if not isinstance(management_key, Secret):
+            raise TypeError("management_key must be a Secret")  # never a plain str to log
+        if not management_key.reveal():
             raise ValueError("management_key is empty")
         self.project_id = project_id
         self.base_url = base_url.rstrip("/")
         self.license: str | None = None
-        self.requests = 0
-        self.rate_limited = 0
-        self._key = Secret(management_key)
+        self._key = management_key
         # the headers the official Python SDK sends, with batchphone's own name and version
         headers = {
             "Content-Type": "application/json",
@@ -229,7 +249,7 @@ class DescopeClient:
             reason, outcome = Reason.REJECTED, Status.FAILED
         return ApiOutcome(outcome, reason, status, code, message)
 
-    async def load_user(self, login_id: str) -> dict[str, Any] | None:
+    async def load_user(self, login_id: str) -> User | None:
         """``GET /v1/mgmt/user?loginId=``: the user, or ``None`` when there is none."""
         response = await self._send(
             "GET", LOAD_USER_PATH, params={"loginId": login_id}, what="load user"
@@ -244,8 +264,11 @@ class DescopeClient:
 
     async def search_users(
         self, login_ids: Sequence[str], *, page: int = 0, limit: int = 100
-    ) -> tuple[list[dict[str, Any]], int]:
-        """``POST /v2/mgmt/user/search`` by login ids: one page of users and the total."""
+    ) -> tuple[list[User], int]:
+        """``POST /v2/mgmt/user/search`` by login ids: one page of users and the total.
+
+        Entries that are not user objects are dropped (the page's length is the total's).
+        """
         # withTestUser: a login id named explicitly must be found even if it is a test user
         body = {"loginIds": list(login_ids), "page": page, "limit": limit, "withTestUser": True}
         response = await self._send("POST", SEARCH_PATH, body=body, what="search users")
@@ -254,16 +277,17 @@ class DescopeClient:
         if not isinstance(users, list):
             raise self._error(TransientError, response, "search users", None, "no users list")
         total = data.get("total")
-        return users, total if isinstance(total, int) else len(users)
+        found = [User.from_api(user) for user in users if isinstance(user, dict)]
+        return found, total if isinstance(total, int) else len(users)
 
-    async def patch_batch(self, users: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        """``PATCH /v1/mgmt/user/patch/batch``: the answer body.
+    async def patch_batch(self, users: Sequence[dict[str, Any]]) -> PatchAnswer:
+        """``PATCH /v1/mgmt/user/patch/batch``: the users patched and the users it failed.
 
         Per-user failures come back inside a 200 (``failedUsers``); the caller reads them.
         """
         body = {"users": list(users)}
         response = await self._send("PATCH", PATCH_BATCH_PATH, body=body, what="patch batch")
-        return self._success_body(response, "patch batch")
+        return PatchAnswer.from_api(self._success_body(response, "patch batch"))
 
     # -- sending and reading -------------------------------------------------------------
     async def _send(
@@ -276,7 +300,6 @@ class DescopeClient:
         params: dict[str, str] | None = None,
     ) -> httpx.Response:
         content = None if body is None else _dumps(body)
-        self.requests += 1
         lane = self._take_lane()
         try:
             response = await lane.request(method, path, content=content, params=params)
@@ -302,12 +325,12 @@ class DescopeClient:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _user(self, response: httpx.Response, what: str) -> dict[str, Any]:
+    def _user(self, response: httpx.Response, what: str) -> User:
         user = self._json(response).get("user")
         if not isinstance(user, dict):
             # a 200 without a user is a broken answer (a proxy, a truncated body): try again
             raise self._error(TransientError, response, what, None, "no user in the answer")
-        return user
+        return User.from_api(user)
 
     def _success_body(self, response: httpx.Response, what: str) -> dict[str, Any]:
         if response.is_success:
@@ -339,7 +362,6 @@ class DescopeClient:
         if status in (401, 403):
             raise self._fatal(response, what, code)
         if status == 429:
-            self.rate_limited += 1
             raise RateLimitedError(
                 f"{what}: HTTP 429 rate limited" + (f" ({code})" if code else ""),
                 retry_after=_retry_after(response, self._json(response)),

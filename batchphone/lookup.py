@@ -7,24 +7,22 @@ login id is the case where Descope merges users); since few phones are anyone's 
 search asks for up to 1000 phones at once and pages through the (usually empty) answer. How many
 filter values the API takes is not published: should it refuse a long list, the run asks for
 100 at a time from then on. ``--canary`` reads single users back with ``GET /v1/mgmt/user``.
-Every read waits for the limiter and goes through ``call_with_retry``, so reads and updates
-share one budget and a 429 pauses them all.
+Every read goes through the run's call stack (``batchphone.calls``), so reads and updates share
+one stop, one budget and one circuit breaker, and a 429 pauses them all.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
+from batchphone.calls import Calls, failures_only
 from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
-from batchphone.models import Reason, Status
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy, call_with_retry
-from batchphone.stop import Stop, Stopped
+from batchphone.models import Reason, Status, User
+from batchphone.stop import Stopped
 
 __all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "owner_checks"]
 
@@ -57,49 +55,34 @@ class LookupFailed(Exception):
 
 
 class Lookup:
-    """Batched user reads of one run: same client, limiter, retry policy and stop scopes."""
+    """Batched user reads of one run, through the run's call stack."""
 
-    def __init__(
-        self,
-        client: DescopeClient,
-        limiter: RateLimiter,
-        policy: RetryPolicy,
-        *,
-        on_rate_limited: Callable[[float], None] | None = None,
-        stop: Stop | None = None,
-        on_call: Callable[[float], None] | None = None,
-    ) -> None:
-        self.client = client
-        self.limiter = limiter
-        self.policy = policy
-        self.on_rate_limited = on_rate_limited
-        # no read starts once the run is stopping; a hard stop cancels reads on the wire too
-        self.stop = stop if stop is not None else Stop()
-        self.on_call = on_call
-        #: calls that got a usable answer, and the 429s met on the way
-        self.calls = 0
-        self.rate_limited = 0
+    def __init__(self, calls: Calls) -> None:
+        # every read goes through the run's stack: its stop, circuit, retries and budget
+        self.calls = calls
+        #: reads that got a usable answer
+        self.answered = 0
         self._owner_ids = OWNER_IDS
 
-    async def by_login_id(self, login_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def by_login_id(self, login_ids: Iterable[str]) -> dict[str, User]:
         """The users that have one of ``login_ids`` as a login id, keyed by that id.
 
         Ids nobody has are simply absent. One search per 100 distinct ids; raises
         ``LookupFailed`` (the rows of these ids cannot be judged) or ``FatalRemoteError``.
         """
         wanted = list(dict.fromkeys(login_ids))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         for start in range(0, len(wanted), PAGE):
             found |= await self._owned(wanted[start : start + PAGE])
         return found
 
-    async def owners(self, phones: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def owners(self, phones: Iterable[str]) -> dict[str, User]:
         """The users whose login id is one of ``phones``, keyed by that phone.
 
         Like ``by_login_id``, but up to 1000 phones per search (see the module docstring).
         """
         wanted = list(dict.fromkeys(phones))
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         start = 0
         while start < len(wanted):
             chunk = wanted[start : start + self._owner_ids]
@@ -115,54 +98,56 @@ class Lookup:
             start += len(chunk)
         return found
 
-    async def _owned(self, chunk: list[str]) -> dict[str, dict[str, Any]]:
+    async def _owned(self, chunk: list[str]) -> dict[str, User]:
         names = set(chunk)
-        found: dict[str, dict[str, Any]] = {}
+        found: dict[str, User] = {}
         for user in await self._search(chunk):
-            for login_id in user.get("loginIds") or ():
+            for login_id in user.login_ids:
                 if login_id in names:
                     found[login_id] = user
         return found
 
-    async def read_back(self, login_id: str) -> dict[str, Any] | None:
+    async def read_back(self, login_id: str) -> User | None:
         """``GET /v1/mgmt/user``: the user as stored now, or ``None`` when there is none."""
-        user: dict[str, Any] | None = await self._call(lambda: self.client.load_user(login_id))
+        user: User | None = await self._call(lambda client: client.load_user(login_id))
         return user
 
-    async def _search(self, login_ids: Sequence[str]) -> list[dict[str, Any]]:
-        users: list[dict[str, Any]] = []
+    async def _search(self, login_ids: Sequence[str]) -> list[User]:
+        users: list[User] = []
         page = 0
         while True:
-            search = functools.partial(self.client.search_users, login_ids, page=page, limit=PAGE)
+            search = _search_page(login_ids, page)
             found, total = await self._call(search)
-            users.extend(user for user in found if isinstance(user, dict))
+            users.extend(found)
             # at most PAGE ids fit one page; an owner check of more ids rarely needs a second
             if len(found) < PAGE or len(users) >= total:
                 return users
             page += 1
 
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, endpoint: Callable[[DescopeClient], Awaitable[T]]) -> T:
         try:
-            attempted = await call_with_retry(
-                call,
-                limiter=self.limiter,
-                policy=self.policy,
-                on_rate_limited=self.on_rate_limited,
-                stop=self.stop,
-                on_call=self.on_call,
-            )
+            # a read that works does not count in the circuit; one that fails for good does
+            attempted = await self.calls(endpoint, verdicts=failures_only)
         except FatalRemoteError:
             raise
         except RemoteError as exc:  # a 4xx no retry can change
             raise LookupFailed(_failure(Reason.REJECTED, exc, attempts=1)) from None
         except Stopped:
             raise LookupFailed(None) from None
-        self.rate_limited += attempted.rate_limited
         if attempted.error is not None:
             failure = _failure(Reason.RETRIES_EXHAUSTED, attempted.error, attempted.attempts)
             raise LookupFailed(failure)
-        self.calls += 1
+        self.answered += 1
         return cast(T, attempted.value)  # no error: the value is the call's answer
+
+
+def _search_page(
+    login_ids: Sequence[str], page: int
+) -> Callable[[DescopeClient], Awaitable[tuple[list[User], int]]]:
+    def search(client: DescopeClient) -> Awaitable[tuple[list[User], int]]:
+        return client.search_users(login_ids, page=page, limit=PAGE)
+
+    return search
 
 
 def _failure(reason: Reason, error: RemoteError, attempts: int) -> dict[str, Any]:

@@ -7,6 +7,7 @@ The way of a row: ``InputRow`` (reader) -> ``Normalized`` (normalizer) -> ``Upda
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ __all__ = [
     "Status",
     "Summary",
     "UpdateRequest",
+    "User",
 ]
 
 
@@ -158,6 +160,44 @@ class PhoneState:
 
 
 @dataclass(frozen=True, slots=True)
+class User:
+    """A Descope user as the API returned it: the fields batchphone reads, and the whole of it.
+
+    ``raw`` is the user object exactly as answered, for the result file's ``user`` column; it
+    holds personal data, so it is left out of ``repr`` (logs, tracebacks) and comparisons.
+    """
+
+    user_id: str | None
+    login_ids: tuple[str, ...]
+    phone: str  # "" when the user has none
+    #: as answered (``None`` when the answer had no flag): the result file shows it so
+    verified_phone: bool | None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> User:
+        """Read a user object of an API answer; fields of the wrong type count as absent."""
+        user_id = data.get("userId")
+        login_ids = data.get("loginIds")
+        phone = data.get("phone")
+        verified = data.get("verifiedPhone")
+        return cls(
+            user_id=user_id if isinstance(user_id, str) else None,
+            login_ids=tuple(i for i in login_ids if isinstance(i, str))
+            if isinstance(login_ids, list)
+            else (),
+            phone=phone if isinstance(phone, str) else "",
+            verified_phone=verified if isinstance(verified, bool) else None,
+            raw=data,
+        )
+
+    @property
+    def verified(self) -> bool:
+        """The stored flag: the API stores a missing one as false."""
+        return bool(self.verified_phone)
+
+
+@dataclass(frozen=True, slots=True)
 class UpdateRequest:
     """One call to ``POST /v1/mgmt/user/update/phone`` (``phone == ""`` removes the phone).
 
@@ -207,7 +247,7 @@ class ApiOutcome:
     http_status: int | None = None
     error_code: str | None = None
     error_message: str | None = None
-    user: dict[str, Any] | None = None
+    user: User | None = None
 
 
 #: The fixed columns of every result file, in this order.

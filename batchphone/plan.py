@@ -20,9 +20,8 @@ Row results the screen makes carry the user it read; nothing here sends an updat
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, owner_checks
@@ -34,8 +33,10 @@ from batchphone.models import (
     RowResult,
     Status,
     UpdateRequest,
+    User,
 )
 from batchphone.prepare import Prepared, result_for, user_fields
+from batchphone.stop import Stop
 
 __all__ = ["Screen", "ScreenRules", "budget_seconds", "planned_calls", "target_verified"]
 
@@ -81,46 +82,30 @@ def _unchanged(before: PhoneState, request: UpdateRequest) -> bool:
     return request.verified is None or before.verified == target_verified(request)
 
 
-def _state(user: Mapping[str, Any]) -> PhoneState:
-    user_id = user.get("userId")
-    return PhoneState(
-        phone=str(user.get("phone") or ""),
-        verified=bool(user.get("verifiedPhone")),
-        user_id=user_id if isinstance(user_id, str) else None,
-    )
+def _state(user: User) -> PhoneState:
+    return PhoneState(phone=user.phone, verified=user.verified, user_id=user.user_id)
 
 
-def _same_user(owner: Mapping[str, Any], request: UpdateRequest) -> bool:
+def _same_user(owner: User, request: UpdateRequest) -> bool:
     """True when the owner of the phone is the row's own user (its phone is its login id)."""
-    owner_id = owner.get("userId")
     if request.before is not None and request.before.user_id is not None:
-        return owner_id == request.before.user_id
-    return request.login_id in (owner.get("loginIds") or ()) or owner_id == request.login_id
+        return owner.user_id == request.before.user_id
+    return request.login_id in owner.login_ids or owner.user_id == request.login_id
 
 
 class Screen:
     """Judges update requests against the users' current state, batch by batch.
 
-    ``stopped`` returns the reason the run is stopping, if it is: rows not judged yet then end
-    ``not_attempted`` (never unjudged: a batch patch must not skip the phone check). A
-    ``FatalRemoteError`` goes to ``on_fatal``, after which the run is stopping too; a read that
-    failed for good goes to ``observe`` as one failed call (the circuit breaker counts it).
+    Once ``stop`` is requested, rows not judged yet end ``not_attempted`` (never unjudged: a
+    batch patch must not skip the phone check). The reads go through the run's call stack,
+    which stops the run on a 401/403 and counts a read that failed for good in the circuit:
+    the screen only turns what a read said into results.
     """
 
-    def __init__(
-        self,
-        rules: ScreenRules,
-        lookup: Lookup,
-        *,
-        stopped: Callable[[], Reason | None],
-        on_fatal: Callable[[FatalRemoteError], None],
-        observe: Callable[[RowResult], None] | None = None,
-    ) -> None:
+    def __init__(self, rules: ScreenRules, lookup: Lookup, *, stop: Stop) -> None:
         self.rules = rules
         self.lookup = lookup
-        self.stopped = stopped
-        self.on_fatal = on_fatal
-        self.observe = observe
+        self.stop = stop
 
     async def screen(self, items: Iterable[Prepared]) -> AsyncGenerator[Prepared, None]:
         """Yield every item of ``items`` once: judged results, or requests still to send.
@@ -222,7 +207,7 @@ class Screen:
                 out.append(self._ready(request))
                 continue
             message = (
-                f"{request.phone} is the login id of another user ({owner.get('userId')}): "
+                f"{request.phone} is the login id of another user ({owner.user_id}): "
                 "not sent, Descope would merge the two users"
             )
             out.append(
@@ -237,23 +222,20 @@ class Screen:
 
     async def _users(
         self, login_ids: list[str], requests: list[UpdateRequest], *, owners: bool = False
-    ) -> dict[str, dict[str, Any]] | list[Prepared]:
+    ) -> dict[str, User] | list[Prepared]:
         """The users by login id, or the requests' results when they cannot be read."""
-        if self.stopped() is None:
+        if self.stop.reason is None:
             try:
                 if owners:
                     return await self.lookup.owners(login_ids)
                 return await self.lookup.by_login_id(login_ids)
-            except FatalRemoteError as exc:
-                self.on_fatal(exc)
+            except FatalRemoteError:
+                pass  # the stack has stopped the run
             except LookupFailed as exc:
                 if exc.fields is not None:
-                    failed: list[Prepared] = [result_for(r, **exc.fields) for r in requests]
-                    if self.observe is not None and isinstance(failed[0], RowResult):
-                        self.observe(failed[0])  # one call failed, however many rows it read
-                    return failed
+                    return [result_for(r, **exc.fields) for r in requests]
         # stopping (a signal, a fatal answer, a cancelled read): these rows stay unsent
-        reason = self.stopped() or Reason.INTERRUPTED
+        reason = self.stop.reason or Reason.INTERRUPTED
         return [result_for(r, status=Status.NOT_ATTEMPTED, reason=reason) for r in requests]
 
     def _ready(self, request: UpdateRequest) -> Prepared:

@@ -16,7 +16,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from batchphone.models import InputRow, Normalized, Reason, RowResult, Status, UpdateRequest
+from batchphone.models import (
+    InputRow,
+    Normalized,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+    User,
+)
 from batchphone.normalize import normalize
 
 __all__ = [
@@ -101,14 +109,14 @@ def result_for(request: UpdateRequest, *, status: Status, **fields_: Any) -> Row
     )
 
 
-def user_fields(user: dict[str, Any] | None) -> dict[str, Any]:
+def user_fields(user: User | None) -> dict[str, Any]:
     """The result fields taken from a user the API returned (none when there is no user)."""
-    if not user:
+    if user is None:
         return {}
     return {
-        "user_id": user.get("userId"),
-        "verified_phone": user.get("verifiedPhone"),
-        "user_json": json.dumps(user, separators=(",", ":"), ensure_ascii=False),
+        "user_id": user.user_id,
+        "verified_phone": user.verified_phone,
+        "user_json": json.dumps(user.raw, separators=(",", ":"), ensure_ascii=False),
     }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from batchphone.config import Secret
 from batchphone.errors import InputError, UsageError
 
 __all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
@@ -174,7 +175,7 @@ def embedded_target(
     target = {
         "project_id": EMULATOR_PROJECT_ID,
         "base_url": EMULATOR_BASE_URL,
-        "management_key": key,
+        "management_key": Secret(key),
     }
     return Rehearsal(
         transport_factory=emulator.transport,

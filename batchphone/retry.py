@@ -5,26 +5,32 @@ the pool (concurrency: N workers) and this loop (how often one row is tried agai
 the limiter's business, not the row's: it pauses every worker sharing the limiter and the same
 call is sent again, without counting an attempt, so a 429 never makes a row fail.
 
-The backoff is computed here rather than with ``stamina``: stamina sleeps on the real clock
-(its only test hook turns waits off entirely) and counts every exception as an attempt, while
-this loop must sleep on an injectable clock and must not count 429s. The formula is stamina's
-exponential backoff, with the jitter added after the cap so that workers that all hit the cap
-still spread out: ``min(wait_max, wait_initial * 2 ** (n - 1)) + uniform(0, wait_jitter)``.
+This is the retry layer of the stack in ``batchphone.calls`` (stop check -> circuit -> retry ->
+limiter -> HTTP): 429s are handled below it, by the limiter layer, so only transient errors
+(5xx, timeouts, dropped connections) reach this loop.
+
+Why not ``stamina`` (dropped from the dependencies): with 429s handled outside, the one thing
+left for it would be the backoff loop, and it cannot run that here. Its sleeps go to the real
+``asyncio.sleep``/``trio.sleep`` (its only test hook turns waits off entirely), while these
+sleeps must run on the limiter's injectable clock, so that tests assert the waits on virtual
+time, and inside the stop token's cancel scope, so that a stop ends a backoff at once. The
+formula is stamina's exponential backoff, with the jitter added after the cap so that workers
+that all hit the cap still spread out:
+``min(wait_max, wait_initial * 2 ** (n - 1)) + uniform(0, wait_jitter)``.
 """
 
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from batchphone.errors import RateLimitedError, TransientError
-from batchphone.ratelimit import Clock, RateLimiter
+from batchphone.errors import TransientError
+from batchphone.ratelimit import Clock
 from batchphone.stop import Stop
 
-__all__ = ["Attempted", "RetryPolicy", "call_with_retry"]
+__all__ = ["Attempted", "RetryPolicy", "retried"]
 
 T = TypeVar("T")
 
@@ -59,7 +65,7 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Attempted(Generic[T]):
-    """The end of ``call_with_retry``: a value, or the last transient error.
+    """The end of the retry layer (``retried``): a value, or the last transient error.
 
     ``attempts`` counts the calls that got an answer other than 429; ``rate_limited`` the
     429s met on the way.
@@ -71,62 +77,34 @@ class Attempted(Generic[T]):
     rate_limited: int
 
 
-async def call_with_retry(
-    call: Callable[[], Awaitable[T]],
+async def retried(
+    attempt: Callable[[], Awaitable[T]],
     *,
-    limiter: RateLimiter,
     policy: RetryPolicy,
-    clock: Clock | None = None,
-    on_rate_limited: Callable[[float], None] | None = None,
-    rng: random.Random | None = None,
+    clock: Clock,
     stop: Stop | None = None,
-    on_call: Callable[[float], None] | None = None,
+    rng: random.Random | None = None,
 ) -> Attempted[T]:
-    """Run ``call`` under ``limiter`` until it returns, or ``policy`` gives up.
+    """The retry layer: run ``attempt`` until it returns or ``policy`` gives up.
 
-    - Every attempt holds a limiter slot from before it starts until its answer arrives (or
-      it is given up: an error, a timeout, cancellation); the slot frees one window later.
-    - ``RateLimitedError``: pause the limiter (every worker sharing it waits) for its
-      ``retry_after`` (or ``policy.default_retry_after`` when it is not positive), report it to
-      ``on_rate_limited``, and send again without counting an attempt.
     - ``TransientError``: count the attempt; after ``policy.max_attempts`` return it in
-      ``Attempted.error``, else sleep the backoff on ``clock`` (default: the limiter's clock).
-    - Anything else (``FatalRemoteError``, cancellation, bugs) propagates.
-    - ``stop``: no attempt starts once it is requested, and every wait before one (the limiter's
-      slot or pause, the backoff) ends at its first request, raising ``Stopped``; a hard stop
-      cancels the call on the wire (``Stopped`` too).
-    - ``on_call`` gets the wall time (epoch seconds) each call was answered or given up.
+      ``Attempted.error``, else sleep the backoff on ``clock``; the first ``stop`` ends the
+      sleep (``Stopped``).
+    - Anything else (``FatalRemoteError``, ``Stopped``, cancellation, bugs) propagates.
+
+    429s never get here: the limiter layer below (``calls.limited``) waits them out and sends
+    again, so a 429 never costs an attempt.
     """
-    clock = clock if clock is not None else limiter.clock
     stop = stop if stop is not None else Stop()  # one that is never requested
     attempts = 0
-    rate_limited = 0
     while True:
-        with stop.waiting():
-            slot = await limiter.acquire()
         try:
-            try:
-                with stop.calling():
-                    value = await call()
-            finally:
-                # the slot is held until the answer (or the give-up) and frees one window later
-                limiter.release(slot)
-                if on_call is not None:
-                    on_call(time.time())
-        except RateLimitedError as exc:
-            rate_limited += 1
-            retry_after = exc.retry_after if exc.retry_after > 0 else policy.default_retry_after
-            limiter.pause(retry_after)
-            if on_rate_limited is not None:
-                on_rate_limited(retry_after)
-            continue
+            value = await attempt()
         except TransientError as exc:
             attempts += 1
             if attempts >= policy.max_attempts:
-                return Attempted(
-                    value=None, error=exc, attempts=attempts, rate_limited=rate_limited
-                )
+                return Attempted(value=None, error=exc, attempts=attempts, rate_limited=0)
             with stop.waiting():
                 await clock.sleep(policy.backoff(attempts, rng=rng))
             continue
-        return Attempted(value=value, error=None, attempts=attempts + 1, rate_limited=rate_limited)
+        return Attempted(value=value, error=None, attempts=attempts + 1, rate_limited=0)

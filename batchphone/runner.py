@@ -7,6 +7,12 @@ batches (``batch``), after a canary (``canary``) when asked. It raises
 pool has started, every way out (done, Ctrl-C, SIGTERM, a fatal API answer, the circuit breaker)
 goes through the same ``finally``: the journal is closed and the result file written, so every
 input row has its one result row.
+
+The pieces, each with one job, wired here: ``_Producer`` (rows not final yet, through the
+screen, to the workers), ``_Batcher`` (``--api batch``), ``_CanaryCheck`` (``--canary``),
+``_Recorder`` (the consumer: journal, canary, progress), ``_watch_signals`` and
+``_sync_journal``; the sending side (``_Sending``) is one call stack (``calls``) and what
+reads and sends through it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +30,15 @@ import anyio
 import httpx
 from anyio.abc import ObjectSendStream
 
+from batchphone.batch import BatchSender
+from batchphone.calls import Calls, open_calls
 from batchphone.canary import Canary
 from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunLock, iter_records
 from batchphone.logs import get_logger
+from batchphone.lookup import Lookup
 from batchphone.models import (
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
@@ -45,7 +55,7 @@ from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
-from batchphone.send import Sender
+from batchphone.send import RowSender, fetch_license
 from batchphone.stop import Stop
 from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
@@ -81,133 +91,15 @@ def _identity(
     }
 
 
-class _Run:
-    """The state of one executing run: built by ``execute``, used by the pool's callbacks."""
+class _Recorder:
+    """The consumer: journals every final result, and tells the canary and the progress bar."""
 
-    def __init__(
-        self,
-        job: Job,
-        settings: Settings,
-        prepared: Iterator[list[Prepared]],
-        journal: Journal,
-        progress: Progress,
-        total: int,
-        rules: ScreenRules,
-    ) -> None:
-        self.job = job
-        self.settings = settings
-        self.prepared = prepared
+    def __init__(self, journal: Journal, progress: Progress, canary: Canary | None) -> None:
         self.journal = journal
         self.progress = progress
-        self.total = total
-        self.rules = rules
-        self.stop = Stop()
+        self.canary = canary
         self.journal_open = True
-        self.sender: Sender | None = None
-        self.screen: Screen | None = None
-        self.canary: Canary | None = None
-        self._pending: list[UpdateRequest] = []  # the batch being filled
 
-    # -- producer -------------------------------------------------------------------------
-    def _batches(self) -> Iterator[list[Prepared]]:
-        for items in self.prepared:
-            yield self._keep(items)
-
-    def _keep(self, items: list[Prepared]) -> list[Prepared]:
-        state, retry = self.journal.state, self.settings.retry_failed
-        return [item for item in items if not state.is_final(item.row, retry_failed=retry)]
-
-    async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
-        # On a stop the producer just ends: rows it never reached are not journaled one by one
-        # (the result file gets them as `not_attempted` when it is written, see `_Unreached`).
-        batches = self._batches()
-        while self.stop.reason is None:
-            # reading and normalizing a batch is blocking work: keep it off the event loop
-            items = await anyio.to_thread.run_sync(next, batches, None)
-            if items is None:
-                break
-            if self.screen is not None:
-                await self._take_screened(items, jobs)
-                continue
-            for index, item in enumerate(items):
-                if self.stop.reason is not None:
-                    break
-                # rows that need no call are recorded right here: a trip through the result
-                # stream costs more than the row itself (validate and dry-runs are all such rows)
-                if isinstance(item, RowResult):
-                    self.record(item)
-                else:
-                    await self._send(item, jobs)
-                if index % 1000 == 999:
-                    await anyio.lowlevel.checkpoint()
-        if self.stop.reason is None:
-            await self._flush(jobs)
-            await self._check_canary()
-
-    async def _take_screened(self, items: Iterable[Prepared], jobs: ObjectSendStream[Any]) -> None:
-        assert self.screen is not None
-        # closed even when the run is cancelled halfway through a batch
-        async with contextlib.aclosing(self.screen.screen(items)) as screened:
-            index = 0
-            async for item in screened:
-                # results the screen made before the stop (failed reads) are kept; what
-                # comes after it would only be rows left unsent
-                unsent = not isinstance(item, RowResult) or item.status is Status.NOT_ATTEMPTED
-                if unsent and self.stop.reason is not None:
-                    break
-                if isinstance(item, RowResult):
-                    self.record(item)
-                else:
-                    await self._send(item, jobs)
-                index += 1
-                if index % 1000 == 0:  # runs of rows resolved locally must not hog the loop
-                    await anyio.lowlevel.checkpoint()
-
-    async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
-        if self.stop.reason is not None:
-            return  # not journaled: the result file lists it as not_attempted
-        if self.sender is None or self.sender.batch is None:
-            await jobs.send(request)
-        else:
-            self._pending.append(request)
-            if len(self._pending) >= self.job.batch_size:
-                await self._flush(jobs)
-        if self.canary is not None and self.canary.admit(request):
-            await self._flush(jobs)
-            await self._check_canary()
-
-    async def _flush(self, jobs: ObjectSendStream[Any]) -> None:
-        if self._pending:
-            batch, self._pending = self._pending, []
-            await jobs.send(batch)
-
-    async def _check_canary(self) -> None:
-        """Hold the producer until the canary rows are done, read them back, stop on a miss."""
-        canary, sender = self.canary, self.sender
-        if canary is None or canary.checked or not canary.sent or sender is None:
-            return
-        if self.stop.reason is not None:
-            return  # stopping anyway: no verdict, and no reads
-        await canary.wait()
-        bad = await canary.check(sender.lookup.read_back, on_fatal=sender.fatal)
-        for result in bad:
-            self.record(result, advance=False)  # the row was counted once already
-        if not bad:
-            log.info("canary_passed", rows=len(canary.sent))
-            return
-        log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
-        # rows only: what differs names a login id and phones, and this message is logged
-        # (the result file, 0600, has the details in error_message)
-        self.stop.request(
-            Reason.STOPPED,
-            fatal=BatchphoneError(
-                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick (rows "
-                f"{_rows(bad)}: see their error_message in the result file); the remaining "
-                "rows were not sent: find the cause, then rerun the same command to resume"
-            ),
-        )
-
-    # -- consumer -------------------------------------------------------------------------
     async def consume(self, result: RowResult) -> None:
         self.record(result)
 
@@ -239,36 +131,190 @@ class _Run:
         if self.journal_open:
             self.journal.append_call(ts)
 
-    # -- signals and housekeeping ---------------------------------------------------------
-    async def watch_signals(self) -> None:
-        # Windows has no SIGTERM: Ctrl-C alone stops the run there
-        wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
-        with anyio.open_signal_receiver(*wanted) as signals:
-            async for signum in signals:
-                stop, name = self.stop, signal.Signals(signum).name
-                hard = stop.interrupted
-                in_flight = stop.in_flight
-                stop.interrupted = True
-                stop.request(Reason.INTERRUPTED, hard=hard)
-                if hard:
-                    log.warning(
-                        "interrupted",
-                        signal=name,
-                        action="cancelling calls in flight",
-                        calls_in_flight=in_flight,
-                    )
-                else:
-                    log.warning(
-                        f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them",
-                        signal=name,
-                        calls_in_flight=in_flight,
-                    )
 
-    async def sync_journal(self) -> None:
-        while True:
-            await anyio.sleep(1.0)
-            self.journal.flush()  # here, on the loop: the buffer is not thread-safe
-            await anyio.to_thread.run_sync(self.journal.fsync)
+class _Batcher:
+    """``--api batch``: collects requests into batches of ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._pending: list[UpdateRequest] = []
+
+    def add(self, request: UpdateRequest) -> list[UpdateRequest] | None:
+        """Take ``request``; a full batch when it filled one."""
+        self._pending.append(request)
+        return self.flush() if len(self._pending) >= self.size else None
+
+    def flush(self) -> list[UpdateRequest] | None:
+        """The batch filled so far (``None`` when empty)."""
+        batch, self._pending = self._pending, []
+        return batch or None
+
+
+class _CanaryCheck:
+    """``--canary N``: once the first N updates are done, read them back; stop on a miss."""
+
+    def __init__(self, canary: Canary, lookup: Lookup, recorder: _Recorder, stop: Stop) -> None:
+        self.canary = canary
+        self.lookup = lookup
+        self.recorder = recorder
+        self.stop = stop
+
+    def admit(self, request: UpdateRequest) -> bool:
+        """Count ``request`` as sent; True when it filled the canary (time to ``check``)."""
+        return self.canary.admit(request)
+
+    async def check(self) -> None:
+        """Wait until the canary rows are done, read them back, stop the run on a miss."""
+        canary = self.canary
+        if canary.checked or not canary.sent or self.stop.reason is not None:
+            return  # nothing to check, or stopping anyway: no verdict, and no reads
+        await canary.wait()
+        bad = await canary.check(self.lookup.read_back)
+        for result in bad:
+            self.recorder.record(result, advance=False)  # the row was counted once already
+        if not bad:
+            log.info("canary_passed", rows=len(canary.sent))
+            return
+        log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
+        # rows only: what differs names a login id and phones, and this message is logged
+        # (the result file, 0600, has the details in error_message)
+        self.stop.request(
+            Reason.STOPPED,
+            fatal=BatchphoneError(
+                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick (rows "
+                f"{_rows(bad)}: see their error_message in the result file); the remaining "
+                "rows were not sent: find the cause, then rerun the same command to resume"
+            ),
+        )
+
+
+class _Producer:
+    """The producer: rows not final yet, through the screen, to the workers (or recorded)."""
+
+    def __init__(
+        self,
+        prepared: Iterator[list[Prepared]],
+        journal: Journal,
+        settings: Settings,
+        stop: Stop,
+        recorder: _Recorder,
+        *,
+        screen: Screen | None = None,
+        batcher: _Batcher | None = None,
+        canary: _CanaryCheck | None = None,
+    ) -> None:
+        self.prepared = prepared
+        self.journal = journal
+        self.settings = settings
+        self.stop = stop
+        self.recorder = recorder
+        self.screen = screen
+        self.batcher = batcher
+        self.canary = canary
+
+    def _batches(self) -> Iterator[list[Prepared]]:
+        state, retry = self.journal.state, self.settings.retry_failed
+        for items in self.prepared:
+            yield [item for item in items if not state.is_final(item.row, retry_failed=retry)]
+
+    async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
+        # On a stop the producer just ends: rows it never reached are not journaled one by one
+        # (the result file gets them as `not_attempted` when it is written, see `_Unreached`).
+        batches = self._batches()
+        while self.stop.reason is None:
+            # reading and normalizing a batch is blocking work: keep it off the event loop
+            items = await anyio.to_thread.run_sync(next, batches, None)
+            if items is None:
+                break
+            if self.screen is not None:
+                await self._take_screened(items, jobs)
+                continue
+            for index, item in enumerate(items):
+                if self.stop.reason is not None:
+                    break
+                # rows that need no call are recorded right here: a trip through the result
+                # stream costs more than the row itself (validate and dry-runs are all such rows)
+                if isinstance(item, RowResult):
+                    self.recorder.record(item)
+                else:
+                    await self._send(item, jobs)
+                if index % 1000 == 999:
+                    await anyio.lowlevel.checkpoint()
+        if self.stop.reason is None:
+            await self._flush(jobs)
+            if self.canary is not None:
+                await self.canary.check()
+
+    async def _take_screened(self, items: Iterable[Prepared], jobs: ObjectSendStream[Any]) -> None:
+        assert self.screen is not None
+        # closed even when the run is cancelled halfway through a batch
+        async with contextlib.aclosing(self.screen.screen(items)) as screened:
+            index = 0
+            async for item in screened:
+                # results the screen made before the stop (failed reads) are kept; what
+                # comes after it would only be rows left unsent
+                unsent = not isinstance(item, RowResult) or item.status is Status.NOT_ATTEMPTED
+                if unsent and self.stop.reason is not None:
+                    break
+                if isinstance(item, RowResult):
+                    self.recorder.record(item)
+                else:
+                    await self._send(item, jobs)
+                index += 1
+                if index % 1000 == 0:  # runs of rows resolved locally must not hog the loop
+                    await anyio.lowlevel.checkpoint()
+
+    async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
+        if self.stop.reason is not None:
+            return  # not journaled: the result file lists it as not_attempted
+        if self.batcher is None:
+            await jobs.send(request)
+        else:
+            batch = self.batcher.add(request)
+            if batch is not None:
+                await jobs.send(batch)
+        if self.canary is not None and self.canary.admit(request):
+            await self._flush(jobs)
+            await self.canary.check()
+
+    async def _flush(self, jobs: ObjectSendStream[Any]) -> None:
+        batch = self.batcher.flush() if self.batcher is not None else None
+        if batch is not None:
+            await jobs.send(batch)
+
+
+async def _watch_signals(stop: Stop) -> None:
+    """SIGINT/SIGTERM: the first stops the run gracefully, the second cancels calls in flight."""
+    # Windows has no SIGTERM: Ctrl-C alone stops the run there
+    wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
+    with anyio.open_signal_receiver(*wanted) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            hard = stop.interrupted
+            in_flight = stop.in_flight
+            stop.interrupted = True
+            stop.request(Reason.INTERRUPTED, hard=hard)
+            if hard:
+                log.warning(
+                    "interrupted",
+                    signal=name,
+                    action="cancelling calls in flight",
+                    calls_in_flight=in_flight,
+                )
+            else:
+                log.warning(
+                    f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them",
+                    signal=name,
+                    calls_in_flight=in_flight,
+                )
+
+
+async def _sync_journal(journal: Journal) -> None:
+    """Flush and fsync the journal every second while the run goes on."""
+    while True:
+        await anyio.sleep(1.0)
+        journal.flush()  # here, on the loop: the buffer is not thread-safe
+        await anyio.to_thread.run_sync(journal.fsync)
 
 
 def _counts(journal: Journal, total: int) -> dict[str, int]:
@@ -298,35 +344,45 @@ def _exit_code(counts: dict[str, int], stop: Stop) -> int:
     return 0 if all(status in ok for status, n in counts.items() if n) else 1
 
 
+@dataclass(frozen=True, slots=True)
+class _Sending:
+    """The sending side of a run: one call stack, and what reads and sends through it."""
+
+    calls: Calls
+    sender: RowSender
+    screen: Screen | None
+    canary: _CanaryCheck | None
+
+
 def _connect(
-    run: _Run,
+    job: Job,
     settings: Settings,
     target: dict[str, Any],
     transport: httpx.AsyncBaseTransport | None,
     mode: Mode,
-) -> Sender:
-    sender = Sender(
+    rules: ScreenRules,
+    stop: Stop,
+    recorder: _Recorder,
+) -> _Sending:
+    """Wire the sending side: one call stack, and the readers and senders on top of it."""
+    calls = open_calls(
         settings,
         target,
         transport,
-        stop=run.stop,
-        progress=run.progress,
-        call_times=run.journal.state.call_times,
-        on_call=run.record_call,
-        batches=mode is Mode.RUN and run.job.api == "batch",
+        stop=stop,
+        progress=recorder.progress,
+        call_times=recorder.journal.state.call_times,
+        on_call=recorder.record_call,
     )
-    run.sender = sender
-    if run.rules.active:
-        run.screen = Screen(
-            run.rules,
-            sender.lookup,
-            stopped=lambda: run.stop.reason,
-            on_fatal=sender.fatal,
-            observe=sender.trip_circuit,
-        )
-    if mode is Mode.RUN and run.job.canary:
-        run.canary = Canary(run.job.canary)
-    return sender
+    lookup = Lookup(calls)
+    batches = mode is Mode.RUN and job.api == "batch"
+    canary = recorder.canary
+    return _Sending(
+        calls=calls,
+        sender=RowSender(calls, BatchSender(calls) if batches else None),
+        screen=Screen(rules, lookup, stop=stop) if rules.active else None,
+        canary=_CanaryCheck(canary, lookup, recorder, stop) if canary is not None else None,
+    )
 
 
 def _refuse_unstarted_emulator(settings: Settings, transport: object) -> None:
@@ -357,7 +413,7 @@ def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
     return {
         "project_id": settings.project_id,
         "base_url": settings.base_url or derive_base_url(settings.project_id),
-        "management_key": settings.management_key.reveal(),
+        "management_key": settings.management_key,  # a Secret until the header is built
     }
 
 
@@ -447,7 +503,9 @@ async def _execute_locked(
     )
     prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)
     rules = screen_rules(job, settings, mode)
-    run = _Run(job, settings, prepared, journal, progress, total, rules)
+    stop = Stop()
+    canary = Canary(job.canary) if mode is Mode.RUN and job.canary else None
+    recorder = _Recorder(journal, progress, canary)
     done = total - sum(
         n for status, n in _counts(journal, total).items() if status == Status.NOT_ATTEMPTED.value
     )
@@ -472,23 +530,36 @@ async def _execute_locked(
     # the before-image columns come with every read of the users' state
     columns = RESULT_COLUMNS + rules.columns
     columns = settings.columns or columns  # --columns picks and orders them
+    sending: _Sending | None = None
     try:
         if needs_api:
-            _connect(run, settings, target, transport, mode)
+            sending = _connect(job, settings, target, transport, mode, rules, stop, recorder)
+        producer = _Producer(
+            prepared,
+            journal,
+            settings,
+            stop,
+            recorder,
+            screen=sending.screen if sending is not None else None,
+            batcher=_Batcher(job.batch_size)
+            if sending is not None and sending.sender.batch is not None
+            else None,
+            canary=sending.canary if sending is not None else None,
+        )
         with _one_error():
             async with anyio.create_task_group() as group:
                 if handle_signals and threading.current_thread() is threading.main_thread():
-                    group.start_soon(run.watch_signals)
-                group.start_soon(run.sync_journal)
-                await _run_pool(run, mode)
+                    group.start_soon(_watch_signals, stop)
+                group.start_soon(_sync_journal, journal)
+                await _run_pool(producer, recorder, sending, settings, mode)
                 group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
-            if run.sender is not None:
-                await run.sender.aclose()
-            run.journal_open = False
+            if sending is not None:
+                await sending.calls.aclose()
+            recorder.journal_open = False
             journal.close()
-            unreached = _Unreached(source, settings, journal, total, run.stop.reason)
+            unreached = _Unreached(source, settings, journal, total, stop.reason)
             await anyio.to_thread.run_sync(_write, job.out_path, journal, total, unreached, columns)
             progress.close()
     counts = _counts(journal, total)
@@ -498,19 +569,19 @@ async def _execute_locked(
         planned = planned_calls(counts, batch_size=job.batch_size if job.api == "batch" else None)
         window = settings.rate_period * (1 + settings.rate_margin)
         planned_s = budget_seconds(planned, settings.rate_calls, window)
-    sender = run.sender
+    count = sending.calls.count if sending is not None else None
     summary = Summary(
         input_rows=total,
         counts=counts,
-        requests=sender.client.requests if sender is not None else 0,
-        rate_limited=sender.rate_limited if sender is not None else 0,
+        requests=count.calls if count is not None else 0,
+        rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
-        exit_code=_exit_code(counts, run.stop),
+        exit_code=_exit_code(counts, stop),
         result_path=str(job.out_path),
         resumed_rows=done,
-        stopped_reason=run.stop.fatal.message
-        if run.stop.fatal
-        else ("interrupted" if run.stop.interrupted else None),
+        stopped_reason=stop.fatal.message
+        if stop.fatal
+        else ("interrupted" if stop.interrupted else None),
         planned_calls=planned,
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
@@ -519,19 +590,25 @@ async def _execute_locked(
     return summary
 
 
-async def _run_pool(run: _Run, mode: Mode) -> None:
-    sender = run.sender
-    if sender is None:  # nothing to send: the producer records every row itself
-        await run_pool(run.produce, _never, run.consume, concurrency=1)
+async def _run_pool(
+    producer: _Producer,
+    recorder: _Recorder,
+    sending: _Sending | None,
+    settings: Settings,
+    mode: Mode,
+) -> None:
+    if sending is None:  # nothing to send: the producer records every row itself
+        await run_pool(producer.produce, _never, recorder.consume, concurrency=1)
         return
-    await sender.fetch_license()
-    concurrency = run.settings.concurrency if mode is Mode.RUN else 1
+    await fetch_license(sending.calls)
+    sender = sending.sender
+    concurrency = settings.concurrency if mode is Mode.RUN else 1
     if sender.batch is not None:
         await run_pool(
-            run.produce, sender.process_batch, run.consume_batch, concurrency=concurrency
+            producer.produce, sender.process_batch, recorder.consume_batch, concurrency=concurrency
         )
     else:
-        await run_pool(run.produce, sender.process, run.consume, concurrency=concurrency)
+        await run_pool(producer.produce, sender.process, recorder.consume, concurrency=concurrency)
 
 
 async def _never(request: UpdateRequest) -> RowResult:

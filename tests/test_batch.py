@@ -11,10 +11,14 @@ import httpx
 import pytest
 
 from batchphone.batch import BatchSender, patch_body
+from batchphone.calls import Calls, Circuit
+from batchphone.client import PatchAnswer
 from batchphone.emulator import load_users
 from batchphone.errors import ResumeError, UsageError
-from batchphone.models import Reason, RowResult, Status, Summary, UpdateRequest
-from batchphone.prepare import result_for
+from batchphone.models import Status, Summary, UpdateRequest
+from batchphone.ratelimit import RateLimiter
+from batchphone.retry import RetryPolicy
+from batchphone.stop import Stop
 from tests.emulated import (
     PATCH_BATCH,
     PROJECT,
@@ -223,33 +227,22 @@ async def test_patched_users_are_matched_by_any_login_id_or_user_id() -> None:
         ],
         "failedUsers": [{"failure": "boom", "user": {"loginIds": ["c@example.com"]}}],
     }
-    resent: list[int] = []
-    observed: list[int] = []
 
     class Client:
-        async def patch_batch(self, users: list[dict[str, Any]]) -> dict[str, Any]:
-            return answer
+        async def patch_batch(self, users: list[dict[str, Any]]) -> PatchAnswer:
+            return PatchAnswer.from_api(answer)
 
-    async def send_one(request: UpdateRequest) -> RowResult:
-        resent.append(request.row)
-        return result_for(request, status=Status.NOT_FOUND, reason=Reason.USER_NOT_FOUND)
-
-    from batchphone.ratelimit import RateLimiter
-    from batchphone.retry import RetryPolicy
-
-    sender = BatchSender(
-        Client(),  # type: ignore[arg-type]
-        RateLimiter(100, 1.0),
-        RetryPolicy(),
-        send_one=send_one,
-        stopped=lambda: None,
-        observe=lambda result: observed.append(result.row),
-    )
-    results = await sender.send(requests)
-    assert [(r.row, r.status, r.user_id) for r in results] == [
+    stop = Stop()
+    circuit = Circuit(stop, 0.5, min_calls=1)
+    client: Any = Client()
+    stack = Calls(client, RateLimiter(100, 1.0), RetryPolicy(), stop=stop, circuit=circuit)
+    batched = await BatchSender(stack).send(requests)
+    assert [(r.row, r.status, r.user_id) for r in batched.settled] == [
         (1, Status.UPDATED, "U1"),
         (2, Status.UPDATED, "U2"),
-        (3, Status.NOT_FOUND, None),
     ]
-    assert resent == [3] and observed == [1, 2]
-    assert all(r.attempts == 1 for r in results[:2])
+    # row 3 is handed back to be sent on its own: the batch sends nothing row by row
+    assert [r.row for r in batched.resend] == [3]
+    assert all(r.attempts == 1 for r in batched.settled)
+    assert list(circuit._recent) == [False, False]  # one outcome per settled row
+    assert stack.count.calls == 1

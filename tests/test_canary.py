@@ -13,7 +13,7 @@ from batchphone.cli import main
 from batchphone.emulator import Emulator, Faults
 from batchphone.emulator.server import ServerThread
 from batchphone.errors import UsageError
-from batchphone.models import UpdateRequest
+from batchphone.models import UpdateRequest, User
 from tests.emulated import (
     KEY,
     LOAD,
@@ -133,21 +133,22 @@ async def test_a_canary_needs_a_run_that_sends(tmp_path: Path) -> None:
 
 
 def test_mismatch_compares_the_phone_and_the_flag_that_was_sent() -> None:
+    stored = User.from_api
     request = UpdateRequest(row=7, login_id="a", phone="+14155550100", verified=None)
     # a row without a verified value is sent with false: a stored true did not come from it
-    assert mismatch(request, {"phone": "+14155550100", "verifiedPhone": False}) is None
-    assert mismatch(request, {"phone": "+14155550100", "verifiedPhone": True}) == (
+    assert mismatch(request, stored({"phone": "+14155550100", "verifiedPhone": False})) is None
+    assert mismatch(request, stored({"phone": "+14155550100", "verifiedPhone": True})) == (
         "row 7 (a): sent phone +14155550100 verified false, "
         "read back phone +14155550100 verifiedPhone true"
     )
     assert mismatch(request, None) == "row 7 (a): the user was not found when read back"
     flagged = UpdateRequest(row=7, login_id="a", phone="+14155550100", verified=True)
-    assert mismatch(flagged, {"phone": "+14155550100", "verifiedPhone": False}) == (
+    assert mismatch(flagged, stored({"phone": "+14155550100", "verifiedPhone": False})) == (
         "row 7 (a): sent phone +14155550100 verified true, "
         "read back phone +14155550100 verifiedPhone false"
     )
     removal = UpdateRequest(row=7, login_id="a", phone="", verified=True)
-    assert mismatch(removal, {"phone": "", "verifiedPhone": False}) is None
+    assert mismatch(removal, stored({"phone": "", "verifiedPhone": False})) is None
 
 
 @pytest.fixture

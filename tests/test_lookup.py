@@ -11,7 +11,9 @@ import anyio
 import httpx
 import pytest
 
+from batchphone.calls import Calls
 from batchphone.client import DescopeClient
+from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import PAGE, Lookup, LookupFailed
 from batchphone.models import Reason, Status
@@ -43,16 +45,17 @@ async def lookup_over(
 ) -> AsyncIterator[Lookup]:
     client = DescopeClient(
         project_id=PROJECT,
-        management_key=KEY,
+        management_key=Secret(KEY),
         base_url="http://emulator.invalid",
         transport=transport,
     )
     limiter = RateLimiter(1000, 1.0, clock=FakeClock())
     policy = RetryPolicy(max_attempts=max_attempts, wait_initial=0.5, wait_max=1.0, wait_jitter=0)
+    calls = Calls(client, limiter, policy, **kwargs)
     try:
-        yield Lookup(client, limiter, policy, **kwargs)
+        yield Lookup(calls)
     finally:
-        await client.aclose()
+        await calls.aclose()
 
 
 async def test_one_search_per_hundred_ids_each_through_the_limiter() -> None:
@@ -61,11 +64,11 @@ async def test_one_search_per_hundred_ids_each_through_the_limiter() -> None:
     ids = [f"user{i}@example.com" for i in range(250)]  # the last 20 do not exist
     async with lookup_over(spy) as lookup:
         found = await lookup.by_login_id([*ids, ids[0]])  # a repeated id is asked once
-        assert lookup.calls == 3 and lookup.limiter.stats.calls == 3
+        assert lookup.answered == 3 and lookup.calls.limiter.stats.calls == 3
     assert [len(body["loginIds"]) for body in spy.bodies[SEARCH]] == [100, 100, 50]
     assert all(body["limit"] == PAGE and body["withTestUser"] for body in spy.bodies[SEARCH])
     assert set(found) == set(ids[:230])
-    assert found["user7@example.com"]["phone"] == "+14155550007"
+    assert found["user7@example.com"].phone == "+14155550007"
 
 
 async def test_a_user_is_found_under_each_login_id_asked_for() -> None:
@@ -73,7 +76,7 @@ async def test_a_user_is_found_under_each_login_id_asked_for() -> None:
     async with lookup_over(emulator.transport()) as lookup:
         found = await lookup.by_login_id(["+14155550100", "b@example.com"])
     assert list(found) == ["+14155550100"]
-    assert found["+14155550100"]["loginIds"] == ["a@example.com", "+14155550100"]
+    assert found["+14155550100"].login_ids == ("a@example.com", "+14155550100")
 
 
 async def test_a_429_pauses_the_limiter_and_the_search_is_sent_again() -> None:
@@ -92,9 +95,9 @@ async def test_a_429_pauses_the_limiter_and_the_search_is_sent_again() -> None:
     spy = Spy(emulator, first_is_429)
     async with lookup_over(spy, on_rate_limited=pauses.append) as lookup:
         found = await lookup.by_login_id(["user1@example.com"])
-        assert lookup.rate_limited == 1 and pauses == [7.0]
-        assert lookup.limiter.stats.pauses == 1
-        assert lookup.limiter.clock.now() >= 7.0  # waited out the pause (on the fake clock)
+        assert lookup.calls.count.rate_limited == 1 and pauses == [7.0]
+        assert lookup.calls.limiter.stats.pauses == 1
+        assert lookup.calls.limiter.clock.now() >= 7.0  # waited out the pause (on the fake clock)
     assert list(found) == ["user1@example.com"]
 
 
@@ -107,7 +110,7 @@ async def test_retries_exhausted_fail_the_rows_of_that_search() -> None:
     async with lookup_over(Spy(emulator, unavailable), max_attempts=3) as lookup:
         with pytest.raises(LookupFailed) as caught:
             await lookup.by_login_id(["user1@example.com"])
-        assert lookup.calls == 0 and lookup.limiter.stats.calls == 3
+        assert lookup.answered == 0 and lookup.calls.limiter.stats.calls == 3
     fields = caught.value.fields
     assert fields is not None
     assert (fields["status"], fields["reason"]) == (Status.FAILED, Reason.RETRIES_EXHAUSTED)
@@ -135,14 +138,17 @@ async def test_a_wrong_key_is_fatal() -> None:
     emulator = make_emulator(phone_users(1))
     client = DescopeClient(
         project_id=PROJECT,
-        management_key="K2-not-the-key",
+        management_key=Secret("K2-not-the-key"),
         base_url="http://emulator.invalid",
         transport=emulator.transport(),
     )
-    lookup = Lookup(client, RateLimiter(10, 1.0, clock=FakeClock()), RetryPolicy())
+    stop = Stop()
+    calls = Calls(client, RateLimiter(10, 1.0, clock=FakeClock()), RetryPolicy(), stop=stop)
     with pytest.raises(FatalRemoteError):
-        await lookup.by_login_id(["user0@example.com"])
-    await client.aclose()
+        await Lookup(calls).by_login_id(["user0@example.com"])
+    await calls.aclose()
+    # the stack stopped the run itself: no callback up to the caller
+    assert stop.reason is Reason.UNAUTHORIZED and stop.fatal is not None
 
 
 async def test_a_short_server_page_is_followed_to_the_end() -> None:
@@ -157,7 +163,7 @@ async def test_a_short_server_page_is_followed_to_the_end() -> None:
 
     async with lookup_over(httpx.MockTransport(handler)) as lookup:
         found = await lookup.by_login_id([f"u{i}" for i in range(100)])
-        assert lookup.calls == 2
+        assert lookup.answered == 2
     assert len(found) == 100
 
 
@@ -169,7 +175,7 @@ async def test_owners_of_1000_phones_cost_one_search_per_page_of_answers() -> No
     phones = [f"+1415555{i:04d}" for i in range(1200)]
     async with lookup_over(spy) as lookup:
         found = await lookup.owners(phones)
-        assert lookup.calls == 3
+        assert lookup.answered == 3
     assert [(len(b["loginIds"]), b["page"]) for b in spy.bodies[SEARCH]] == [
         (1000, 0),
         (1000, 1),
@@ -201,8 +207,8 @@ async def test_read_back_returns_the_user_or_none() -> None:
     async with lookup_over(spy) as lookup:
         user = await lookup.read_back("user1@example.com")
         missing = await lookup.read_back("nobody@example.com")
-        assert lookup.calls == 2 and lookup.limiter.stats.calls == 2
-    assert user is not None and user["phone"] == "+14155550001"
+        assert lookup.answered == 2 and lookup.calls.limiter.stats.calls == 2
+    assert user is not None and user.phone == "+14155550001"
     assert missing is None
     assert spy.bodies[LOAD] == [{"loginId": "user1@example.com"}, {"loginId": "nobody@example.com"}]
 

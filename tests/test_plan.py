@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from batchphone.calls import open_calls
 from batchphone.cli import main
+from batchphone.config import Secret
 from batchphone.emulator import load_users
+from batchphone.lookup import Lookup
 from batchphone.models import (
     LOOKUP_COLUMNS,
     PLAN_COLUMNS,
@@ -21,8 +24,6 @@ from batchphone.models import (
     UpdateRequest,
 )
 from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
-from batchphone.progress import NullProgress
-from batchphone.send import Sender
 from batchphone.stop import Stop
 from tests.emulated import (
     KEY,
@@ -179,26 +180,16 @@ def test_budget_seconds_counts_whole_windows() -> None:
 async def test_the_screen_leaves_every_request_unsent_when_the_run_stops() -> None:
     emulator = make_emulator([])
     stop = Stop()
-    sender = Sender(
-        settings(),
-        {"project_id": PROJECT, "base_url": "http://emulator.invalid", "management_key": KEY},
-        emulator.transport(),
-        stop=stop,
-        progress=NullProgress(),
-        call_times=[],
-    )
-    screen = Screen(
-        ScreenRules(compare=True, guard=True),
-        sender.lookup,
-        stopped=lambda: Reason.INTERRUPTED,
-        on_fatal=sender.fatal,
-    )
+    target = {"project_id": PROJECT, "base_url": "http://x.invalid", "management_key": Secret(KEY)}
+    stack = open_calls(settings(), target, emulator.transport(), stop=stop)
+    screen = Screen(ScreenRules(compare=True, guard=True), Lookup(stack), stop=stop)
+    stop.request(Reason.INTERRUPTED)
     items = [
         UpdateRequest(row=i, login_id=f"u{i}", phone="+14155550100", verified=True) for i in (1, 2)
     ]
     local = RowResult(row=3, login_id=None, phone_input=None, phone=None, status=Status.INVALID)
     out = [item async for item in screen.screen([*items, local])]
-    await sender.aclose()
+    await stack.aclose()
     assert out[0] == local
     assert [(r.row, r.status, r.reason) for r in out[1:] if isinstance(r, RowResult)] == [
         (1, Status.NOT_ATTEMPTED, Reason.INTERRUPTED),

@@ -10,9 +10,10 @@ from typing import Any
 import anyio
 import pytest
 
+from batchphone.calls import call_with_retry
 from batchphone.errors import FatalRemoteError, RateLimitedError, TransientError
 from batchphone.ratelimit import RateLimiter
-from batchphone.retry import Attempted, RetryPolicy, call_with_retry
+from batchphone.retry import Attempted, RetryPolicy
 from tests.test_ratelimit import RecordingClock, virtual_backend
 
 pytestmark = pytest.mark.anyio

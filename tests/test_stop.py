@@ -8,9 +8,10 @@ from typing import Any
 import anyio
 import pytest
 
+from batchphone.calls import call_with_retry
 from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy, call_with_retry
+from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop, Stopped
 from tests.test_ratelimit import virtual_backend
 from tests.test_retry import Script, limited, transient

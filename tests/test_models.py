@@ -1,0 +1,28 @@
+"""The typed user that crosses module boundaries instead of the API's raw dict."""
+
+from __future__ import annotations
+
+from batchphone.models import User
+
+
+def test_a_user_reads_the_fields_batchphone_uses_and_keeps_the_rest() -> None:
+    raw = {
+        "userId": "U1",
+        "loginIds": ["ada@example.com", "+14155550100"],
+        "phone": "+14155550100",
+        "verifiedPhone": True,
+        "email": "ada@example.com",
+    }
+    user = User.from_api(raw)
+    assert (user.user_id, user.login_ids) == ("U1", ("ada@example.com", "+14155550100"))
+    assert (user.phone, user.verified_phone, user.verified) == ("+14155550100", True, True)
+    assert user.raw == raw  # the result file's `user` column
+    # personal data stays out of reprs (logs, tracebacks) beyond the fields named
+    assert "email" not in repr(user)
+
+
+def test_fields_of_the_wrong_type_count_as_absent() -> None:
+    user = User.from_api({"userId": 7, "loginIds": ["a", 3], "phone": None, "verifiedPhone": "yes"})
+    assert (user.user_id, user.login_ids, user.phone) == (None, ("a",), "")
+    assert user.verified_phone is None and user.verified is False
+    assert User.from_api({}).login_ids == ()
