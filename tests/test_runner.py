@@ -547,16 +547,24 @@ async def test_logs_carry_no_login_id_or_phone(tmp_path: Path) -> None:
 async def test_a_damaged_results_file_met_by_the_pool_raises_one_input_error(
     tmp_path: Path,
 ) -> None:
-    results = tmp_path / "results.csv"
-    lines = ["row,loginId,phone_input,phone,status,phone_before,verified_before"]
-    lines += [
-        f"{i},user{i}@example.com,+14156660000,+1415666{i:04d},updated,+1415555{i:04d},true"
+    # JSONL: the reader checks the first lines before the run, so the damage is met mid-stream
+    results = tmp_path / "results.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "row": i,
+                "loginId": f"user{i}@example.com",
+                "phone": f"+1415666{i:04d}",
+                "status": "updated",
+                "phone_before": f"+1415555{i:04d}",
+                "verified_before": "true",
+            }
+        )
         for i in range(1, 12001)
     ]
-    data = ("\n".join(lines) + "\n").encode()
-    damage = data.index(b"user8000@")
-    results.write_bytes(data[:damage] + b"\xff\xfe" + data[damage:])  # not UTF-8 at row 8000
+    lines[7999] = lines[7999][:-1]  # not valid JSON at row 8000
+    results.write_text("\n".join(lines) + "\n")
     emulator = make_emulator(phone_users(10), rate_limit=100_000, rate_window=1.0)
     with pytest.raises(InputError) as caught:
         await run(emulator, results, tmp_path / "undo.csv", command="undo")
-    assert "cannot be read" in caught.value.message
+    assert "data row 8000: is not valid JSON" in caught.value.message
