@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import polars as pl
 import pytest
@@ -242,21 +243,30 @@ async def test_resume_sends_only_what_is_left(
 
 
 async def test_budget_is_never_exceeded_at_a_scaled_limit(tmp_path: Path) -> None:
+    """Two runs on one project at once take their calls from one shared budget file."""
     users = [{"loginId": f"user{i}@example.com"} for i in range(70)]
     emulator = make_emulator(users, rate_limit=20, rate_window=1.0, penalty=1.0)
-    source = tmp_path / "in.csv"
-    pl.DataFrame(
-        {
-            "loginId": [u["loginId"] for u in users],
-            "phone": [f"+1415555{i:04d}" for i in range(70)],
-        }
-    ).write_csv(source)
-    summary = await run(
-        emulator, source, tmp_path / "r.csv", rate_calls=20, rate_period=1.0, concurrency=16
-    )
+    sources = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for half, source in enumerate(sources):
+        pl.DataFrame(
+            {
+                "loginId": [u["loginId"] for u in users[half * 35 : half * 35 + 35]],
+                "phone": [f"+1415555{i:04d}" for i in range(half * 35, half * 35 + 35)],
+            }
+        ).write_csv(source)
+    summaries: list[Summary] = []
+
+    async def one(source: Path) -> None:
+        options = {"rate_calls": 20, "rate_period": 1.0, "concurrency": 16}
+        out = source.with_suffix(".out.csv")
+        summaries.append(await run(emulator, source, out, budget_store="file", **options))
+
+    async with anyio.create_task_group() as group:
+        for source in sources:
+            group.start_soon(one, source)
     stats = emulator.stats(PROJECT)
-    assert summary.counts == {"updated": 70}
-    assert stats.rate_limited == 0 and summary.rate_limited == 0
+    assert [summary.counts for summary in summaries] == [{"updated": 35}] * 2
+    assert stats.rate_limited == 0 and sum(summary.rate_limited for summary in summaries) == 0
     assert stats.max_window_calls <= 20
 
 
