@@ -17,9 +17,11 @@ import html
 import json
 import platform
 import re
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
 
@@ -103,6 +105,16 @@ def derive_base_url(project_id: str) -> str:
     return DEFAULT_BASE_URL
 
 
+@cache
+def _tls_context() -> ssl.SSLContext:
+    """The process's one TLS context (certifi's roots): ~25 ms of CPU to build, so once.
+
+    An ``SSLContext`` is safe to share between clients and threads; a process that runs
+    many jobs (a scheduler, the test suite) no longer builds one per run.
+    """
+    return httpx.create_ssl_context()
+
+
 class DescopeClient:
     """One connection pool to one project's management API.
 
@@ -150,7 +162,7 @@ class DescopeClient:
         self._idle: list[httpx.AsyncClient] = []
         # one TLS context for every lane: building one costs ~20 ms, and a lane built late
         # delays its first call, which the server then counts closer to the next window's calls
-        self._tls = httpx.create_ssl_context()
+        self._tls = _tls_context()
 
     def __repr__(self) -> str:
         return f"DescopeClient(project_id={self.project_id!r}, base_url={self.base_url!r})"

@@ -4,6 +4,7 @@ Every setting is declared once in ``_SPECS`` with its parser, its environment va
 config key, so an error can always name the setting and the source of the bad value.
 The management key is special: it is read only from ``DESCOPE_MANAGEMENT_KEY`` or from a file,
 never from ``config.toml`` or a flag value (flags show in ``ps`` and shell history).
+A leaf: it imports only the other leaves (``cells``, ``errors``, ``models``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from batchphone.cells import check_region, parse_flag
 from batchphone.errors import UsageError
+from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 
 __all__ = ["Secret", "Settings", "load_settings", "parse_options", "parse_rate"]
 
@@ -123,12 +126,10 @@ def parse_rate(text: str) -> tuple[int, float]:
 def _parse_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("expected true or false")
+    flag = parse_flag(str(value))
+    if flag is None:
+        raise ValueError("expected true or false")
+    return flag
 
 
 def _positive_int(value: Any) -> int:
@@ -169,10 +170,7 @@ def _budget_store(value: Any) -> str:
 
 
 def _region(value: Any) -> str:
-    from batchphone.normalize import check_region  # phonenumbers is heavy: only when used
-
-    region: str = check_region(str(value))
-    return region
+    return check_region(str(value))
 
 
 def _choice(*choices: str) -> Callable[[Any], str]:
@@ -193,8 +191,6 @@ def _text(value: Any) -> str:
 
 
 def _columns(value: Any) -> tuple[str, ...]:
-    from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
-
     names = value if isinstance(value, list | tuple) else str(value).split(",")
     columns = tuple(str(name).strip() for name in names if str(name).strip())
     valid = RESULT_COLUMNS + LOOKUP_COLUMNS + PLAN_COLUMNS

@@ -30,7 +30,7 @@ from functools import cache, lru_cache
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneNumber, ValidationResult
 
-from batchphone.errors import UsageError
+from batchphone.cells import check_region
 from batchphone.models import Normalized, Reason
 
 __all__ = ["E164_PATTERN", "check_region", "is_valid", "normalize"]
@@ -92,21 +92,6 @@ _POSSIBLE_REASONS = {
     ValidationResult.INVALID_LENGTH: Reason.INVALID_NUMBER,
     ValidationResult.IS_POSSIBLE_LOCAL_ONLY: Reason.INVALID_NUMBER,
 }
-# Codes people type for their own country that ISO 3166 spells otherwise.
-_COMMON_REGION_TYPOS = {"UK": "GB", "EL": "GR"}
-
-
-def check_region(code: str) -> str:
-    """Return ``code`` as an upper-case ISO 3166 alpha-2 region libphonenumber knows.
-
-    Raises ``UsageError`` for anything else (``UK`` gets a hint: the code is ``GB``).
-    """
-    region = code.strip().upper()
-    if region in _REGIONS:
-        return region
-    hint = _COMMON_REGION_TYPOS.get(region)
-    suffix = f' (did you mean "{hint}"?)' if hint else " such as US, GB or DE"
-    raise UsageError(f'unknown region "{code}": expected an ISO 3166 alpha-2 code{suffix}')
 
 
 def normalize(

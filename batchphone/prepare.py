@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from batchphone.cells import parse_flag
 from batchphone.models import (
     InputRow,
     Normalized,
@@ -73,9 +74,6 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.NO_BEFORE_IMAGE: "the run did not read this user's phone before updating it: "
     "it cannot be restored",
 }
-
-_TRUE = {"true", "1", "yes", "y", "t"}
-_FALSE = {"false", "0", "no", "n", "f"}
 
 
 _last_stamp: tuple[int, str] = (-1, "")
@@ -244,10 +242,9 @@ class Preparer:
             return Reason.EMPTY_LOGIN_ID, None, None
         verified = rules.verified
         if row.verified_raw is not None and row.verified_raw.strip():
-            text = row.verified_raw.strip().lower()
-            if text not in _TRUE | _FALSE:
+            verified = parse_flag(row.verified_raw)
+            if verified is None:
                 return Reason.INVALID_VERIFIED, None, None
-            verified = text in _TRUE
         region = row.region.strip() if row.region and row.region.strip() else rules.default_region
         # a phone repeated within the batch (a switchboard, a shared number) is normalized once
         key = (row.phone_raw, region, row.phone_was_number)

@@ -22,7 +22,7 @@ import csv
 import difflib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,15 @@ import polars as pl
 from batchphone.errors import InputError
 from batchphone.models import InputRow
 
-__all__ = ["FORMATS", "InputSource", "InputSpec", "file_sha256", "open_input"]
+__all__ = [
+    "FORMATS",
+    "InputSource",
+    "InputSpec",
+    "Table",
+    "file_sha256",
+    "open_input",
+    "open_table",
+]
 
 #: File extension (lower case) -> input format.
 FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "xlsx"}
@@ -81,31 +89,8 @@ def open_input(spec: InputSpec) -> InputSource:
     Raises ``InputError`` with a one-line message before any row is read.
     """
     path = spec.path
-    fmt = FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise _error(
-            path, f"unsupported file type {path.suffix or '(none)'!r}: use " + ", ".join(FORMATS)
-        )
-    _check_readable(path)
-    digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
-    if spec.sheet is not None and fmt != "xlsx":
-        raise _error(path, f"--sheet applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
-    sheet, sheets = 0, tuple[str, ...]()
-    try:
-        if fmt in ("csv", "tsv"):
-            columns = _csv_header(path, "\t" if fmt == "tsv" else ",")
-        elif fmt == "jsonl":
-            columns = _jsonl_keys(path, sample=_JSON_SAMPLE_LINES)
-        elif fmt == "parquet":
-            schema = pl.read_parquet_schema(path)
-            columns = tuple(schema)
-        else:
-            sheets = tuple(fastexcel.read_excel(path).sheet_names)
-            sheet = _sheet_index(path, spec.sheet, sheets)
-            columns = _excel_header(path, sheet, sheets)
-    except _POLARS_ERRORS as exc:
-        problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
-        raise _error(path, problem) from None
+    fmt = _format(path)
+    digest, columns, sheet, sheets = _open(path, fmt, spec.sheet)
     required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
     for name, flag in required.items():
         if name not in columns:
@@ -115,6 +100,7 @@ def open_input(spec: InputSpec) -> InputSource:
     if doubled:
         raise _error(path, f"column {doubled} appears more than once: keep one, re-save the file")
     if fmt == "parquet":
+        schema = pl.read_parquet_schema(path)
         for name in used & set(columns):
             dtype = schema[name]
             if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
@@ -124,6 +110,78 @@ def open_input(spec: InputSpec) -> InputSource:
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
     return source
+
+
+def open_table(path: Path) -> Table:
+    """Check a file of any input format (type, readability, encoding, header) as a ``Table``.
+
+    Raises ``InputError`` with a one-line message, as ``open_input`` does.
+    """
+    fmt = _format(path)
+    digest, columns, sheet, _ = _open(path, fmt, None)
+    return Table(path, fmt, columns, digest, sheet=sheet)
+
+
+def _format(path: Path) -> str:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise _error(
+            path, f"unsupported file type {path.suffix or '(none)'!r}: use " + ", ".join(FORMATS)
+        )
+    return fmt
+
+
+def _open(
+    path: Path, fmt: str, wanted_sheet: str | None
+) -> tuple[str | None, tuple[str, ...], int, tuple[str, ...]]:
+    """The checks every format gets: (SHA-256 of a text file, header, sheet index, sheets)."""
+    _check_readable(path)
+    digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
+    if wanted_sheet is not None and fmt != "xlsx":
+        raise _error(path, f"--sheet applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
+    sheet, sheets = 0, tuple[str, ...]()
+    try:
+        if fmt in ("csv", "tsv"):
+            columns = _csv_header(path, _separator(fmt))
+        elif fmt == "jsonl":
+            columns = _jsonl_keys(path, sample=_JSON_SAMPLE_LINES)
+        elif fmt == "parquet":
+            columns = tuple(pl.read_parquet_schema(path))
+        else:
+            sheets = tuple(fastexcel.read_excel(path).sheet_names)
+            sheet = _sheet_index(path, wanted_sheet, sheets)
+            columns = _excel_header(path, sheet, sheets)
+    except _POLARS_ERRORS as exc:
+        problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
+        raise _error(path, problem) from None
+    return digest, columns, sheet, sheets
+
+
+def _separator(fmt: str) -> str:
+    return "\t" if fmt == "tsv" else ","
+
+
+def _scan_cells(path: Path, fmt: str, names: Sequence[str], sheet: int) -> pl.LazyFrame:
+    """The file as a lazy frame, every cell as its format holds it (text, but Parquet's types).
+
+    The one dispatch over formats for reading rows: ``InputSource`` and ``Table`` both use it.
+    ``names`` are the columns a JSONL object may hold (JSONL has no header to scan).
+    """
+    if fmt in ("csv", "tsv"):
+        return pl.scan_csv(
+            path, separator=_separator(fmt), infer_schema=False, raise_if_empty=False
+        )
+    if fmt == "parquet":
+        return pl.scan_parquet(path)
+    if fmt == "jsonl":
+        return pl.scan_ndjson(path, schema=dict.fromkeys(names, pl.String))
+    return _excel_cells(fastexcel.read_excel(path), sheet).lazy()
+
+
+def _excel_cells(reader: fastexcel.ExcelReader, sheet: int) -> pl.DataFrame:
+    # Excel caps a sheet at 1,048,576 rows, so it is read whole, once.
+    frame: pl.DataFrame = reader.load_sheet(sheet, dtypes="string").to_polars()
+    return frame
 
 
 class InputSource:
@@ -184,7 +242,7 @@ class InputSource:
         cells are None, login ids lose surrounding ASCII whitespace, blank rows are skipped.
         """
         spec = self.spec
-        separator = "\t" if self.format == "tsv" else ","
+        separator = _separator(self.format)
         done = 0
         batch: list[InputRow] = []
         with self.path.open(encoding="utf-8-sig", newline="") as file:
@@ -380,26 +438,21 @@ class InputSource:
     def _scan(self) -> pl.LazyFrame:
         """The file as a lazy frame; for JSONL and Excel with a ``numeric`` phone flag."""
         path, fmt, phone = self.path, self.format, self.spec.phone_column
-        if fmt in ("csv", "tsv"):
-            separator = "\t" if fmt == "tsv" else ","
-            return pl.scan_csv(path, separator=separator, infer_schema=False, raise_if_empty=False)
-        if fmt == "parquet":
-            return pl.scan_parquet(path)
+        if fmt == "xlsx":
+            return self._excel_frame().lazy()
+        cells = _scan_cells(path, fmt, list(dict.fromkeys(self.columns)), self.sheet)
         if fmt == "jsonl":
-            names = list(dict.fromkeys(self.columns))
-            cells = pl.scan_ndjson(path, schema=dict.fromkeys(names, pl.String))
             # A JSON number is told from a JSON string only by reading the column a second time
             # as a number: strings (even "447911123456") come back null there.
             numbers = pl.scan_ndjson(path, schema={phone: pl.Float64}, ignore_errors=True)
             flag = numbers.select(pl.col(phone).is_not_null().alias(_NUMERIC))
             return pl.concat([cells, flag], how="horizontal")
-        return self._excel_frame().lazy()
+        return cells
 
     def _excel_frame(self) -> pl.DataFrame:
-        # Excel caps a sheet at 1,048,576 rows, so it is read whole, once.
         if self._excel is None:
             reader = fastexcel.read_excel(self.path)
-            cells = reader.load_sheet(self.sheet, dtypes="string").to_polars()
+            cells = _excel_cells(reader, self.sheet)
             phone = self.spec.phone_column
             # Read as booleans, text cells come back null and number cells do not; a boolean
             # cell does too, but it reads as "true"/"false" in text, which no phone is.
@@ -411,19 +464,90 @@ class InputSource:
         return self._excel
 
     def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        # polars says what is wrong but not on which row: a second pass in Python finds it.
-        path, fmt = self.path, self.format
+        return _mid_stream_error(self.path, self.format, exc, done)
+
+
+class Table:
+    """A checked file of any input format, read as named columns of text in file order.
+
+    ``undo`` reads result files through it. Unlike ``InputSource`` it keeps every row as it is
+    (rows are numbered by their position, blank ones included) and knows no column's meaning.
+    """
+
+    def __init__(
+        self, path: Path, fmt: str, columns: tuple[str, ...], digest: str | None, *, sheet: int = 0
+    ) -> None:
+        self.path = path
+        self.format = fmt
+        self.columns = columns
+        self.sheet = sheet
+        self._digest = digest
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the file's bytes; computed once."""
+        if self._digest is None:
+            self._digest = file_sha256(self.path)
+        return self._digest
+
+    def count_rows(self, limit: int | None = None) -> int:
+        """How many rows the file has below its header (at most ``limit``)."""
+        frame = _scan_cells(self.path, self.format, self.columns[:1], self.sheet)
+        if limit is not None:
+            frame = frame.head(limit)
         try:
-            if fmt in ("csv", "tsv"):
-                _csv_header(path, "\t" if fmt == "tsv" else ",", every_row=True)
-            elif fmt == "jsonl":
-                _jsonl_keys(path, sample=None)
-        except InputError as located:
-            return located
-        if done == 0:
-            return _error(path, f"cannot be read as {self.format.upper()} ({_short(exc)})")
-        message = f"{path}: cannot be read after data row {done} ({_short(exc)})"
-        return InputError(message, path=str(path), row=done + 1)
+            return int(frame.select(pl.len()).collect(engine="streaming").item())
+        except _POLARS_ERRORS as exc:
+            raise _mid_stream_error(self.path, self.format, exc, 0) from None
+
+    def rows(
+        self,
+        names: Sequence[str],
+        *,
+        batch_size: int,
+        limit: int | None = None,
+        cells: Callable[[pl.Expr], pl.Expr] | None = None,
+    ) -> Iterator[list[tuple[str | None, ...]]]:
+        """The ``names`` columns of each row as text, ``batch_size`` rows at a time.
+
+        ``cells`` rewrites each column's text (undo removes the writer's spreadsheet quoting).
+        A column the file lacks reads as empty; a problem met while streaming is an
+        ``InputError`` naming the row.
+        """
+        frame = _scan_cells(self.path, self.format, names, self.sheet)
+        if limit is not None:
+            frame = frame.head(limit)
+        known = set(self.columns)
+        texts = [
+            pl.col(name).cast(pl.String) if name in known else pl.lit(None, dtype=pl.String)
+            for name in names
+        ]
+        if cells is not None:
+            texts = [cells(text) for text in texts]
+        frame = frame.select(text.alias(name) for text, name in zip(texts, names, strict=True))
+        done = 0
+        try:
+            for batch in frame.collect_batches(chunk_size=batch_size, engine="streaming"):
+                rows = batch.rows()
+                done += len(rows)
+                if rows:
+                    yield rows
+        except _POLARS_ERRORS as exc:
+            raise _mid_stream_error(self.path, self.format, exc, done) from None
+
+
+def _mid_stream_error(path: Path, fmt: str, exc: Exception, done: int) -> InputError:
+    # polars says what is wrong but not on which row: a second pass in Python finds it.
+    try:
+        if fmt in ("csv", "tsv"):
+            _csv_header(path, _separator(fmt), every_row=True)
+        elif fmt == "jsonl":
+            _jsonl_keys(path, sample=None)
+    except InputError as located:
+        return located
+    if done == 0:
+        return _error(path, f"cannot be read as {fmt.upper()} ({_short(exc)})")
+    message = f"{path}: cannot be read after data row {done} ({_short(exc)})"
+    return InputError(message, path=str(path), row=done + 1)
 
 
 def _as_text(cell: pl.Expr, dtype: pl.DataType) -> pl.Expr:

@@ -15,16 +15,16 @@ run wrote it; a file filtered down to the rows to undo works as well).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 
+from batchphone.cells import parse_flag
 from batchphone.errors import InputError
 from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
-from batchphone.reader import file_sha256
+from batchphone.reader import Table, open_table
 from batchphone.writer import RESULT_FORMATS
 
 __all__ = ["UndoSource", "open_results"]
@@ -36,7 +36,6 @@ _COLUMNS = (_LOGIN, _PHONE, _STATUS, _PHONE_BEFORE, _VERIFIED_BEFORE)
 _DEFUSED_FORMATS = ("csv", "tsv", "xlsx")
 _FORMULA_START = r"^[=+\-@\t\r]"
 _PHONE_SHAPED = r"^\+?[0-9 ().\-/]+$"
-_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 _BATCH_ROWS = 5_000
 
 
@@ -45,18 +44,11 @@ def open_results(path: Path) -> UndoSource:
 
     Raises ``InputError`` (one line, exit 2) for anything else.
     """
-    fmt = RESULT_FORMATS.get(path.suffix.lower())
-    if fmt is None:
+    if path.suffix.lower() not in RESULT_FORMATS:
         kinds = ", ".join(RESULT_FORMATS)
         raise InputError(f"{path}: not a result file type ({kinds})", path=str(path))
-    if not path.is_file():
-        raise InputError(f"{path}: no such file", path=str(path))
-    try:
-        columns = _columns(path, fmt)
-    except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
-        raise InputError(
-            f"{path}: cannot be read as {fmt.upper()} ({exc})", path=str(path)
-        ) from None
+    table = open_table(path)  # the reader's checks: readable, UTF-8, a header
+    columns = table.columns
     missing = [name for name in (_LOGIN, _PHONE, _STATUS) if name not in columns]
     if missing and "row" in columns:
         raise InputError(
@@ -75,28 +67,7 @@ def open_results(path: Path) -> UndoSource:
             "file was trimmed with --columns: there is nothing to restore them to",
             path=str(path),
         )
-    return UndoSource(path, fmt)
-
-
-def _columns(path: Path, fmt: str) -> list[str]:
-    if fmt in ("csv", "tsv"):
-        separator = "\t" if fmt == "tsv" else ","
-        scan = pl.scan_csv(path, separator=separator, infer_schema=False)
-        return scan.collect_schema().names()
-    if fmt == "parquet":
-        return list(pl.read_parquet_schema(path))
-    if fmt == "jsonl":
-        with path.open("rb") as file:
-            first = file.readline()
-        return list(json.loads(first)) if first.strip() else []
-    return _excel(path).columns
-
-
-def _excel(path: Path) -> pl.DataFrame:
-    import fastexcel
-
-    frame: pl.DataFrame = fastexcel.read_excel(path).load_sheet(0, dtypes="string").to_polars()
-    return frame
+    return UndoSource(table)
 
 
 def _undefuse(cell: pl.Expr) -> pl.Expr:
@@ -114,61 +85,32 @@ def _undefuse(cell: pl.Expr) -> pl.Expr:
     return pl.when(quoted).then(cell.str.slice(1)).otherwise(cell)
 
 
-def _bool(text: str | None) -> bool | None:
-    value = (text or "").strip().lower()
-    return True if value in _TRUE else False if value in _FALSE else None
-
-
 class UndoSource:
     """A result file read as the rows of an undo run."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path = path
-        self.format = fmt
-        self._digest: str | None = None
+    def __init__(self, table: Table) -> None:
+        self.path = table.path
+        self.format = table.format
+        self._table = table
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of the file's bytes: the undo's journal belongs to this file only."""
-        if self._digest is None:
-            self._digest = file_sha256(self.path)
-        return self._digest
+        return self._table.content_hash()
 
     def count_rows(self, limit: int | None = None) -> int:
         """Rows of the result file (at most ``limit``)."""
-        return int(self._frame(limit).select(pl.len()).collect(engine="streaming").item())
+        return self._table.count_rows(limit)
 
     def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
         """What undo does with each row, in batches: a request back, or a result at once."""
+        cells = _undefuse if self.format in _DEFUSED_FORMATS else None
         done = 0
-        try:
-            frames = self._frame(limit).collect_batches(chunk_size=_BATCH_ROWS, engine="streaming")
-            for frame in frames:
-                batch: list[Prepared] = []
-                for cells in frame.iter_rows():
-                    done += 1
-                    batch.append(_undo_row(done, *cells, allow_remove=allow_remove))
-                yield batch
-        except pl.exceptions.PolarsError as exc:
-            message = f"{self.path}: cannot be read after row {done} ({exc})"
-            raise InputError(message, path=str(self.path), row=done + 1) from None
-
-    def _frame(self, limit: int | None) -> pl.LazyFrame:
-        path, fmt = self.path, self.format
-        if fmt in ("csv", "tsv"):
-            separator = "\t" if fmt == "tsv" else ","
-            frame = pl.scan_csv(path, separator=separator, infer_schema=False)
-        elif fmt == "parquet":
-            frame = pl.scan_parquet(path)
-        elif fmt == "jsonl":
-            frame = pl.scan_ndjson(path, schema=dict.fromkeys(_COLUMNS, pl.String))
-        else:
-            frame = _excel(path).lazy()
-        if limit is not None:
-            frame = frame.head(limit)
-        cells = [pl.col(name).cast(pl.String) for name in _COLUMNS]
-        if fmt in _DEFUSED_FORMATS:
-            cells = [_undefuse(cell) for cell in cells]
-        return frame.select(cells)
+        for rows in self._table.rows(_COLUMNS, batch_size=_BATCH_ROWS, limit=limit, cells=cells):
+            batch: list[Prepared] = []
+            for row in rows:
+                done += 1
+                batch.append(_undo_row(done, *row, allow_remove=allow_remove))
+            yield batch
 
 
 def _undo_row(
@@ -182,7 +124,7 @@ def _undo_row(
     allow_remove: bool,
 ) -> Prepared:
     """One row of RESULTS -> the request that restores it, or why nothing is sent."""
-    verified = _bool(verified_before)
+    verified = parse_flag(verified_before or "")
     before = phone_before or ""
 
     def local(status: Status, reason: Reason) -> RowResult:

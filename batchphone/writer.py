@@ -37,6 +37,7 @@ import polars as pl
 import xlsxwriter
 from polars.io.plugins import register_io_source
 
+from batchphone.cells import parse_flag
 from batchphone.errors import OutputError
 from batchphone.journal import journal_path, lock_path, refuse_link
 from batchphone.models import RESULT_COLUMNS
@@ -314,7 +315,7 @@ def _to_bool(value: Any) -> bool | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes")
+        return parse_flag(value)  # a word outside the vocabulary: no value, not false
     return bool(value)
 
 

@@ -43,7 +43,12 @@ def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
 
 
 def settings(**overrides: Any) -> Settings:
-    """Settings for the emulated project: a budget never reached, short retry waits."""
+    """Settings for the emulated project: a budget never reached, short retry waits.
+
+    No shared budget store: every run in the suite would otherwise rewrite a JSON file twice
+    per call (half the CPU of these tests). Runs that test the store pass
+    ``budget_store="file"`` (test_runner.py: the scaled limit and the shared-budget tests).
+    """
     base = Settings(
         project_id=PROJECT,
         base_url="http://127.0.0.1:9",  # never reached: the transport is in-process
@@ -52,6 +57,7 @@ def settings(**overrides: Any) -> Settings:
         rate_period=1.0,
         retry_wait_initial=0.001,
         retry_wait_max=0.005,
+        budget_store="none",
     )
     return replace(base, **overrides)
 

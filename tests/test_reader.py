@@ -13,7 +13,7 @@ import xlsxwriter
 
 from batchphone.errors import InputError
 from batchphone.models import InputRow
-from batchphone.reader import InputSource, InputSpec, open_input
+from batchphone.reader import InputSource, InputSpec, open_input, open_table
 
 
 def _open(path: Path, **columns: str) -> InputSource:
@@ -411,3 +411,34 @@ def test_xlsx_columns_on_another_sheet_name_the_sheets_in_one_line(tmp_path: Pat
     csv_path = _write(tmp_path, "users.csv", "loginId,phone\na,+1\n")
     with pytest.raises(InputError, match="--sheet applies to Excel workbooks"):
         open_input(InputSpec(path=csv_path, sheet="1"))
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv", "parquet", "jsonl", "xlsx"])
+def test_a_table_reads_named_columns_as_text_in_every_format(tmp_path: Path, ext: str) -> None:
+    """``open_table`` (undo's way in): the same checks and format dispatch as an input file."""
+    frame = pl.DataFrame({"row": [1, 2, 3], "a": ["x", "=y", None], "b": ["1", "2", "3"]})
+    path = tmp_path / f"t.{ext}"
+    if ext in ("csv", "tsv"):
+        frame.write_csv(path, separator="\t" if ext == "tsv" else ",")
+    elif ext == "parquet":
+        frame.write_parquet(path)
+    elif ext == "jsonl":
+        frame.write_ndjson(path)
+    else:
+        frame.write_excel(path)
+    table = open_table(path)
+    assert table.columns == ("row", "a", "b") and table.count_rows() == 3
+    assert table.count_rows(limit=2) == 2
+    rows = [row for batch in table.rows(["b", "a", "gone", "row"], batch_size=2) for row in batch]
+    assert rows == [("1", "x", None, "1"), ("2", "=y", None, "2"), ("3", None, None, "3")]
+    upper = table.rows(["a"], batch_size=10, limit=2, cells=lambda cell: cell.str.to_uppercase())
+    assert list(upper) == [[("X",), ("=Y",)]]
+
+
+def test_a_table_gets_the_input_checks(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes("a,b\n1,2\n".encode("utf-16"))
+    with pytest.raises(InputError, match="is UTF-16 text"):
+        open_table(path)
+    with pytest.raises(InputError, match=r"unsupported file type '\.txt'"):
+        open_table(tmp_path / "t.txt")

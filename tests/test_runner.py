@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import polars as pl
 import pytest
@@ -242,21 +243,30 @@ async def test_resume_sends_only_what_is_left(
 
 
 async def test_budget_is_never_exceeded_at_a_scaled_limit(tmp_path: Path) -> None:
+    """Two runs on one project at once take their calls from one shared budget file."""
     users = [{"loginId": f"user{i}@example.com"} for i in range(70)]
     emulator = make_emulator(users, rate_limit=20, rate_window=1.0, penalty=1.0)
-    source = tmp_path / "in.csv"
-    pl.DataFrame(
-        {
-            "loginId": [u["loginId"] for u in users],
-            "phone": [f"+1415555{i:04d}" for i in range(70)],
-        }
-    ).write_csv(source)
-    summary = await run(
-        emulator, source, tmp_path / "r.csv", rate_calls=20, rate_period=1.0, concurrency=16
-    )
+    sources = [tmp_path / "a.csv", tmp_path / "b.csv"]
+    for half, source in enumerate(sources):
+        pl.DataFrame(
+            {
+                "loginId": [u["loginId"] for u in users[half * 35 : half * 35 + 35]],
+                "phone": [f"+1415555{i:04d}" for i in range(half * 35, half * 35 + 35)],
+            }
+        ).write_csv(source)
+    summaries: list[Summary] = []
+
+    async def one(source: Path) -> None:
+        options = {"rate_calls": 20, "rate_period": 1.0, "concurrency": 16}
+        out = source.with_suffix(".out.csv")
+        summaries.append(await run(emulator, source, out, budget_store="file", **options))
+
+    async with anyio.create_task_group() as group:
+        for source in sources:
+            group.start_soon(one, source)
     stats = emulator.stats(PROJECT)
-    assert summary.counts == {"updated": 70}
-    assert stats.rate_limited == 0 and summary.rate_limited == 0
+    assert [summary.counts for summary in summaries] == [{"updated": 35}] * 2
+    assert stats.rate_limited == 0 and sum(summary.rate_limited for summary in summaries) == 0
     assert stats.max_window_calls <= 20
 
 
@@ -547,16 +557,24 @@ async def test_logs_carry_no_login_id_or_phone(tmp_path: Path) -> None:
 async def test_a_damaged_results_file_met_by_the_pool_raises_one_input_error(
     tmp_path: Path,
 ) -> None:
-    results = tmp_path / "results.csv"
-    lines = ["row,loginId,phone_input,phone,status,phone_before,verified_before"]
-    lines += [
-        f"{i},user{i}@example.com,+14156660000,+1415666{i:04d},updated,+1415555{i:04d},true"
+    # JSONL: the reader checks the first lines before the run, so the damage is met mid-stream
+    results = tmp_path / "results.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "row": i,
+                "loginId": f"user{i}@example.com",
+                "phone": f"+1415666{i:04d}",
+                "status": "updated",
+                "phone_before": f"+1415555{i:04d}",
+                "verified_before": "true",
+            }
+        )
         for i in range(1, 12001)
     ]
-    data = ("\n".join(lines) + "\n").encode()
-    damage = data.index(b"user8000@")
-    results.write_bytes(data[:damage] + b"\xff\xfe" + data[damage:])  # not UTF-8 at row 8000
+    lines[7999] = lines[7999][:-1]  # not valid JSON at row 8000
+    results.write_text("\n".join(lines) + "\n")
     emulator = make_emulator(phone_users(10), rate_limit=100_000, rate_window=1.0)
     with pytest.raises(InputError) as caught:
         await run(emulator, results, tmp_path / "undo.csv", command="undo")
-    assert "cannot be read" in caught.value.message
+    assert "data row 8000: is not valid JSON" in caught.value.message

@@ -250,3 +250,17 @@ async def test_spreadsheet_safe_login_ids_round_trip_through_undo(tmp_path: Path
     assert [emulator.user(PROJECT, login)["phone"] for login in EVIL_IDS] == [
         f"+1415555000{i}" for i in range(3)
     ]
+
+
+async def test_undo_reads_results_through_the_reader_and_its_checks(tmp_path: Path) -> None:
+    """A result file re-saved as UTF-16 gets the reader's one-line advice, and no call is made."""
+    emulator = make_emulator(phone_users(2))
+    source = write_input(tmp_path / "in.csv", new_phones(2), ["true"] * 2)
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out)
+    before = calls(emulator, UPDATE)
+    out.write_bytes(out.read_text(encoding="utf-8").encode("utf-16"))
+    with pytest.raises(InputError) as info:
+        await run_job(emulator, "undo", out, tmp_path / "undo.csv")
+    assert str(info.value) == (f"{out}: is UTF-16 text: re-save it as UTF-8 (in Excel: CSV UTF-8)")
+    assert calls(emulator, UPDATE) == before

@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from batchphone.cells import parse_flag
 from batchphone.emulator.contract import ABORT_EXTENSION, ApiError, Code, error_body
 from batchphone.emulator.faults import ERROR_STATUS, FaultKind, FaultPicker, Faults
 from batchphone.emulator.ratelimit import retry_after_header
@@ -312,7 +313,7 @@ class Emulator:
 
     async def _stats_endpoint(self, request: Request) -> Response:
         wanted = request.query_params.get("project")
-        with_log = request.query_params.get("log", "1").lower() not in ("0", "false", "no")
+        with_log = parse_flag(request.query_params.get("log", "1")) is not False
         if wanted is not None and wanted not in self._projects:
             return Response(error_body(Code.NO_ROUTE, f"no project {wanted}"), 404, None, _JSON)
         with self._lock:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from batchphone.cells import parse_flag
 from batchphone.emulator.contract import USER_STATUSES
 from batchphone.errors import InputError
 
@@ -30,8 +31,6 @@ _CSV_TEXT = frozenset(
     | {"status", "picture"}
 )
 _CSV_BOOL = frozenset({"verifiedPhone", "verifiedEmail", "test"})
-_TRUE = frozenset({"true", "1", "yes", "y", "t"})
-_FALSE = frozenset({"false", "0", "no", "n", "f", ""})
 
 
 class SeedFileError(InputError, ValueError):
@@ -163,11 +162,12 @@ def _csv_seeds(text: str, path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
                 raise SeedFileError(f"line {line}: more cells than columns", path=str(path))
             value = (cell or "").strip()
             if column in _CSV_BOOL:
-                if value.lower() not in _TRUE | _FALSE:
+                flag = parse_flag(value)
+                if value and flag is None:
                     message = f"line {line}: {column} must be true or false, not {value!r}"
                     raise SeedFileError(message, path=str(path), row=line)
-                if value:
-                    seed[column] = value.lower() in _TRUE
+                if flag is not None:
+                    seed[column] = flag
             elif value:
                 seed[column] = value
         if "loginId" not in seed:
