@@ -133,6 +133,12 @@ class Tally:
         self.not_valid_count = 0
         self._kept: list[tuple[int, ShownRow]] = []  # a max-heap on the row number
 
+    @property
+    def wants_rows(self) -> bool:
+        """Whether anything listens to each row (a bar, or the list of rows not valid): the
+        report path of ``validate`` builds a result per row only then (report.py)."""
+        return self._keep_not_valid or not isinstance(self._inner, NullProgress)
+
     def attach(self, inner: Progress | None) -> None:
         """Pass the events on to ``inner`` (the bar) from now on."""
         self._inner = inner or NullProgress()

@@ -183,7 +183,8 @@ async def write_report(
         if stop.is_set():
             raise _Stopped
         counts.update(map(operator.itemgetter(status_at), values))
-        if listening:  # a result per row only for a listener (the CLI's bar)
+        # a result per row only for a listener (the CLI's bar, validate's list of bad rows)
+        if listening and getattr(progress, "wants_rows", True):
             results = [_result(value) for value in values]
             anyio.from_thread.run_sync(_advance, progress, results)
 
