@@ -365,6 +365,14 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
         )
     if out is None:
         raise UsageError("out: the result file is required", setting="out")
+    if command is Command.RUN and settings.dry_run and target is None:
+        wants_emulator = settings.emulator or settings.emulator_state is not None
+        if not wants_emulator:
+            # a dry run calls nothing (every sendable row ends would_update): no project needed
+            return _execute(
+                command, input_path, Path(out), settings, None, job_options, progress,
+                handle_signals,
+            )  # fmt: skip
     target = _resolve_target(target, settings, from_settings=base is not None)
     if target.is_emulator:  # an emulated project shares no budget with real runs
         settings = dataclasses.replace(settings, budget_store="none")

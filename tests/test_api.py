@@ -350,3 +350,12 @@ async def test_a_call_from_a_worker_thread_leaves_the_loop_alone(
         lambda: batchphone.validate(samples / "phones.csv", default_region="US")
     )
     assert summary.exit_code == 1
+
+
+def test_a_dry_run_needs_no_project_or_key(tmp_path: Path, samples: Path) -> None:
+    """A dry run calls nothing, so it runs with no project id and no key (the memory bench
+    and offline checks rely on it), and reports every sendable row as would_update."""
+    out = tmp_path / "dry.csv"
+    summary = batchphone.run(samples / "phones.csv", out=out, dry_run=True, settings=Settings())
+    assert summary.calls == 0 and summary.counts.get("would_update", 0) > 0
+    assert out.is_file()
