@@ -348,19 +348,23 @@ def parse_options(options: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     for name, value in options.items():
         if value is None:
             continue
-        where = f"{source} {name}="
         parse = _FIELD_PARSERS.get(name) or (_SPECS[name].parse if name in _SPECS else None)
-        if parse is None:
-            raise UsageError(f"unknown setting {name!r} ({where})", setting=name, source=where)
-        try:
-            values[name] = parse(value)
-        except (ValueError, TypeError, UsageError) as exc:
-            raise UsageError(
-                f"{name}: bad value {str(value)!r} ({where}): {exc}", setting=name, source=where
-            ) from None
+        values[name] = _parsed(name, value, f"{source} {name}=", parse)
     if "rate" in values:
         values["rate_calls"], values["rate_period"] = values.pop("rate")
     return values
+
+
+def _parsed(name: str, value: Any, where: str, parse: Callable[[Any], Any] | None) -> Any:
+    """``parse(value)``, or a one-line ``UsageError`` naming the setting and where it came from."""
+    if parse is None:
+        raise UsageError(f"unknown setting {name!r} ({where})", setting=name, source=where)
+    try:
+        return parse(value)
+    except (ValueError, TypeError, UsageError) as exc:
+        raise UsageError(
+            f"{name}: bad value {str(value)!r} ({where}): {exc}", setting=name, source=where
+        ) from None
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -446,14 +450,8 @@ def load_settings(
         if name in _FLAG_ONLY:
             values[name] = value
             continue
-        if name not in _SPECS:
-            raise UsageError(f"unknown setting {name!r} ({source})", setting=name, source=source)
-        try:
-            values[name] = _SPECS[name].parse(value)
-        except (ValueError, TypeError, UsageError) as exc:
-            raise UsageError(
-                f"{name}: bad value {str(value)!r} ({source}): {exc}", setting=name, source=source
-            ) from None
+        spec_of = _SPECS.get(name)
+        values[name] = _parsed(name, value, source, spec_of.parse if spec_of is not None else None)
 
     if "rate" in values:
         values["rate_calls"], values["rate_period"] = values.pop("rate")
