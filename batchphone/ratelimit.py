@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import anyio
+import anyio.to_thread
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -235,7 +236,12 @@ class RateLimiter:
                 elif start > now:
                     await clock.sleep(max(start - now, _MIN_SLEEP))
                 elif self.shared is not None:
-                    shared_id, wait = self.shared.take(self.calls, self.window)
+                    # the store is a locked file or a Redis round trip: off the event loop, and
+                    # shielded, so that a slot taken in the thread is never lost to a cancel
+                    with anyio.CancelScope(shield=True):
+                        shared_id, wait = await anyio.to_thread.run_sync(
+                            self.shared.take, self.calls, self.window
+                        )
                     if shared_id is not None:
                         return self._hold(now, shared_id)
                     await clock.sleep(max(wait, _MIN_SLEEP))
