@@ -37,6 +37,7 @@ from batchphone.models import RESULT_COLUMNS, SUCCESS_STATUSES, Reason, RowResul
 from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource
+from batchphone.stop import STOP_SIGNALS
 from batchphone.undo import UndoSource
 from batchphone.writer import write_rows
 
@@ -252,7 +253,7 @@ def _projection(columns: Sequence[str]) -> Callable[[Values], Values]:
 
 
 async def _watch_signals(stop: threading.Event) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             stop.set()
             log.warning("interrupted", signal=signal.Signals(signum).name, action="stopping")

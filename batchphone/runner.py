@@ -56,7 +56,7 @@ from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
 from batchphone.send import RowSender, fetch_license
-from batchphone.stop import Stop
+from batchphone.stop import STOP_SIGNALS, Stop
 from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
 
@@ -285,9 +285,7 @@ class _Producer:
 
 async def _watch_signals(stop: Stop) -> None:
     """SIGINT/SIGTERM: the first stops the run gracefully, the second cancels calls in flight."""
-    # Windows has no SIGTERM: Ctrl-C alone stops the run there
-    wanted = [s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None]
-    with anyio.open_signal_receiver(*wanted) as signals:
+    with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             hard = stop.interrupted

@@ -9,6 +9,7 @@ is *hard* (a second Ctrl-C, a 401/403): then they are cancelled too.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,7 +18,12 @@ import anyio
 from batchphone.errors import BatchphoneError
 from batchphone.models import Reason
 
-__all__ = ["Stop", "Stopped"]
+__all__ = ["STOP_SIGNALS", "Stop", "Stopped"]
+
+#: The signals that stop a run: SIGINT, and SIGTERM where it exists (Windows has none).
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None
+)
 
 
 class Stopped(Exception):
