@@ -8,8 +8,6 @@ phonenumbers, is imported on first use so that ``batchphone --help`` starts fast
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from batchphone.api import Target, plan, run, undo, validate
@@ -64,26 +62,6 @@ __all__ = [
 ]
 
 _LAZY = {"Job", "execute", "run_sync"}
-#: API functions that share their name with a module of the package (plan.py, undo.py).
-_API_FUNCTIONS = {"plan": plan, "run": run, "undo": undo, "validate": validate}
-
-
-class _Package(types.ModuleType):
-    """The package, whose ``plan`` and ``undo`` stay the API's functions.
-
-    The import system binds every submodule it loads on its package (``import batchphone.plan``
-    sets ``batchphone.plan`` to the module): that would replace the pinned function the
-    moment the pipeline is imported. Code reaches those modules through ``sys.modules``
-    (``from batchphone.plan import Screen``), which this leaves as it is.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API_FUNCTIONS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

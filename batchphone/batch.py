@@ -25,9 +25,9 @@ from batchphone.client import PatchAnswer
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import RowResult, Status, UpdateRequest, User
-from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
 from batchphone.retry import Attempted
+from batchphone.screen import target_verified
 from batchphone.stop import Stopped
 
 __all__ = ["MAX_BATCH", "BatchSender", "Batched", "patch_body"]

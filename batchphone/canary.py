@@ -16,8 +16,8 @@ import anyio
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import LookupFailed
 from batchphone.models import Reason, RowResult, Status, UpdateRequest, User
-from batchphone.plan import target_verified
 from batchphone.prepare import result_for, user_fields
+from batchphone.screen import target_verified
 
 __all__ = ["Canary", "mismatch"]
 

@@ -17,10 +17,10 @@ from batchphone.config import Settings
 from batchphone.errors import UsageError
 from batchphone.logs import get_logger
 from batchphone.models import Command
-from batchphone.plan import ScreenRules
 from batchphone.prepare import Mode, Prepared, Preparer, RowRules
 from batchphone.reader import InputSource
-from batchphone.undo import UndoSource
+from batchphone.reverse import UndoSource
+from batchphone.screen import ScreenRules
 
 __all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
 

@@ -73,7 +73,7 @@ def _users_from_input(
 def _users_from_results(results_path: Path) -> list[dict[str, Any]]:
     """One user per row the run updated, with the phone the run set: what undo expects."""
     from batchphone.models import UpdateRequest
-    from batchphone.undo import open_results
+    from batchphone.reverse import open_results
 
     seen: dict[str, dict[str, Any]] = {}
     for items in open_results(results_path).prepared(allow_remove=True, limit=None):

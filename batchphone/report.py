@@ -37,8 +37,8 @@ from batchphone.models import RESULT_COLUMNS, SUCCESS_STATUSES, Reason, RowResul
 from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource
+from batchphone.reverse import UndoSource
 from batchphone.stop import STOP_SIGNALS
-from batchphone.undo import UndoSource
 from batchphone.writer import write_rows
 
 __all__ = ["local_report", "report_rows", "write_report"]

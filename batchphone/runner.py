@@ -49,15 +49,15 @@ from batchphone.models import (
     Summary,
     UpdateRequest,
 )
-from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.pool import run_pool
 from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
+from batchphone.reverse import UndoSource, open_results
+from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.send import RowSender, fetch_license
 from batchphone.stop import STOP_SIGNALS, Stop
-from batchphone.undo import UndoSource, open_results
 from batchphone.writer import check_output_path, write_results
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]

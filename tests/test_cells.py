@@ -14,7 +14,7 @@ from batchphone.emulator.users import load_users
 from batchphone.errors import UsageError
 from batchphone.models import InputRow, RowResult, UpdateRequest
 from batchphone.prepare import Preparer, RowRules
-from batchphone.undo import _undo_row
+from batchphone.reverse import _undo_row
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchphone"
 WORDS = sorted(TRUE_WORDS | FALSE_WORDS)

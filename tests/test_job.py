@@ -12,10 +12,10 @@ from batchphone.config import Settings
 from batchphone.errors import UsageError
 from batchphone.job import Job, job_mode, prepared_batches, screen_rules
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
-from batchphone.plan import ScreenRules
 from batchphone.prepare import Mode
 from batchphone.reader import InputSpec, open_input
-from batchphone.undo import open_results
+from batchphone.reverse import open_results
+from batchphone.screen import ScreenRules
 from tests.emulated import write_input
 
 SETTINGS = Settings()

@@ -403,7 +403,7 @@ def test_defuse_is_undone_by_undos_reader(tmp_path: Path) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from batchphone.undo import _undefuse
+    from batchphone.reverse import _undefuse
 
     alphabet = st.sampled_from(list("'=+-@\t\r0123456789 ().-/aZ|!\"&"))
 

@@ -1,4 +1,4 @@
-"""Spend calls only where they change something: judge rows against the users' current state.
+"""The screen: spend calls only where they change something: judge rows against the users' current state.
 
 ``Screen`` sits between the row rules and the senders. For each batch of rows it
 

@@ -23,7 +23,7 @@ from batchphone.models import (
     Status,
     UpdateRequest,
 )
-from batchphone.plan import Screen, ScreenRules, budget_seconds, planned_calls
+from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.stop import Stop
 from tests.emulated import (
     KEY,
