@@ -9,8 +9,9 @@ goes through the same ``finally``: the journal is closed and the result file wri
 input row has its one result row.
 
 The pieces, each with one job, wired here: ``_Producer`` (rows not final yet, through the
-screen, to the workers), ``_Batcher`` (``--api batch``), ``_CanaryCheck`` (``--canary``),
-``_Recorder`` (the consumer: journal, canary, progress), ``_watch_signals`` and
+screen, to the workers; rows settled without a call go on as ``_Settled`` groups),
+``_Batcher`` (``--api batch``), ``_CanaryCheck`` (``--canary``), ``_Recorder`` (the pool's
+consumer and the only writer of row results: journal, canary, progress), ``_watch_signals`` and
 ``_sync_journal``; the sending side (``_Sending``) is one call stack (``calls``) and what
 reads and sends through it.
 """
@@ -21,7 +22,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,25 @@ def _identity(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """Rows settled without a worker, on their way to the consumer like any other result.
+
+    Invalid and duplicate rows, what the screen decided (unchanged, not found, failed reads) and
+    the canary's verdicts. ``counted``: the rows moved the progress bar once already (a canary
+    verdict replaces the row's first result).
+    """
+
+    results: list[RowResult]
+    counted: bool = False
+
+
+#: What reaches the consumer: a worker's row, a worker's batch, or rows settled without one.
+_Outcome = RowResult | list[RowResult] | _Settled
+
+
 class _Recorder:
-    """The consumer: journals every final result, and tells the canary and the progress bar."""
+    """The consumer, and the only writer of row results: journal, canary, progress bar."""
 
     def __init__(self, journal: Journal, progress: Progress, canary: Canary | None) -> None:
         self.journal = journal
@@ -100,16 +118,17 @@ class _Recorder:
         self.canary = canary
         self.journal_open = True
 
-    async def consume(self, result: RowResult) -> None:
-        self.record(result)
+    async def consume(self, outcome: _Outcome) -> None:
+        if isinstance(outcome, RowResult):
+            self._record(outcome)
+        elif isinstance(outcome, _Settled):
+            for result in outcome.results:
+                self._record(result, advance=not outcome.counted)
+        else:
+            for result in outcome:
+                self._record(result)
 
-    async def consume_batch(self, results: list[RowResult]) -> None:
-        for result in results:
-            self.record(result)
-
-    def record(self, result: RowResult, *, advance: bool = True) -> None:
-        """Journal a final result. Synchronous (no await), so the producer's and the consumer's
-        records never interleave within a line."""
+    def _record(self, result: RowResult, *, advance: bool = True) -> None:
         self.journal.append(result, ts=time.time(), urgent=result.attempts > 0)
         if self.canary is not None:
             self.canary.observe(result)
@@ -153,28 +172,28 @@ class _Batcher:
 class _CanaryCheck:
     """``--canary N``: once the first N updates are done, read them back; stop on a miss."""
 
-    def __init__(self, canary: Canary, lookup: Lookup, recorder: _Recorder, stop: Stop) -> None:
+    def __init__(self, canary: Canary, lookup: Lookup, stop: Stop) -> None:
         self.canary = canary
         self.lookup = lookup
-        self.recorder = recorder
         self.stop = stop
 
     def admit(self, request: UpdateRequest) -> bool:
         """Count ``request`` as sent; True when it filled the canary (time to ``check``)."""
         return self.canary.admit(request)
 
-    async def check(self) -> None:
-        """Wait until the canary rows are done, read them back, stop the run on a miss."""
+    async def check(self) -> list[RowResult]:
+        """Wait until the canary rows are done and read them back; a miss stops the run.
+
+        Returns the rows that did not stick, as their new (final) results.
+        """
         canary = self.canary
         if canary.checked or not canary.sent or self.stop.reason is not None:
-            return  # nothing to check, or stopping anyway: no verdict, and no reads
+            return []  # nothing to check, or stopping anyway: no verdict, and no reads
         await canary.wait()
         bad = await canary.check(self.lookup.read_back)
-        for result in bad:
-            self.recorder.record(result, advance=False)  # the row was counted once already
         if not bad:
             log.info("canary_passed", rows=len(canary.sent))
-            return
+            return []
         log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
         # rows only: what differs names a login id and phones, and this message is logged
         # (the result file, 0600, has the details in error_message)
@@ -186,10 +205,19 @@ class _CanaryCheck:
                 "rows were not sent: find the cause, then rerun the same command to resume"
             ),
         )
+        return bad
 
 
 class _Producer:
-    """The producer: rows not final yet, through the screen, to the workers (or recorded)."""
+    """The producer: rows not final yet, through the screen, to the workers.
+
+    Rows that need no worker (invalid, duplicate, what the screen settled, the canary's verdicts)
+    go to the consumer as ``_Settled`` groups on the pool's result stream: one way for every
+    result, and one stream trip per group rather than per row.
+    """
+
+    #: settled rows wait for at most this many more before they go to the consumer
+    GROUP = 1000
 
     def __init__(
         self,
@@ -197,7 +225,6 @@ class _Producer:
         journal: Journal,
         settings: Settings,
         stop: Stop,
-        recorder: _Recorder,
         *,
         screen: Screen | None = None,
         batcher: _Batcher | None = None,
@@ -207,17 +234,19 @@ class _Producer:
         self.journal = journal
         self.settings = settings
         self.stop = stop
-        self.recorder = recorder
         self.screen = screen
         self.batcher = batcher
         self.canary = canary
+        self._settled: list[RowResult] = []
 
     def _batches(self) -> Iterator[list[Prepared]]:
         state, retry = self.journal.state, self.settings.retry_failed
         for items in self.prepared:
             yield [item for item in items if not state.is_final(item.row, retry_failed=retry)]
 
-    async def produce(self, jobs: ObjectSendStream[Any], results: ObjectSendStream[Any]) -> None:
+    async def produce(
+        self, jobs: ObjectSendStream[Any], results: ObjectSendStream[_Outcome]
+    ) -> None:
         # On a stop the producer just ends: rows it never reached are not journaled one by one
         # (the result file gets them as `not_attempted` when it is written, see `_Unreached`).
         batches = self._batches()
@@ -227,55 +256,67 @@ class _Producer:
             if items is None:
                 break
             if self.screen is not None:
-                await self._take_screened(items, jobs)
-                continue
-            for index, item in enumerate(items):
-                if self.stop.reason is not None:
-                    break
-                # rows that need no call are recorded right here: a trip through the result
-                # stream costs more than the row itself (validate and dry-runs are all such rows)
-                if isinstance(item, RowResult):
-                    self.recorder.record(item)
-                else:
-                    await self._send(item, jobs)
-                if index % 1000 == 999:
-                    await anyio.lowlevel.checkpoint()
+                await self._take_screened(items, jobs, results)
+            else:
+                for item in items:
+                    if self.stop.reason is not None:
+                        break
+                    await self._take(item, jobs, results)
+            await self._flush_settled(results)
         if self.stop.reason is None:
             await self._flush(jobs)
             if self.canary is not None:
-                await self.canary.check()
+                await self._check_canary(results)
+        await self._flush_settled(results)
 
-    async def _take_screened(self, items: Iterable[Prepared], jobs: ObjectSendStream[Any]) -> None:
+    async def _take_screened(
+        self,
+        items: Iterable[Prepared],
+        jobs: ObjectSendStream[Any],
+        results: ObjectSendStream[_Outcome],
+    ) -> None:
         assert self.screen is not None
         # closed even when the run is cancelled halfway through a batch
         async with contextlib.aclosing(self.screen.screen(items)) as screened:
-            index = 0
             async for item in screened:
                 # results the screen made before the stop (failed reads) are kept; what
                 # comes after it would only be rows left unsent
                 unsent = not isinstance(item, RowResult) or item.status is Status.NOT_ATTEMPTED
                 if unsent and self.stop.reason is not None:
                     break
-                if isinstance(item, RowResult):
-                    self.recorder.record(item)
-                else:
-                    await self._send(item, jobs)
-                index += 1
-                if index % 1000 == 0:  # runs of rows resolved locally must not hog the loop
-                    await anyio.lowlevel.checkpoint()
+                await self._take(item, jobs, results)
 
-    async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
+    async def _take(
+        self, item: Prepared, jobs: ObjectSendStream[Any], results: ObjectSendStream[_Outcome]
+    ) -> None:
+        if isinstance(item, RowResult):
+            self._settled.append(item)
+            if len(self._settled) >= self.GROUP:  # (the send is also the loop's checkpoint)
+                await self._flush_settled(results)
+            return
+        await self._flush_settled(results)  # results go on in the order they were decided
         if self.stop.reason is not None:
             return  # not journaled: the result file lists it as not_attempted
         if self.batcher is None:
-            await jobs.send(request)
+            await jobs.send(item)
         else:
-            batch = self.batcher.add(request)
+            batch = self.batcher.add(item)
             if batch is not None:
                 await jobs.send(batch)
-        if self.canary is not None and self.canary.admit(request):
+        if self.canary is not None and self.canary.admit(item):
             await self._flush(jobs)
-            await self.canary.check()
+            await self._check_canary(results)
+
+    async def _check_canary(self, results: ObjectSendStream[_Outcome]) -> None:
+        assert self.canary is not None
+        bad = await self.canary.check()
+        if bad:  # each row was counted once already, by its first result
+            await results.send(_Settled(bad, counted=True))
+
+    async def _flush_settled(self, results: ObjectSendStream[_Outcome]) -> None:
+        if self._settled:
+            settled, self._settled = self._settled, []
+            await results.send(_Settled(settled))
 
     async def _flush(self, jobs: ObjectSendStream[Any]) -> None:
         batch = self.batcher.flush() if self.batcher is not None else None
@@ -379,7 +420,7 @@ def _connect(
         calls=calls,
         sender=RowSender(calls, BatchSender(calls) if batches else None),
         screen=Screen(rules, lookup, stop=stop) if rules.active else None,
-        canary=_CanaryCheck(canary, lookup, recorder, stop) if canary is not None else None,
+        canary=_CanaryCheck(canary, lookup, stop) if canary is not None else None,
     )
 
 
@@ -537,7 +578,6 @@ async def _execute_locked(
             journal,
             settings,
             stop,
-            recorder,
             screen=sending.screen if sending is not None else None,
             batcher=_Batcher(job.batch_size)
             if sending is not None and sending.sender.batch is not None
@@ -595,21 +635,18 @@ async def _run_pool(
     settings: Settings,
     mode: Mode,
 ) -> None:
-    if sending is None:  # nothing to send: the producer records every row itself
+    if sending is None:  # nothing to send: every row is settled by the producer
         await run_pool(producer.produce, _never, recorder.consume, concurrency=1)
         return
     await fetch_license(sending.calls)
     sender = sending.sender
     concurrency = settings.concurrency if mode is Mode.RUN else 1
-    if sender.batch is not None:
-        await run_pool(
-            producer.produce, sender.process_batch, recorder.consume_batch, concurrency=concurrency
-        )
-    else:
-        await run_pool(producer.produce, sender.process, recorder.consume, concurrency=concurrency)
+    process: Callable[[Any], Awaitable[_Outcome]]
+    process = sender.process if sender.batch is None else sender.process_batch
+    await run_pool(producer.produce, process, recorder.consume, concurrency=concurrency)
 
 
-async def _never(request: UpdateRequest) -> RowResult:
+async def _never(request: UpdateRequest) -> _Outcome:
     raise AssertionError(f"row {request.row}: a run that sends nothing got a row to send")
 
 

@@ -1,4 +1,4 @@
-"""The screen: spend calls only where they change something: judge rows against the users' current state.
+"""The screen: spend calls only where they change something, judged on the users' state.
 
 ``Screen`` sits between the row rules and the senders. For each batch of rows it
 

@@ -578,3 +578,30 @@ async def test_a_damaged_results_file_met_by_the_pool_raises_one_input_error(
     with pytest.raises(InputError) as caught:
         await run(emulator, results, tmp_path / "undo.csv", command="undo")
     assert "data row 8000: is not valid JSON" in caught.value.message
+
+
+@pytest.mark.parametrize("reads", [True, False], ids=["reads", "no-lookup"])
+async def test_every_row_result_is_journaled_by_the_one_consumer_task(
+    samples: Path,
+    sample_users: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reads: bool,
+) -> None:
+    """Rows settled without a call (invalid, duplicate, unchanged, not found) take the same way
+    as sent rows: the pool's consumer is the only writer of row results."""
+    writers: dict[int, set[int]] = {}
+    append = Journal.append
+
+    def spy(self: Journal, result: RowResult, **kwargs: Any) -> None:
+        writers.setdefault(anyio.get_current_task().id, set()).add(result.row)
+        append(self, result, **kwargs)
+
+    monkeypatch.setattr(Journal, "append", spy)
+    out = tmp_path / "r.csv"
+    summary = await run(
+        make_emulator(sample_users), samples / "phones.csv", out, no_lookup=not reads
+    )
+    assert summary.counts["invalid"] == 10 and summary.counts["duplicate"] == 1
+    assert len(writers) == 1, f"row results journaled from {len(writers)} tasks"
+    assert sorted(next(iter(writers.values()))) == list(range(1, 25))
