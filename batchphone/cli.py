@@ -194,6 +194,22 @@ def _early_json(flags: dict[str, Any]) -> bool:
     return json_logs((chosen or "auto").lower())
 
 
+def _usage_output(argv: list[str]) -> Output:
+    """The output for an error in the command line itself: JSON when ``--log-format json`` is
+    among the arguments, or the environment (or ``auto`` off a terminal) says so."""
+    from batchphone.render import Output
+
+    chosen = None
+    for index, arg in enumerate(argv):
+        if arg == "--log-format" and index + 1 < len(argv):
+            chosen = argv[index + 1]
+        elif arg.startswith("--log-format="):
+            chosen = arg.partition("=")[2]
+    if chosen is not None and chosen.lower() not in ("auto", "console", "json"):
+        chosen = None  # the bad value may be this one: the environment or auto decides
+    return Output(json_mode=_early_json({"log_format": chosen}))
+
+
 def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, Any]) -> None:
     """One command, every way out: an exit code, a summary (or error) and --summary-json.
 
@@ -305,6 +321,31 @@ class _LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """click's own errors (an unknown option, a bad value) as every other error: one line,
+        or one JSON ``error`` event when stderr is for machines; exit 2."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `batchphone`: the help
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "batchphone"
+            message = f"{exc.format_message()} (see '{command} --help')"
+            given = args[0] if args else kwargs.get("args")
+            argv = list(given) if given is not None else sys.argv[1:]
+            _usage_output(argv).error(message, EXIT_USAGE)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:  # e.g. a file click could not open
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in self.lazy:

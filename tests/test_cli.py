@@ -232,6 +232,34 @@ def test_an_exit_2_error_is_one_json_event(samples: Path, tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "in.csv", "--bogus"], "No such option '--bogus'"),
+        (["run", "in.csv", "--concurrency", "x"], "'x' is not a valid integer"),
+        (["run"], "Missing argument 'INPUT'"),
+        (["rn", "in.csv"], "No such command 'rn'"),
+    ],
+)
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_command_line_click_refuses_is_one_line_too(
+    args: list[str], message: str, log_format: str
+) -> None:
+    """A typo'd flag in a cron job is one JSON event (or one line), like every other error."""
+    result = invoke([*args, "--log-format", log_format])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    if log_format == "json":
+        event = json.loads(line)
+        assert event["event"] == "error" and event["exit_code"] == 2
+        text = event["message"]
+    else:
+        assert line.startswith("batchphone: error: ")
+        text = line
+    assert message in text and "--help')" in text
+    assert not Path("in.csv").exists() and not list(Path().iterdir())
+
+
 def test_no_progress_bar_in_json_mode(
     samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
