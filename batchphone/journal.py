@@ -123,6 +123,11 @@ class RunIdentity:
             header["sheet"] = self.sheet
         return header
 
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> RunIdentity:
+        """``header()`` read back: the identity of the run that wrote a journal."""
+        return cls(**{**header, "command": Command(header["command"])})
+
 
 def journal_path(out_path: Path) -> Path:
     """Where the journal of a result file lives."""
