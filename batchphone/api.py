@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchphone.config import (
+    Endpoint,
     Secret,
     Settings,
     _choice,
@@ -423,6 +424,12 @@ def _resolve_target(target: Target | None, settings: Settings, *, from_settings:
     return target
 
 
+def _endpoint(target: Target) -> Endpoint:
+    """The project ``target`` names, as the runner takes it."""
+    assert target.base_url is not None  # Target derives it when not given
+    return Endpoint(target.project_id, target.base_url, target.management_key)
+
+
 def rehearsal(
     target: Target, command: Command | str, input_path: PathLike, settings: Settings
 ) -> Rehearsal | None:
@@ -452,13 +459,11 @@ def _execute(
         return runner.run_sync(job, settings, progress=progress, handle_signals=handle_signals)
     found = rehearsal(target, command, input_path, settings)
     if found is None:
-        plain = {"project_id": target.project_id, "base_url": target.base_url}
         return runner.run_sync(
             job,
             settings,
             progress=progress,
-            # a Secret until the one line that builds the header (client.py)
-            target={**plain, "management_key": target.management_key},
+            target=_endpoint(target),  # the key a Secret until client.py builds the header
             handle_signals=handle_signals,
         )
     try:

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from batchphone.calls import Calls, failure_label
-from batchphone.client import PatchAnswer
+from batchphone.client import PatchAnswer, UserPatch
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import RowResult, Status, UpdateRequest, User
@@ -40,7 +39,7 @@ _SPLITS = 2
 log = get_logger()
 
 
-def patch_body(request: UpdateRequest) -> dict[str, Any]:
+def patch_body(request: UpdateRequest) -> UserPatch:
     """The patch of one row: the phone, and the verified flag ``update/phone`` would store.
 
     ``verifiedPhone`` is always sent, false for a row without a verified value: a patch leaves

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
@@ -29,7 +29,7 @@ import httpx
 
 from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
-from batchphone.config import Settings
+from batchphone.config import Endpoint, Settings
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import Reason
@@ -306,7 +306,7 @@ class Calls:
 
 def open_calls(
     settings: Settings,
-    target: Mapping[str, Any],
+    target: Endpoint,
     transport: httpx.AsyncBaseTransport | None,
     *,
     stop: Stop,
@@ -317,13 +317,13 @@ def open_calls(
     """The stack of one run: its client, its share of the project's budget, its retry policy
     and circuit breaker, all under ``stop``.
 
-    ``target`` holds ``project_id``, ``base_url`` and ``management_key`` (a ``Secret``);
+    ``target`` is the project called (its key a ``Secret`` until the client builds the header);
     ``call_times`` are the wall times of the calls a previous run of this journal made.
     """
     client = DescopeClient(
-        project_id=target["project_id"],
-        management_key=target["management_key"],
-        base_url=target["base_url"],
+        project_id=target.project_id,
+        management_key=target.management_key,
+        base_url=target.base_url,
         timeout=settings.timeout,
         max_connections=settings.concurrency,
         transport=transport,
@@ -334,7 +334,7 @@ def open_calls(
         settings.rate_calls,
         settings.rate_period,
         margin=settings.rate_margin,
-        shared=open_budget(store, target["project_id"], period=settings.rate_period),
+        shared=open_budget(store, target.project_id, period=settings.rate_period),
     )
     # a restarted run must not spend again the window its predecessor spent just before
     limiter.seed(call_times)

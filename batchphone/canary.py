@@ -103,7 +103,7 @@ class Canary:
             except FatalRemoteError:
                 return bad
             except LookupFailed as exc:
-                if exc.fields is None:  # the run is stopping: no verdict
+                if exc.failure is None:  # the run is stopping: no verdict
                     return bad
                 problem: str | None = f"row {row} ({request.login_id}): {exc}"
                 user = None

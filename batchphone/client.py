@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, Self, TypedDict, TypeVar
 
 import httpx
 
@@ -50,9 +50,21 @@ else:
     _dumps = orjson.dumps
     _loads = orjson.loads
 
-__all__ = ["DEFAULT_BASE_URL", "DescopeClient", "PatchAnswer", "derive_base_url"]
+__all__ = ["DEFAULT_BASE_URL", "DescopeClient", "PatchAnswer", "UserPatch", "derive_base_url"]
 
 E = TypeVar("E", bound=RemoteError)
+
+
+class UserPatch(TypedDict):
+    """One user of a ``PATCH /v1/mgmt/user/patch/batch`` body: the fields batchphone patches.
+
+    The keys are the API's (``users[].loginId``, ``phone``, ``verifiedPhone``).
+    """
+
+    loginId: str
+    phone: str
+    verifiedPhone: bool
+
 
 log = get_logger()
 
@@ -292,7 +304,7 @@ class DescopeClient:
         found = [User.from_api(user) for user in users if isinstance(user, dict)]
         return found, total if isinstance(total, int) else len(users)
 
-    async def patch_batch(self, users: Sequence[dict[str, Any]]) -> PatchAnswer:
+    async def patch_batch(self, users: Sequence[UserPatch]) -> PatchAnswer:
         """``PATCH /v1/mgmt/user/patch/batch``: the users patched and the users it failed.
 
         Per-user failures come back inside a 200 (``failedUsers``); the caller reads them.

@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from batchphone.cells import check_region, parse_flag
 from batchphone.errors import UsageError
 from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 
-__all__ = ["Secret", "Settings", "load_settings", "parse_options", "parse_rate"]
+__all__ = ["Endpoint", "Secret", "Settings", "load_settings", "parse_options", "parse_rate"]
 
 CONFIG_SECTION = "batchphone"
 DEFAULT_CONFIG = Path("config.toml")
@@ -49,6 +49,25 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """The project a run calls: its id, the API's base URL and the management key.
+
+    Resolved once per run (from the settings, a ``batchphone.Target`` or the embedded
+    emulator) and handed down to the call stack. The key stays a ``Secret`` until the one line
+    that builds the Authorization header (``client.py``), and no repr shows it.
+    """
+
+    project_id: str
+    base_url: str
+    management_key: Secret = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.management_key, Secret):
+            # never the value in the message: it may be the key itself
+            raise TypeError("Endpoint: management_key must be a batchphone.Secret")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ import orjson
 
 from batchphone.errors import OutputError, ResumeError
 from batchphone.logs import get_logger
-from batchphone.models import FINAL_STATUSES, RowResult, Status
+from batchphone.models import FINAL_STATUSES, Command, RowResult, Status
 
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
@@ -47,6 +47,7 @@ def _loads(line: bytes) -> Any:
 __all__ = [
     "Journal",
     "JournalState",
+    "RunIdentity",
     "RunLock",
     "iter_records",
     "journal_path",
@@ -69,6 +70,63 @@ _BINARY = getattr(os, "O_BINARY", 0)
 _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}
 #: The key of a call-time record: ``{"call": <epoch seconds>}``.
 CALL_KEY = "call"
+
+
+@dataclass(frozen=True, slots=True)
+class RunIdentity:
+    """What makes a run the same run: its journal resumes only a run with an equal identity.
+
+    The command, the input (name and content), the project, and every option that changes what
+    is sent. ``header()`` is what the journal stores and compares: a field added after journals
+    were first written (``sheet``) is left out while unset, so those journals still resume.
+    """
+
+    command: Command
+    input_name: str
+    input_sha256: str
+    project_id: str | None
+    base_url: str | None
+    login_id_column: str
+    phone_column: str
+    default_region: str | None
+    verified: bool | None
+    allow_merge: bool
+    allow_remove: bool
+    dry_run: bool
+    no_lookup: bool
+    api: str
+    #: rows per patch call; ``None`` unless ``api`` is ``batch``
+    batch_size: int | None
+    #: a workbook's sheet (another sheet is another input); ``None``: the first one
+    sheet: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        """The identity as the journal header holds it (JSON values, ``sheet`` only when set)."""
+        header: dict[str, Any] = {
+            "command": self.command.value,
+            "input_name": self.input_name,
+            "input_sha256": self.input_sha256,
+            "project_id": self.project_id,
+            "base_url": self.base_url,
+            "login_id_column": self.login_id_column,
+            "phone_column": self.phone_column,
+            "default_region": self.default_region,
+            "verified": self.verified,
+            "allow_merge": self.allow_merge,
+            "allow_remove": self.allow_remove,
+            "dry_run": self.dry_run,
+            "no_lookup": self.no_lookup,
+            "api": self.api,
+            "batch_size": self.batch_size,
+        }
+        if self.sheet is not None:
+            header["sheet"] = self.sheet
+        return header
+
+    @classmethod
+    def from_header(cls, header: Mapping[str, Any]) -> RunIdentity:
+        """``header()`` read back: the identity of the run that wrote a journal."""
+        return cls(**{**header, "command": Command(header["command"])})
 
 
 def journal_path(out_path: Path) -> Path:
@@ -172,7 +230,7 @@ class Journal:
     def open(
         cls,
         out_path: Path,
-        identity: dict[str, Any],
+        identity: RunIdentity,
         *,
         restart: bool = False,
         replaceable: bool = False,
@@ -191,6 +249,7 @@ class Journal:
         path = journal_path(out_path)
         refuse_link(path)
         refuse_link(out_path)
+        new = identity.header()
         moved: tuple[Path, ...] = ()
         if path.exists():
             header, changed = _scan(path)
@@ -200,23 +259,23 @@ class Journal:
                     "or add --restart to move it aside"
                 )
             old = header.get("identity", {}) if header else {}
-            if header and old == identity and resume and not restart:
+            if header and old == new and resume and not restart:
                 header, state = _load(path)
                 journal = cls(path, header, state)
                 journal.header["resumed"] = True
                 return journal
             if changed and not restart:
-                raise ResumeError(_kept(path, old, identity))
+                raise ResumeError(_kept(path, old, new))
             if changed:
                 moved = _move_aside(out_path, path)
             elif not (restart or replaceable or old.get("dry_run")):
-                raise ResumeError(_mismatch(path, old, identity))
+                raise ResumeError(_mismatch(path, old, new))
             else:
                 path.unlink()  # it changed no user: nothing is lost
         header = {
             "format": FORMAT,
             "version": VERSION,
-            "identity": identity,
+            "identity": new,
             "created": time.time(),
         }
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)

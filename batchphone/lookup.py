@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from batchphone.calls import Calls, failures_only
 from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
-from batchphone.models import Reason, Status, User
+from batchphone.models import Reason, User
 from batchphone.stop import Stopped
 
-__all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "owner_checks"]
+__all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "ReadFailure", "owner_checks"]
 
 T = TypeVar("T")
 
@@ -42,16 +43,27 @@ def owner_checks(phones: int) -> int:
     return math.ceil(phones / OWNER_IDS)
 
 
+@dataclass(frozen=True, slots=True)
+class ReadFailure:
+    """A read that failed for good: the result fields of the rows it was for (``failed``)."""
+
+    reason: Reason
+    http_status: int | None
+    error_code: str | None
+    error_message: str
+    attempts: int
+
+
 class LookupFailed(Exception):
     """A read gave no usable answer.
 
-    ``fields`` are the result fields of the rows it was for (``status``, ``reason``,
-    ``http_status``, ...); ``None`` means the run is stopping and the rows stay unsent.
+    ``failure`` says why, for the rows it was for; ``None`` means the run is stopping and the
+    rows stay unsent.
     """
 
-    def __init__(self, fields: dict[str, Any] | None) -> None:
-        super().__init__(fields.get("error_message") if fields else "stopped")
-        self.fields = fields
+    def __init__(self, failure: ReadFailure | None) -> None:
+        super().__init__(failure.error_message if failure is not None else "stopped")
+        self.failure = failure
 
 
 class Lookup:
@@ -89,7 +101,7 @@ class Lookup:
             try:
                 found |= await self._owned(chunk)
             except LookupFailed as exc:
-                refused = exc.fields is not None and exc.fields["reason"] is Reason.REJECTED
+                refused = exc.failure is not None and exc.failure.reason is Reason.REJECTED
                 if not refused or len(chunk) <= PAGE:
                     raise
                 log.warning("long_search_refused", ids=len(chunk), now=PAGE)
@@ -150,12 +162,11 @@ def _search_page(
     return search
 
 
-def _failure(reason: Reason, error: RemoteError, attempts: int) -> dict[str, Any]:
-    return {
-        "status": Status.FAILED,
-        "reason": reason,
-        "http_status": error.http_status,
-        "error_code": error.error_code,
-        "error_message": f"lookup failed: {error.message}",
-        "attempts": attempts,
-    }
+def _failure(reason: Reason, error: RemoteError, attempts: int) -> ReadFailure:
+    return ReadFailure(
+        reason=reason,
+        http_status=error.http_status,
+        error_code=error.error_code,
+        error_message=f"lookup failed: {error.message}",
+        attempts=attempts,
+    )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict, Unpack
 
 from batchphone.cells import parse_flag
 from batchphone.models import (
@@ -34,7 +34,9 @@ __all__ = [
     "Outcome",
     "Prepared",
     "Preparer",
+    "ResultFields",
     "RowRules",
+    "UserFields",
     "now_iso",
     "result_for",
     "user_fields",
@@ -93,7 +95,27 @@ def now_iso() -> str:
     return _last_stamp[1]
 
 
-def result_for(request: UpdateRequest, *, status: Status, **fields_: Any) -> RowResult:
+class UserFields(TypedDict, total=False):
+    """The result fields a user the API returned fills (``user_fields``)."""
+
+    user_id: str | None
+    verified_phone: bool | None
+    user_json: str | None
+
+
+class ResultFields(UserFields, total=False):
+    """The fields of a ``RowResult`` a stage may set besides the row's own and its status."""
+
+    reason: Reason | None
+    http_status: int | None
+    error_code: str | None
+    error_message: str | None
+    attempts: int
+
+
+def result_for(
+    request: UpdateRequest, *, status: Status, **fields_: Unpack[ResultFields]
+) -> RowResult:
     """The result of a row that became ``request``; a known before-image fills its columns."""
     return RowResult(
         row=request.row,
@@ -107,7 +129,7 @@ def result_for(request: UpdateRequest, *, status: Status, **fields_: Any) -> Row
     )
 
 
-def user_fields(user: User | None) -> dict[str, Any]:
+def user_fields(user: User | None) -> UserFields:
     """The result fields taken from a user the API returned (none when there is no user)."""
     if user is None:
         return {}

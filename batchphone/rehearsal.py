@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from batchphone.config import Secret
+from batchphone.config import Endpoint, Secret
 from batchphone.errors import InputError, UsageError
 
 __all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
@@ -38,7 +38,7 @@ class Rehearsal:
     """An embedded emulator ready for one command: its transport, target and users' origin."""
 
     transport_factory: Callable[[], httpx.AsyncBaseTransport]
-    target: dict[str, Any] = field(repr=False)
+    target: Endpoint = field(repr=False)
     #: how many users, and where they came from: ``"12 users from samples/users.csv"``
     origin: str
     users: int
@@ -172,11 +172,7 @@ def embedded_target(
         ],
         faults=Faults(latency=_LATENCY_S),
     )
-    target = {
-        "project_id": EMULATOR_PROJECT_ID,
-        "base_url": EMULATOR_BASE_URL,
-        "management_key": Secret(key),
-    }
+    target = Endpoint(EMULATOR_PROJECT_ID, EMULATOR_BASE_URL, Secret(key))
     return Rehearsal(
         transport_factory=emulator.transport,
         target=target,

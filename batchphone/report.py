@@ -31,7 +31,7 @@ import anyio.from_thread
 
 from batchphone.config import Settings
 from batchphone.job import BATCH_ROWS, Job
-from batchphone.journal import Journal
+from batchphone.journal import Journal, RunIdentity
 from batchphone.logs import get_logger
 from batchphone.models import RESULT_COLUMNS, SUCCESS_STATUSES, Reason, RowResult, Status, Summary
 from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
@@ -137,7 +137,7 @@ async def write_report(
     job: Job,
     settings: Settings,
     source: InputSource,
-    identity: dict[str, Any],
+    identity: RunIdentity,
     mode: Mode,
     progress: Progress,
     *,

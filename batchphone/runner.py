@@ -34,10 +34,10 @@ from anyio.abc import ObjectSendStream
 from batchphone.batch import BatchSender
 from batchphone.calls import Calls, open_calls
 from batchphone.canary import Canary
-from batchphone.config import Settings
+from batchphone.config import Endpoint, Settings
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
-from batchphone.journal import Journal, RunLock, iter_records
+from batchphone.journal import Journal, RunIdentity, RunLock, iter_records
 from batchphone.logs import get_logger
 from batchphone.lookup import Lookup
 from batchphone.models import (
@@ -69,27 +69,27 @@ log = get_logger()
 
 
 def _identity(
-    job: Job, settings: Settings, source: InputSource | UndoSource, target: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "command": job.command.value,
-        "input_name": job.input_path.name,
-        "input_sha256": source.content_hash(),
-        "project_id": target.get("project_id"),
-        "base_url": target.get("base_url"),
-        "login_id_column": settings.login_id_column,
-        "phone_column": settings.phone_column,
-        "default_region": settings.default_region,
-        "verified": settings.verified,
-        "allow_merge": settings.allow_merge,
-        "allow_remove": settings.allow_remove,
-        "dry_run": settings.dry_run or job.command in (Command.VALIDATE, Command.PLAN),
-        "no_lookup": settings.no_lookup,
-        "api": job.api,
-        "batch_size": job.batch_size if job.api == "batch" else None,
-        # a workbook's other sheet is another input (absent when unset: old journals resume)
-        **({"sheet": settings.sheet} if settings.sheet is not None else {}),
-    }
+    job: Job, settings: Settings, source: InputSource | UndoSource, target: Endpoint | None
+) -> RunIdentity:
+    return RunIdentity(
+        command=job.command,
+        input_name=job.input_path.name,
+        input_sha256=source.content_hash(),
+        # a job that calls nothing names the project its settings name, as given
+        project_id=target.project_id if target is not None else settings.project_id,
+        base_url=target.base_url if target is not None else settings.base_url,
+        login_id_column=settings.login_id_column,
+        phone_column=settings.phone_column,
+        default_region=settings.default_region,
+        verified=settings.verified,
+        allow_merge=settings.allow_merge,
+        allow_remove=settings.allow_remove,
+        dry_run=settings.dry_run or job.command in (Command.VALIDATE, Command.PLAN),
+        no_lookup=settings.no_lookup,
+        api=job.api,
+        batch_size=job.batch_size if job.api == "batch" else None,
+        sheet=settings.sheet,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +396,7 @@ class _Sending:
 def _connect(
     job: Job,
     settings: Settings,
-    target: dict[str, Any],
+    target: Endpoint,
     transport: httpx.AsyncBaseTransport | None,
     mode: Mode,
     rules: ScreenRules,
@@ -434,9 +434,8 @@ def _refuse_unstarted_emulator(settings: Settings, transport: object) -> None:
         )
 
 
-def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
-    if not needs_api:
-        return {"project_id": settings.project_id, "base_url": settings.base_url}
+def _target(settings: Settings) -> Endpoint:
+    """The project the settings name, for a job that calls the API (``UsageError`` if none)."""
     if not settings.project_id:
         raise UsageError(
             "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id",
@@ -449,11 +448,11 @@ def _target(settings: Settings, needs_api: bool) -> dict[str, Any]:
         )
     from batchphone.client import derive_base_url
 
-    return {
-        "project_id": settings.project_id,
-        "base_url": settings.base_url or derive_base_url(settings.project_id),
-        "management_key": settings.management_key,  # a Secret until the header is built
-    }
+    return Endpoint(
+        project_id=settings.project_id,
+        base_url=settings.base_url or derive_base_url(settings.project_id),
+        management_key=settings.management_key,  # a Secret until the header is built
+    )
 
 
 async def execute(
@@ -462,21 +461,25 @@ async def execute(
     *,
     progress: Progress | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    target: dict[str, Any] | None = None,
+    target: Endpoint | None = None,
     handle_signals: bool = False,
 ) -> Summary:
     """Run ``job`` to the end and return its summary.
 
-    ``transport`` and ``target`` (``project_id``, ``base_url``, ``management_key``) replace the
-    settings' target: the embedded emulator and the tests use them. ``handle_signals`` makes
-    SIGINT/SIGTERM stop the run gracefully (only from the main thread).
+    ``transport`` and ``target`` (the project to call) replace the settings' target: the
+    embedded emulator and the tests use them. ``handle_signals`` makes SIGINT/SIGTERM stop the
+    run gracefully (only from the main thread).
     """
     _refuse_unstarted_emulator(settings, transport)
+    if target is not None and not isinstance(target, Endpoint):
+        # a dict (what execute took before) would fail later, halfway into the journal
+        raise UsageError("target: expected a batchphone.config.Endpoint", setting="target")
     progress = progress or NullProgress()
     started = time.monotonic()
     mode = job_mode(job, settings)
     needs_api = mode in (Mode.RUN, Mode.PLAN)
-    target = target if target is not None else _target(settings, needs_api)
+    if target is None and needs_api:
+        target = _target(settings)
     await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
     source: InputSource | UndoSource
     if job.command is Command.UNDO:
@@ -513,8 +516,8 @@ async def _execute_locked(
     job: Job,
     settings: Settings,
     source: InputSource | UndoSource,
-    identity: dict[str, Any],
-    target: dict[str, Any],
+    identity: RunIdentity,
+    target: Endpoint | None,
     mode: Mode,
     progress: Progress,
     transport: httpx.AsyncBaseTransport | None,
@@ -572,6 +575,7 @@ async def _execute_locked(
     sending: _Sending | None = None
     try:
         if needs_api:
+            assert target is not None  # execute resolved it
             sending = _connect(job, settings, target, transport, mode, rules, stop, recorder)
         producer = _Producer(
             prepared,
@@ -749,7 +753,7 @@ def run_sync(
     *,
     progress: Progress | None = None,
     transport_factory: Callable[[], httpx.AsyncBaseTransport] | None = None,
-    target: dict[str, Any] | None = None,
+    target: Endpoint | None = None,
     handle_signals: bool = False,
 ) -> Summary:
     """``execute`` on a fresh event loop (asyncio).

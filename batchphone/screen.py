@@ -24,7 +24,7 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from batchphone.errors import FatalRemoteError
-from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, owner_checks
+from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, ReadFailure, owner_checks
 from batchphone.models import (
     LOOKUP_COLUMNS,
     PLAN_COLUMNS,
@@ -232,8 +232,8 @@ class Screen:
             except FatalRemoteError:
                 pass  # the stack has stopped the run
             except LookupFailed as exc:
-                if exc.fields is not None:
-                    return [result_for(r, **exc.fields) for r in requests]
+                if exc.failure is not None:
+                    return [_read_failed(r, exc.failure) for r in requests]
         # stopping (a signal, a fatal answer, a cancelled read): these rows stay unsent
         reason = self.stop.reason or Reason.INTERRUPTED
         return [result_for(r, status=Status.NOT_ATTEMPTED, reason=reason) for r in requests]
@@ -244,6 +244,19 @@ class Screen:
         result = result_for(request, status=Status.CHANGE, reason=request.change_reason)
         # the flag the run would send with the phone: a row without one sends false
         return replace(result, extra={**result.extra, "verified": target_verified(request)})
+
+
+def _read_failed(request: UpdateRequest, failure: ReadFailure) -> RowResult:
+    """The result of a row whose user could not be read: ``failed``, as the read ended."""
+    return result_for(
+        request,
+        status=Status.FAILED,
+        reason=failure.reason,
+        http_status=failure.http_status,
+        error_code=failure.error_code,
+        error_message=failure.error_message,
+        attempts=failure.attempts,
+    )
 
 
 def planned_calls(counts: Mapping[str, int], *, batch_size: int | None) -> int:

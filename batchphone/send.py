@@ -11,8 +11,6 @@ limiter -> HTTP); this module only turns what the stack says into one result per
 
 from __future__ import annotations
 
-from typing import Any
-
 from batchphone.batch import BatchSender
 from batchphone.calls import Calls, failure_label
 from batchphone.errors import FatalRemoteError
@@ -24,9 +22,23 @@ from batchphone.stop import Stopped
 __all__ = ["RowSender", "fetch_license", "not_attempted"]
 
 
-def not_attempted(request: UpdateRequest, reason: Reason, **fields_: Any) -> RowResult:
+def not_attempted(
+    request: UpdateRequest,
+    reason: Reason,
+    *,
+    http_status: int | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> RowResult:
     """The result of a row the run stopped before sending."""
-    return result_for(request, status=Status.NOT_ATTEMPTED, reason=reason, **fields_)
+    return result_for(
+        request,
+        status=Status.NOT_ATTEMPTED,
+        reason=reason,
+        http_status=http_status,
+        error_code=error_code,
+        error_message=error_message,
+    )
 
 
 def _unauthorized(request: UpdateRequest, exc: FatalRemoteError) -> RowResult:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from batchphone.config import Secret, Settings
+from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, ProjectSettings
 from batchphone.models import Summary
 from batchphone.runner import Job, execute
@@ -40,6 +40,11 @@ def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
     return Emulator(
         projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users, **project)]
     )
+
+
+def endpoint(key: str = KEY) -> Endpoint:
+    """The emulated project as a run calls it (its base URL never reached: pass a transport)."""
+    return Endpoint(PROJECT, "http://x.invalid", Secret(key))
 
 
 def settings(**overrides: Any) -> Settings:

@@ -269,6 +269,21 @@ async def test_execute_refuses_emulator_settings_it_cannot_honour(
     assert calls(emulator) == 0
 
 
+@pytest.mark.anyio
+async def test_execute_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
+    job = batchphone.Job(
+        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
+    )
+    # the dict execute once took: refused before anything is opened, the key never shown
+    plain = {"project_id": PROJECT, "base_url": "http://127.0.0.1:9", "management_key": KEY}
+    with pytest.raises(
+        UsageError, match=r"target: expected a batchphone\.config\.Endpoint"
+    ) as caught:
+        await batchphone.execute(job, Settings(), target=plain)  # type: ignore[arg-type]
+    assert KEY not in str(caught.value)
+    assert not (tmp_path / "r.csv.lock").exists()  # not even the lock was taken
+
+
 def test_emulator_settings_never_reach_the_settings_project(
     served: tuple[Emulator, str], samples: Path, tmp_path: Path
 ) -> None:

@@ -11,13 +11,12 @@ import anyio
 import pytest
 
 from batchphone.calls import Calls, Circuit, SlowDown, open_calls
-from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
 from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
 from batchphone.stop import Stop, Stopped
-from tests.emulated import KEY, PROJECT, make_emulator, phone_users, settings
+from tests.emulated import endpoint, make_emulator, phone_users, settings
 
 pytestmark = pytest.mark.anyio
 
@@ -166,8 +165,7 @@ def test_slow_down_lowers_the_budget_once_per_block() -> None:
 async def test_open_calls_builds_the_runs_stack_over_the_emulator() -> None:
     emulator = make_emulator(phone_users(1))
     stop = Stop()
-    target = {"project_id": PROJECT, "base_url": "http://x.invalid", "management_key": Secret(KEY)}
-    calls = open_calls(settings(), target, emulator.transport(), stop=stop)
+    calls = open_calls(settings(), endpoint(), emulator.transport(), stop=stop)
     try:
         attempted = await calls(lambda client: client.load_user("user0@example.com"))
     finally:

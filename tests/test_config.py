@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from batchphone.config import Secret, load_settings, parse_rate
+from batchphone.config import Endpoint, Secret, load_settings, parse_rate
 from batchphone.errors import UsageError
 
 
@@ -100,6 +100,17 @@ def test_secret_never_shows_itself() -> None:
     for text in (repr(secret), str(secret), f"{secret}", repr(settings), str(settings)):
         assert "K-very-secret" not in text
     assert secret.reveal() == "K-very-secret"
+
+
+def test_an_endpoint_never_shows_its_key_and_holds_it_only_as_a_secret() -> None:
+    endpoint = Endpoint("P2abc", "https://api.descope.com", Secret("K-very-secret"))
+    for text in (repr(endpoint), str(endpoint), f"{endpoint}"):
+        assert "K-very-secret" not in text and "P2abc" in text
+    assert endpoint.management_key.reveal() == "K-very-secret"
+    # the revealed key as a plain str (what a dict target used to carry) is refused, unnamed
+    with pytest.raises(TypeError, match=r"must be a batchphone\.Secret") as caught:
+        Endpoint("P2abc", "https://api.descope.com", "K-very-secret")  # type: ignore[arg-type]
+    assert "K-very-secret" not in str(caught.value)
 
 
 def test_missing_key_file_is_one_line(tmp_path: Path) -> None:

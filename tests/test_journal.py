@@ -10,15 +10,39 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from batchphone.errors import OutputError, ResumeError
-from batchphone.journal import Journal, RunLock, iter_records, journal_path, lock_path
-from batchphone.models import RowResult, Status
+from batchphone.journal import (
+    Journal,
+    RunIdentity,
+    RunLock,
+    iter_records,
+    journal_path,
+    lock_path,
+)
+from batchphone.models import Command, RowResult, Status
 
-IDENTITY = {"command": "run", "input_sha256": "abc", "project_id": "P1", "dry_run": False}
+IDENTITY = RunIdentity(
+    command=Command.RUN,
+    input_name="users.csv",
+    input_sha256="abc",
+    project_id="P1",
+    base_url="https://api.descope.com",
+    login_id_column="loginId",
+    phone_column="phone",
+    default_region=None,
+    verified=None,
+    allow_merge=False,
+    allow_remove=False,
+    dry_run=False,
+    no_lookup=False,
+    api="update",
+    batch_size=None,
+)
 
 
 def _result(row: int, status: Status = Status.UPDATED, attempts: int = 1) -> RowResult:
@@ -93,16 +117,16 @@ def test_another_runs_journal_is_refused(
     out = tmp_path / "results.csv"
     Journal.open(out, IDENTITY).close()
     with pytest.raises(ResumeError) as caught:
-        Journal.open(out, {**IDENTITY, **change})
+        Journal.open(out, replace(IDENTITY, **change))
     assert words in str(caught.value) and "--restart" in str(caught.value)
-    restarted = Journal.open(out, {**IDENTITY, **change}, restart=True)
+    restarted = Journal.open(out, replace(IDENTITY, **change), restart=True)
     assert not restarted.resumed and restarted.state.records == 0
     restarted.close()
 
 
 def test_dry_run_journal_is_replaced_by_a_real_run(tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
-    dry = Journal.open(out, {**IDENTITY, "dry_run": True})
+    dry = Journal.open(out, replace(IDENTITY, dry_run=True))
     dry.append(_result(1, Status.WOULD_UPDATE, attempts=0), ts=time.time(), urgent=True)
     dry.close()
     real = Journal.open(out, IDENTITY)
@@ -189,7 +213,7 @@ def test_a_symlink_for_the_lock_or_journal_is_refused_and_its_target_untouched(
 
 
 def _run_journal(out: Path, *, dry_run: bool = False, status: Status = Status.UPDATED) -> None:
-    journal = Journal.open(out, {**IDENTITY, "dry_run": dry_run, "input_name": "users.csv"})
+    journal = Journal.open(out, replace(IDENTITY, dry_run=dry_run))
     journal.append(_result(1, status, attempts=0 if dry_run else 1), ts=time.time(), urgent=True)
     journal.close()
     out.write_text("row,status\n1,updated\n")
@@ -202,11 +226,11 @@ def _digest(*paths: Path) -> list[str]:
 @pytest.mark.parametrize(
     "other",
     [
-        {"command": "validate", "dry_run": True},
-        {"command": "plan", "dry_run": True},
+        {"command": Command.VALIDATE, "dry_run": True},
+        {"command": Command.PLAN, "dry_run": True},
         {"dry_run": True},
         {"input_sha256": "other"},
-        {"command": "undo"},
+        {"command": Command.UNDO},
     ],
 )
 @pytest.mark.parametrize("replaceable", [True, False])
@@ -216,10 +240,13 @@ def test_a_journal_that_changed_users_is_never_replaced(
     out = tmp_path / "results.csv"
     _run_journal(out)
     before = _digest(out, journal_path(out))
-    identity = {**IDENTITY, "input_name": "users.csv", **other}
+    identity = replace(IDENTITY, **other)
     with pytest.raises(ResumeError) as caught:
         Journal.open(
-            out, identity, replaceable=replaceable, resume=other.get("command") != "validate"
+            out,
+            identity,
+            replaceable=replaceable,
+            resume=other.get("command") is not Command.VALIDATE,
         )
     message = str(caught.value)
     assert "\n" not in message
@@ -233,7 +260,7 @@ def test_a_journal_whose_calls_failed_is_kept_too(tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     _run_journal(out, status=Status.FAILED)  # a timeout may still have reached the user
     with pytest.raises(ResumeError, match="changed users"):
-        Journal.open(out, {**IDENTITY, "dry_run": True}, replaceable=True)
+        Journal.open(out, replace(IDENTITY, dry_run=True), replaceable=True)
 
 
 def test_restart_moves_a_journal_that_changed_users_aside(tmp_path: Path) -> None:
@@ -263,7 +290,9 @@ def test_restart_moves_a_journal_that_changed_users_aside(tmp_path: Path) -> Non
 def test_a_journal_that_changed_nothing_may_be_replaced(tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     _run_journal(out, dry_run=True, status=Status.WOULD_UPDATE)
-    plan = Journal.open(out, {**IDENTITY, "command": "plan", "dry_run": True}, replaceable=True)
+    plan = Journal.open(
+        out, replace(IDENTITY, command=Command.PLAN, dry_run=True), replaceable=True
+    )
     plan.close()
     assert plan.moved == () and not plan.resumed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.journal"]
@@ -272,6 +301,58 @@ def test_a_journal_that_changed_nothing_may_be_replaced(tmp_path: Path) -> None:
 def test_the_same_run_resumes_its_journal(tmp_path: Path) -> None:
     out = tmp_path / "results.csv"
     _run_journal(out)
-    resumed = Journal.open(out, {**IDENTITY, "input_name": "users.csv"})
+    resumed = Journal.open(out, IDENTITY)
+    assert resumed.resumed and resumed.state.is_final(1)
+    resumed.close()
+
+
+def _header(out: Path) -> dict[str, object]:
+    header: dict[str, object] = json.loads(journal_path(out).read_bytes().splitlines()[0])
+    return header
+
+
+def test_the_identity_is_stored_as_the_journal_header_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    identity = replace(IDENTITY, sheet="Sheet2", api="batch", batch_size=50)
+    journal = Journal.open(out, identity)
+    journal.append(_result(1), ts=time.time(), urgent=True)
+    journal.close()
+    stored = _header(out)["identity"]
+    assert isinstance(stored, dict) and RunIdentity.from_header(stored) == identity
+    assert stored == {
+        "command": "run",
+        "input_name": "users.csv",
+        "input_sha256": "abc",
+        "project_id": "P1",
+        "base_url": "https://api.descope.com",
+        "login_id_column": "loginId",
+        "phone_column": "phone",
+        "default_region": None,
+        "verified": None,
+        "allow_merge": False,
+        "allow_remove": False,
+        "dry_run": False,
+        "no_lookup": False,
+        "api": "batch",
+        "batch_size": 50,
+        "sheet": "Sheet2",
+    }
+    resumed = Journal.open(out, identity)
+    assert resumed.resumed and resumed.state.is_final(1)
+    resumed.close()
+    # the first sheet of the same workbook is another input: its journal is kept, not resumed
+    with pytest.raises(ResumeError, match=r"'run' of users.csv that changed users \(option sheet"):
+        Journal.open(out, replace(identity, sheet=None))
+
+
+def test_a_journal_from_before_the_sheet_option_still_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    # the header an older batchphone wrote: no "sheet" key at all
+    old = {key: value for key, value in IDENTITY.header().items() if key != "sheet"}
+    header = {"format": "batchphone-journal", "version": 1, "identity": old, "created": 1.0}
+    row = {**_result(1).to_record(), "ts": time.time()}
+    journal_path(out).write_text(json.dumps(header) + "\n" + json.dumps(row) + "\n")
+    assert "sheet" not in IDENTITY.header()  # unset: left out, as those journals have it
+    resumed = Journal.open(out, IDENTITY)
     assert resumed.resumed and resumed.state.is_final(1)
     resumed.close()

@@ -16,7 +16,7 @@ from batchphone.client import DescopeClient
 from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import PAGE, Lookup, LookupFailed
-from batchphone.models import Reason, Status
+from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop
@@ -111,11 +111,10 @@ async def test_retries_exhausted_fail_the_rows_of_that_search() -> None:
         with pytest.raises(LookupFailed) as caught:
             await lookup.by_login_id(["user1@example.com"])
         assert lookup.answered == 0 and lookup.calls.limiter.stats.calls == 3
-    fields = caught.value.fields
-    assert fields is not None
-    assert (fields["status"], fields["reason"]) == (Status.FAILED, Reason.RETRIES_EXHAUSTED)
-    assert fields["attempts"] == 3 and fields["http_status"] == 503
-    assert fields["error_message"].startswith("lookup failed: search users: HTTP 503")
+    failure = caught.value.failure
+    assert failure is not None and failure.reason is Reason.RETRIES_EXHAUSTED
+    assert failure.attempts == 3 and failure.http_status == 503
+    assert failure.error_message.startswith("lookup failed: search users: HTTP 503")
 
 
 async def test_a_4xx_is_not_retried() -> None:
@@ -129,9 +128,9 @@ async def test_a_4xx_is_not_retried() -> None:
         with pytest.raises(LookupFailed) as caught:
             await lookup.by_login_id(["x@example.com"])
     assert len(spy.bodies[SEARCH]) == 1
-    fields = caught.value.fields
-    assert fields is not None and fields["reason"] is Reason.REJECTED
-    assert fields["error_code"] == "E011004"
+    failure = caught.value.failure
+    assert failure is not None and failure.reason is Reason.REJECTED
+    assert failure.error_code == "E011004"
 
 
 async def test_a_wrong_key_is_fatal() -> None:
@@ -238,5 +237,5 @@ async def test_a_cancelled_read_leaves_its_rows_unjudged() -> None:
             await started.wait()
             assert stop.in_flight == 1
             stop.request(Reason.INTERRUPTED, hard=True)
-    assert len(outcome) == 1 and outcome[0].fields is None
+    assert len(outcome) == 1 and outcome[0].failure is None
     assert stop.in_flight == 0

@@ -19,7 +19,7 @@ import structlog
 from batchphone.config import Secret
 from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.errors import InputError
-from batchphone.journal import Journal, iter_records, journal_path
+from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
 from batchphone.runner import Job, execute
 from tests.emulated import (
@@ -479,7 +479,7 @@ async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
     made = sum(len(bodies) for bodies in spy.bodies.values())  # reads, retries, license
     lines = journal_path(out).read_bytes().splitlines()
     assert sum(1 for line in lines if line.startswith(b'{"call":')) == made == summary.requests
-    state = Journal.open(out, json.loads(lines[0])["identity"]).state
+    state = Journal.open(out, RunIdentity.from_header(json.loads(lines[0])["identity"])).state
     assert len(state.call_times) == made  # not only the 150 update rows
 
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
 from batchphone.calls import open_calls
 from batchphone.cli import main
-from batchphone.config import Secret
 from batchphone.emulator import load_users
 from batchphone.lookup import Lookup
 from batchphone.models import (
@@ -26,7 +26,6 @@ from batchphone.models import (
 from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.stop import Stop
 from tests.emulated import (
-    KEY,
     PATCH_BATCH,
     PROJECT,
     SEARCH,
@@ -34,6 +33,8 @@ from tests.emulated import (
     Spy,
     by_row,
     calls,
+    endpoint,
+    json_answer,
     make_emulator,
     read,
     run_job,
@@ -180,8 +181,7 @@ def test_budget_seconds_counts_whole_windows() -> None:
 async def test_the_screen_leaves_every_request_unsent_when_the_run_stops() -> None:
     emulator = make_emulator([])
     stop = Stop()
-    target = {"project_id": PROJECT, "base_url": "http://x.invalid", "management_key": Secret(KEY)}
-    stack = open_calls(settings(), target, emulator.transport(), stop=stop)
+    stack = open_calls(settings(), endpoint(), emulator.transport(), stop=stop)
     screen = Screen(ScreenRules(compare=True, guard=True), Lookup(stack), stop=stop)
     stop.request(Reason.INTERRUPTED)
     items = [
@@ -241,3 +241,31 @@ def test_plan_refuses_the_key_as_a_flag(samples: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--management-key is not accepted" in result.stderr and "K2x" not in result.stderr
+
+
+async def test_rows_whose_read_failed_carry_how_the_read_ended() -> None:
+    emulator = make_emulator([])
+
+    async def unavailable(request: httpx.Request) -> httpx.Response | None:
+        return json_answer(503, {"errorCode": "E000503", "errorMessage": "unavailable"})
+
+    stop = Stop()
+    stack = open_calls(settings(max_attempts=2), endpoint(), Spy(emulator, unavailable), stop=stop)
+    screen = Screen(ScreenRules(compare=True), Lookup(stack), stop=stop)
+    items = [
+        UpdateRequest(row=i, login_id=f"u{i}", phone="+14155550100", verified=True) for i in (1, 2)
+    ]
+    out = [item async for item in screen.screen(items)]
+    await stack.aclose()
+    assert all(isinstance(r, RowResult) for r in out)
+    assert [
+        (r.row, r.status, r.reason, r.http_status, r.error_code, r.attempts)
+        for r in out
+        if isinstance(r, RowResult)
+    ] == [
+        (1, Status.FAILED, Reason.RETRIES_EXHAUSTED, 503, "E000503", 2),
+        (2, Status.FAILED, Reason.RETRIES_EXHAUSTED, 503, "E000503", 2),
+    ]
+    messages = [r.error_message or "" for r in out if isinstance(r, RowResult)]
+    assert len(messages) == 2
+    assert all(m.startswith("lookup failed: search users: HTTP 503") for m in messages)

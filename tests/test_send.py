@@ -11,7 +11,6 @@ import pytest
 
 from batchphone.batch import BatchSender
 from batchphone.calls import Calls, open_calls
-from batchphone.config import Secret
 from batchphone.models import Reason, Status, UpdateRequest
 from batchphone.send import RowSender, fetch_license
 from batchphone.stop import Stop
@@ -19,9 +18,9 @@ from tests.emulated import (
     KEY,
     LICENSE,
     PATCH_BATCH,
-    PROJECT,
     UPDATE,
     Spy,
+    endpoint,
     json_answer,
     make_emulator,
     phone_users,
@@ -35,8 +34,7 @@ pytestmark = pytest.mark.anyio
 async def stack_over(
     transport: httpx.AsyncBaseTransport, stop: Stop, key: str = KEY, **overrides: Any
 ) -> AsyncIterator[Calls]:
-    target = {"project_id": PROJECT, "base_url": "http://x.invalid", "management_key": Secret(key)}
-    calls = open_calls(settings(**overrides), target, transport, stop=stop)
+    calls = open_calls(settings(**overrides), endpoint(key), transport, stop=stop)
     try:
         yield calls
     finally:
