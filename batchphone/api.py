@@ -11,7 +11,7 @@ A library call is quiet and explicit: it reads no ``config.toml`` and no ``BATCH
 ``settings=batchphone.load_settings()`` for that), installs no signal handler unless
 ``handle_signals=True``, configures no logging and prints nothing (see ``batchphone.logs``).
 
-Heavy modules (polars, httpx, the pipeline, even ``secrets`` and ``tempfile``) are imported
+Heavy modules (polars, httpx, the pipeline, even ``secrets``) are imported
 when a function is called, so that importing ``batchphone`` (and ``--help``) stays fast.
 """
 
@@ -352,18 +352,11 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
         settings = dataclasses.replace(
             settings, emulator=False, emulator_state=None, emulator_users=None
         )
-        if out is None:
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="batchphone-") as folder:
-                summary = _execute(
-                    command, input_path, Path(folder) / "report.csv", settings, None, job_options,
-                    progress, handle_signals,
-                )  # fmt: skip
-            return dataclasses.replace(summary, result_path=None)
+        # without ``out`` the rows are judged and counted, and nothing is written anywhere
         return _execute(
-            command, input_path, Path(out), settings, None, job_options, progress, handle_signals
-        )
+            command, input_path, None if out is None else Path(out), settings, None,
+            job_options, progress, handle_signals,
+        )  # fmt: skip
     if out is None:
         raise UsageError("out: the result file is required", setting="out")
     if command is Command.RUN and settings.dry_run and target is None:
@@ -445,7 +438,7 @@ def rehearsal(
 def _execute(
     command: Command,
     input_path: Path,
-    out: Path,
+    out: Path | None,
     settings: Settings,
     target: Target | None,
     job_options: dict[str, Any],

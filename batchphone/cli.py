@@ -287,7 +287,7 @@ def _run(
     settings = load_settings(flags, config_path=config_path)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
-    # without --out the report goes to a temporary folder: its path means nothing to the user
+    # without --out no file is written: there is no result path to show
     hide = ("result_path",) if out is None else ()
     configure_logging(settings.log_format, settings.quiet, hide=hide)
     target = None if command == "validate" else api.Target.from_settings(settings)
@@ -519,5 +519,5 @@ def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> 
 @_common_options
 def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
-    # without --out the report (and its journal) go to a folder deleted before the summary
+    # without --out nothing is written: the rows are judged and counted, the first 20 shown
     _execute("validate", input_path, out, flags)

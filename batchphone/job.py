@@ -34,6 +34,9 @@ log = get_logger()
 class Job:
     """What to do: ``command`` over ``input_path``, results to ``out_path``, and how to send.
 
+    ``out_path`` is ``None`` only for ``validate``: then nothing is written (the summary's
+    counts, and the rows a progress listener sees, are the report).
+
     ``command`` is a ``Command`` (``run``, ``validate``, ``plan`` or ``undo``, whose input is a
     result file); a string is taken only when it is one of them exactly (``"Validate"`` is
     refused: a typo must never run an update).
@@ -45,7 +48,7 @@ class Job:
 
     command: Command
     input_path: Path
-    out_path: Path
+    out_path: Path | None
     skip_unchanged: bool = False
     api: str = "update"
     batch_size: int = MAX_BATCH
@@ -57,7 +60,10 @@ class Job:
         except ValueError as exc:
             raise UsageError(str(exc), setting="command") from None
         object.__setattr__(self, "input_path", Path(self.input_path))
-        object.__setattr__(self, "out_path", Path(self.out_path))
+        if self.out_path is not None:
+            object.__setattr__(self, "out_path", Path(self.out_path))
+        elif self.command is not Command.VALIDATE:
+            raise UsageError("out: the result file is required", setting="out")
         if self.api not in ("update", "batch"):
             raise UsageError(f"api: expected update or batch, not {self.api!r}", setting="api")
         if not 1 <= self.batch_size <= MAX_BATCH:

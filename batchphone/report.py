@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -145,19 +146,27 @@ async def write_report(
     started: float,
     columns: Sequence[str] = RESULT_COLUMNS,
 ) -> Summary:
-    """Judge every row of ``source`` and write the result file; return the job's summary."""
+    """Judge every row of ``source`` and write the result file; return the job's summary.
+
+    Without an ``out_path`` (``validate`` without ``--out``) the rows are judged and counted,
+    and nothing is written anywhere.
+    """
     columns = settings.columns or columns  # --columns picks and orders them
-    journal = await anyio.to_thread.run_sync(
-        lambda: Journal.open(
-            job.out_path,
-            identity,
-            restart=settings.restart,
-            replaceable=True,
-            resume=False,  # nothing to resume; a record of changes is refused, never replaced
+    out_path = job.out_path
+    moved: tuple[Path, ...] = ()
+    if out_path is not None:
+        journal = await anyio.to_thread.run_sync(
+            lambda: Journal.open(
+                out_path,
+                identity,
+                restart=settings.restart,
+                replaceable=True,
+                resume=False,  # nothing to resume; a record of changes is refused, never replaced
+            )
         )
-    )
-    journal.close()
-    journal.path.unlink(missing_ok=True)
+        journal.close()
+        journal.path.unlink(missing_ok=True)
+        moved = tuple(journal.moved)
     limit = settings.limit
     repeated = await anyio.to_thread.run_sync(source.repeated_login_ids, limit)
     total = await anyio.to_thread.run_sync(source.count_rows, limit)
@@ -198,9 +207,7 @@ async def write_report(
             if handle_signals and threading.current_thread() is threading.main_thread():
                 group.start_soon(_watch_signals, stop)
             with contextlib.suppress(_Stopped):
-                await anyio.to_thread.run_sync(
-                    lambda: write_rows(rows, job.out_path, columns=columns)
-                )
+                await anyio.to_thread.run_sync(_write_or_count, rows, out_path, columns)
                 written = True
             group.cancel_scope.cancel()
     finally:
@@ -216,12 +223,19 @@ async def write_report(
         rate_limited=0,
         elapsed_s=time.monotonic() - started,
         exit_code=exit_code if written else _EXIT_INTERRUPTED,
-        result_path=str(job.out_path) if written else None,
+        result_path=str(out_path) if written and out_path is not None else None,
         stopped_reason=None if written else "interrupted",
-        moved_aside=tuple(str(path) for path in journal.moved),
+        moved_aside=tuple(str(path) for path in moved),
     )
     log.info("run_finished", **summary.to_json())
     return summary
+
+
+def _write_or_count(rows: Iterator[Values], out_path: Path | None, columns: Sequence[str]) -> None:
+    if out_path is None:
+        collections.deque(rows, maxlen=0)  # judged and counted (on_batch), written nowhere
+    else:
+        write_rows(rows, out_path, columns=columns)
 
 
 def _advance(progress: Progress, results: list[RowResult]) -> None:

@@ -480,7 +480,8 @@ async def execute(
     needs_api = mode in (Mode.RUN, Mode.PLAN)
     if target is None and needs_api:
         target = _target(settings)
-    await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
+    if job.out_path is not None:
+        await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
     source: InputSource | UndoSource
     if job.command is Command.UNDO:
         source = await anyio.to_thread.run_sync(open_results, job.input_path)
@@ -493,6 +494,18 @@ async def execute(
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)
+    if job.out_path is None:  # validate without a report file: no file to lock, nothing written
+        assert isinstance(source, InputSource)
+        return await write_report(
+            job,
+            settings,
+            source,
+            identity,
+            mode,
+            progress,
+            handle_signals=handle_signals,
+            started=started,
+        )
     lock = RunLock(job.out_path)
     await anyio.to_thread.run_sync(lock.acquire)
     try:
@@ -536,8 +549,10 @@ async def _execute_locked(
             handle_signals=handle_signals,
             started=started,
         )
+    out_path = job.out_path
+    assert out_path is not None  # only a validate goes without one, and it went to write_report
     journal = Journal.open(
-        job.out_path,
+        out_path,
         identity,
         restart=settings.restart,
         replaceable=mode is not Mode.RUN,
@@ -602,7 +617,7 @@ async def _execute_locked(
             recorder.journal_open = False
             journal.close()
             unreached = _Unreached(source, settings, journal, total, stop.reason)
-            await anyio.to_thread.run_sync(_write, job.out_path, journal, total, unreached, columns)
+            await anyio.to_thread.run_sync(_write, out_path, journal, total, unreached, columns)
             progress.close()
     counts = _counts(journal, total)
     planned: int | None = None
@@ -619,7 +634,7 @@ async def _execute_locked(
         rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
         exit_code=_exit_code(counts, stop),
-        result_path=str(job.out_path),
+        result_path=str(out_path),
         resumed_rows=done,
         stopped_reason=stop.fatal.message
         if stop.fatal

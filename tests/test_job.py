@@ -45,6 +45,13 @@ def test_a_bad_option_is_refused_when_the_job_is_made(
     assert str(caught.value) == message and caught.value.setting == setting
 
 
+@pytest.mark.parametrize("command", ["run", "plan", "undo"])
+def test_only_a_validate_goes_without_a_result_file(command: str) -> None:
+    with pytest.raises(UsageError, match="out: the result file is required"):
+        Job(command, Path("in.csv"), None)  # type: ignore[arg-type]
+    assert Job("validate", Path("in.csv"), None).out_path is None  # type: ignore[arg-type]
+
+
 # -- job_mode ------------------------------------------------------------------------------
 
 

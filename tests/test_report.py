@@ -261,3 +261,35 @@ def test_ctrl_c_stops_a_validate_at_once_and_keeps_the_earlier_result(tmp_path: 
         "report.csv",
         "report.csv.lock",
     ]
+
+
+def test_validate_without_out_creates_no_file_or_folder_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows hold personal data: a validate with no report file must not write one, not even a
+    temporary one that is deleted afterwards."""
+    import os
+
+    import batchphone
+
+    source = tmp_path / "in.csv"
+    pl.DataFrame(ROWS).write_csv(source)
+    created: list[str] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def spy_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            created.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def spy_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        created.append(str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy_open)
+    monkeypatch.setattr(os, "mkdir", spy_mkdir)
+    summary = batchphone.validate(source, default_region="US")
+    assert created == []
+    assert summary.result_path is None and summary.input_rows == len(ROWS)
+    assert summary.counts["valid"] >= 2 and summary.counts["invalid"] >= 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
