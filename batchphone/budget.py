@@ -217,7 +217,7 @@ class FileBudget:
         project_id: str,
         *,
         period: float,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         heartbeat: bool = True,
     ) -> None:
         try:
@@ -229,7 +229,8 @@ class FileBudget:
         name = _store_name(project_id)
         self.path = directory / f"{name}.json"
         self._lock = FileLock(str(directory / f"{name}.lock"), mode=0o600)
-        self._clock = clock
+        # ``time.time`` looked up now, not when this module was imported (tests move it)
+        self._clock = clock if clock is not None else time.time
         self.run = uuid.uuid4().hex
         interval = _heartbeat_interval(period)
         self.stale = 3 * interval

@@ -127,10 +127,10 @@ class SlowDown:
     def __init__(self, limiter: RateLimiter, progress: Progress | None = None) -> None:
         self.limiter = limiter
         self.progress = progress or NullProgress()
-        self._paused_until = 0.0
+        self._paused_until = float("-inf")
 
     def __call__(self, retry_after: float) -> None:
-        now = time.monotonic()
+        now = self.limiter.clock.now()  # the clock of the limiter's pause
         if now >= self._paused_until:  # a new block, not one more answer from the same one
             calls = self.limiter.slow_down(_SLOW_DOWN)
             log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)

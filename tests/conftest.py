@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batchphone.budget import STATE_DIR_ENV
+from tests.virtual import VirtualClock, install, virtual_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -25,9 +27,21 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 
 
 @pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs under asyncio and trio."""
-    return str(request.param)
+def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
+    """Every async test runs under asyncio and trio; on virtual time if marked ``virtual_time``
+    (see tests/virtual.py)."""
+    name = str(request.param)
+    if request.node.get_closest_marker("virtual_time") is None:
+        return name
+    clock: VirtualClock = request.getfixturevalue("virtual_clock")
+    install(request.getfixturevalue("monkeypatch"), clock)
+    return virtual_backend(name, clock)
+
+
+@pytest.fixture
+def virtual_clock() -> VirtualClock:
+    """The clock of a ``virtual_time`` test's loop, readable outside it (an emulator's clock)."""
+    return VirtualClock()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ Every run goes to an in-process emulator (``Emulator(...).transport()``): no soc
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -35,10 +36,13 @@ def new_phones(count: int) -> list[tuple[str, str]]:
     return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
 
 
-def make_emulator(users: list[dict[str, Any]], **project: Any) -> Emulator:
-    """One project holding ``users``."""
+def make_emulator(
+    users: list[dict[str, Any]], clock: Callable[[], float] = time.monotonic, **project: Any
+) -> Emulator:
+    """One project holding ``users``; on a virtual-time loop, pass ``clock=virtual_clock.now``."""
     return Emulator(
-        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users, **project)]
+        projects=[ProjectSettings(project_id=PROJECT, management_key=KEY, users=users, **project)],
+        clock=clock,
     )
 
 

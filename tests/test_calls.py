@@ -149,7 +149,8 @@ def test_the_circuit_leaves_a_fatal_stop_alone() -> None:
 
 
 def test_slow_down_lowers_the_budget_once_per_block() -> None:
-    limiter = RateLimiter(100, 1.0)
+    clock = FakeClock()
+    limiter = RateLimiter(100, 1.0, clock=clock)
     paused: list[float] = []
 
     class Progress:
@@ -158,8 +159,12 @@ def test_slow_down_lowers_the_budget_once_per_block() -> None:
 
     slow = SlowDown(limiter, Progress())  # type: ignore[arg-type]
     slow(30.0)
+    clock.t = 29.0
     slow(30.0)  # one more answer from the same block
     assert limiter.calls == 90 and paused == [30.0]
+    clock.t = 60.0  # the limiter's clock says the block is over: a 429 now is a new block
+    slow(30.0)
+    assert limiter.calls == 81 and paused == [30.0, 30.0]
 
 
 async def test_open_calls_builds_the_runs_stack_over_the_emulator() -> None:

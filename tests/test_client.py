@@ -22,7 +22,7 @@ from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, T
 from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
-from tests.test_ratelimit import virtual_backend
+from tests.virtual import virtual_backend
 
 pytestmark = pytest.mark.anyio
 

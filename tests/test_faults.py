@@ -13,6 +13,7 @@ import pytest
 from batchphone.emulator import Emulator, Faults
 from batchphone.journal import iter_records, journal_path
 from tests.test_runner import PROJECT, UPDATE, make_emulator, read, run, update_calls
+from tests.virtual import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -26,13 +27,18 @@ def users_and_input(tmp_path: Path, n: int) -> tuple[list[dict[str, Any]], Path]
     return users, source
 
 
-async def test_fault_matrix_every_row_ends_updated(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+async def test_fault_matrix_every_row_ends_updated(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
     users, source = users_and_input(tmp_path, 150)
-    emulator = make_emulator(users, rate_limit=1000, rate_window=1.0, penalty=0.5)
+    emulator = make_emulator(
+        users, clock=virtual_clock.now, rate_limit=1000, rate_window=60.0, penalty=30.0
+    )
     emulator.set_faults(
         Faults(
             seed=11,
-            latency=0.002,
+            latency=0.1,
             error_503=0.10,
             drop=0.05,
             timeout=0.02,
@@ -40,18 +46,17 @@ async def test_fault_matrix_every_row_ends_updated(tmp_path: Path) -> None:
             html_502=0.02,
             error_520=0.02,
             error_524=0.01,
-            timeout_delay=5.0,
         )
     )
     out = tmp_path / "r.csv"
 
     async def block_in_the_middle() -> None:
-        await anyio.sleep(0.15)
-        emulator.block(PROJECT, 0.5)
+        await anyio.sleep(1.0)  # 150 rows at 8 in flight and 100 ms each take 2 s at least
+        emulator.block(PROJECT, 30.0)
 
     async with anyio.create_task_group() as group:
         group.start_soon(block_in_the_middle)
-        summary = await run(emulator, source, out, max_attempts=15, timeout=0.2, concurrency=8)
+        summary = await run(emulator, source, out, max_attempts=15, timeout=5.0, concurrency=8)
     rows = read(out)
     assert summary.counts == {"updated": 150}
     assert [int(r["row"]) for r in rows] == list(range(1, 151))
@@ -120,13 +125,20 @@ async def test_403_stops_at_once_naming_the_permission(tmp_path: Path) -> None:
     assert update_calls(emulator) == 0
 
 
-async def test_restarted_run_does_not_burst_into_a_spent_budget(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+async def test_restarted_run_does_not_burst_into_a_spent_budget(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
     users, source = users_and_input(tmp_path, 40)
-    emulator = make_emulator(users, rate_limit=20, rate_window=1.0, penalty=1.0)
+    emulator = make_emulator(
+        users, clock=virtual_clock.now, rate_limit=20, rate_window=60.0, penalty=60.0
+    )
     out = tmp_path / "r.csv"
-    await run(emulator, source, out, limit=20, rate_calls=20, rate_period=1.0)
-    # immediately: without seeding from the journal, 20 more calls would go out at once
-    summary = await run(emulator, source, out, rate_calls=20, rate_period=1.0)
+    # the license handshake and 19 updates spend the whole window at once
+    await run(emulator, source, out, limit=19, rate_calls=20, rate_period=60.0)
+    assert emulator.stats(PROJECT).max_window_calls == 19
+    # immediately: without seeding from the journal, 19 more updates would go out at once
+    summary = await run(emulator, source, out, rate_calls=20, rate_period=60.0)
     stats = emulator.stats(PROJECT)
     assert summary.counts == {"updated": 40}
     assert stats.rate_limited == 0
@@ -145,11 +157,16 @@ def sample_emulator(tmp_path: Path) -> Emulator:
     return make_emulator([{"loginId": "user0@example.com"}])
 
 
-async def test_blocks_make_the_run_settle_below_the_real_budget(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+async def test_blocks_make_the_run_settle_below_the_real_budget(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
     """The user's --rate is above the project's real budget: each block costs 10% of the rate."""
     users, source = users_and_input(tmp_path, 90)
-    emulator = make_emulator(users, rate_limit=20, rate_window=0.5, penalty=0.3)
-    summary = await run(emulator, source, tmp_path / "r.csv", rate_calls=24, rate_period=0.5)
+    emulator = make_emulator(
+        users, clock=virtual_clock.now, rate_limit=20, rate_window=60.0, penalty=60.0
+    )
+    summary = await run(emulator, source, tmp_path / "r.csv", rate_calls=24, rate_period=60.0)
     stats = emulator.stats(PROJECT)
     assert summary.counts == {"updated": 90}
     assert 1 <= stats.blocks <= 3  # 24 -> 21 -> 18: below 20, no more blocks

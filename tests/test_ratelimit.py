@@ -1,16 +1,13 @@
 """The limiter under virtual time: slots freed a window after the answer, FIFO, pauses, seeding.
 
-Every async test here runs on an event loop whose clock only moves when all tasks wait
-(trio's ``MockClock(autojump_threshold=0)``, and ``VirtualTimeLoop`` below for asyncio), so
-minutes of limiter time pass in milliseconds and every start time is exact.
+Every async test here runs on virtual time (tests/virtual.py): the loop's clock only moves when
+all tasks wait, so minutes of limiter time pass in milliseconds and every start time is exact.
 """
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import itertools
-from typing import Any
 
 import anyio
 import pytest
@@ -18,48 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchphone.ratelimit import DEFAULT_MARGIN, RateLimiter, SystemClock
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop whose time jumps to the next timer whenever no task can run.
-
-    The asyncio twin of trio's ``MockClock(autojump_threshold=0)``: ``select`` with a
-    timeout is polled without blocking and the virtual clock is moved by the timeout instead.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._virtual_now = 0.0
-        select = self._selector.select  # type: ignore[attr-defined]
-
-        def virtual_select(timeout: float | None = None) -> Any:
-            events = select(0)
-            if events or timeout == 0:
-                return events
-            if timeout is None:  # no timer at all: only real I/O can wake the loop
-                return select(None)
-            self._virtual_now += timeout
-            return events
-
-        self._selector.select = virtual_select  # type: ignore[attr-defined]
-
-    def time(self) -> float:
-        return self._virtual_now
-
-
-def virtual_backend(name: str) -> tuple[str, dict[str, Any]]:
-    """An anyio backend spec running on virtual time."""
-    if name == "trio":
-        from trio.testing import MockClock
-
-        return "trio", {"clock": MockClock(autojump_threshold=0)}
-    return "asyncio", {"loop_factory": VirtualTimeLoop}
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Both anyio backends, each on virtual time."""
-    return virtual_backend(str(request.param))
 
 
 class RecordingClock(SystemClock):
@@ -112,7 +67,7 @@ async def run_acquirers(limiter: RateLimiter, n: int, latency: float = 0.0) -> l
     return [t for t in times if t is not None]
 
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 
 def test_max_in_any_window_counts_half_open_windows() -> None:

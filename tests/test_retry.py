@@ -14,17 +14,11 @@ from batchphone.calls import call_with_retry
 from batchphone.errors import FatalRemoteError, RateLimitedError, TransientError
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
-from tests.test_ratelimit import RecordingClock, virtual_backend
+from tests.test_ratelimit import RecordingClock
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 NO_JITTER = RetryPolicy(wait_initial=0.5, wait_max=30.0, wait_jitter=0.0)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Both anyio backends, each on virtual time."""
-    return virtual_backend(str(request.param))
 
 
 class Script:

@@ -38,6 +38,7 @@ from tests.emulated import (
     settings,
     write_input,
 )
+from tests.virtual import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -242,10 +243,15 @@ async def test_resume_sends_only_what_is_left(
     assert update_calls(emulator) == 13 and again.requests <= 1  # the license handshake only
 
 
-async def test_budget_is_never_exceeded_at_a_scaled_limit(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+async def test_budget_is_never_exceeded_at_a_scaled_limit(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
     """Two runs on one project at once take their calls from one shared budget file."""
     users = [{"loginId": f"user{i}@example.com"} for i in range(70)]
-    emulator = make_emulator(users, rate_limit=20, rate_window=1.0, penalty=1.0)
+    emulator = make_emulator(
+        users, clock=virtual_clock.now, rate_limit=20, rate_window=60.0, penalty=60.0
+    )
     sources = [tmp_path / "a.csv", tmp_path / "b.csv"]
     for half, source in enumerate(sources):
         pl.DataFrame(
@@ -257,7 +263,7 @@ async def test_budget_is_never_exceeded_at_a_scaled_limit(tmp_path: Path) -> Non
     summaries: list[Summary] = []
 
     async def one(source: Path) -> None:
-        options = {"rate_calls": 20, "rate_period": 1.0, "concurrency": 16}
+        options = {"rate_calls": 20, "rate_period": 60.0, "concurrency": 16}
         out = source.with_suffix(".out.csv")
         summaries.append(await run(emulator, source, out, budget_store="file", **options))
 
@@ -270,10 +276,15 @@ async def test_budget_is_never_exceeded_at_a_scaled_limit(tmp_path: Path) -> Non
     assert stats.max_window_calls <= 20
 
 
-async def test_a_block_mid_run_pauses_without_failing_rows(tmp_path: Path) -> None:
+@pytest.mark.virtual_time
+async def test_a_block_mid_run_pauses_without_failing_rows(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
     users = [{"loginId": f"user{i}@example.com"} for i in range(30)]
-    emulator = make_emulator(users, rate_limit=1000, rate_window=1.0, penalty=1.0)
-    emulator.block(PROJECT, 1.0)
+    emulator = make_emulator(
+        users, clock=virtual_clock.now, rate_limit=1000, rate_window=60.0, penalty=60.0
+    )
+    emulator.block(PROJECT, 60.0)
     source = tmp_path / "in.csv"
     pl.DataFrame(
         {"loginId": [u["loginId"] for u in users], "phone": [f"+1415555{i:04d}" for i in range(30)]}
@@ -483,15 +494,16 @@ async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
     assert len(state.call_times) == made  # not only the 150 update rows
 
 
+@pytest.mark.virtual_time
 async def test_a_429_on_the_license_pauses_the_pool_and_counts(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(3))
     times: dict[str, list[float]] = {}
 
     async def license_blocked(request: httpx.Request) -> httpx.Response | None:
-        times.setdefault(request.url.path, []).append(time.monotonic())
+        times.setdefault(request.url.path, []).append(anyio.current_time())
         if request.url.path == LICENSE and len(times[LICENSE]) == 1:
             answer = json_answer(429, {"errorCode": "E130429", "errorMessage": "rate limited"})
-            answer.headers["Retry-After"] = "0.3"
+            answer.headers["Retry-After"] = "30"
             return answer
         return None
 
@@ -499,7 +511,7 @@ async def test_a_429_on_the_license_pauses_the_pool_and_counts(tmp_path: Path) -
     summary = await run(emulator, source, tmp_path / "r.csv", Spy(emulator, license_blocked))
     assert summary.counts == {"updated": 3} and summary.rate_limited == 1
     assert len(times[LICENSE]) == 2
-    assert min(times[UPDATE]) - times[LICENSE][0] >= 0.25  # the pool waited out the pause
+    assert min(times[UPDATE]) - times[LICENSE][0] >= 30  # the pool waited out the pause
 
 
 # -- logs carry no personal data ---------------------------------------------------------------

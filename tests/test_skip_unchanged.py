@@ -30,6 +30,7 @@ from tests.emulated import (
     settings,
     write_input,
 )
+from tests.virtual import VirtualClock
 
 pytestmark = pytest.mark.anyio
 
@@ -293,9 +294,14 @@ async def test_reads_that_keep_failing_open_the_circuit(tmp_path: Path) -> None:
     )
 
 
-async def test_a_429_during_the_reads_pauses_and_every_row_still_ends(tmp_path: Path) -> None:
-    emulator = make_emulator(phone_users(120), rate_limit=1000, rate_window=1.0, penalty=1.0)
-    emulator.block(PROJECT, 1.0)
+@pytest.mark.virtual_time
+async def test_a_429_during_the_reads_pauses_and_every_row_still_ends(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    emulator = make_emulator(
+        phone_users(120), clock=virtual_clock.now, rate_limit=1000, rate_window=60.0, penalty=60.0
+    )
+    emulator.block(PROJECT, 60.0)
     source = write_input(tmp_path / "in.csv", sync_rows(120, {3, 110}), ["true"] * 120)
     out = tmp_path / "r.csv"
     summary = await execute(

@@ -13,18 +13,11 @@ from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop, Stopped
-from tests.test_ratelimit import virtual_backend
 from tests.test_retry import Script, limited, transient
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
 
 POLICY = RetryPolicy(wait_initial=30.0, wait_max=30.0, wait_jitter=0.0)
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Both anyio backends, each on virtual time."""
-    return virtual_backend(str(request.param))
 
 
 async def stopped_after(
