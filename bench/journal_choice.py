@@ -199,6 +199,28 @@ def append_rows(fmt: str, out: Path, rows: int, per_call: int) -> tuple[float, P
     return spent, sink.path
 
 
+def wal_pages_per_commit(workdir: Path, per_call: int) -> float:
+    """WAL pages (frames) one answered call's commit writes, from a fresh sqlite journal.
+
+    With ``synchronous=NORMAL`` the WAL is synced only at a checkpoint, every 1,000 pages: this
+    tells how many rows a power cut may roll back. Measured below the first checkpoint.
+    """
+    sink = _Sqlite(workdir / f"wal-{per_call}.csv")
+    calls = 300 if per_call == 1 else 30
+    try:
+        for call in range(calls):
+            first = call * per_call + 1
+            sink.call([result(row) for row in range(first, first + per_call)], time.time())
+        wal = sink.path.with_name(sink.path.name + "-wal")
+        page = sink.journal.db.execute("PRAGMA page_size").fetchone()[0]
+        frames = (wal.stat().st_size - 32) / (page + 24)  # WAL header, frame header + page
+    finally:
+        sink.close()
+        for path in _sqlite_files(sink.path):
+            path.unlink(missing_ok=True)
+    return float(frames / calls)
+
+
 # --- kill -9 -----------------------------------------------------------------------------------
 
 
@@ -451,6 +473,19 @@ def journal_choice(bench: Bench) -> None:
                     note=f"fastest of {runs} s appending; journal {sizes[fmt]:,.0f} MB",
                 )
             )
+            if fmt == "sqlite" and rows == small:
+                pages = wal_pages_per_commit(work, per_call)
+                bench.add(
+                    Row(
+                        scenario,
+                        _NAMES[fmt, per_call],
+                        "WAL pages per commit",
+                        pages,
+                        unit="pages",
+                        note=f"synced at a checkpoint, every 1,000 pages: about every "
+                        f"{1000 / pages * per_call:,.0f} rows (what a power cut may roll back)",
+                    )
+                )
             bench.add(
                 Row(
                     scenario,

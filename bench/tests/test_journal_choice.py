@@ -50,6 +50,10 @@ def test_the_scenario_at_a_tiny_size_has_its_rows_and_loses_nothing(tmp_path: Pa
         for size, tool in appended
         for figure in ("µs / answered row", "share of a row's budget")
     }
+    expected |= {
+        ("11 journal append 200 rows", tool, "WAL pages per commit")
+        for tool in ("sqlite WAL, commit per row", "sqlite WAL, commit per call (100 rows)")
+    }
     kills = ("JSONL Journal", "sqlite WAL, commit per row", "control: JSONL, urgent=False")
     expected |= {("11 journal kill -9", tool, "acknowledged rows lost") for tool in kills}
     expected |= {
