@@ -70,19 +70,22 @@ def test_the_scenario_at_a_tiny_size_has_its_rows_and_loses_nothing(tmp_path: Pa
         ("11 journal write CSV 1,000 rows", "both", "byte-identical result files"),
         ("11 journal validate", "batchphone validate", "journal records written"),
     }
-    assert set(table) == expected
+    assert set(table) == expected, set(table) ^ expected
     for tool in kills[:2]:
         killed = table["11 journal kill -9", tool, "acknowledged rows lost"]
         assert killed.value == 0 and killed.met is True, killed
         acknowledged = re.search(r"([\d,]+) rows acknowledged", killed.note)
-        assert acknowledged and int(acknowledged[1].replace(",", "")) > 0  # appended, then killed
+        # the child appended before it was killed
+        assert acknowledged and int(acknowledged[1].replace(",", "")) > 0, killed
     # the control lost rows: the kill test can see a loss
-    assert table["11 journal kill -9", kills[2], "acknowledged rows lost"].met is True
+    control = table["11 journal kill -9", kills[2], "acknowledged rows lost"]
+    assert control.met is True, control
     missed = [row for row in bench.rows if row.met is False]
-    assert not missed
-    assert table["11 journal validate", "batchphone validate", "journal records written"].value == 0
+    assert not missed, missed
+    validated = table["11 journal validate", "batchphone validate", "journal records written"]
+    assert validated.value == 0, validated
     resumed = table["11 journal resume 1,000 records", "JSONL Journal.open", "open + resume state"]
-    assert "1,000 final rows, 10 call times" in resumed.note
+    assert "1,000 final rows, 10 call times" in resumed.note, resumed
     # nothing big is left behind in the work directory
     assert not list((tmp_path / "journal").glob("append-*"))
     assert not list((tmp_path / "journal").glob("result-*"))
