@@ -46,6 +46,14 @@ class Plan:
     # scenario 7: per-row mode runs on budget_rows; batch mode on enough rows (100 per call)
     # to last several windows of the budget
     batch_rows: int = 20_000
+    # scenario 11: answered rows appended (per-row mode at the first size, batch mode at
+    # both; resume and write at the second), kill -9 rounds per format, validate's rows
+    journal_rows: tuple[int, int] = (100_000, 1_000_000)
+    journal_repeats: int = 2  # appends of the smaller size, in turn, fastest kept
+    journal_kills: int = 10
+    journal_kill_s: float = 0.4  # a child is killed up to this long after its first ack
+    journal_seed: int = 11
+    journal_validate_rows: int = 2_000
 
 
 FULL = Plan()
@@ -59,6 +67,9 @@ QUICK = Plan(
     startup_repeats=5,
     profile_rows=2_000,
     batch_rows=10_000,
+    journal_rows=(20_000, 200_000),
+    journal_repeats=2,
+    journal_kills=5,
 )
 
 

@@ -1,4 +1,5 @@
-"""Scenarios 1-6 (issue 5), 7 (``bench.batch_mode``), 8-9 (``bench.shared_budget``).
+"""Scenarios 1-6 (issue 5), 7 (``bench.batch_mode``), 8-9 (``bench.shared_budget``), 10
+(``bench.lookups``), 11 (``bench.journal_choice``).
 
 API scenarios start a fresh emulator per measurement (no budget window, block or request log
 leaks between tools); baselines get batchphone's inputs, concurrency and emulator settings.
@@ -17,6 +18,7 @@ from bench import data
 from bench.batch_mode import batch_vs_per_row
 from bench.context import NO_LIMIT, Bench
 from bench.harness import ApiLog, measure
+from bench.journal_choice import journal_choice
 from bench.lookups import lookup_cost
 from bench.report import Row
 from bench.shared_budget import jitter, shared
@@ -420,4 +422,5 @@ SCENARIOS = {
     "lookups": lookup_cost,
     "jitter": jitter,
     "shared": shared,
+    "journal": journal_choice,
 }
