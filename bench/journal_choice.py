@@ -28,6 +28,7 @@ and the before-image columns, about 800 bytes) the way the runner feeds them:
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
 import json
 import random
@@ -44,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 # the kill -9 and reopen children import this module: only what they need is imported here
-from batchphone.journal import Journal, iter_records, journal_path
-from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS, RowResult, Status
+from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
+from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS, Command, RowResult, Status
 from bench import data
 from bench.sqlite_journal import SqliteJournal
 
@@ -69,7 +70,24 @@ __all__ = [
 #: The result columns of a ``run`` that looked users up (the default).
 COLUMNS = (*RESULT_COLUMNS, *LOOKUP_COLUMNS)
 #: The run the bench's journals belong to (a run that changed users: resumed, never replaced).
-IDENTITY = {"command": "run", "input_name": "bench.csv", "dry_run": False, "bench": "journal"}
+IDENTITY = RunIdentity(
+    command=Command.RUN,
+    input_name="bench.csv",
+    input_sha256="0" * 64,
+    project_id="P2benchJournal",
+    base_url="http://127.0.0.1",
+    login_id_column="loginId",
+    phone_column="phone",
+    default_region=None,
+    verified=None,
+    allow_merge=False,
+    allow_remove=False,
+    dry_run=False,
+    no_lookup=False,
+    api="update",
+    batch_size=None,
+)
+DRY_IDENTITY = dataclasses.replace(IDENTITY, dry_run=True)
 BUDGET_CALLS, BUDGET_WINDOW_S = 500, 60.0
 #: Rows per call in batch mode (``--batch-size`` default).
 BATCH_ROWS = 100
@@ -152,7 +170,7 @@ class _Sqlite:
         self.path = sqlite_path(out)
         for stale in _sqlite_files(self.path):
             stale.unlink(missing_ok=True)
-        self.journal = SqliteJournal(self.path, COLUMNS, IDENTITY)
+        self.journal = SqliteJournal(self.path, COLUMNS, IDENTITY.header())
 
     def call(self, results: list[RowResult], ts: float) -> None:
         self.journal.append_call(ts)
@@ -259,7 +277,7 @@ def _present(fmt: str, out: Path) -> tuple[set[int], bool]:
         journal.close()
         found = {row for row in range(len(state.statuses)) if state.status(row) is Status.UPDATED}
         return found, torn
-    journal = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY)
+    journal = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY.header())
     try:
         found = {row for (row,) in journal.db.execute("SELECT row FROM results")}
     finally:
@@ -334,7 +352,7 @@ def _child_reopen(fmt: str, out: Path, result_path: Path, total: int) -> dict[st
         doc["resume_s"] = time.perf_counter() - began
         journal.close()
     else:
-        sqlite = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY)
+        sqlite = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY.header())
         state = sqlite.state()
         doc["resume_s"] = time.perf_counter() - began
     doc["resume_cpu_s"] = _cpu_s() - cpu
@@ -406,12 +424,12 @@ def _open_cost(workdir: Path, repeats: int = 15) -> tuple[float, float]:
     jsonl, sqlite = [], []
     for _ in range(repeats):
         began = time.perf_counter()
-        journal = Journal.open(out, {**IDENTITY, "dry_run": True}, replaceable=True, resume=False)
+        journal = Journal.open(out, DRY_IDENTITY, replaceable=True, resume=False)
         journal.close()
         journal.path.unlink()
         jsonl.append(time.perf_counter() - began)
         began = time.perf_counter()
-        db = SqliteJournal(sqlite_path(out), COLUMNS, {**IDENTITY, "dry_run": True})
+        db = SqliteJournal(sqlite_path(out), COLUMNS, DRY_IDENTITY.header())
         db.close()
         for path in _sqlite_files(db.path):
             path.unlink(missing_ok=True)

@@ -110,7 +110,7 @@ def test_sqlite_keeps_the_last_record_of_a_row_and_writes_what_the_jsonl_path_wr
     order = [result(1), result(2), failed, result(4), result(5), result(3), result(6)]
     out = tmp_path / "r.csv"
     journal = Journal.open(out, IDENTITY)
-    sqlite = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY)
+    sqlite = SqliteJournal(sqlite_path(out), COLUMNS, IDENTITY.header())
     for one in order:
         journal.append(one, ts=1.0, urgent=True)
         sqlite.append(one, ts=1.0)
