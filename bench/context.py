@@ -54,6 +54,8 @@ class Plan:
     journal_kill_s: float = 0.4  # a child is killed up to this long after its first ack
     journal_seed: int = 11
     journal_validate_rows: int = 2_000
+    # scenario 8: runs per mode under arrival jitter (a 429 is rare: more runs, more chances)
+    jitter_runs: int = 10
 
 
 FULL = Plan()
@@ -70,6 +72,7 @@ QUICK = Plan(
     journal_rows=(20_000, 200_000),
     journal_repeats=2,
     journal_kills=5,
+    jitter_runs=3,
 )
 
 

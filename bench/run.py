@@ -1,7 +1,7 @@
 """The one bench command: every scenario, baselines included, then results.md and results.png.
 
-    python -m bench.run            # full run (< 10 min on 2 cores), writes bench/results.*
-    python -m bench.run --quick    # smaller sizes (< 3 min), same figures
+    python -m bench.run            # full run (about 16 min on 2 cores), writes bench/results.*
+    python -m bench.run --quick    # smaller sizes (about 6 min), same figures
     python -m bench.run --only budget,cpu --out /tmp/bench   # a subset, elsewhere
 
 Inputs are generated once into ``--workdir`` and reused by later runs. The emulator's fake
@@ -35,7 +35,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.run", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 6 minutes)")
     parser.add_argument(
         "--only",
         default=",".join(SCENARIOS),

@@ -34,7 +34,6 @@ __all__ = ["jitter", "shared"]
 
 _LICENSE = "/v1/mgmt/license"
 _JITTER_S = 0.08
-_RUNS = 10
 
 
 def _budget_calls(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,7 +74,7 @@ def jitter(bench: Bench) -> None:
         input_path = _input(bench, 0, rows)
         rate_limited = blocks = 0
         uses: list[float] = []
-        for attempt in range(_RUNS):
+        for attempt in range(bench.plan.jitter_runs):
             with EmulatorProcess(
                 bench.key,
                 users=rows,
@@ -98,7 +97,7 @@ def jitter(bench: Bench) -> None:
             Row(
                 "8 budget, 0-80 ms arrival jitter, 30/1 s",
                 f"batchphone {mode}",
-                f"429s in {_RUNS} runs",
+                f"429s in {bench.plan.jitter_runs} runs",
                 rate_limited,
                 target="0",
                 met=rate_limited == 0,
