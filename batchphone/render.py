@@ -97,13 +97,14 @@ class TqdmProgress:
     def _postfix(self) -> str:
         parts = [f"{status} {n}" for status, n in self._counts.most_common(4)]
         remaining = self._bar.total - self._bar.n if self._bar is not None else 0
+        pause = self._paused_until - time.monotonic()
         if self._calls_per_second and self._finished and remaining > 0:
             # the budget, not the observed rate, bounds the rest: a run that started with a
-            # burst of local rows would otherwise promise far too early an end
+            # burst of local rows would otherwise promise far too early an end; and no call
+            # starts before a 429 pause ends
             calls_left = remaining * self._calls / self._finished
-            seconds = calls_left / self._calls_per_second
+            seconds = max(pause, 0.0) + calls_left / self._calls_per_second
             parts.append(f"budget ETA {duration(seconds)}")
-        pause = self._paused_until - time.monotonic()
         if pause > 0:
             parts.append(f"PAUSED by API 429: {pause:.0f}s")
         return ", ".join(parts)
