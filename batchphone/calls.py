@@ -134,7 +134,7 @@ class SlowDown:
         if now >= self._paused_until:  # a new block, not one more answer from the same one
             calls = self.limiter.slow_down(_SLOW_DOWN)
             log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)
-            self.progress.paused(retry_after)
+            self.progress.paused(retry_after, calls_per_second=calls / self.limiter.period)
         self._paused_until = max(self._paused_until, now + retry_after)
 
 

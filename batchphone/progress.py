@@ -22,8 +22,9 @@ class Progress(Protocol):
         """One more row is final (never called for rows a stop left ``not_attempted``, so a
         bar stays where the run stopped)."""
 
-    def paused(self, seconds: float) -> None:
-        """The API answered 429: every worker waits ``seconds``."""
+    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
+        """The API answered 429: every worker waits ``seconds``; from then on the run keeps
+        ``calls_per_second`` (``None``: the budget did not change)."""
 
     def close(self) -> None:
         """The run is over (also after an error)."""
@@ -38,7 +39,7 @@ class NullProgress:
     def advance(self, result: RowResult) -> None:
         """Ignore a finished row."""
 
-    def paused(self, seconds: float) -> None:
+    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
         """Ignore a pause."""
 
     def close(self) -> None:

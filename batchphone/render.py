@@ -83,8 +83,10 @@ class TqdmProgress:
             self._last_refresh = now
             self._bar.set_postfix_str(self._postfix(), refresh=False)
 
-    def paused(self, seconds: float) -> None:
+    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
         self._paused_until = time.monotonic() + seconds
+        if calls_per_second is not None and self._calls_per_second is not None:
+            self._calls_per_second = calls_per_second  # the lowered budget the run keeps now
         if self._bar is not None:
             self._bar.set_postfix_str(self._postfix())
 
@@ -154,8 +156,8 @@ class Tally:
             self._keep(result)
         self._inner.advance(result)
 
-    def paused(self, seconds: float) -> None:
-        self._inner.paused(seconds)
+    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
+        self._inner.paused(seconds, calls_per_second=calls_per_second)
 
     def close(self) -> None:
         self._inner.close()

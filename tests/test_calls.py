@@ -154,7 +154,7 @@ def test_slow_down_lowers_the_budget_once_per_block() -> None:
     paused: list[float] = []
 
     class Progress:
-        def paused(self, seconds: float) -> None:
+        def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
             paused.append(seconds)
 
     slow = SlowDown(limiter, Progress())  # type: ignore[arg-type]

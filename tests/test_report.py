@@ -182,7 +182,7 @@ async def test_progress_sees_every_row(tmp_path: Path) -> None:
         def advance(self, result: RowResult) -> None:
             seen.append(result)
 
-        def paused(self, seconds: float) -> None:
+        def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
             raise AssertionError("nothing is sent")
 
         def close(self) -> None:

@@ -359,7 +359,7 @@ class Counting:
     def advance(self, result: RowResult) -> None:
         self.advanced += 1
 
-    def paused(self, seconds: float) -> None:
+    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
         pass
 
     def close(self) -> None:
