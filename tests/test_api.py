@@ -374,3 +374,17 @@ def test_a_dry_run_needs_no_project_or_key(tmp_path: Path, samples: Path) -> Non
     summary = batchphone.run(samples / "phones.csv", out=out, dry_run=True, settings=Settings())
     assert summary.calls == 0 and summary.counts.get("would_update", 0) > 0
     assert out.is_file()
+
+
+def test_the_api_functions_share_no_name_with_a_module_of_the_package() -> None:
+    """``import batchphone.<module>`` binds the module on the package: a module named like an
+    API function (plan.py, undo.py, as before) would replace the function for every caller."""
+    import importlib
+    import pkgutil
+
+    names = [module.name for module in pkgutil.iter_modules(batchphone.__path__)]
+    for name in names:
+        importlib.import_module(f"batchphone.{name}")
+    assert {"run", "validate", "plan", "undo"}.isdisjoint(names)
+    assert all(callable(getattr(batchphone, name)) for name in ("run", "validate", "plan", "undo"))
+    assert batchphone.plan.__module__ == batchphone.undo.__module__ == "batchphone.api"
