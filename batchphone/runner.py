@@ -494,21 +494,23 @@ async def execute(
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)
-    if job.out_path is None:  # validate without a report file: no file to lock, nothing written
-        assert isinstance(source, InputSource)
-        return await write_report(
-            job,
-            settings,
-            source,
-            identity,
-            mode,
-            progress,
-            handle_signals=handle_signals,
-            started=started,
-        )
-    lock = RunLock(job.out_path)
-    await anyio.to_thread.run_sync(lock.acquire)
+    # validate without a report file writes nothing: no file to lock
+    lock = RunLock(job.out_path) if job.out_path is not None else None
+    if lock is not None:
+        await anyio.to_thread.run_sync(lock.acquire)
     try:
+        if local_report(mode, source):  # validate and dry runs: no journal, no pool (report.py)
+            assert isinstance(source, InputSource)
+            return await write_report(
+                job,
+                settings,
+                source,
+                identity,
+                mode,
+                progress,
+                handle_signals=handle_signals,
+                started=started,
+            )
         return await _execute_locked(
             job,
             settings,
@@ -522,7 +524,8 @@ async def execute(
             started,
         )
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 async def _execute_locked(
@@ -537,20 +540,8 @@ async def _execute_locked(
     handle_signals: bool,
     started: float,
 ) -> Summary:
-    if local_report(mode, source):  # validate and dry runs: no journal, no pool (report.py)
-        assert isinstance(source, InputSource)
-        return await write_report(
-            job,
-            settings,
-            source,
-            identity,
-            mode,
-            progress,
-            handle_signals=handle_signals,
-            started=started,
-        )
     out_path = job.out_path
-    assert out_path is not None  # only a validate goes without one, and it went to write_report
+    assert out_path is not None  # only a validate goes without one (a local report)
     journal = Journal.open(
         out_path,
         identity,
