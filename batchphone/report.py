@@ -180,7 +180,7 @@ async def write_report(
         already_final=0,
         dry_run=mode is Mode.DRY_RUN,
         plan=False,
-        skip_unchanged=job.skip_unchanged,
+        lookup=False,  # validate and dry runs read no user
         api=job.api,
     )
     progress.start(total, done=0, calls_per_second=None)

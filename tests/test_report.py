@@ -293,3 +293,18 @@ def test_validate_without_out_creates_no_file_or_folder_anywhere(
     assert summary.result_path is None and summary.input_rows == len(ROWS)
     assert summary.counts["valid"] >= 2 and summary.counts["invalid"] >= 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
+async def test_run_started_has_the_same_fields_on_both_paths(tmp_path: Path) -> None:
+    """A log pipeline keyed on run_started fields must not see other keys for a validate."""
+    from structlog.testing import capture_logs
+
+    source = _input(tmp_path)
+    emulator = make_emulator([{"loginId": r["loginId"]} for r in ROWS[:3]])
+    with capture_logs() as events:
+        await run_job(emulator, "validate", source, tmp_path / "v.csv")
+        await run_job(emulator, "run", source, tmp_path / "r.csv")
+    started = [e for e in events if e["event"] == "run_started"]
+    assert [e["command"] for e in started] == ["validate", "run"]
+    assert set(started[0]) == set(started[1])
+    assert started[0]["lookup"] is False
