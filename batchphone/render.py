@@ -12,6 +12,7 @@ import heapq
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -47,7 +48,14 @@ def json_logs(log_format: str) -> bool:
 
 
 class TqdmProgress:
-    """A tqdm bar on stderr: rows done, counts by status, and an ETA the budget can keep."""
+    """A tqdm bar on stderr: rows done, counts by status, and an ETA the budget can keep.
+
+    During a 429 pause no row advances, so nothing would redraw the bar: a daemon thread
+    redraws it every ``TICK`` seconds until the pause is over, so the countdown moves and then
+    goes. The lock keeps it and the event loop's calls from touching the bar at once.
+    """
+
+    TICK = 1.0
 
     def __init__(self) -> None:
         self._bar: Any = None
@@ -57,10 +65,14 @@ class TqdmProgress:
         self._calls_per_second: float | None = None
         self._paused_until = 0.0
         self._last_refresh = 0.0
+        self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._closed = threading.Event()
 
     def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
         from tqdm import tqdm
 
+        self._closed.clear()
         self._calls_per_second = calls_per_second
         self._bar = tqdm(
             total=total,
@@ -72,29 +84,51 @@ class TqdmProgress:
         )
 
     def advance(self, result: RowResult) -> None:
-        self._counts[result.status.value] += 1
-        self._finished += 1
-        self._calls += 1 if result.attempts else 0
-        if self._bar is None:
-            return
-        self._bar.update(1)
-        now = time.monotonic()
-        if now - self._last_refresh > 0.5:
-            self._last_refresh = now
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
+        with self._lock:
+            self._counts[result.status.value] += 1
+            self._finished += 1
+            self._calls += 1 if result.attempts else 0
+            if self._bar is None:
+                return
+            self._bar.update(1)
+            now = time.monotonic()
+            if now - self._last_refresh > 0.5:
+                self._last_refresh = now
+                self._bar.set_postfix_str(self._postfix(), refresh=False)
 
     def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
-        self._paused_until = time.monotonic() + seconds
-        if calls_per_second is not None and self._calls_per_second is not None:
-            self._calls_per_second = calls_per_second  # the lowered budget the run keeps now
-        if self._bar is not None:
+        with self._lock:
+            self._paused_until = time.monotonic() + seconds
+            if calls_per_second is not None and self._calls_per_second is not None:
+                self._calls_per_second = calls_per_second  # the lowered budget the run keeps
+            if self._bar is None:
+                return
             self._bar.set_postfix_str(self._postfix())
+            if self._ticker is None or not self._ticker.is_alive():
+                self._ticker = threading.Thread(
+                    target=self._tick, name="batchphone-progress", daemon=True
+                )
+                self._ticker.start()
+
+    def _tick(self) -> None:
+        """Redraw the bar while a pause lasts, then once more without it."""
+        while not self._closed.wait(self.TICK):
+            with self._lock:
+                if self._bar is None:
+                    return
+                self._bar.set_postfix_str(self._postfix())
+                if time.monotonic() >= self._paused_until:
+                    return
 
     def close(self) -> None:
-        if self._bar is not None:
-            self._bar.set_postfix_str(self._postfix(), refresh=False)
-            self._bar.close()
-            self._bar = None
+        self._closed.set()
+        with self._lock:
+            if self._bar is not None:
+                self._bar.set_postfix_str(self._postfix(), refresh=False)
+                self._bar.close()
+                self._bar = None
+        if self._ticker is not None:
+            self._ticker.join()
 
     def _postfix(self) -> str:
         parts = [f"{status} {n}" for status, n in self._counts.most_common(4)]

@@ -144,6 +144,40 @@ def test_a_429_pause_shows_counts_down_and_goes(
     assert "PAUSED" not in _last_postfix(capsys.readouterr().err)
 
 
+def test_the_pause_counts_down_while_no_row_moves(
+    clock: FakeClock, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a block nothing advances: the bar must still count down, then drop the pause
+    (it showed the first figure until the next row, found by this test)."""
+    import threading
+    import time as real_time
+
+    monkeypatch.setattr(TqdmProgress, "TICK", 0.01, raising=False)
+    bar = TqdmProgress()
+    bar.start(100, done=0, calls_per_second=5.0)
+    bar.advance(_row(1))
+    bar.paused(60)
+    assert "PAUSED by API 429: 60s" in _last_postfix(capsys.readouterr().err)
+    ticker = next(t for t in threading.enumerate() if t.name == "batchphone-progress")
+
+    def shown_after(seconds: float) -> str:
+        clock.now += seconds
+        deadline = real_time.monotonic() + 5
+        err = ""
+        while real_time.monotonic() < deadline:
+            real_time.sleep(0.02)
+            err += capsys.readouterr().err
+            if err:
+                return _last_postfix(err)
+        return ""
+
+    assert "PAUSED by API 429: 35s" in shown_after(25)
+    assert "PAUSED" not in shown_after(40)  # over: drawn once more, without it
+    ticker.join(5)  # and the thread ends with the pause, not with the run
+    assert not ticker.is_alive()
+    bar.close()
+
+
 def test_the_eta_includes_the_pause_left(
     clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
