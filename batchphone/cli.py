@@ -5,6 +5,7 @@ Only this module imports click and tqdm, prints, and exits.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import sys
@@ -344,6 +345,14 @@ class _LazyGroup(click.Group):
             sys.exit(exc.exit_code)
         except click.Abort:
             click.echo("Aborted!", err=True)
+            sys.exit(1)
+        except BrokenPipeError:  # `... | head` closed our output: exit quietly, as click does
+            # the interpreter flushes both streams at exit: onto /dev/null, not the closed pipe
+            # (what the Python docs advise for SIGPIPE)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):  # no file descriptor (tests)
+                    os.dup2(devnull, stream.fileno())
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 

@@ -260,6 +260,21 @@ def test_a_command_line_click_refuses_is_one_line_too(
     assert not Path("in.csv").exists() and not list(Path().iterdir())
 
 
+def test_a_closed_output_pipe_exits_1_without_a_traceback(
+    samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`batchphone ... | head` closes the pipe: exit 1 quietly, as click's own main does."""
+    import batchphone.cli
+
+    def closed(*args: object) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(batchphone.cli, "_execute", closed)
+    result = CliRunner().invoke(main, ["validate", str(samples / "phones.csv")])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+
+
 def test_no_progress_bar_in_json_mode(
     samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
