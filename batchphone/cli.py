@@ -386,7 +386,7 @@ def main() -> None:
 @main.command(
     epilog=_epilog(
         [
-            "batchphone run users.csv --out results.csv --skip-unchanged",
+            "batchphone run users.csv --out results.csv --api batch  # 100 rows per call",
             "batchphone run users.xlsx --sheet Users --out results.xlsx --canary 20",
             "batchphone run users.csv --out r.csv --emulator-state rehearsal.json  # rehearse",
         ],

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import anyio
 import pytest
 
 from batchphone.calls import Calls, Circuit, SlowDown, open_calls
@@ -17,22 +16,9 @@ from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
 from batchphone.stop import Stop, Stopped
 from tests.emulated import endpoint, make_emulator, phone_users, settings
+from tests.virtual import SleptClock as FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    """Limiter time that moves only when someone sleeps on it."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await anyio.lowlevel.checkpoint()
 
 
 class Script:

@@ -21,22 +21,9 @@ from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop
 from tests.emulated import KEY, LOAD, PROJECT, SEARCH, Spy, json_answer, make_emulator, phone_users
+from tests.virtual import SleptClock as FakeClock
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    """Limiter time that moves only when someone sleeps on it: pauses cost no real time."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        self.t += seconds
-        await anyio.lowlevel.checkpoint()
 
 
 @asynccontextmanager

@@ -122,3 +122,18 @@ def install(monkeypatch: pytest.MonkeyPatch, clock: VirtualClock) -> None:
     monkeypatch.setattr(anyio.to_thread, "run_sync", clock.run_sync)
     start = _REAL_TIME()
     monkeypatch.setattr(time, "time", lambda: start + clock.now())
+
+
+class SleptClock:
+    """A limiter ``Clock`` (``now``/``sleep``) whose time moves only when someone sleeps on it:
+    for tests of one layer, without an event loop on virtual time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += seconds
+        await anyio.lowlevel.checkpoint()
