@@ -11,7 +11,12 @@ before it gets here (see ``plan``). What comes back:
   run's, so both modes end alike;
 * a batch that fails as a whole (5xx, timeouts after every retry, or a 4xx) is retried by the
   retry policy, then split in halves tried once each (a bad entry is isolated in a few calls),
-  and finally handed back to be sent row by row.
+  and finally handed back to be sent row by row;
+* a patched user that does not hold what was sent is handed back too (the per-row answer
+  says what became of it).
+
+Every patch is journaled before it leaves (``intend``), and a patch that a stop cut off on the
+wire leaves its rows ``unsettled``: it may have been applied.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from batchphone.client import PatchAnswer, UserPatch
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import RowResult, Status, UpdateRequest, User
-from batchphone.prepare import result_for, user_fields
+from batchphone.prepare import Intend, result_for, unsettled, user_fields
 from batchphone.retry import Attempted
 from batchphone.screen import target_verified
 from batchphone.stop import Stopped
@@ -77,8 +82,9 @@ class BatchSender:
     the caller to send through the per-row path (which has the exact answers).
     """
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls, *, intend: Intend | None = None) -> None:
         self.calls = calls
+        self.intend = intend
         #: batches that failed as a whole
         self.failed_batches = 0
 
@@ -104,16 +110,25 @@ class BatchSender:
         policy = self.calls.policy if depth == 0 else replace(self.calls.policy, max_attempts=1)
         bodies = [patch_body(r) for r in requests]
         error: RemoteError | None
+        intend = self.intend
         try:
             attempted = await self.calls(
-                lambda client: client.patch_batch(bodies), verdicts=_batch_verdicts, policy=policy
+                lambda client: client.patch_batch(bodies),
+                verdicts=_batch_verdicts,
+                policy=policy,
+                ahead=(lambda: intend(requests)) if intend is not None else None,
             )
         except FatalRemoteError:
             raise
         except Stopped as stopped:  # this part only: rows settled before keep their results
-            settled.extend(
-                result_for(r, status=Status.NOT_ATTEMPTED, reason=stopped.reason) for r in requests
-            )
+            if stopped.maybe_applied:
+                note = "the run stopped with the patch in flight"
+                settled.extend(unsettled(r, error_message=note) for r in requests)
+            else:
+                settled.extend(
+                    result_for(r, status=Status.NOT_ATTEMPTED, reason=stopped.reason)
+                    for r in requests
+                )
             return
         except RemoteError as exc:  # a 4xx for the batch as a whole: no retry changes it
             answer, error, attempts = None, exc, 1
@@ -153,6 +168,8 @@ class BatchSender:
             request = _request_of(user, by_id)
             if request is None or request.row in done:
                 continue
+            if not request.held_by(user, lenient=True):
+                continue  # a 200 that shows no change: the per-row call says what happened
             done.add(request.row)
             settled.append(
                 result_for(

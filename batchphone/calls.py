@@ -23,7 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -40,6 +40,7 @@ from batchphone.stop import Stop
 
 __all__ = [
     "CallCount",
+    "CallLog",
     "Calls",
     "Circuit",
     "SlowDown",
@@ -58,6 +59,21 @@ Verdicts = Callable[[Attempted[T]], Iterable[str | None]]
 
 #: After a block, keep this share of the calls per window: one block is bad luck, two a habit.
 _SLOW_DOWN = 0.9
+
+
+class CallLog(Protocol):
+    """Where a run records each call: its start before it is sent, its end after.
+
+    A restarted run seeds its limiter from these (a call never answered holds its slot until
+    the latest its answer could have come), so they are written before and after the wire.
+    """
+
+    def started(self, ts: float) -> object:
+        """A call starts at ``ts`` (epoch seconds); the token ``answered`` gets back."""
+
+    def answered(self, ts: float, token: object) -> None:
+        """The call ``token`` names was answered (or given up) at ``ts``."""
+
 
 log = get_logger()
 
@@ -145,7 +161,7 @@ async def limited(
     stop: Stop,
     default_retry_after: float,
     on_rate_limited: Callable[[float], None] | None = None,
-    on_call: Callable[[float], None] | None = None,
+    call_log: CallLog | None = None,
 ) -> T:
     """The limiter layer: send ``call`` holding a slot; after a 429 pause and send it again.
 
@@ -155,20 +171,24 @@ async def limited(
       ``default_retry_after`` when it is not positive), tell ``on_rate_limited``, send again.
     - ``stop``: the wait for a slot or a pause ends at its first request (``Stopped``); a hard
       stop cancels the call on the wire (``Stopped`` too).
-    - ``on_call`` gets the wall time (epoch seconds) each call was answered or given up.
+    - ``call_log`` records the wall time (epoch seconds) each call starts, before it is sent,
+      and when it was answered or given up.
     """
     while True:
         with stop.waiting():
             slot = await limiter.acquire()
+        token: object = None
         try:
             try:
+                if call_log is not None:
+                    token = call_log.started(time.time())
                 with stop.calling():
                     return await call()
             finally:
                 # the slot is held until the answer (or the give-up) and frees one window later
                 limiter.release(slot)
-                if on_call is not None:
-                    on_call(time.time())
+                if call_log is not None:
+                    call_log.answered(time.time(), token)
         except RateLimitedError as exc:
             retry_after = exc.retry_after if exc.retry_after > 0 else default_retry_after
             limiter.pause(retry_after)
@@ -185,7 +205,7 @@ async def call_with_retry(
     on_rate_limited: Callable[[float], None] | None = None,
     rng: random.Random | None = None,
     stop: Stop | None = None,
-    on_call: Callable[[float], None] | None = None,
+    call_log: CallLog | None = None,
 ) -> Attempted[T]:
     """The retry layer over the limiter layer, for one call: ``Attempted`` counts its 429s.
 
@@ -207,7 +227,7 @@ async def call_with_retry(
             stop=stop,
             default_retry_after=policy.default_retry_after,
             on_rate_limited=rate_limited,
-            on_call=on_call,
+            call_log=call_log,
         )
 
     attempted = await retried(
@@ -239,7 +259,7 @@ class Calls:
         stop: Stop | None = None,
         circuit: Circuit | None = None,
         on_rate_limited: Callable[[float], None] | None = None,
-        on_call: Callable[[float], None] | None = None,
+        call_log: CallLog | None = None,
     ) -> None:
         self.client = client
         self.limiter = limiter
@@ -248,7 +268,7 @@ class Calls:
         self.circuit = circuit
         self.count = CallCount()
         self._on_rate_limited = on_rate_limited
-        self._on_call = on_call
+        self._call_log = call_log
 
     async def __call__(
         self,
@@ -256,12 +276,17 @@ class Calls:
         *,
         verdicts: Verdicts[T] | None = None,
         policy: RetryPolicy | None = None,
+        ahead: Callable[[], None] | None = None,
     ) -> Attempted[T]:
-        """Send ``endpoint(client)`` through the stack (``policy`` replaces the run's)."""
+        """Send ``endpoint(client)`` through the stack (``policy`` replaces the run's).
+
+        ``ahead`` runs once, when the first attempt holds its slot and is about to leave: the
+        write-ahead record of a call that may change users (if it raises, nothing is sent).
+        """
         # stop: nothing starts once the run is stopping
         self.stop.check()
         try:
-            attempted = await self._retried(endpoint, policy or self.policy)
+            attempted = await self._retried(endpoint, policy or self.policy, ahead)
         except FatalRemoteError as exc:
             # no later call can succeed: stop the run and cancel the calls in flight
             self.stop.request(Reason.UNAUTHORIZED, hard=True, fatal=exc)
@@ -278,9 +303,16 @@ class Calls:
                 self.circuit.record(failure)
 
     async def _retried(
-        self, endpoint: Callable[[DescopeClient], Awaitable[T]], policy: RetryPolicy
+        self,
+        endpoint: Callable[[DescopeClient], Awaitable[T]],
+        policy: RetryPolicy,
+        ahead: Callable[[], None] | None = None,
     ) -> Attempted[T]:
         async def http() -> T:
+            nonlocal ahead
+            if ahead is not None:
+                ahead()
+                ahead = None
             self.count.calls += 1
             return await endpoint(self.client)
 
@@ -290,7 +322,7 @@ class Calls:
             policy=policy,
             stop=self.stop,
             on_rate_limited=self._rate_limited,
-            on_call=self._on_call,
+            call_log=self._call_log,
         )
 
     def _rate_limited(self, retry_after: float) -> None:
@@ -312,7 +344,7 @@ def open_calls(
     stop: Stop,
     progress: Progress | None = None,
     call_times: Iterable[float] = (),
-    on_call: Callable[[float], None] | None = None,
+    call_log: CallLog | None = None,
 ) -> Calls:
     """The stack of one run: its client, its share of the project's budget, its retry policy
     and circuit breaker, all under ``stop``.
@@ -351,5 +383,5 @@ def open_calls(
         stop=stop,
         circuit=Circuit(stop, settings.max_error_rate),
         on_rate_limited=SlowDown(limiter, progress),
-        on_call=on_call,
+        call_log=call_log,
     )

@@ -28,22 +28,23 @@ def _flag(value: object) -> str:
     return "null" if value is None else str(bool(value)).lower()
 
 
-def mismatch(request: UpdateRequest, user: User | None) -> str | None:
+def mismatch(request: UpdateRequest, user: User | None, seen: str = "read back") -> str | None:
     """What differs between what ``request`` sent and the user as read back (``None``: same).
 
     Every update sends its verified flag explicitly (false for a row without a value: that is
     what the API stores), so the stored flag must be the one sent, whatever the row said.
+    ``seen`` says where the user came from ("read back", "answered with").
     """
     where = f"row {request.row} ({request.login_id})"
     if user is None:
-        return f"{where}: the user was not found when read back"
+        return f"{where}: the user was not found when {seen}"
     phone, stored = user.phone, user.verified
     if phone == request.phone and stored == target_verified(request):
         return None
     return (
         f"{where}: sent phone {request.phone or '(none)'} "
         f"verified {_flag(target_verified(request))}, "
-        f"read back phone {phone or '(none)'} verifiedPhone {_flag(stored)}"
+        f"{seen} phone {phone or '(none)'} verifiedPhone {_flag(stored)}"
     )
 
 

@@ -7,6 +7,15 @@ skips every row it already holds as final. A crash can only tear the last line; 
 journal cuts it off. Rows whose result came from an API call are written to the OS at once (a
 ``kill -9`` then loses none of them); rows resolved locally are batched and flushed within 0.5 s.
 
+Write ahead, then act: before a call that may change users leaves the process, each of its rows
+gets an ``unsettled``/``IN_FLIGHT`` record holding the user's before-image and the phone the call
+sets (``append_intent``, one write per call or patch), and every call's start is recorded
+(``{"start": ts, "id": ..., "until": ...}``) before it is sent and its answer after
+(``{"call": ts, "id": ...}``). So a ``kill -9`` at any moment leaves, for every user a call may
+have changed, what it was before; a resume reads those users back (a row whose user holds what
+was sent ends ``updated`` with the journaled before-image), and a restart's limiter counts a call
+that never got its answer until ``until`` (its start plus the client's timeout).
+
 A journal that records calls which changed users (a non-dry ``run``/``undo`` with an ``updated``
 row or any row that made a call) is the undo data: it is never deleted or overwritten. The same
 run resumes it; anything else is refused, and ``--restart`` moves it and its result file aside
@@ -19,10 +28,11 @@ from __future__ import annotations
 
 import errno
 import os
+import secrets
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +42,7 @@ import orjson
 
 from batchphone.errors import OutputError, ResumeError
 from batchphone.logs import get_logger
-from batchphone.models import FINAL_STATUSES, Command, RowResult, Status
+from batchphone.models import FINAL_STATUSES, Command, PhoneState, RowResult, Status
 
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
@@ -68,8 +78,13 @@ _FLUSH_BYTES = 1 << 16
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}
-#: The key of a call-time record: ``{"call": <epoch seconds>}``.
+#: The key of a call-time record: ``{"call": <epoch seconds>, "id": ...}`` (an answer).
 CALL_KEY = "call"
+#: The key of a call-start record: ``{"start": <epoch seconds>, "id": ..., "until": ...}``.
+START_KEY = "start"
+#: Statuses whose record may hold the before-image of a call that changed the user: the image
+#: is kept for a resume (``JournalState.befores``) until a later record settles the row.
+_OPEN_STATUSES = frozenset({Status.UNSETTLED, Status.FAILED, Status.NOT_ATTEMPTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,9 @@ class JournalState:
     statuses: bytearray = field(default_factory=bytearray)
     call_times: list[float] = field(default_factory=list)
     records: int = 0
+    #: the journaled before-image of each row a call may have changed and no record settled
+    #: since (unsettled, failed or left unsent after an earlier attempt): a resume's ``prior``
+    befores: dict[int, PhoneState] = field(default_factory=dict)
 
     def record(self, row: int, status: Status) -> None:
         """Remember ``status`` as the last one of ``row``."""
@@ -225,6 +243,9 @@ class Journal:
         self._last_flush = time.monotonic()
         #: files ``--restart`` moved aside (result file, journal), to report
         self.moved: tuple[Path, ...] = ()
+        # call ids: unique across the processes that append to this journal in turn
+        self._session = secrets.token_hex(4)
+        self._calls = 0
 
     @classmethod
     def open(
@@ -299,12 +320,7 @@ class Journal:
         This is a plain ``os.write`` of one short line to the page cache: microseconds, cheaper
         than a thread hop, so it runs on the event loop; the slow part (fsync) does not.
         """
-        # empty cells are left out: a journal of millions of rows is mostly empty cells
-        record = {key: value for key, value in result.to_record().items() if value is not None}
-        record["ts"] = round(ts, 3)
-        self._buffer.append(_dumps(record) + b"\n")
-        self._buffered += len(self._buffer[-1])
-        self.state.record(result.row, result.status)
+        self._line(result, ts)
         if (
             urgent
             or self._buffered >= _FLUSH_BYTES
@@ -312,15 +328,47 @@ class Journal:
         ):
             self.flush()
 
-    def append_call(self, ts: float) -> None:
+    def append_intent(self, results: Sequence[RowResult], *, ts: float) -> None:
+        """Record, before a call that may change users leaves, what each of its rows intends.
+
+        ``results`` are ``unsettled``/``IN_FLIGHT`` results: the phone the call sets and the
+        user's before-image. One write to the OS for the whole call (a ``kill -9`` right after
+        it loses none); the answer's record, appended later, settles each row.
+        """
+        for result in results:
+            self._line(result, ts)
+        self.flush()
+
+    def append_start(self, ts: float, *, until: float) -> str:
+        """Record that a call starts at ``ts``; ``until`` is when it holds its budget slot
+        until, should its answer never be recorded. Returns the id its answer will name."""
+        self._calls += 1
+        call_id = f"{self._session}.{self._calls}"
+        record = {START_KEY: round(ts, 3), "id": call_id, "until": round(until, 3)}
+        self._buffer.append(_dumps(record) + b"\n")
+        self.flush()
+        return call_id
+
+    def append_call(self, ts: float, call_id: str | None = None) -> None:
         """Record that an API call was answered (or given up) at ``ts`` (epoch seconds).
 
         Every call (updates, reads, batches, retries, 429s, the license) leaves one such line,
         so a restarted run seeds its limiter with all of them. Written to the OS at once, as
-        the row of an API call is.
+        the row of an API call is. ``call_id`` names the start record it ends.
         """
-        self._buffer.append(_dumps({CALL_KEY: round(ts, 3)}) + b"\n")
+        record: dict[str, Any] = {CALL_KEY: round(ts, 3)}
+        if call_id is not None:
+            record["id"] = call_id
+        self._buffer.append(_dumps(record) + b"\n")
         self.flush()
+
+    def _line(self, result: RowResult, ts: float) -> None:
+        # empty cells are left out: a journal of millions of rows is mostly empty cells
+        record = {key: value for key, value in result.to_record().items() if value is not None}
+        record["ts"] = round(ts, 3)
+        self._buffer.append(_dumps(record) + b"\n")
+        self._buffered += len(self._buffer[-1])
+        self.state.record(result.row, result.status)
 
     def flush(self) -> None:
         """Hand every buffered line to the OS."""
@@ -356,7 +404,7 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     header: dict[str, Any] | None = None
     good_end = 0
     cutoff = time.time() - 3600
-    calls: list[float] = []
+    calls = _CallTimes(cutoff)
     try:
         for number, (end, line, complete) in enumerate(_read_lines(path), start=1):
             try:
@@ -375,18 +423,20 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
                     raise ResumeError(f"{path} is not a batchphone journal; move it away")
                 header = record
                 continue
-            if _call_time(record, calls, cutoff):
+            if calls.take(record):
                 continue
-            state.record(int(record["row"]), Status(record["status"]))
+            row, status = int(record["row"]), Status(record["status"])
+            state.record(row, status)
             state.records += 1
+            _keep_before(state.befores, row, status, record)
             if record.get("attempts") and record.get("ts", 0) >= cutoff:
                 state.call_times.append(float(record["ts"]))
     except OSError as exc:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
     if header is None:
         raise ResumeError(f"{path} is empty or damaged; run with --restart to start over")
-    if calls:  # every call has its record: row times would count the updates twice
-        state.call_times = calls
+    if calls.seen:  # every call has its record: row times would count the updates twice
+        state.call_times = calls.times()
     if good_end < path.stat().st_size:
         fd = open_nofollow(path, os.O_RDWR)
         try:
@@ -421,7 +471,8 @@ def _scan(path: Path) -> tuple[dict[str, Any] | None, bool]:
                 if identity.get("dry_run", True):
                     return header, False  # a dry run, validate or plan calls no update
                 continue
-            if record.get("status") == Status.UPDATED.value or record.get("attempts"):
+            status = record.get("status")
+            if status in _CHANGED or record.get("attempts"):
                 return header, True
     except OSError as exc:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
@@ -459,14 +510,63 @@ def _move_aside(out_path: Path, path: Path) -> tuple[Path, ...]:
     return tuple(moved)
 
 
-def _call_time(record: dict[str, Any], calls: list[float], cutoff: float) -> bool:
-    """True when ``record`` is a call-time record; its time joins ``calls`` if recent."""
-    ts = record.get(CALL_KEY)
-    if ts is None:
-        return False
-    if ts >= cutoff:
-        calls.append(float(ts))
-    return True
+#: A record with one of these statuses says a call may have changed its user.
+_CHANGED = frozenset({Status.UPDATED.value, Status.UNSETTLED.value})
+
+
+class _CallTimes:
+    """The call records of a journal read back: when each recent call frees its slot.
+
+    An answered call holds its slot one window past its answer (``{"call": ts}``); a started
+    call whose answer was never recorded (a ``kill -9`` with it in flight) holds it one window
+    past its ``until``, the latest its answer could have come.
+    """
+
+    def __init__(self, cutoff: float) -> None:
+        self.cutoff = cutoff
+        self.seen = False
+        self._answered: list[float] = []
+        self._open: dict[str, float] = {}
+
+    def take(self, record: dict[str, Any]) -> bool:
+        """True when ``record`` is a call record (and it was taken in)."""
+        start = record.get(START_KEY)
+        if start is not None:
+            self.seen = True
+            self._open[str(record.get("id"))] = float(record.get("until", start))
+            return True
+        ts = record.get(CALL_KEY)
+        if ts is None:
+            return False
+        self.seen = True
+        self._open.pop(str(record.get("id")), None)
+        if ts >= self.cutoff:
+            self._answered.append(float(ts))
+        return True
+
+    def times(self) -> list[float]:
+        """The limiter's seed: answers, and the ``until`` of calls never answered."""
+        unanswered = [until for until in self._open.values() if until >= self.cutoff]
+        return sorted(self._answered + unanswered)
+
+
+def _keep_before(
+    befores: dict[int, PhoneState], row: int, status: Status, record: dict[str, Any]
+) -> None:
+    """Keep the before-image of a row a call may have changed until a record settles it.
+
+    Each image was read just before the call that journaled it, so the last one is the true
+    image of the last call; a later record without one (a read that failed) keeps the one
+    known. Any final status but ``failed`` settles the row (its record has what undo needs).
+    """
+    if status not in _OPEN_STATUSES:
+        befores.pop(row, None)
+        return
+    if "verified_before" not in record:
+        return
+    befores[row] = PhoneState(
+        phone=record.get("phone_before") or "", verified=bool(record["verified_before"])
+    )
 
 
 _IDENTITY_WORDS = {

@@ -65,6 +65,8 @@ class Status(enum.StrEnum):
     CONFLICT = "conflict"
     SKIPPED = "skipped"  # undo: deliberately left as is (see its reason)
     FAILED = "failed"
+    #: sent, and no answer says whether it was applied: a read of the user settles it
+    UNSETTLED = "unsettled"
     NOT_ATTEMPTED = "not_attempted"
 
 
@@ -79,8 +81,9 @@ SUCCESS_STATUSES = frozenset(
         Status.DUPLICATE,
     }
 )
-#: Statuses a resumed run does not send again (everything but ``not_attempted``).
-FINAL_STATUSES = frozenset(set(Status) - {Status.NOT_ATTEMPTED})
+#: Statuses a resumed run does not judge again (everything but ``not_attempted`` and
+#: ``unsettled``, whose user is read back first).
+FINAL_STATUSES = frozenset(set(Status) - {Status.NOT_ATTEMPTED, Status.UNSETTLED})
 
 
 class Reason(enum.StrEnum):
@@ -114,6 +117,17 @@ class Reason(enum.StrEnum):
     NO_BEFORE_IMAGE = "NO_BEFORE_IMAGE"
     CANARY_MISMATCH = "CANARY_MISMATCH"
     VERIFIED_ONLY = "VERIFIED_ONLY"
+    #: unsettled: the call is on its way (the journal's record written before it leaves)
+    IN_FLIGHT = "IN_FLIGHT"
+    #: unsettled: the call was sent, its answer was lost (timeout, dropped connection, 5xx,
+    #: an unusable 200, a cancelled call), so it may have been applied
+    ANSWER_LOST = "ANSWER_LOST"
+    #: updated: the answer was lost, and reading the user back showed the update applied
+    CONFIRMED_BY_READ = "CONFIRMED_BY_READ"
+    #: failed: the answer was lost, and reading the user back showed it was not applied
+    NOT_APPLIED = "NOT_APPLIED"
+    #: failed: a 200 whose returned user does not hold what was sent
+    ANSWER_MISMATCH = "ANSWER_MISMATCH"
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +218,9 @@ class UpdateRequest:
     ``verified`` is the row's own value (or ``--verified``); ``None`` when it has none.
     ``before`` is the user's state when a lookup read it (``None``: not looked up).
     ``expect_phone`` (undo): send only while the user's phone is still this one.
+    ``prior`` is the before-image an earlier send of this row journaled (a call whose answer
+    was lost, or a failed row): a user found holding what this request sends was changed by
+    that call, so its result is ``updated`` with this image, never ``unchanged``.
     """
 
     row: int
@@ -214,6 +231,7 @@ class UpdateRequest:
     phone_input: str | None = None
     before: PhoneState | None = None
     expect_phone: str | None = None
+    prior: PhoneState | None = None
 
     @property
     def verified_sent(self) -> bool:
@@ -224,6 +242,19 @@ class UpdateRequest:
         """
         return bool(self.phone) and bool(self.verified)
 
+    def held_by(self, user: User, *, lenient: bool = False) -> bool:
+        """True when ``user`` holds what this request sends: its phone and verified flag.
+
+        Phones compare by their digits, so a stored form with spaces is the same number.
+        ``lenient``: an answer without a ``verifiedPhone`` is not held against it (a 200's
+        user is checked so; a read of the user is not).
+        """
+        if _digits(user.phone) != _digits(self.phone):
+            return False
+        if lenient and user.verified_phone is None:
+            return True
+        return user.verified == self.verified_sent
+
     @property
     def change_reason(self) -> Reason | None:
         """What is worth saying about this change: a removal, or the verified flag alone."""
@@ -232,6 +263,10 @@ class UpdateRequest:
         if self.before is not None and self.before.phone == self.phone:
             return Reason.VERIFIED_ONLY
         return None
+
+
+def _digits(phone: str) -> str:
+    return "".join(c for c in phone if c.isdigit())
 
 
 @dataclass(frozen=True, slots=True)

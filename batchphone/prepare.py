@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypedDict, Unpack
@@ -30,6 +30,7 @@ from batchphone.normalize import normalize
 
 __all__ = [
     "EXPLANATIONS",
+    "Intend",
     "Mode",
     "Outcome",
     "Prepared",
@@ -39,6 +40,7 @@ __all__ = [
     "UserFields",
     "now_iso",
     "result_for",
+    "unsettled",
     "user_fields",
 ]
 
@@ -75,6 +77,17 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.NOT_UPDATED: "the run did not update this row: nothing to undo",
     Reason.NO_BEFORE_IMAGE: "the run did not read this user's phone before updating it: "
     "it cannot be restored",
+    Reason.IN_FLIGHT: "the call was on its way when the run ended: rerun the same command, "
+    "which reads the user back and settles the row",
+    Reason.ANSWER_LOST: "the call was sent but its answer was lost (timeout, dropped "
+    "connection, server error), so it may have been applied: rerun the same command, which "
+    "reads the user back and settles the row; undo restores it if it was applied",
+    Reason.CONFIRMED_BY_READ: "the call's answer was lost; reading the user back showed the "
+    "update applied",
+    Reason.NOT_APPLIED: "the call's answer was lost and reading the user back showed the "
+    "update was not applied: --retry-failed sends it again",
+    Reason.ANSWER_MISMATCH: "the API answered 200, but the user it returned does not hold "
+    "the phone and verified flag sent",
 }
 
 
@@ -129,6 +142,32 @@ def result_for(
     )
 
 
+def unsettled(
+    request: UpdateRequest,
+    reason: Reason = Reason.ANSWER_LOST,
+    *,
+    http_status: int | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    attempts: int = 0,
+) -> RowResult:
+    """The result of a row whose call may have been applied: nobody knows yet (a read will).
+
+    Its before-image is kept, so undo can restore the user either way; ``error_message`` (the
+    last error, when there was one) goes after the explanation.
+    """
+    explanation = EXPLANATIONS[reason]
+    return result_for(
+        request,
+        status=Status.UNSETTLED,
+        reason=reason,
+        http_status=http_status,
+        error_code=error_code,
+        error_message=f"{explanation} ({error_message})" if error_message else explanation,
+        attempts=attempts,
+    )
+
+
 def user_fields(user: User | None) -> UserFields:
     """The result fields taken from a user the API returned (none when there is no user)."""
     if user is None:
@@ -152,6 +191,8 @@ class RowRules:
 
 
 Prepared = UpdateRequest | RowResult
+#: Journals, before a call that may change users leaves, the rows it carries (write-ahead).
+Intend = Callable[[Sequence[UpdateRequest]], None]
 #: What ``Preparer.outcomes`` says of a row: its final status, reason and E.164 phone.
 Outcome = tuple[Status, Reason | None, str | None]
 _Memo = dict[tuple[str | None, str | None, bool], Normalized]

@@ -28,7 +28,7 @@ from typing import Generic, TypeVar
 
 from batchphone.errors import TransientError
 from batchphone.ratelimit import Clock
-from batchphone.stop import Stop
+from batchphone.stop import Stop, Stopped
 
 __all__ = ["Attempted", "RetryPolicy", "retried"]
 
@@ -104,7 +104,15 @@ async def retried(
             attempts += 1
             if attempts >= policy.max_attempts:
                 return Attempted(value=None, error=exc, attempts=attempts, rate_limited=0)
-            with stop.waiting():
-                await clock.sleep(policy.backoff(attempts, rng=rng))
+            try:
+                with stop.waiting():
+                    await clock.sleep(policy.backoff(attempts, rng=rng))
+            except Stopped as stopped:
+                # an attempt went out and its answer was lost: it may have been applied
+                raise Stopped(stopped.reason, maybe_applied=True) from None
             continue
+        except Stopped as stopped:
+            if attempts and not stopped.maybe_applied:
+                raise Stopped(stopped.reason, maybe_applied=True) from None
+            raise
         return Attempted(value=value, error=None, attempts=attempts + 1, rate_limited=0)

@@ -1,12 +1,14 @@
 """``batchphone undo RESULTS``: put back the phones a run changed, from its own result file.
 
-A run that looked users up before updating them (``--skip-unchanged``, an undo) wrote each
-user's before-image in ``phone_before`` and ``verified_before``. Undo turns every row that run
-``updated`` into an update back to that image, with one condition the screen enforces: the
-user's phone must still be the one the run set (else ``skipped``/``CHANGED_SINCE``: someone
-changed it since, and their change wins). Everything else about sending (budget, retries,
-journal, resume, ``--dry-run``, ``--api batch``) is the ordinary run's: undo is a run whose
-rows come from a result file. Its own result file has before-images too, so an undo can be
+A run that looked users up before updating them (every run but ``--no-lookup``, an undo) wrote
+each user's before-image in ``phone_before`` and ``verified_before``. Undo turns every row whose
+call may have changed its user (``updated``, ``unsettled``: its answer was lost, and ``failed``
+with a before-image: a canary mismatch, a 200 that showed no change) into an update back to that
+image, with two conditions the screen enforces: a user who already holds the image is left
+alone (``unchanged``: the call was not applied), and the user's phone must still be the one the
+run set (else ``skipped``/``CHANGED_SINCE``: someone changed it since, and their change wins).
+Everything else about sending (budget, retries, journal, resume, ``--dry-run``, ``--api
+batch``) is the ordinary run's: undo is a run whose rows come from a result file. Its own result file has before-images too, so an undo can be
 undone.
 
 Rows are numbered by their position in RESULTS (the run's row numbers when the file is as the
@@ -37,6 +39,10 @@ _DEFUSED_FORMATS = ("csv", "tsv", "xlsx")
 _FORMULA_START = r"^[=+\-@\t\r]"
 _PHONE_SHAPED = r"^\+?[0-9 ().\-/]+$"
 _BATCH_ROWS = 5_000
+#: Rows whose call may have changed the user: updated, unsettled (the answer was lost), and
+#: failed with a before-image (a canary mismatch, a 200 that showed no change, a refusal).
+#: Each is read first; only a user who holds what the run set is restored.
+_MAY_HAVE_CHANGED = frozenset({Status.UPDATED.value, Status.UNSETTLED.value, Status.FAILED.value})
 
 
 def open_results(path: Path) -> UndoSource:
@@ -139,9 +145,11 @@ def _undo_row(
             finished_at=now_iso(),
         )
 
-    if status != Status.UPDATED.value or not login_id:
+    if status not in _MAY_HAVE_CHANGED or not login_id:
         return local(Status.UNCHANGED, Reason.NOT_UPDATED)
     if verified is None:
+        if status == Status.FAILED.value:  # a failed read, a refusal: no call changed the user
+            return local(Status.UNCHANGED, Reason.NOT_UPDATED)
         return local(Status.SKIPPED, Reason.NO_BEFORE_IMAGE)
     if not before and not allow_remove:
         # the user had no phone: restoring it removes the one the run set

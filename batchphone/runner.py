@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from batchphone.models import (
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
     Command,
+    PhoneState,
     Reason,
     RowResult,
     Status,
@@ -51,19 +52,22 @@ from batchphone.models import (
     UpdateRequest,
 )
 from batchphone.pool import run_pool
-from batchphone.prepare import Mode, Prepared, now_iso
+from batchphone.prepare import Mode, Prepared, now_iso, unsettled
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
 from batchphone.reverse import UndoSource, open_results
 from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.send import RowSender, fetch_license
+from batchphone.settle import read_back
 from batchphone.stop import STOP_SIGNALS, Stop
 from batchphone.writer import check_output_path, write_results
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
 EXIT_INTERRUPTED = 130
+#: Statuses that leave a row to the next run (resumed, not counted as done on the bar).
+_OPEN = frozenset({Status.NOT_ATTEMPTED, Status.UNSETTLED})
 
 log = get_logger()
 
@@ -109,14 +113,55 @@ class _Settled:
 _Outcome = RowResult | list[RowResult] | _Settled
 
 
-class _Recorder:
-    """The consumer, and the only writer of row results: journal, canary, progress bar."""
+class _Pending:
+    """Rows handed to the workers whose results have not come back yet, and those that came
+    back ``unsettled`` (their requests, for the settle rounds)."""
 
-    def __init__(self, journal: Journal, progress: Progress, canary: Canary | None) -> None:
+    def __init__(self) -> None:
+        self.sent: dict[int, UpdateRequest] = {}
+        self.unsettled: list[UpdateRequest] = []
+        self._changed: anyio.Event | None = None
+
+    def add(self, requests: Iterable[UpdateRequest]) -> None:
+        for request in requests:
+            self.sent[request.row] = request
+
+    def done(self, result: RowResult) -> None:
+        request = self.sent.pop(result.row, None)
+        if request is not None and result.status is Status.UNSETTLED:
+            self.unsettled.append(request)
+        if not self.sent and self._changed is not None:
+            self._changed.set()
+
+    async def drained(self) -> None:
+        """Return once every row handed to the workers has its result."""
+        while self.sent:
+            self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def take_unsettled(self) -> list[UpdateRequest]:
+        taken, self.unsettled = self.unsettled, []
+        return taken
+
+
+class _Recorder:
+    """The consumer, and the only writer of row results: journal, canary, progress bar.
+
+    It also writes ahead: the intents of each call that may change users (``intend``) and the
+    start and end of every call (``started``, ``answered``: a ``calls.CallLog``), from the task
+    that makes the call, before it leaves.
+    """
+
+    def __init__(
+        self, journal: Journal, progress: Progress, canary: Canary | None, *, hold: float
+    ) -> None:
         self.journal = journal
         self.progress = progress
         self.canary = canary
         self.journal_open = True
+        self.pending = _Pending()
+        #: how long after its start an unanswered call may still be counted by the server
+        self.hold = hold
 
     async def consume(self, outcome: _Outcome) -> None:
         if isinstance(outcome, RowResult):
@@ -130,6 +175,7 @@ class _Recorder:
 
     def _record(self, result: RowResult, *, advance: bool = True) -> None:
         self.journal.append(result, ts=time.time(), urgent=result.attempts > 0)
+        self.pending.done(result)
         if self.canary is not None:
             self.canary.observe(result)
         if result.status is Status.FAILED:
@@ -141,14 +187,28 @@ class _Recorder:
                 http_status=result.http_status,
                 error_code=result.error_code,
             )
-        # a row left unsent by a stop does not move the bar: it stays where the run stopped
-        if advance and result.status is not Status.NOT_ATTEMPTED:
+        # a row left unsent by a stop does not move the bar: it stays where the run stopped;
+        # nor does an unsettled one: it moves when a read settles it
+        if advance and result.status not in _OPEN:
             self.progress.advance(result)
 
-    def record_call(self, ts: float) -> None:
-        """Journal the time an API call was answered (or given up): the limiter's seed."""
+    def intend(self, requests: Iterable[UpdateRequest]) -> None:
+        """Journal, before the call leaves, each row's before-image and what the call sets."""
+        if not self.journal_open:
+            raise AssertionError("a call that may change users after the journal was closed")
+        intents = [unsettled(r, Reason.IN_FLIGHT) for r in requests]
+        self.journal.append_intent(intents, ts=time.time())
+
+    def started(self, ts: float) -> object:
+        """Journal that a call starts (``calls.CallLog``): a restart's limiter counts it."""
+        if not self.journal_open:
+            return None
+        return self.journal.append_start(ts, until=ts + self.hold)
+
+    def answered(self, ts: float, token: object) -> None:
+        """Journal the time a call was answered (or given up): the limiter's seed."""
         if self.journal_open:
-            self.journal.append_call(ts)
+            self.journal.append_call(ts, token if isinstance(token, str) else None)
 
 
 class _Batcher:
@@ -218,6 +278,8 @@ class _Producer:
 
     #: settled rows wait for at most this many more before they go to the consumer
     GROUP = 1000
+    #: rounds of reading back the rows whose answer was lost (the last one sends nothing)
+    SETTLE_ROUNDS = 2
 
     def __init__(
         self,
@@ -226,23 +288,31 @@ class _Producer:
         settings: Settings,
         stop: Stop,
         *,
+        pending: _Pending | None = None,
         screen: Screen | None = None,
         batcher: _Batcher | None = None,
         canary: _CanaryCheck | None = None,
+        lookup: Lookup | None = None,
     ) -> None:
         self.prepared = prepared
         self.journal = journal
         self.settings = settings
         self.stop = stop
+        self.pending = pending if pending is not None else _Pending()
         self.screen = screen
         self.batcher = batcher
         self.canary = canary
+        self.lookup = lookup
         self._settled: list[RowResult] = []
 
     def _batches(self) -> Iterator[list[Prepared]]:
         state, retry = self.journal.state, self.settings.retry_failed
         for items in self.prepared:
-            yield [item for item in items if not state.is_final(item.row, retry_failed=retry)]
+            yield [
+                _with_prior(item, state.befores)
+                for item in items
+                if not state.is_final(item.row, retry_failed=retry)
+            ]
 
     async def produce(
         self, jobs: ObjectSendStream[Any], results: ObjectSendStream[_Outcome]
@@ -268,6 +338,29 @@ class _Producer:
             if self.canary is not None:
                 await self._check_canary(results)
         await self._flush_settled(results)
+        await self._settle(jobs, results)
+
+    async def _settle(
+        self, jobs: ObjectSendStream[Any], results: ObjectSendStream[_Outcome]
+    ) -> None:
+        """Read back the rows whose answer was lost, once every sent row has its result;
+        send again those not applied, then read those back in turn."""
+        if self.lookup is None:
+            return
+        for round_ in range(1, self.SETTLE_ROUNDS + 1):
+            await self.pending.drained()
+            requests = self.pending.take_unsettled()
+            if not requests or self.stop.reason is not None:
+                return  # stopping: they keep their unsettled records, a rerun reads them
+            log.info("settle_round", round=round_, rows=len(requests))
+            settled = await read_back(self.lookup, requests, last=round_ == self.SETTLE_ROUNDS)
+            if settled.results:
+                await results.send(_Settled(settled.results))
+            for request in settled.resend:
+                if self.stop.reason is not None:
+                    break
+                await self._send(request, jobs)
+            await self._flush(jobs)
 
     async def _take_screened(
         self,
@@ -297,12 +390,7 @@ class _Producer:
         await self._flush_settled(results)  # results go on in the order they were decided
         if self.stop.reason is not None:
             return  # not journaled: the result file lists it as not_attempted
-        if self.batcher is None:
-            await jobs.send(item)
-        else:
-            batch = self.batcher.add(item)
-            if batch is not None:
-                await jobs.send(batch)
+        await self._send(item, jobs)
         if self.canary is not None and self.canary.admit(item):
             await self._flush(jobs)
             await self._check_canary(results)
@@ -318,10 +406,28 @@ class _Producer:
             settled, self._settled = self._settled, []
             await results.send(_Settled(settled))
 
+    async def _send(self, request: UpdateRequest, jobs: ObjectSendStream[Any]) -> None:
+        if self.batcher is None:
+            self.pending.add([request])
+            await jobs.send(request)
+        else:
+            batch = self.batcher.add(request)
+            if batch is not None:
+                self.pending.add(batch)
+                await jobs.send(batch)
+
     async def _flush(self, jobs: ObjectSendStream[Any]) -> None:
         batch = self.batcher.flush() if self.batcher is not None else None
         if batch is not None:
+            self.pending.add(batch)
             await jobs.send(batch)
+
+
+def _with_prior(item: Prepared, befores: dict[int, PhoneState]) -> Prepared:
+    """A resumed row that an earlier call may have changed carries its journaled image."""
+    if isinstance(item, UpdateRequest) and item.row in befores:
+        return replace(item, prior=befores[item.row])
+    return item
 
 
 async def _watch_signals(stop: Stop) -> None:
@@ -391,6 +497,8 @@ class _Sending:
     sender: RowSender
     screen: Screen | None
     canary: _CanaryCheck | None
+    #: reads back the rows whose answer was lost (``None`` when nothing is sent)
+    settle: Lookup | None
 
 
 def _connect(
@@ -411,16 +519,20 @@ def _connect(
         stop=stop,
         progress=recorder.progress,
         call_times=recorder.journal.state.call_times,
-        on_call=recorder.record_call,
+        call_log=recorder,
     )
     lookup = Lookup(calls)
     batches = mode is Mode.RUN and job.api == "batch"
     canary = recorder.canary
+    intend = recorder.intend
     return _Sending(
         calls=calls,
-        sender=RowSender(calls, BatchSender(calls) if batches else None),
+        sender=RowSender(
+            calls, BatchSender(calls, intend=intend) if batches else None, intend=intend
+        ),
         screen=Screen(rules, lookup, stop=stop) if rules.active else None,
         canary=_CanaryCheck(canary, lookup, stop) if canary is not None else None,
+        settle=lookup if mode is Mode.RUN else None,
     )
 
 
@@ -553,10 +665,9 @@ async def _execute_locked(
     rules = screen_rules(job, settings, mode)
     stop = Stop()
     canary = Canary(job.canary) if mode is Mode.RUN and job.canary else None
-    recorder = _Recorder(journal, progress, canary)
-    done = total - sum(
-        n for status, n in _counts(journal, total).items() if status == Status.NOT_ATTEMPTED.value
-    )
+    recorder = _Recorder(journal, progress, canary, hold=settings.timeout)
+    open_ = {status.value for status in _OPEN}
+    done = total - sum(n for status, n in _counts(journal, total).items() if status in open_)
     log.info(
         "run_started",
         command=job.command.value,
@@ -588,6 +699,8 @@ async def _execute_locked(
             journal,
             settings,
             stop,
+            pending=recorder.pending,
+            lookup=sending.settle if sending is not None else None,
             screen=sending.screen if sending is not None else None,
             batcher=_Batcher(job.batch_size)
             if sending is not None and sending.sender.batch is not None

@@ -35,7 +35,7 @@ from batchphone.models import (
     UpdateRequest,
     User,
 )
-from batchphone.prepare import Prepared, result_for, user_fields
+from batchphone.prepare import Prepared, result_for, unsettled, user_fields
 from batchphone.stop import Stop
 
 __all__ = ["Screen", "ScreenRules", "budget_seconds", "planned_calls", "target_verified"]
@@ -159,8 +159,18 @@ class Screen:
                 )
                 continue
             before = _state(user)
-            request = replace(request, before=before)
             found = user_fields(user)
+            if request.prior is not None and request.held_by(user):
+                # an earlier call of this run (answer lost, or a kill) changed the user: its
+                # journaled before-image is the one to restore, not the state read now
+                confirmed = replace(request, before=request.prior)
+                out.append(
+                    result_for(
+                        confirmed, status=Status.UPDATED, reason=Reason.CONFIRMED_BY_READ, **found
+                    )
+                )
+                continue
+            request = replace(request, before=before)
             if _unchanged(before, request):
                 out.append(result_for(request, status=Status.UNCHANGED, **found))
             elif request.expect_phone is not None and before.phone != request.expect_phone:
@@ -236,7 +246,7 @@ class Screen:
                     return [_read_failed(r, exc.failure) for r in requests]
         # stopping (a signal, a fatal answer, a cancelled read): these rows stay unsent
         reason = self.stop.reason or Reason.INTERRUPTED
-        return [result_for(r, status=Status.NOT_ATTEMPTED, reason=reason) for r in requests]
+        return [_unsent(r, reason) for r in requests]
 
     def _ready(self, request: UpdateRequest) -> Prepared:
         if not self.rules.plan:
@@ -246,8 +256,20 @@ class Screen:
         return replace(result, extra={**result.extra, "verified": target_verified(request)})
 
 
+def _unsent(request: UpdateRequest, reason: Reason) -> RowResult:
+    """A row the screen did not judge because the run is stopping: ``not_attempted``, or, if
+    an earlier call may have changed its user, still ``unsettled`` with that call's image."""
+    if request.prior is not None:
+        return unsettled(replace(request, before=request.prior))
+    return result_for(request, status=Status.NOT_ATTEMPTED, reason=reason)
+
+
 def _read_failed(request: UpdateRequest, failure: ReadFailure) -> RowResult:
-    """The result of a row whose user could not be read: ``failed``, as the read ended."""
+    """The result of a row whose user could not be read: ``failed``, as the read ended (or
+    ``unsettled`` still, when an earlier call may have changed the user)."""
+    if request.prior is not None:
+        prior = replace(request, before=request.prior)
+        return unsettled(prior, error_message=failure.error_message, attempts=failure.attempts)
     return result_for(
         request,
         status=Status.FAILED,

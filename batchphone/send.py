@@ -7,19 +7,26 @@ limiter -> HTTP); this module only turns what the stack says into one result per
 * ``RowSender.process_batch``: one patch per batch (``--api batch``); the rows the batch could
   not settle come back from ``BatchSender`` and go through ``process`` here, one by one;
 * ``fetch_license``: the license handshake, before any row.
+
+Write ahead, then act: each call that may change users is journaled first (``intend``: the
+rows' before-images and what the call sets), and a call whose answer never came (lost after
+every attempt, or cancelled on the wire by a hard stop) leaves its rows ``unsettled``, never
+``failed`` or ``not_attempted``: it may have been applied, and only a read of the user says.
+A 200 whose returned user does not hold what was sent is ``failed``/``ANSWER_MISMATCH``.
 """
 
 from __future__ import annotations
 
 from batchphone.batch import BatchSender
 from batchphone.calls import Calls, failure_label
+from batchphone.canary import mismatch
 from batchphone.errors import FatalRemoteError
 from batchphone.models import ApiOutcome, Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import result_for, user_fields
+from batchphone.prepare import Intend, result_for, unsettled, user_fields
 from batchphone.retry import Attempted
 from batchphone.stop import Stopped
 
-__all__ = ["RowSender", "fetch_license", "not_attempted"]
+__all__ = ["RowSender", "fetch_license", "not_attempted", "stopped_result"]
 
 
 def not_attempted(
@@ -71,23 +78,42 @@ async def fetch_license(calls: Calls) -> None:
         return
 
 
-class RowSender:
-    """The pool's ``process`` functions: an update request (or a batch) in, results out."""
+def _nothing(requests: object) -> None:
+    """No journal to write ahead to (a caller that keeps no record)."""
 
-    def __init__(self, calls: Calls, batch: BatchSender | None = None) -> None:
+
+def stopped_result(request: UpdateRequest, stopped: Stopped) -> RowResult:
+    """The result of a row whose call a stop ended: unsettled if it may have gone out."""
+    if stopped.maybe_applied:
+        return unsettled(request, error_message="the run stopped with the call in flight")
+    return not_attempted(request, stopped.reason)
+
+
+class RowSender:
+    """The pool's ``process`` functions: an update request (or a batch) in, results out.
+
+    ``intend`` journals each call's rows before the call leaves (write-ahead).
+    """
+
+    def __init__(
+        self, calls: Calls, batch: BatchSender | None = None, *, intend: Intend = _nothing
+    ) -> None:
         self.calls = calls
         self.batch = batch
+        self.intend = intend
 
     async def process(self, request: UpdateRequest) -> RowResult:
         """Send one row (``update/phone``, retried) and return its result."""
         try:
             attempted = await self.calls(
-                lambda client: client.update_phone(request), verdicts=_update_verdicts
+                lambda client: client.update_phone(request),
+                verdicts=_update_verdicts,
+                ahead=lambda: self.intend([request]),
             )
         except FatalRemoteError as exc:
             return _unauthorized(request, exc)
         except Stopped as stopped:
-            return not_attempted(request, stopped.reason)
+            return stopped_result(request, stopped)
         return _result(request, attempted)
 
     async def process_batch(self, requests: list[UpdateRequest]) -> list[RowResult]:
@@ -105,17 +131,28 @@ class RowSender:
 
 def _result(request: UpdateRequest, attempted: Attempted[ApiOutcome]) -> RowResult:
     if attempted.value is None:
+        # every attempt went out and none was answered usably: any of them may have applied
         error = attempted.error
-        return result_for(
+        return unsettled(
             request,
-            status=Status.FAILED,
-            reason=Reason.RETRIES_EXHAUSTED,
             http_status=getattr(error, "http_status", None),
             error_code=getattr(error, "error_code", None),
             error_message=str(error) if error else None,
             attempts=attempted.attempts,
         )
     outcome = attempted.value
+    if outcome.status is Status.UPDATED and (
+        outcome.user is None or not request.held_by(outcome.user, lenient=True)
+    ):
+        return result_for(
+            request,
+            status=Status.FAILED,
+            reason=Reason.ANSWER_MISMATCH,
+            http_status=outcome.http_status,
+            error_message=mismatch(request, outcome.user, "answered with"),
+            attempts=attempted.attempts,
+            **user_fields(outcome.user),
+        )
     return result_for(
         request,
         status=outcome.status,

@@ -27,11 +27,17 @@ STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
 
 
 class Stopped(Exception):
-    """A call was not started (or was cancelled on the wire) because the run is stopping."""
+    """A call was not started (or was cancelled on the wire) because the run is stopping.
 
-    def __init__(self, reason: Reason) -> None:
+    ``maybe_applied``: the call (or an earlier attempt of it) left the process and no answer
+    says what became of it, so the server may have applied it: its rows are unsettled, never
+    "not attempted".
+    """
+
+    def __init__(self, reason: Reason, *, maybe_applied: bool = False) -> None:
         super().__init__(reason.value)
         self.reason = reason
+        self.maybe_applied = maybe_applied
 
 
 class Stop:
@@ -101,4 +107,5 @@ class Stop:
             finally:
                 self._calls.discard(scope)
         if scope.cancelled_caught:
-            raise Stopped(self.reason or Reason.INTERRUPTED)
+            # the request may have reached the server before the cancel: nobody knows
+            raise Stopped(self.reason or Reason.INTERRUPTED, maybe_applied=True)

@@ -31,6 +31,31 @@ LICENSE = "/v1/mgmt/license"
 Handler = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
 
 
+def journal_results(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The row records of ``out``'s journal: (write-ahead intents, every other record)."""
+    from batchphone.journal import iter_records, journal_path
+
+    records = list(iter_records(journal_path(out)))
+    intents = [r for r in records if r.get("reason") == "IN_FLIGHT"]
+    return intents, [r for r in records if r.get("reason") != "IN_FLIGHT"]
+
+
+class CallTimes:
+    """A ``calls.CallLog`` that keeps the times: each call's start, then its answer."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+        self.answers: list[float] = []
+
+    def started(self, ts: float) -> object:
+        self.starts.append(ts)
+        return len(self.starts)
+
+    def answered(self, ts: float, token: object) -> None:
+        assert token == len(self.starts), "an answer is recorded right after its own start"
+        self.answers.append(ts)
+
+
 def new_phones(count: int) -> list[tuple[str, str]]:
     """(login id, new phone) for ``user0..`` of ``phone_users``: phones none of them has yet."""
     return [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]

@@ -15,7 +15,7 @@ from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import Attempted, RetryPolicy
 from batchphone.stop import Stop, Stopped
-from tests.emulated import endpoint, make_emulator, phone_users, settings
+from tests.emulated import CallTimes, endpoint, make_emulator, phone_users, settings
 from tests.virtual import SleptClock as FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -54,14 +54,14 @@ def transient() -> TransientError:
 async def test_a_call_goes_through_every_layer_and_is_counted_once_per_http_call() -> None:
     script = Script([RateLimitedError("429", retry_after=2.0, http_status=429), transient(), "ok"])
     pauses: list[float] = []
-    times: list[float] = []
-    calls = stack(script, on_rate_limited=pauses.append, on_call=times.append)
+    times = CallTimes()
+    calls = stack(script, on_rate_limited=pauses.append, call_log=times)
     attempted = await send(calls)
     assert attempted.value == "ok"
     # the 429 cost no attempt (limiter layer); the 503 cost one (retry layer)
     assert (attempted.attempts, attempted.rate_limited) == (2, 1)
     assert (calls.count.calls, calls.count.rate_limited) == (3, 1)
-    assert pauses == [2.0] and len(times) == 3
+    assert pauses == [2.0] and len(times.starts) == len(times.answers) == 3
     assert calls.limiter.clock.now() >= 2.0  # waited out the pause, on the fake clock
 
 

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from batchphone.emulator import Emulator, Faults
-from batchphone.journal import iter_records, journal_path
+from tests.emulated import journal_results
 from tests.test_runner import PROJECT, UPDATE, make_emulator, read, run, update_calls
 from tests.virtual import VirtualClock
 
@@ -65,27 +65,57 @@ async def test_fault_matrix_every_row_ends_updated(
     assert emulator.stats(PROJECT).rate_limited >= 1
     final = {u["loginId"]: emulator.user(PROJECT, u["loginId"]) for u in users}
     assert all(user and user["phone"] for user in final.values())
-    assert len(list(iter_records(journal_path(out)))) == 150
+    intents, results = journal_results(out)
+    # one record per row, and ahead of it the row's intent (once per send, not per attempt)
+    assert sorted(r["row"] for r in results) == list(range(1, 151))
+    assert sorted(r["row"] for r in intents) == list(range(1, 151))
 
 
-async def test_retries_exhausted_then_retry_failed(tmp_path: Path) -> None:
+class FailingUpdates(httpx.AsyncBaseTransport):
+    """Every update answers 500 without being applied; every other call goes through."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.inner = emulator.transport()
+        self.updates = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == UPDATE:
+            self.updates += 1
+            return httpx.Response(500, json={"errorCode": "E000500", "errorDescription": "boom"})
+        return await self.inner.handle_async_request(request)
+
+
+async def test_a_lost_answer_is_read_back_sent_again_then_not_applied(tmp_path: Path) -> None:
     users, source = users_and_input(tmp_path, 5)
     emulator = make_emulator(users)
-    emulator.set_faults(Faults(error_500=1.0))
+    out = tmp_path / "r.csv"
+    failing = FailingUpdates(emulator)
+    first = await run(emulator, source, out, transport=failing, max_attempts=3)
+    rows = read(out)
+    # 500s after every attempt: unsettled, read back (not applied), sent again, read back again
+    assert {(r["status"], r["reason"]) for r in rows} == {("failed", "NOT_APPLIED")}
+    assert first.exit_code == 1 and failing.updates == 5 * 3 * 2
+    again = await run(emulator, source, out)
+    assert again.counts == {"failed": 5} and update_calls(emulator) == 0  # failed is final
+    retried = await run(emulator, source, out, retry_failed=True)
+    assert retried.counts == {"updated": 5} and retried.exit_code == 0
+    assert update_calls(emulator) == 5
+
+
+async def test_every_call_failing_leaves_rows_unsettled_until_a_rerun_settles_them(
+    tmp_path: Path,
+) -> None:
+    users, source = users_and_input(tmp_path, 5)
+    emulator = make_emulator(users)
+    emulator.set_faults(Faults(error_500=1.0))  # the reads too: nothing can settle them
     out = tmp_path / "r.csv"
     first = await run(emulator, source, out, max_attempts=3)
     rows = read(out)
-    assert {(r["status"], r["reason"], r["attempts"]) for r in rows} == {
-        ("failed", "RETRIES_EXHAUSTED", "3")
-    }
-    assert {r["http_status"] for r in rows} == {"500"}
+    assert {(r["status"], r["reason"]) for r in rows} == {("unsettled", "ANSWER_LOST")}
     assert first.exit_code == 1 and update_calls(emulator) == 15
     emulator.set_faults(Faults())
-    again = await run(emulator, source, out)
-    assert again.counts == {"failed": 5} and update_calls(emulator) == 15  # failed is final
-    retried = await run(emulator, source, out, retry_failed=True)
-    assert retried.counts == {"updated": 5} and retried.exit_code == 0
-    assert update_calls(emulator) == 20
+    again = await run(emulator, source, out)  # unsettled is not final: the rerun settles them
+    assert again.counts == {"updated": 5} and again.exit_code == 0
 
 
 async def test_circuit_breaker_stops_a_run_that_mostly_fails(tmp_path: Path) -> None:
@@ -98,7 +128,8 @@ async def test_circuit_breaker_stops_a_run_that_mostly_fails(tmp_path: Path) -> 
     assert summary.stopped_reason and "calls failed" in summary.stopped_reason
     rows = read(out)
     assert len(rows) == 60
-    assert {r["status"] for r in rows} == {"failed", "not_attempted"}
+    # a 500 says nothing of whether the update was applied: those rows are unsettled
+    assert {r["status"] for r in rows} == {"unsettled", "not_attempted"}
     assert {r["reason"] for r in rows if r["status"] == "not_attempted"} == {"CIRCUIT_OPEN"}
     assert update_calls(emulator) <= 20 + 4
 

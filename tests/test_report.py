@@ -152,6 +152,12 @@ async def test_every_local_reason_is_in_the_mixed_file(tmp_path: Path) -> None:
             Reason.NO_BEFORE_IMAGE,
             Reason.CANARY_MISMATCH,
             Reason.VERIFIED_ONLY,  # known only once the user was read
+            # a call's answer, or a read of its user after the answer was lost
+            Reason.IN_FLIGHT,
+            Reason.ANSWER_LOST,
+            Reason.CONFIRMED_BY_READ,
+            Reason.NOT_APPLIED,
+            Reason.ANSWER_MISMATCH,
         )
     }
     assert seen == local

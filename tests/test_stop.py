@@ -13,6 +13,7 @@ from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop, Stopped
+from tests.emulated import CallTimes
 from tests.test_retry import Script, limited, transient
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]
@@ -111,15 +112,18 @@ async def test_a_call_on_the_wire_finishes_after_a_soft_stop_and_a_hard_one_canc
 
 
 async def test_every_answer_is_reported_with_the_time_it_arrived() -> None:
-    times: list[float] = []
+    times = CallTimes()
     script = Script([limited(0.5), transient(), "ok"])
     attempted = await call_with_retry(
         script,
         limiter=RateLimiter(1000, 1.0),
         policy=RetryPolicy(wait_initial=0.1, wait_jitter=0.0),
         stop=Stop(),
-        on_call=times.append,
+        call_log=times,
     )
     assert attempted.value == "ok"
-    assert len(times) == 3  # the 429, the 503 and the answer: every call counts
-    assert times == sorted(times)
+    assert len(times.answers) == 3  # the 429, the 503 and the answer: every call counts
+    assert times.answers == sorted(times.answers)
+    # each start is recorded before its answer, and after the answer before it
+    merged = [t for pair in zip(times.starts, times.answers, strict=True) for t in pair]
+    assert merged == sorted(merged)
