@@ -8,8 +8,8 @@ image, with two conditions the screen enforces: a user who already holds the ima
 alone (``unchanged``: the call was not applied), and the user's phone must still be the one the
 run set (else ``skipped``/``CHANGED_SINCE``: someone changed it since, and their change wins).
 Everything else about sending (budget, retries, journal, resume, ``--dry-run``, ``--api
-batch``) is the ordinary run's: undo is a run whose rows come from a result file. Its own result file has before-images too, so an undo can be
-undone.
+batch``) is the ordinary run's: undo is a run whose rows come from a result file. Its own
+result file has before-images too, so an undo can be undone.
 
 Rows are numbered by their position in RESULTS (the run's row numbers when the file is as the
 run wrote it; a file filtered down to the rows to undo works as well).
