@@ -81,6 +81,28 @@ def test_flags_reach_the_budget_and_the_faults(served: dict[str, Any]) -> None:
     assert served["log_level"] == "error"
 
 
+def test_applied_fault_flags_write_latency_and_writes_only_reach_the_faults(
+    served: dict[str, Any],
+) -> None:
+    result = run(
+        *("--management-key", "K", "--seed", "4", "--applied-500", "0.1", "--empty-200", "0.05"),
+        *("--empty-object-200", "0.02", "--unapplied-200", "0.03", "--timeout-delay", "0.25"),
+        *("--write-latency", "0.5", "--fault-writes-only"),
+    )
+    assert result.exit_code == 0, result.output
+    emu: Emulator = served["emulator"]
+    assert emu.faults == Faults(
+        seed=4,
+        applied_500=0.1,
+        empty_200=0.05,
+        empty_object_200=0.02,
+        unapplied_200=0.03,
+        timeout_delay=0.25,
+        write_latency=0.5,
+        writes_only=True,
+    )
+
+
 def test_the_key_may_come_from_the_environment(served: dict[str, Any]) -> None:
     result = run("--project-id", "P", env={"BATCHPHONE_EMULATOR_KEY": "from-env"})
     assert result.exit_code == 0, result.output
@@ -98,6 +120,8 @@ def test_the_key_may_come_from_the_environment(served: dict[str, Any]) -> None:
         (["--bogus"], "No such option '--bogus'"),
         (["--host", "0.0.0.0"], "--host 0.0.0.0: the emulator listens on loopback only"),
         (["--drop", "0.6", "--timeout", "0.6"], "the fault rates add up to more than 1"),
+        (["--applied-500", "0.6", "--empty-200", "0.6"], "the fault rates add up to more than 1"),
+        (["--write-latency", "-1"], "-1.0 is not in the range"),
         (["--users", "x.csv", "--generate", "3"], "--users and --generate cannot be used together"),
         (["--users", "/nonexistent/users.csv"], "--users /nonexistent/users.csv: No such file"),
     ],

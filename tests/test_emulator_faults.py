@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -256,3 +258,205 @@ def _fields(faults: Faults) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(faults)
+
+
+# -- faults that leave the update applied, or not applied, whatever the answer says ------------
+
+PATCH, PATCH_BATCH = "/v1/mgmt/user/patch", "/v1/mgmt/user/patch/batch"
+WRITES = (UPDATE, PATCH, PATCH_BATCH)
+#: users with a phone already, so that an answer can show the old one
+HOLDERS = [{"loginId": f"h{i}@example.com", "phone": f"+1212555{i:04d}"} for i in range(3)]
+NEW = {"h0@example.com": "+14155550100", "h1@example.com": "+14155550101"}
+
+
+def holders(faults: Faults, clock: Callable[[], float] = time.monotonic, **budget: Any) -> Emulator:
+    settings = ProjectSettings(PID, KEY, users=HOLDERS, **budget)
+    return Emulator([settings], faults=faults, clock=clock)
+
+
+async def write(c: httpx.AsyncClient, path: str) -> httpx.Response:
+    """Set the phones of ``NEW`` through ``path`` (one user, h0, unless it is the batch)."""
+    if path == UPDATE:
+        doc = {"loginId": "h0@example.com", "phone": NEW["h0@example.com"], "verified": True}
+        return await c.post(UPDATE, json={**doc, "failOnConflict": True})
+    if path == PATCH:
+        return await c.patch(
+            PATCH, json={"loginId": "h0@example.com", "phone": NEW["h0@example.com"]}
+        )
+    users = [{"loginId": login_id, "phone": phone} for login_id, phone in NEW.items()]
+    return await c.patch(PATCH_BATCH, json={"users": users})
+
+
+def phones(emu: Emulator) -> dict[str, str]:
+    return {u["loginIds"][0]: u["phone"] for u in emu.users(PID)}
+
+
+def written(path: str) -> dict[str, str]:
+    """The phones of every holder once ``path`` applied its write."""
+    before = {u["loginId"]: u["phone"] for u in HOLDERS}
+    return before | (NEW if path == PATCH_BATCH else {"h0@example.com": NEW["h0@example.com"]})
+
+
+@pytest.mark.parametrize("path", WRITES)
+async def test_applied_500_applies_the_write_then_answers_a_json_500(path: str) -> None:
+    emu = holders(Faults(applied_500=1.0))
+    async with client(emu) as c:
+        response = await write(c, path)
+    assert response.status_code == 500
+    assert response.json()["errorCode"] == "E000500"
+    assert phones(emu) == written(path)
+    assert [e.fault for e in emu.stats(PID).log] == ["applied_500"]
+    assert emu.stats(PID).requests == {(path, 500): 1}
+
+
+@pytest.mark.parametrize("path", WRITES)
+@pytest.mark.parametrize(("kind", "content"), [("empty_200", b""), ("empty_object_200", b"{}")])
+async def test_empty_200s_apply_the_write(path: str, kind: str, content: bytes) -> None:
+    emu = holders(Faults(**{kind: 1.0}))  # type: ignore[arg-type]
+    async with client(emu) as c:
+        response = await write(c, path)
+    assert response.status_code == 200
+    assert response.content == content
+    assert phones(emu) == written(path)
+    assert emu.stats(PID).updates == {
+        login_id: 1 for login_id in (NEW if path == PATCH_BATCH else ["h0@example.com"])
+    }
+    assert [e.fault for e in emu.stats(PID).log] == [kind]
+
+
+@pytest.mark.parametrize("path", WRITES)
+async def test_lost_answer_applies_every_write_then_drops_the_connection(path: str) -> None:
+    emu = holders(Faults(lost_answer=1.0))
+    async with client(emu) as c:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await write(c, path)
+    assert phones(emu) == written(path)
+    assert emu.stats(PID).requests == {(path, 0): 1}
+
+
+@pytest.mark.parametrize("path", WRITES)
+async def test_timeout_applies_every_write_and_answers_after_the_clients_timeout(
+    path: str,
+) -> None:
+    emu = holders(Faults(timeout=1.0, timeout_delay=0.5))  # a small delay serves a test
+    async with client(emu, timeout=0.05) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            await write(c, path)
+    assert phones(emu) == written(path)
+
+
+@pytest.mark.parametrize("path", WRITES)
+async def test_unapplied_200_answers_the_user_as_stored(path: str) -> None:
+    emu = holders(Faults(unapplied_200=1.0))
+    async with client(emu) as c:
+        response = await write(c, path)
+    assert response.status_code == 200
+    document = response.json()
+    shown = document["patchedUsers"] if path == PATCH_BATCH else [document["user"]]
+    old = {u["loginId"]: u["phone"] for u in HOLDERS}
+    assert {u["loginIds"][0]: u["phone"] for u in shown} == {
+        login_id: old[login_id] for login_id in (NEW if path == PATCH_BATCH else ["h0@example.com"])
+    }
+    assert phones(emu) == old
+    assert emu.stats(PID).updates == {}
+    assert [e.fault for e in emu.stats(PID).log] == ["unapplied_200"]
+
+
+@pytest.mark.parametrize("path", WRITES)
+async def test_ignore_update_answers_the_user_as_if_applied(path: str) -> None:
+    emu = holders(Faults(ignore_update=1.0))
+    async with client(emu) as c:
+        response = await write(c, path)
+    document = response.json()
+    shown = document["patchedUsers"] if path == PATCH_BATCH else [document["user"]]
+    assert {u["loginIds"][0]: u["phone"] for u in shown} == {
+        login_id: NEW[login_id] for login_id in (NEW if path == PATCH_BATCH else ["h0@example.com"])
+    }
+    assert phones(emu) == {u["loginId"]: u["phone"] for u in HOLDERS}
+
+
+async def test_unapplied_200_spares_reads_and_errors() -> None:
+    emu = holders(Faults(unapplied_200=1.0))
+    async with client(emu) as c:
+        loaded = await c.get("/v1/mgmt/user", params={"loginId": "h0@example.com"})
+        nobody = {"loginId": "nobody@example.com", "phone": "+12125550009"}
+        missing = await c.post(UPDATE, json=nobody)
+    assert loaded.status_code == 200 and loaded.json()["user"]["phone"] == "+12125550000"
+    assert missing.status_code == 404
+    assert [e.fault for e in emu.stats(PID).log] == [None, None]
+
+
+async def test_writes_only_leaves_reads_clean_and_writes_faulty() -> None:
+    emu = holders(Faults(error_500=1.0, writes_only=True))
+    async with client(emu) as c:
+        loaded = await c.get("/v1/mgmt/user", params={"loginId": "h0@example.com"})
+        found = await c.post("/v2/mgmt/user/search", json={"loginIds": ["h1@example.com"]})
+        statuses = [(await write(c, path)).status_code for path in WRITES]
+    assert loaded.status_code == 200 and loaded.json()["user"]["phone"] == "+12125550000"
+    assert found.status_code == 200 and found.json()["total"] == 1
+    assert statuses == [500, 500, 500]
+    assert phones(emu) == {u["loginId"]: u["phone"] for u in HOLDERS}
+
+
+def test_writes_only_draws_the_same_faults_for_writes() -> None:
+    base = Faults(seed=8, error_503=0.3, lost_answer=0.2, latency=0.01, jitter=0.01)
+    everywhere, writes = FaultPicker(base), FaultPicker(replace(base, writes_only=True))
+    kinds = []
+    for i in range(300):
+        key = f"call {i}".encode()
+        read_a, read_b = everywhere.pick(key, faulty=True), writes.pick(key, faulty=True)
+        assert read_b.kind is None and read_b.latency == read_a.latency
+        write_a = everywhere.pick(key, faulty=True, write=True)
+        write_b = writes.pick(key, faulty=True, write=True)
+        assert write_a == write_b
+        kinds.append(write_a.kind)
+    assert {FaultKind.ERROR_503, FaultKind.LOST_ANSWER, None} <= set(kinds)
+
+
+def test_new_kinds_take_only_calls_that_drew_no_fault() -> None:
+    base = Faults(seed=6, error_500=0.1, drop=0.1, timeout=0.1, lost_answer=0.1, ignore_update=0.1)
+    extended = replace(
+        base, applied_500=0.1, empty_200=0.1, empty_object_200=0.1, unapplied_200=0.1
+    )
+    old, new = FaultPicker(base), FaultPicker(extended)
+    taken: set[FaultKind] = set()
+    for i in range(500):
+        key = f"call {i}".encode()
+        before, after = old.pick(key, faulty=True), new.pick(key, faulty=True)
+        if before.kind is not None:
+            assert after.kind == before.kind
+        elif after.kind is not None:
+            taken.add(after.kind)
+    assert taken == {
+        FaultKind.APPLIED_500,
+        FaultKind.EMPTY_200,
+        FaultKind.EMPTY_OBJECT_200,
+        FaultKind.UNAPPLIED_200,
+    }
+
+
+@pytest.mark.virtual_time
+async def test_write_latency_holds_a_writes_answer_after_applying_it() -> None:
+    emu = holders(Faults(write_latency=2.0), clock=anyio.current_time, rate_limit=3)
+    answered: dict[str, float] = {}
+    async with client(emu, timeout=None) as c:
+        started = anyio.current_time()
+        loaded = await c.get("/v1/mgmt/user", params={"loginId": "h0@example.com"})
+        answered["load"] = anyio.current_time() - started
+
+        async def patch() -> None:
+            await write(c, PATCH)
+            answered["patch"] = anyio.current_time() - started
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(patch)
+            await anyio.sleep(1.0)
+            assert phones(emu)["h0@example.com"] == NEW["h0@example.com"]  # applied already
+            assert "patch" not in answered  # but not answered yet
+        assert (await c.post("/v2/mgmt/user/search", json={})).status_code == 200
+        after = anyio.current_time()
+        limited = await write(c, UPDATE)  # the 4th call in the window: a 429, not held
+        answered["429"] = anyio.current_time() - after
+    assert loaded.status_code == 200 and answered["load"] == 0.0
+    assert answered["patch"] == pytest.approx(2.0)
+    assert limited.status_code == 429 and answered["429"] == 0.0

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from batchphone.emulator import Emulator, ProjectSettings, load_users
+from batchphone.emulator import Emulator, Faults, ProjectSettings, load_users
 from batchphone.emulator.server import ServerThread
 
 descope = pytest.importorskip("descope")
@@ -94,6 +94,20 @@ def test_patch_and_patch_batch(user_api: Any) -> None:
     )
     assert [u["loginIds"] for u in result["patchedUsers"]] == [["peggy@example.com"]]
     assert result["failedUsers"][0]["user"]["loginIds"] == ["ghost@example.com"]
+
+
+def test_applied_500_raises_in_the_sdk_while_the_user_changed(
+    user_api: Any, emu_url: tuple[Emulator, str]
+) -> None:
+    emu, _ = emu_url
+    emu.set_faults(Faults(applied_500=1.0))
+    try:
+        with pytest.raises(AuthException) as caught:
+            user_api.update_phone("frank@example.com", "+14155550151", True, True)
+    finally:
+        emu.set_faults(Faults())
+    assert caught.value.status_code == 500 and "E000500" in str(caught.value.error_message)
+    assert emu.user(PID, "frank@example.com")["phone"] == "+14155550151"  # type: ignore[index]
 
 
 def test_a_wrong_key_is_a_401(emu_url: tuple[Emulator, str]) -> None:

@@ -1,10 +1,11 @@
 """The emulator: a Starlette app over in-memory projects, with auth, budget, faults and stats.
 
 One call goes: read the body -> draw its fault and sleep its latency -> under the lock,
-authenticate, count it against the budget, answer the fault or run the operation, record it
--> after the lock, hold the answer (``timeout``) or drop the connection (``drop``,
-``lost_answer``). Nothing awaits while the lock is held, so the lock only guards against the
-test thread reading stats while uvicorn's thread writes them.
+authenticate, count it against the budget, answer the fault or run the operation (and spoil
+its answer: ``applied_500``, ``empty_200``, ``empty_object_200``), record it -> after the lock,
+hold a write's answer (``write_latency``), then hold the answer (``timeout``) or drop the
+connection (``drop``, ``lost_answer``). Nothing awaits while the lock is held, so the lock
+only guards against the test thread reading stats while uvicorn's thread writes them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from batchphone.emulator.contract import ABORT_EXTENSION, ApiError, Code, error_
 from batchphone.emulator.faults import ERROR_STATUS, FaultKind, FaultPicker, Faults
 from batchphone.emulator.ratelimit import retry_after_header
 from batchphone.emulator.state import EmulatorStats, LogEntry, ProjectSettings, ProjectState
+from batchphone.emulator.store import UserStore
 from batchphone.errors import UsageError
 
 __all__ = ["Emulator"]
@@ -58,6 +60,8 @@ class _Answer:
     headers: dict[str, str] | None = None
     media_type: str = _JSON
     fault: FaultKind | None = None
+    #: False for the answers of auth and the limiter, which ``write_latency`` does not hold
+    processed: bool = True
 
 
 def _update_phone(project: ProjectState, doc: Any, query: dict[str, str], apply: bool) -> Any:
@@ -97,6 +101,15 @@ _ROUTES: dict[str, tuple[str, _Operation, bool, bool]] = {
     "/v1/mgmt/license": ("GET", _license, False, False),
 }
 _WRITES = frozenset({_update_phone, _patch, _patch_batch})
+#: faults that answer a write as if nothing was applied (no effect on reads)
+_UNAPPLIED = frozenset({FaultKind.IGNORE_UPDATE, FaultKind.UNAPPLIED_200})
+_SERVER_ERROR = error_body(f"{Code.SERVER_ERROR_PREFIX}500", "Server error (injected fault)")
+#: faults that replace the answer of a call that ran, whatever it was (the call's effect stays)
+_AFTER_RUN = {
+    FaultKind.APPLIED_500: _Answer(500, _SERVER_ERROR, fault=FaultKind.APPLIED_500),
+    FaultKind.EMPTY_200: _Answer(200, b"", fault=FaultKind.EMPTY_200),
+    FaultKind.EMPTY_OBJECT_200: _Answer(200, b"{}", fault=FaultKind.EMPTY_OBJECT_200),
+}
 
 
 class _EmulatorApp(Starlette):
@@ -211,6 +224,7 @@ class Emulator:
 
     def _endpoint(self, path: str) -> Callable[[Request], Awaitable[Response]]:
         _, operation, has_body, counted = _ROUTES[path]
+        write = operation in _WRITES
 
         async def endpoint(request: Request) -> Response:
             scope = request.scope
@@ -219,19 +233,18 @@ class Emulator:
             decision = None
             if picker.active:
                 key = b"\0".join((scope["method"].encode(), path.encode(), scope["query_string"]))
-                decision = picker.pick(key + b"\0" + body, faulty=counted)
+                decision = picker.pick(key + b"\0" + body, faulty=counted, write=write)
                 if decision.latency > 0:
                     await anyio.sleep(decision.latency)
             fault = decision.kind if decision is not None else None
             with self._lock:
                 answer = self._answer(request, path, operation, body, counted, fault)
+            if decision is not None and decision.answer_delay > 0 and answer.processed:
+                await _hold(request, decision.answer_delay)
             if answer.fault in (FaultKind.DROP, FaultKind.LOST_ANSWER):
                 await _drop(scope)
             elif answer.fault is FaultKind.TIMEOUT:
-                # held until the delay ends or the client gives up, whichever comes first
-                with anyio.move_on_after(picker.faults.timeout_delay):
-                    while (await request.receive())["type"] != "http.disconnect":
-                        pass
+                await _hold(request, picker.faults.timeout_delay)
             return Response(answer.body, answer.status, answer.headers, answer.media_type)
 
         return endpoint
@@ -250,14 +263,15 @@ class Emulator:
         project = self._authenticate(request, path, now)
         if project is None:
             description = "Unauthorized: wrong or missing project or management key"
-            return _Answer(401, error_body(Code.UNAUTHORIZED, description))
+            return _Answer(401, error_body(Code.UNAUTHORIZED, description), processed=False)
         query = dict(request.query_params) if request.scope["query_string"] else {}
         doc = _parse(body, needs_body=operation in _WRITES)
         named = doc.get("loginId") if isinstance(doc, dict) else None
         login_id = named if isinstance(named, str) else query.get("loginId") or query.get("userId")
         if counted and (left := project.limiter.admit(now)) is not None:
             rate_limited = error_body(Code.RATE_LIMITED, "API rate limit exceeded")
-            answer = _Answer(429, rate_limited, {"Retry-After": retry_after_header(left)})
+            retry_after = {"Retry-After": retry_after_header(left)}
+            answer = _Answer(429, rate_limited, retry_after, processed=False)
         elif fault in ERROR_STATUS:
             answer = _fault_answer(fault)
         elif fault is FaultKind.DROP:
@@ -295,21 +309,25 @@ class Emulator:
         query: dict[str, str],
         fault: FaultKind | None,
     ) -> _Answer:
-        """Run the operation on a parsed body (or answer its parse error)."""
-        if fault is FaultKind.IGNORE_UPDATE and operation not in _WRITES:
-            fault = None  # nothing to ignore on a read
+        """Run the operation on a parsed body (or answer its parse error), then its fault."""
+        if fault in _UNAPPLIED and operation not in _WRITES:
+            fault = None  # nothing to leave unapplied on a read
         try:
             if isinstance(doc, ApiError):
                 raise doc
-            result, written = operation(project, doc, query, fault is not FaultKind.IGNORE_UPDATE)
+            result, written = operation(project, doc, query, fault not in _UNAPPLIED)
         except ApiError as exc:
-            if fault is FaultKind.IGNORE_UPDATE:
+            if fault in _UNAPPLIED:
                 fault = None  # an error answer changes nothing anyway
             body = error_body(exc.code, exc.description, exc.message)
-            return _Answer(exc.status, body, fault=fault)
-        for name in written:
-            project.updates[name] += 1
-        return _Answer(200, orjson.dumps(result), fault=fault)
+            answer = _Answer(exc.status, body, fault=fault)
+        else:
+            for name in written:
+                project.updates[name] += 1
+            if fault is FaultKind.UNAPPLIED_200:
+                result = _as_stored(project.store, result)
+            answer = _Answer(200, orjson.dumps(result), fault=fault)
+        return _AFTER_RUN.get(answer.fault, answer) if answer.fault is not None else answer
 
     async def _stats_endpoint(self, request: Request) -> Response:
         wanted = request.query_params.get("project")
@@ -346,6 +364,21 @@ def _fault_answer(fault: FaultKind) -> _Answer:
         return _Answer(502, _HTML_502, media_type="text/html", fault=fault)
     body = error_body(f"{Code.SERVER_ERROR_PREFIX}{status}", "Server error (injected fault)")
     return _Answer(status, body, fault=fault)
+
+
+def _as_stored(store: UserStore, result: dict[str, Any]) -> dict[str, Any]:
+    """A write's answer with each user as stored (``unapplied_200``: the update is not there)."""
+    if "user" in result:
+        return {**result, "user": store.find(result["user"]["loginIds"][0])}
+    patched = [store.find(user["loginIds"][0]) for user in result["patchedUsers"]]
+    return {**result, "patchedUsers": patched}
+
+
+async def _hold(request: Request, seconds: float) -> None:
+    """Wait ``seconds`` or until the client goes away, whichever comes first."""
+    with anyio.move_on_after(seconds):
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
 
 async def _drop(scope: Scope) -> None:

@@ -35,9 +35,13 @@ _FAULT_HELP = {
     "error_524": "HTTP 524 answers (JSON body).",
     "html_502": "HTTP 502 answers with the CDN's HTML page.",
     "drop": "connections closed before the call is applied.",
-    "timeout": "answers held for --timeout-delay seconds (the call is applied).",
+    "timeout": "calls applied whose answer is held for --timeout-delay seconds.",
     "lost_answer": "calls applied whose connection then closes with no answer.",
-    "ignore_update": "updates answered 200 but not applied.",
+    "ignore_update": "updates not applied, answered 200 with the user as if they were.",
+    "applied_500": "calls applied, then answered HTTP 500 (JSON body).",
+    "empty_200": "calls applied, then answered 200 with an empty body.",
+    "empty_object_200": "calls applied, then answered 200 with the body {}.",
+    "unapplied_200": "updates not applied, answered 200 with the user unchanged.",
 }
 
 
@@ -138,6 +142,20 @@ Environment:
     help="Seconds a timeout answer is held.",
 )
 @click.option(
+    "--write-latency",
+    type=_SECONDS,
+    default=0.0,
+    show_default=True,
+    help="Seconds added to each write's answer, after it is applied (a slow patch).",
+)
+@click.option(
+    "--fault-writes-only",
+    "writes_only",
+    is_flag=True,
+    help="Fault kinds hit only update/patch calls; loads and searches answer normally "
+    "(--latency still applies).",
+)
+@click.option(
     "--projects-file", type=click.Path(path_type=Path), help="TOML or JSON list of projects."
 )
 @click.option("--quiet", is_flag=True, help="Print only the listening line.")
@@ -210,6 +228,8 @@ def _faults(options: dict[str, Any]) -> Faults:
             jitter=options["jitter"],
             arrival_jitter=options["arrival_jitter"],
             timeout_delay=options["timeout_delay"],
+            write_latency=options["write_latency"],
+            writes_only=options["writes_only"],
             **rates,
         )
     except ValueError as exc:

@@ -95,7 +95,10 @@ ASSUMED: Final[Mapping[str, str]] = {
     "when it does not exist.",
     "license-header": "x-descope-license is accepted and not checked.",
     "faults-scope": "Faults and their draw apply only to counted user calls, after auth and the "
-    "limiter (a 429 is the CDN's answer and is never faulty); latency applies to every API call.",
+    "limiter (a 429 is the CDN's answer and is never faulty); latency applies to every API call. "
+    "writes_only limits the fault kinds to update/phone, patch and patch/batch (reads keep only "
+    "the latency); write_latency holds each write's answer after the write is applied (not a "
+    "401 or 429).",
     "fault-replay": "Each fault draw is a hash of the seed, the request (method, path, query, "
     "body) and how many times that same request was seen: a replay with the same seed and the "
     "same requests gets the same faults whatever the concurrency.",
@@ -103,9 +106,16 @@ ASSUMED: Final[Mapping[str, str]] = {
     "E000<status>); html_502 answers an HTML page from the CDN.",
     "drop": "drop: the connection closes before the call is applied; lost_answer: the call is "
     "applied, then the connection closes; timeout: the call is applied and its answer held "
-    "for timeout_delay seconds (or until the client goes away).",
+    "for timeout_delay seconds (or until the client goes away), so a client with a shorter "
+    "timeout sees an applied call answered too late.",
+    "applied-faults": "applied_500, empty_200, empty_object_200: the call runs as usual (an "
+    "update or each entry of a batch is applied; one the API refuses changes nothing), then its "
+    "answer is replaced by a 500 with a JSON error body (E000500), a 200 with an empty body, or "
+    "a 200 with {}.",
     "ignore-update": "ignore_update: an update or patch answers 200 with the user as it would "
-    "be, but nothing changes.",
+    "be, but nothing changes. unapplied_200: nothing changes and the 200 shows it: the user "
+    "(patchedUsers in a batch) as stored, with the old phone. An update the API refuses gets "
+    "its error answer under both.",
     "stats-status": "In the stats, a call whose connection was closed has status 0.",
     "stats-updates": "updates counts applied writes (update/phone, patch, each batch entry) by "
     "the loginId the request named.",

@@ -1,5 +1,9 @@
 """Injected faults: latency, server errors, dropped connections, timeouts, lost answers.
 
+Some faults leave the user store alone (``error_*``, ``html_502``, ``drop``, ``ignore_update``,
+``unapplied_200``); the others run the call as usual, so an update is applied, and then spoil
+its answer (``lost_answer``, ``timeout``, ``applied_500``, ``empty_200``, ``empty_object_200``).
+
 Every draw is a hash of the seed, the request and how many times that same request was seen
 before (assumed ``fault-replay``), not a shared random stream: a run replayed with the same seed
 gets the same faults for the same calls even when concurrency reorders them.
@@ -28,6 +32,12 @@ class FaultKind(enum.StrEnum):
     TIMEOUT = "timeout"
     LOST_ANSWER = "lost_answer"
     IGNORE_UPDATE = "ignore_update"
+    # new kinds go last: the draw walks the kinds in this order, so a kind appended with rate 0
+    # leaves every call's fault as it was, and with a rate it only takes calls that drew none
+    APPLIED_500 = "applied_500"
+    EMPTY_200 = "empty_200"
+    EMPTY_OBJECT_200 = "empty_object_200"
+    UNAPPLIED_200 = "unapplied_200"
 
 
 #: The HTTP status a server-error fault answers with.
@@ -47,7 +57,14 @@ class Faults:
     ``arrival_jitter`` delays each call by a random 0..J seconds before the budget counts it,
     as a CDN in front of the API would: arrivals then move against the client's sends. All zero
     by default. The rates together may not exceed 1; ``timeout_delay`` is how long a
-    ``timeout`` answer is held (longer than any sane client timeout).
+    ``timeout`` answer is held (longer than any sane client timeout; a test may set it to a
+    fraction of a second, as long as it is longer than its client's timeout).
+
+    ``write_latency`` holds the answer of every write (update/phone, patch, patch/batch) that
+    got past the rate limiter for that many more seconds, after the write was applied: a slow
+    patch, apart from ``latency``. ``writes_only`` draws fault kinds for writes only: reads
+    (load, search) then answer normally, with only ``latency`` and ``jitter``; the writes draw
+    the same faults as without it.
     """
 
     seed: int = 0
@@ -64,9 +81,15 @@ class Faults:
     lost_answer: float = 0.0
     ignore_update: float = 0.0
     timeout_delay: float = 65.0
+    applied_500: float = 0.0
+    empty_200: float = 0.0
+    empty_object_200: float = 0.0
+    unapplied_200: float = 0.0
+    write_latency: float = 0.0
+    writes_only: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("latency", "jitter", "arrival_jitter", "timeout_delay"):
+        for name in ("latency", "jitter", "arrival_jitter", "timeout_delay", "write_latency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more seconds")
         rates = self.rates()
@@ -86,19 +109,21 @@ class Faults:
         return any(getattr(self, f.name) for f in fields(self) if f.name not in _NOT_A_FAULT)
 
 
-_NOT_A_FAULT = frozenset({"seed", "timeout_delay"})
+_NOT_A_FAULT = frozenset({"seed", "timeout_delay", "writes_only"})
 
 
 @dataclass(frozen=True, slots=True)
 class FaultDecision:
     """What the draw decided for one call: a fault (or none) and the latency to add first.
 
-    ``latency`` includes ``arrival_delay``, the part drawn from ``Faults.arrival_jitter``.
+    ``latency`` includes ``arrival_delay``, the part drawn from ``Faults.arrival_jitter``;
+    ``answer_delay`` (``Faults.write_latency``, writes only) is waited after the call ran.
     """
 
     kind: FaultKind | None
     latency: float
     arrival_delay: float = 0.0
+    answer_delay: float = 0.0
 
 
 NO_FAULT = FaultDecision(kind=None, latency=0.0)
@@ -120,10 +145,11 @@ class FaultPicker:
         self._seen: dict[bytes, int] = {}
         self._seed = faults.seed.to_bytes(16, "big", signed=True)
 
-    def pick(self, request_key: bytes, *, faulty: bool) -> FaultDecision:
+    def pick(self, request_key: bytes, *, faulty: bool, write: bool = False) -> FaultDecision:
         """The decision for a request identified by ``request_key`` (method, path, query, body).
 
-        ``faulty=False`` (calls outside the user endpoints) draws only the latency.
+        ``faulty=False`` (calls outside the user endpoints) draws only the latency, and so does
+        a read (``write=False``) when ``Faults.writes_only`` is set.
         """
         faults = self.faults
         if not self.active:
@@ -142,11 +168,14 @@ class FaultPicker:
             extra = hashlib.blake2b(digest, digest_size=8).digest()
             arrival_delay = faults.arrival_jitter * int.from_bytes(extra, "big") / _TWO_64
         kind = None
-        if faulty:
+        if faulty and (write or not faults.writes_only):
             for bound, candidate in self._bounds:
                 if u_fault < bound:
                     kind = candidate
                     break
         return FaultDecision(
-            kind=kind, latency=latency + arrival_delay, arrival_delay=arrival_delay
+            kind=kind,
+            latency=latency + arrival_delay,
+            arrival_delay=arrival_delay,
+            answer_delay=faults.write_latency if write else 0.0,
         )
