@@ -1,0 +1,190 @@
+"""Every run can be undone, whatever happens to its calls: the fault matrix, in-process.
+
+The emulator applies updates and then loses the answer (500, a dropped connection, an answer
+after the client's timeout, an empty 200, ``{}``), or answers 200 without applying them, on
+the write endpoints only. After the run (and, in half the cases, a resume without faults),
+undo must put every user back exactly as before the run, and no user may ever have been sent
+two different phones by the run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from batchphone.emulator import Emulator, Faults
+from batchphone.journal import iter_records, journal_path
+from batchphone.models import Summary
+from tests.emulated import (
+    PATCH_BATCH,
+    PROJECT,
+    UPDATE,
+    Spy,
+    make_emulator,
+    read,
+    run_job,
+    write_input,
+)
+from tests.virtual import VirtualClock
+
+pytestmark = pytest.mark.anyio
+
+USERS = 60
+
+#: applied and never confirmed, and confirmed but never applied: the faults of issue 16
+LOST = Faults(
+    seed=0,
+    writes_only=True,
+    latency=0.02,
+    write_latency=0.05,
+    applied_500=0.12,
+    lost_answer=0.08,
+    timeout=0.06,
+    empty_200=0.06,
+    empty_object_200=0.06,
+    unapplied_200=0.08,
+    timeout_delay=3.0,
+)
+
+
+def seeded_users(count: int, seed: int) -> list[dict[str, Any]]:
+    """Users with phones and verified flags of every kind (none, verified, unverified)."""
+    rng = random.Random(seed)
+    users = []
+    for i in range(count):
+        user: dict[str, Any] = {"loginId": f"user{i}@example.com"}
+        kind = rng.randrange(3)
+        if kind:
+            user["phone"] = f"+1415555{i:04d}"
+            user["verifiedPhone"] = kind == 1
+        users.append(user)
+    return users
+
+
+def state(emulator: Emulator) -> dict[str, tuple[str, bool]]:
+    """Each user's phone and verified flag as the emulator holds them."""
+    return {
+        u["loginIds"][0]: (u.get("phone") or "", bool(u.get("verifiedPhone")))
+        for u in emulator.users(PROJECT)
+    }
+
+
+def sent_phones(spy: Spy) -> dict[str, set[str]]:
+    """Every phone sent to each login id, by update or patch."""
+    sent: dict[str, set[str]] = {}
+    for body in spy.bodies.get(UPDATE, []):
+        sent.setdefault(body["loginId"], set()).add(body["phone"])
+    for body in spy.bodies.get(PATCH_BATCH, []):
+        for user in body["users"]:
+            sent.setdefault(user["loginId"], set()).add(user["phone"])
+    return sent
+
+
+async def faulted_run(
+    tmp_path: Path, virtual_clock: VirtualClock, *, api: str, canary: int, seed: int
+) -> tuple[Emulator, Path, Path, dict[str, tuple[str, bool]], Spy, Summary]:
+    users = seeded_users(USERS, seed)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(USERS)]
+    verified = [random.Random(seed + i).choice(["true", "false", ""]) for i in range(USERS)]
+    source = write_input(tmp_path / "in.csv", rows, verified)
+    emulator.set_faults(replace(LOST, seed=seed))
+    spy = Spy(emulator)
+    out = tmp_path / "r.csv"
+    job = {"api": api, "batch_size": 10, "canary": canary}
+    summary = await run_job(
+        emulator, "run", source, out, transport=spy, job=job, timeout=1.0, max_attempts=2
+    )
+    return emulator, source, out, before, spy, summary
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("resume", [False, True], ids=["undo", "resume-undo"])
+@pytest.mark.parametrize("canary", [0, 5], ids=["", "canary"])
+@pytest.mark.parametrize("api", ["update", "batch"])
+@pytest.mark.parametrize("seed", [1, 2])
+async def test_every_user_is_back_after_undo_whatever_the_answers(
+    tmp_path: Path, virtual_clock: VirtualClock, api: str, canary: int, resume: bool, seed: int
+) -> None:
+    emulator, source, out, before, spy, first = await faulted_run(
+        tmp_path, virtual_clock, api=api, canary=canary, seed=seed
+    )
+    rows = {int(r["row"]): r for r in read(out)}
+    assert sorted(rows) == list(range(1, USERS + 1))
+    now = state(emulator)
+    changed = {login for login in before if now[login] != before[login]}
+    assert changed, "the faults left no user changed: the matrix tests nothing"
+    for row in rows.values():
+        user = now[row["loginId"]]
+        if row["status"] == "updated":  # an updated row's user holds what was sent
+            assert user[0] == row["phone"], row
+        if row["loginId"] in changed:  # a changed user's row never claims nothing was done
+            assert row["status"] in ("updated", "unsettled", "failed"), row
+            assert row["phone_before"] is not None or before[row["loginId"]][0] == "", row
+    emulator.set_faults(Faults())
+    if resume:
+        again = await run_job(
+            emulator, "run", source, out, transport=spy, job={"api": api, "batch_size": 10}
+        )
+        assert "unsettled" not in again.counts, again.counts
+    for login, phones in sent_phones(spy).items():
+        assert len(phones) == 1, (login, phones)  # never two different values
+    # a third of the users had no phone: putting that back removes the one the run set
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0, (first.counts, undone.counts)
+    assert state(emulator) == before
+
+
+@pytest.mark.virtual_time
+async def test_a_200_without_the_change_is_failed_and_not_undone(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    users = seeded_users(10, 5)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    emulator.set_faults(Faults(writes_only=True, unapplied_200=1.0))
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
+    source = write_input(tmp_path / "in.csv", rows)
+    out = tmp_path / "r.csv"
+    summary = await run_job(emulator, "run", source, out)
+    assert summary.counts == {"failed": 10}
+    assert {(r["status"], r["reason"]) for r in read(out)} == {("failed", "ANSWER_MISMATCH")}
+    assert state(emulator) == before
+    emulator.set_faults(Faults())
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0 and set(undone.counts) == {"unchanged"}
+    assert state(emulator) == before
+
+
+@pytest.mark.virtual_time
+async def test_an_applied_update_whose_answer_is_lost_is_confirmed_by_a_read(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    users = seeded_users(10, 6)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    emulator.set_faults(Faults(writes_only=True, applied_500=1.0))
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
+    source = write_input(tmp_path / "in.csv", rows)
+    out = tmp_path / "r.csv"
+    summary = await run_job(emulator, "run", source, out, max_attempts=2)
+    result = read(out)
+    assert summary.counts == {"updated": 10} and summary.exit_code == 0
+    assert {(r["status"], r["reason"]) for r in result} == {("updated", "CONFIRMED_BY_READ")}
+    assert [r["phone_before"] or "" for r in result] == [before[r["loginId"]][0] for r in result]
+    # each row's intent went to the journal before its first call, the lost answer after
+    # it, and the read that settled it last
+    journaled: dict[int, list[str]] = {}
+    for record in iter_records(journal_path(out)):
+        journaled.setdefault(record["row"], []).append(record["reason"])
+    assert set(map(tuple, journaled.values())) == {
+        ("IN_FLIGHT", "ANSWER_LOST", "CONFIRMED_BY_READ")
+    }
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.counts == {"updated": 10}
+    assert state(emulator) == before
