@@ -9,11 +9,13 @@ two different phones by the run.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from batchphone.emulator import Emulator, Faults
@@ -187,4 +189,55 @@ async def test_an_applied_update_whose_answer_is_lost_is_confirmed_by_a_read(
     }
     undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
     assert undone.counts == {"updated": 10}
+    assert state(emulator) == before
+
+
+class Unverifying(httpx.AsyncBaseTransport):
+    """A rule in front of the project: it stores every phone unverified and answers as if it
+    had stored what was sent (only a read of the user shows it: the canary's reason to be)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.inner = emulator.transport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != UPDATE:
+            return await self.inner.handle_async_request(request)
+        body = json.loads(request.content)
+        claimed, body["verified"] = body["verified"], False
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "content-length"}
+        forwarded = httpx.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=json.dumps(body).encode(),
+            extensions=request.extensions,
+        )
+        answer = await self.inner.handle_async_request(forwarded)
+        data = json.loads(await answer.aread())
+        if answer.status_code == 200:
+            data["user"]["verifiedPhone"] = claimed
+        return httpx.Response(answer.status_code, json=data)
+
+
+@pytest.mark.virtual_time
+async def test_the_users_a_failed_canary_changed_are_undone(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    users = seeded_users(30, 7)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(30)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 30)
+    out = tmp_path / "r.csv"
+    summary = await run_job(
+        emulator, "run", source, out, transport=Unverifying(emulator), job={"canary": 6}
+    )
+    assert summary.stopped_reason and "canary" in summary.stopped_reason
+    result = read(out)
+    canary = [r for r in result if r["reason"] == "CANARY_MISMATCH"]
+    assert len(canary) == 6 and all(r["verified_before"] is not None for r in canary)
+    changed = {login for login, now in state(emulator).items() if now != before[login]}
+    assert changed == {r["loginId"] for r in canary}  # their phones changed, flags did not stick
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0 and undone.counts.get("updated") == 6
     assert state(emulator) == before

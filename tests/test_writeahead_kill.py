@@ -205,3 +205,36 @@ def test_a_second_ctrl_c_cancels_calls_in_flight_and_undo_restores_them(
     _, stderr = undo.communicate(timeout=120)
     assert undo.returncode == 0, stderr
     assert state(emulator) == before
+
+
+def test_a_restart_after_kill_9_counts_the_calls_that_were_in_flight(tmp_path: Path) -> None:
+    """The calls on the wire at a kill were never answered, so never journaled as answered:
+    their start records make the restart's limiter wait for them (no 429, no block)."""
+    users = [{"loginId": f"user{i}@example.com"} for i in range(60)]
+    project = ProjectSettings(
+        project_id=PROJECT,
+        management_key=KEY,
+        users=users,
+        rate_limit=20,
+        rate_window=3.0,
+        penalty=30.0,
+    )
+    emulator = Emulator(projects=[project], faults=Faults(seed=1, latency=0.4))
+    source = tmp_path / "in.csv"
+    pl.DataFrame(
+        {"loginId": [u["loginId"] for u in users], "phone": [f"+1415666{i:04d}" for i in range(60)]}
+    ).write_csv(source)
+    out = tmp_path / "r.csv"
+    command = ["run", str(source), "--out", str(out), "--no-lookup", "--rate", "20/3"]
+    command += ["--budget-store", "none", "--concurrency", "8", "--timeout", "2"]
+    with ServerThread(emulator, port=0) as base_url:
+        process = batchphone(base_url, *command)
+        wait_for(lambda: writes(emulator) >= 8)  # 8 updates arrived, none answered yet
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        restart = batchphone(base_url, *command)
+        _, stderr = restart.communicate(timeout=120)
+    assert restart.returncode == 0, stderr
+    stats = emulator.stats(PROJECT)
+    assert stats.rate_limited == 0 and stats.blocks == 0
+    assert stats.max_window_calls <= 20
