@@ -39,14 +39,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 # the kill -9 and reopen children import this module: only what they need is imported here
 from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
-from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS, Command, RowResult, Status
+from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS, Command, Reason, RowResult, Status
 from bench import data
 from bench.sqlite_journal import SqliteJournal
 
@@ -126,6 +126,20 @@ def result(row: int) -> RowResult:
     )
 
 
+def intent(one: RowResult) -> RowResult:
+    """The write-ahead record of a row's call: its before-image and the phone it sets."""
+    return replace(
+        one,
+        status=Status.UNSETTLED,
+        reason=Reason.IN_FLIGHT,
+        http_status=None,
+        attempts=0,
+        user_id=None,
+        verified_phone=None,
+        user_json=None,
+    )
+
+
 class _Jsonl:
     """The real journal, driven as ``runner._Recorder`` drives it."""
 
@@ -143,7 +157,11 @@ class _Jsonl:
             self.journal.fsync()
 
     def call(self, results: list[RowResult], ts: float) -> None:
-        self.journal.append_call(ts)
+        # as a run now does: the rows' intents and the call's start before it leaves, then
+        # the answer and the rows' results
+        self.journal.append_intent([intent(one) for one in results], ts=ts)
+        call_id = self.journal.append_start(ts, until=ts + 30.0)
+        self.journal.append_call(ts, call_id)
         for one in results:
             self.journal.append(one, ts=ts, urgent=True)
 
