@@ -241,3 +241,85 @@ async def test_the_users_a_failed_canary_changed_are_undone(
     undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
     assert undone.exit_code == 0 and undone.counts.get("updated") == 6
     assert state(emulator) == before
+
+
+class ReadsFailAfterWrites(httpx.AsyncBaseTransport):
+    """Updates are applied, then answered 500; once one was sent, every read answers 500."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.inner = emulator.transport()
+        self.written = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == UPDATE:
+            self.written = True
+            await (await self.inner.handle_async_request(request)).aread()
+        elif not self.written:
+            return await self.inner.handle_async_request(request)
+        return httpx.Response(500, json={"errorCode": "E000500", "errorDescription": "boom"})
+
+
+@pytest.mark.virtual_time
+async def test_a_resume_settles_applied_updates_with_the_journaled_before_image(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    users = seeded_users(10, 8)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 10)
+    out = tmp_path / "r.csv"
+    transport = ReadsFailAfterWrites(emulator)
+    first = await run_job(emulator, "run", source, out, transport=transport, max_attempts=2)
+    assert first.counts == {"unsettled": 10} and first.exit_code == 1
+    assert all(now != before[login] for login, now in state(emulator).items())
+    # the rerun reads the users: they hold the new phones, so the rows are updated, with the
+    # image journaled before the first call (the users' state now would say "unchanged")
+    second = await run_job(emulator, "run", source, out)
+    assert second.counts == {"updated": 10} and second.requests == 2  # license, one search
+    result = read(out)
+    assert {r["reason"] for r in result} == {"CONFIRMED_BY_READ"}
+    assert [(r["phone_before"] or "") for r in result] == [before[r["loginId"]][0] for r in result]
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0 and state(emulator) == before
+
+
+class Stale(httpx.AsyncBaseTransport):
+    """A cache in front of the project: updates are applied, but answered with the user as it
+    was before (a 200 that shows no change)."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.inner = emulator.transport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path != UPDATE:
+            return await self.inner.handle_async_request(request)
+        login_id = json.loads(request.content)["loginId"]
+        old = self.emulator.user(PROJECT, login_id)
+        answer = await self.inner.handle_async_request(request)
+        await answer.aread()
+        return httpx.Response(answer.status_code, json={"user": old})
+
+
+@pytest.mark.virtual_time
+async def test_retry_failed_never_replaces_a_known_before_image(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    users = seeded_users(10, 9)
+    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
+    before = state(emulator)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
+    source = write_input(tmp_path / "in.csv", rows, ["false"] * 10)
+    out = tmp_path / "r.csv"
+    first = await run_job(emulator, "run", source, out, transport=Stale(emulator))
+    assert first.counts == {"failed": 10}  # ANSWER_MISMATCH, yet every user was changed
+    assert all(now != before[login] for login, now in state(emulator).items())
+    again = await run_job(emulator, "run", source, out, retry_failed=True)
+    result = read(out)
+    # the users hold what the rows send: updated with the image read before the first run,
+    # never unchanged with the run's own phone as the "before"
+    assert again.counts == {"updated": 10}
+    assert [(r["phone_before"] or "") for r in result] == [before[r["loginId"]][0] for r in result]
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0 and state(emulator) == before
