@@ -42,7 +42,15 @@ import orjson
 
 from batchphone.errors import OutputError, ResumeError
 from batchphone.logs import get_logger
-from batchphone.models import FINAL_STATUSES, Command, PhoneState, RowResult, Status
+from batchphone.models import (
+    FINAL_STATUSES,
+    Command,
+    PhoneState,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
 
 
 def _dumps(record: Mapping[str, Any]) -> bytes:
@@ -82,6 +90,7 @@ _LINK_ERRNOS = {errno.ELOOP, getattr(errno, "EMLINK", errno.ELOOP)}
 CALL_KEY = "call"
 #: The key of a call-start record: ``{"start": <epoch seconds>, "id": ..., "until": ...}``.
 START_KEY = "start"
+_UNSETTLED, _IN_FLIGHT = Status.UNSETTLED.value, Reason.IN_FLIGHT.value
 #: Statuses whose record may hold the before-image of a call that changed the user: the image
 #: is kept for a resume (``JournalState.befores``) until a later record settles the row.
 _OPEN_STATUSES = frozenset({Status.UNSETTLED, Status.FAILED, Status.NOT_ATTEMPTED})
@@ -328,15 +337,30 @@ class Journal:
         ):
             self.flush()
 
-    def append_intent(self, results: Sequence[RowResult], *, ts: float) -> None:
+    def append_intent(self, requests: Sequence[UpdateRequest], *, ts: float) -> None:
         """Record, before a call that may change users leaves, what each of its rows intends.
 
-        ``results`` are ``unsettled``/``IN_FLIGHT`` results: the phone the call sets and the
-        user's before-image. One write to the OS for the whole call (a ``kill -9`` right after
-        it loses none); the answer's record, appended later, settles each row.
+        Each row gets an ``unsettled``/``IN_FLIGHT`` record: the phone the call sets and the
+        user's before-image, built here with nothing else (it is on the hot path, and the
+        answer's record, appended later, has the rest). One write to the OS for the whole call:
+        a ``kill -9`` right after it loses none.
         """
-        for result in results:
-            self._line(result, ts)
+        stamp = round(ts, 3)
+        for request in requests:
+            record: dict[str, Any] = {
+                "row": request.row,
+                "loginId": request.login_id,
+                "phone_input": request.phone_input,
+                "phone": request.phone,
+                "status": _UNSETTLED,
+                "reason": _IN_FLIGHT,
+            }
+            if request.before is not None:
+                record["phone_before"] = request.before.phone
+                record["verified_before"] = request.before.verified
+            record["ts"] = stamp
+            self._buffer.append(_dumps(record) + b"\n")
+            self.state.record(request.row, Status.UNSETTLED)
         self.flush()
 
     def append_start(self, ts: float, *, until: float) -> str:

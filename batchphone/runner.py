@@ -52,7 +52,7 @@ from batchphone.models import (
     UpdateRequest,
 )
 from batchphone.pool import run_pool
-from batchphone.prepare import Mode, Prepared, now_iso, unsettled
+from batchphone.prepare import Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
@@ -196,8 +196,7 @@ class _Recorder:
         """Journal, before the call leaves, each row's before-image and what the call sets."""
         if not self.journal_open:
             raise AssertionError("a call that may change users after the journal was closed")
-        intents = [unsettled(r, Reason.IN_FLIGHT) for r in requests]
-        self.journal.append_intent(intents, ts=time.time())
+        self.journal.append_intent(list(requests), ts=time.time())
 
     def started(self, ts: float) -> object:
         """Journal that a call starts (``calls.CallLog``): a restart's limiter counts it."""

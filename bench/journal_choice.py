@@ -39,14 +39,22 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 # the kill -9 and reopen children import this module: only what they need is imported here
 from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
-from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS, Command, Reason, RowResult, Status
+from batchphone.models import (
+    LOOKUP_COLUMNS,
+    RESULT_COLUMNS,
+    Command,
+    PhoneState,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
 from bench import data
 from bench.sqlite_journal import SqliteJournal
 
@@ -126,17 +134,15 @@ def result(row: int) -> RowResult:
     )
 
 
-def intent(one: RowResult) -> RowResult:
-    """The write-ahead record of a row's call: its before-image and the phone it sets."""
-    return replace(
-        one,
-        status=Status.UNSETTLED,
-        reason=Reason.IN_FLIGHT,
-        http_status=None,
-        attempts=0,
-        user_id=None,
-        verified_phone=None,
-        user_json=None,
+def intent(one: RowResult) -> UpdateRequest:
+    """The request a row's result answers: its write-ahead record is written from it."""
+    return UpdateRequest(
+        row=one.row,
+        login_id=one.login_id or "",
+        phone=one.phone or "",
+        verified=one.verified_phone,
+        phone_input=one.phone_input,
+        before=PhoneState(one.extra["phone_before"], one.extra["verified_before"]),
     )
 
 
