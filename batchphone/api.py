@@ -17,7 +17,6 @@ when a function is called, so that importing ``batchphone`` (and ``--help``) sta
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import threading
@@ -35,9 +34,11 @@ from batchphone.config import (
     _positive_int,
     _text,
     _url,
+    check_key,
+    check_plain_http,
     parse_options,
 )
-from batchphone.errors import BatchphoneError, UsageError
+from batchphone.errors import UsageError
 from batchphone.models import Command, Summary
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ PathLike = str | os.PathLike[str]
 OTHER_OPTIONS: Mapping[str, str] = {
     "project_id": "target=Target(project_id=...)",
     "base_url": "target=Target(base_url=...)",
+    "allow_insecure_http": "target=Target(allow_insecure_http=True)",
     "management_key_file": "target=Target(management_key=Secret(...))",
     "management_key": "target=Target(management_key=Secret(...))",
     "emulator": "target=Target.emulator()",
@@ -78,7 +80,8 @@ class _Embedded:
 
     One ``Target.emulator()`` is one project: a ``plan``, ``run`` and ``undo`` made with it see
     each other's changes. With ``state`` the users are also read from and written to that file,
-    as ``--emulator-state`` does across processes.
+    as ``--emulator-state`` does across processes: each command opens the file anew (under its
+    lock) and writes it back when it ends (``close``).
     """
 
     def __init__(
@@ -107,18 +110,32 @@ class _Embedded:
                 )
             return self._rehearsal
 
+    def close(self, *, succeeded: bool) -> None:
+        """The command that opened the project ended: write the state file as it must be
+        (``Rehearsal.end``) and let it go, so the next command reads it again."""
+        with self._lock:
+            found = self._rehearsal
+            if found is None or found.state_path is None:
+                return  # in memory: the users live on in this object
+            self._rehearsal = None
+            found.end(succeeded=succeeded)
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """The Descope project a command works on.
 
     ``base_url=None`` is derived from the project id as the official SDKs do (a 32+ character
-    id carries its region). ``management_key`` is a ``Secret``: it shows nowhere.
+    id carries its region). ``management_key`` is a ``Secret``: it shows nowhere, and one with
+    a space, line break or control character inside is refused. A plain ``http://`` base URL
+    to a host that is not loopback is refused unless ``allow_insecure_http`` (the key would
+    cross the network unencrypted).
     """
 
     project_id: str
     management_key: Secret = field(repr=False)
     base_url: str | None = None
+    allow_insecure_http: bool = False
     _embedded: _Embedded | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,15 +150,21 @@ class Target:
                 "Target: management_key must be a non-empty batchphone.Secret(...)",
                 setting="management_key",
             )
+        key = check_key(self.management_key.reveal(), "Target")
         if base_url is None:
             from batchphone.client import derive_base_url
 
             base_url = derive_base_url(project_id)
+        check_plain_http(base_url, allowed=self.allow_insecure_http)
         object.__setattr__(self, "project_id", project_id)
         object.__setattr__(self, "base_url", base_url)
+        if key != self.management_key:  # whitespace around it (a key file's line end)
+            object.__setattr__(self, "management_key", key)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Target:
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, *, allow_insecure_http: bool = False
+    ) -> Target:
         """The project of ``DESCOPE_PROJECT_ID``, ``DESCOPE_MANAGEMENT_KEY`` and (optionally)
         ``DESCOPE_BASE_URI``, as the SDKs read them. ``UsageError`` when one is missing."""
         env = os.environ if env is None else env
@@ -151,8 +174,9 @@ class Target:
             raise UsageError("DESCOPE_PROJECT_ID is not set", setting="project_id")
         if not key:
             raise UsageError("DESCOPE_MANAGEMENT_KEY is not set", setting="management_key")
+        secret = check_key(key, "environment variable DESCOPE_MANAGEMENT_KEY")
         base_url = env.get("DESCOPE_BASE_URI", "").strip() or None
-        return cls(project_id=project_id, management_key=Secret(key), base_url=base_url)
+        return cls(project_id, secret, base_url, allow_insecure_http)
 
     @classmethod
     def emulator(
@@ -167,7 +191,9 @@ class Target:
         ``loginId``, ``phone``, ...); ``None`` seeds one user per login id of the first input
         (for ``undo``: each user the run updated, with the phone the run set). ``state``: a
         JSON file the users are read from when it exists and written back after every call
-        (as ``--emulator-state``). Calls with the same target share one emulated project.
+        (as ``--emulator-state``: not after one that failed before reaching the emulator; the
+        file is locked while a call uses it). Calls with the same target share one emulated
+        project.
         """
         import secrets
 
@@ -176,7 +202,8 @@ class Target:
         seed: Path | Sequence[Mapping[str, Any]] | None
         seed = Path(users) if isinstance(users, str | os.PathLike) else users
         key = secrets.token_urlsafe(24)
-        target = cls(EMULATOR_PROJECT_ID, Secret(key), EMULATOR_BASE_URL)
+        # its base URL is never reached (the transport is in process): plain http is harmless
+        target = cls(EMULATOR_PROJECT_ID, Secret(key), EMULATOR_BASE_URL, allow_insecure_http=True)
         state_path = Path(state) if state is not None else None
         object.__setattr__(target, "_embedded", _Embedded(seed, state_path, key))
         return target
@@ -194,7 +221,12 @@ class Target:
                 "no management key: set DESCOPE_MANAGEMENT_KEY or use --management-key-file PATH",
                 setting="management_key",
             )
-        return cls(settings.project_id, settings.management_key, settings.base_url)
+        return cls(
+            settings.project_id,
+            settings.management_key,
+            settings.base_url,
+            allow_insecure_http=settings.allow_insecure_http,
+        )
 
     @property
     def is_emulator(self) -> bool:
@@ -450,8 +482,8 @@ def _execute(
     job = runner.Job(command=command, input_path=input_path, out_path=out, **job_options)
     if target is None:
         return runner.run_sync(job, settings, progress=progress, handle_signals=handle_signals)
-    found = rehearsal(target, command, input_path, settings)
-    if found is None:
+    embedded = target._embedded
+    if embedded is None:
         return runner.run_sync(
             job,
             settings,
@@ -460,6 +492,7 @@ def _execute(
             handle_signals=handle_signals,
         )
     try:
+        found = embedded.open(input_path, command, settings)
         summary = runner.run_sync(
             job,
             settings,
@@ -469,13 +502,7 @@ def _execute(
             handle_signals=handle_signals,
         )
     except BaseException:
-        with contextlib.suppress(OSError):  # the first error is the one to report
-            found.save()
+        embedded.close(succeeded=False)  # writes the state only if a call was made
         raise
-    try:
-        found.save()
-    except OSError as exc:
-        raise BatchphoneError(
-            f"cannot write the emulator state {found.state_path}: {exc.strerror or exc}"
-        ) from None
+    embedded.close(succeeded=True)
     return summary

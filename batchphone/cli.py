@@ -97,6 +97,13 @@ _API_OPTIONS = [
         "--base-url", help="API base URL (or DESCOPE_BASE_URI; default from the project id)."
     ),
     click.option(
+        "--allow-insecure-http",
+        is_flag=True,
+        default=None,
+        help="Allow a plain http:// --base-url to a host that is not this machine "
+        "(the key crosses the network unencrypted).",
+    ),
+    click.option(
         "--management-key-file",
         type=click.Path(path_type=Path),
         help="File holding the management key (or set DESCOPE_MANAGEMENT_KEY).",

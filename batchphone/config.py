@@ -9,9 +9,11 @@ A leaf: it imports only the other leaves (``cells``, ``errors``, ``models``).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +23,16 @@ from batchphone.cells import check_region, parse_flag
 from batchphone.errors import UsageError
 from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 
-__all__ = ["Endpoint", "Secret", "Settings", "load_settings", "parse_options", "parse_rate"]
+__all__ = [
+    "Endpoint",
+    "Secret",
+    "Settings",
+    "check_key",
+    "check_plain_http",
+    "load_settings",
+    "parse_options",
+    "parse_rate",
+]
 
 CONFIG_SECTION = "batchphone"
 DEFAULT_CONFIG = Path("config.toml")
@@ -63,11 +74,18 @@ class Endpoint:
     project_id: str
     base_url: str
     management_key: Secret = field(repr=False)
+    #: an emulated project: its state file (resolved path), or ``"memory"``; ``None``: a real one
+    emulated: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.management_key, Secret):
             # never the value in the message: it may be the key itself
             raise TypeError("Endpoint: management_key must be a batchphone.Secret")
+        if not _one_line(self.management_key.reveal()):
+            # the HTTP library's error for such a header would quote the key
+            raise UsageError(
+                f"Endpoint: the management key {_NOT_ONE_LINE}", setting="management_key"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +101,9 @@ class Settings:
     verified: bool | None = None
     allow_merge: bool = False
     allow_remove: bool = False
+    #: allow a plain http:// base URL to a host that is not this machine (the key crosses the
+    #: network unencrypted)
+    allow_insecure_http: bool = False
     #: send without reading the users first: no unchanged rows, no before-images, no undo
     no_lookup: bool = False
     rate_calls: int = 500
@@ -123,7 +144,9 @@ class Settings:
             try:
                 checked = parse(value)
             except (ValueError, TypeError, UsageError) as exc:
-                shown = "a non-Secret value" if name == "management_key" else repr(value)
+                shown = repr(value)  # a Secret's repr masks it; a str must not show at all
+                if name == "management_key" and not isinstance(value, Secret):
+                    shown = "a non-Secret value"
                 raise UsageError(
                     f"Settings({name}=...): bad value {shown}: {exc}", setting=name
                 ) from None
@@ -230,6 +253,64 @@ def _url(value: Any) -> str:
     return text
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` names this machine without a lookup (a name could resolve anywhere)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plain_http(base_url: str, *, allowed: bool) -> None:
+    """Refuse (``UsageError``) a plain ``http://`` base URL to a host that is not loopback.
+
+    The management key goes in a header of every call: over plain http to another machine
+    anyone on the way reads it. ``allowed`` is ``--allow-insecure-http``. Nothing is resolved
+    or connected: the host is judged as written (127.0.0.0/8, ::1, ``localhost``).
+    """
+    parts = urllib.parse.urlsplit(base_url)
+    if allowed or parts.scheme.lower() != "http":
+        return
+    host = parts.hostname or ""
+    if _loopback(host):
+        return
+    where = parts.netloc.rpartition("@")[2]  # never a user:password written into the URL
+    raise UsageError(
+        f"base URL http://{where} is plain http to another machine: the management key would "
+        "cross the network unencrypted; use https://, or add --allow-insecure-http "
+        "(allow_insecure_http) if you must",
+        setting="base_url",
+    )
+
+
+def check_key(key: str, source: str) -> Secret:
+    """The management key from ``source``, without whitespace at its ends, as a ``Secret``.
+
+    ``UsageError`` when it is empty, or holds anything but visible ASCII inside (a space, a
+    line break, a control character: a key file of two lines, say). Such a key cannot go in
+    an HTTP header, and the HTTP library's error would quote it. The message names ``source``
+    and never any part of the key.
+    """
+    key = key.strip()
+    if not key:
+        raise UsageError(f"the management key ({source}) is empty", setting="management_key")
+    if not _one_line(key):
+        raise UsageError(f"the management key ({source}) {_NOT_ONE_LINE}", setting="management_key")
+    return Secret(key)
+
+
+_NOT_ONE_LINE = (
+    "holds a space, a line break, a control character or a character that is not ASCII inside "
+    "it: a key is one line of visible characters"
+)
+
+
+def _one_line(key: str) -> bool:
+    return all("!" <= char <= "~" for char in key)
+
+
 def _non_negative_float(value: Any) -> float:
     number = float(value)
     if not number >= 0:
@@ -247,9 +328,12 @@ def _secret(value: Any) -> Secret:
     if not isinstance(value, Secret):
         # the message never shows the value: it may be the key itself
         raise TypeError("expected a Secret (batchphone.Secret(key))")
-    if not value.reveal().strip():
+    key = value.reveal().strip()
+    if not key:
         raise ValueError("the key is empty")
-    return value
+    if not _one_line(key):
+        raise ValueError(f"the key {_NOT_ONE_LINE}")
+    return value if key == value.reveal() else Secret(key)
 
 
 def _same_if_equal(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -278,6 +362,7 @@ _SPECS: dict[str, _Spec] = {
     "verified": _Spec(_parse_bool, "BATCHPHONE_VERIFIED"),
     "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
     "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
+    "allow_insecure_http": _Spec(_parse_bool, "BATCHPHONE_ALLOW_INSECURE_HTTP"),
     "no_lookup": _Spec(_parse_bool, "BATCHPHONE_NO_LOOKUP"),
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
     "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
@@ -324,6 +409,7 @@ _OPTIONAL = {
 _BOOLS = (
     "allow_merge",
     "allow_remove",
+    "allow_insecure_http",
     "no_lookup",
     "dry_run",
     "quiet",
@@ -436,7 +522,7 @@ def _read_key_file(path_text: str, source: str) -> Secret:
             setting="management_key_file",
             source=source,
         )
-    return Secret(key)
+    return check_key(key, f"management key file {path}")
 
 
 def load_settings(
@@ -478,7 +564,8 @@ def load_settings(
     if key_file is not None:
         values["management_key"] = _read_key_file(key_file, raw["management_key_file"][1])
     elif env.get("DESCOPE_MANAGEMENT_KEY", "").strip():
-        values["management_key"] = Secret(env["DESCOPE_MANAGEMENT_KEY"].strip())
+        key = env["DESCOPE_MANAGEMENT_KEY"]
+        values["management_key"] = check_key(key, "environment variable DESCOPE_MANAGEMENT_KEY")
     if values.get("limit") is not None and values["limit"] < 1:
         raise UsageError("limit: must be >= 1 (flag --limit)", setting="limit")
     known = {f.name for f in fields(Settings)}

@@ -102,7 +102,8 @@ class RunIdentity:
 
     The command, the input (name and content), the project, and every option that changes what
     is sent. ``header()`` is what the journal stores and compares: a field added after journals
-    were first written (``sheet``) is left out while unset, so those journals still resume.
+    were first written (``sheet``, ``emulated``) is left out while unset, so those journals
+    still resume.
     """
 
     command: Command
@@ -123,9 +124,13 @@ class RunIdentity:
     batch_size: int | None
     #: a workbook's sheet (another sheet is another input); ``None``: the first one
     sheet: str | None = None
+    #: an emulated project: its state file (resolved path), or ``"memory"`` (``--emulator``);
+    #: ``None``: a real project. One rehearsal never resumes another's record, nor a real run's.
+    emulated: str | None = None
 
     def header(self) -> dict[str, Any]:
-        """The identity as the journal header holds it (JSON values, ``sheet`` only when set)."""
+        """The identity as the journal header holds it (JSON values; ``sheet`` and ``emulated``
+        only when set)."""
         header: dict[str, Any] = {
             "command": self.command.value,
             "input_name": self.input_name,
@@ -145,6 +150,8 @@ class RunIdentity:
         }
         if self.sheet is not None:
             header["sheet"] = self.sheet
+        if self.emulated is not None:
+            header["emulated"] = self.emulated
         return header
 
     @classmethod
@@ -606,8 +613,26 @@ def _why(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
     if "command" in changed:
         return _IDENTITY_WORDS["command"]
+    if "emulated" in changed:
+        return f"the target is {_target(new, old)}, not {_target(old, new)}"
     first = changed[0] if changed else "identity"
     return _IDENTITY_WORDS.get(first, f"option {first} changed")
+
+
+def _target(identity: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+    """The target of ``identity`` in words (the state file's full path when the name of
+    ``other``'s is the same)."""
+    emulated = identity.get("emulated")
+    if emulated == "memory":
+        return "the in-memory emulator (--emulator)"
+    if emulated:
+        shown = Path(emulated).name
+        theirs = other.get("emulated")
+        if theirs not in (None, "memory") and Path(theirs).name == shown:
+            shown = emulated  # two state files of one name: their folders tell them apart
+        return f"an emulated project ({shown})"
+    project = identity.get("project_id")
+    return f"project {project}" if project else "no project"
 
 
 def _kept(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:

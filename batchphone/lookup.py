@@ -125,16 +125,33 @@ class Lookup:
         return user
 
     async def _search(self, login_ids: Sequence[str]) -> list[User]:
+        asked = {login_id.casefold() for login_id in login_ids}
+        # n ids name at most n users, so a server that applies the filter needs at most
+        # ceil(n / PAGE) pages; one that ignores it would be paged through the whole project
+        pages = max(1, math.ceil(len(asked) / PAGE))
         users: list[User] = []
-        page = 0
-        while True:
-            search = _search_page(login_ids, page)
-            found, total = await self._call(search)
+        for page in range(pages):
+            found, total = await self._call(_search_page(login_ids, page))
+            if total > len(asked):
+                raise self._ignored("total", f"a total of {total} users for {len(asked)} login ids")
+            strangers = sum(1 for user in found if not _named(user, asked))
+            if strangers:
+                raise self._ignored("users", f"{strangers} users with none of the login ids asked")
             users.extend(found)
-            # at most PAGE ids fit one page; an owner check of more ids rarely needs a second
             if len(found) < PAGE or len(users) >= total:
                 return users
-            page += 1
+        # not reached while the checks above hold (full pages fill the total): the bound stays
+        raise self._ignored("pages", f"more than {pages} full pages for {len(asked)} login ids")
+
+    def _ignored(self, sign: str, what: str) -> FatalRemoteError:
+        """Stop the run: a search answered without its filter cannot tell who exists."""
+        log.error("search_filter_ignored", sign=sign)
+        error = FatalRemoteError(
+            f"search users: the server ignored the login id filter ({what}): its answers "
+            "cannot be trusted; the run stopped (check --base-url)"
+        )
+        self.calls.stop.request(Reason.STOPPED, fatal=error)
+        return error
 
     async def _call(self, endpoint: Callable[[DescopeClient], Awaitable[T]]) -> T:
         try:
@@ -151,6 +168,13 @@ class Lookup:
             raise LookupFailed(failure)
         self.answered += 1
         return cast(T, attempted.value)  # no error: the value is the call's answer
+
+
+def _named(user: User, asked: set[str]) -> bool:
+    """Whether ``user`` is one a search for ``asked`` (casefolded) may return: one of its
+    login ids (or its user id, which a server may match too) is asked, in any case."""
+    names = (*user.login_ids, *((user.user_id,) if user.user_id else ()))
+    return any(name.casefold() in asked for name in names)
 
 
 def _search_page(

@@ -8,7 +8,11 @@ Its users come from, in this order: the state file (``--emulator-state FILE``, w
 ``--emulator-users``, ``users.csv`` beside the input, or the input itself (every login id of the
 input exists; for ``undo``, every user the run updated, with the phone the run set). With a
 state file the users are written back when the command ends, so plan, run and undo, each in its
-own process, see one project.
+own process, see one project; a command that fails before its first call leaves the file as it
+was (or absent). The state file records the seed it was made from: ``--emulator-users`` naming
+the same users is accepted, another seed is refused. One command at a time holds a state file
+(``<state>.lock``); a second one is refused at once, naming the holder, rather than left to wait
+for a run that may take minutes.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
+if TYPE_CHECKING:
+    from batchphone.emulator.statefile import Seed
+
 from batchphone.config import Endpoint, Secret
-from batchphone.errors import InputError, UsageError
+from batchphone.errors import BatchphoneError, InputError, OutputError, UsageError
+from batchphone.journal import RunLock
 
 __all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
 
@@ -44,13 +52,58 @@ class Rehearsal:
     users: int
     state_path: Path | None
     _users: Callable[[], list[dict[str, Any]]] = field(repr=False)
+    #: calls the emulated project received so far
+    _calls: Callable[[], int] = field(repr=False)
+    _seed: Seed | None = field(default=None, repr=False)
+    _lock: RunLock | None = field(default=None, repr=False)
+
+    @property
+    def called(self) -> bool:
+        """Whether any call reached the emulated project (only then can its users differ)."""
+        return self._calls() > 0
 
     def save(self) -> None:
         """Write the users back to the state file (if any): atomically, mode 0600."""
         if self.state_path is not None:
             from batchphone.emulator.statefile import save_state
 
-            save_state(self.state_path, self._users())
+            save_state(self.state_path, self._users(), self._seed)
+
+    def end(self, *, succeeded: bool) -> None:
+        """The command is over: write the state file when it must, and release it.
+
+        Written when a call reached the project (whatever the command's end: Ctrl-C, an error),
+        or, after a command that succeeded, when the file does not exist yet. A command that
+        failed before its first call leaves the file as it was, or absent. A write error
+        raises ``BatchphoneError`` only after a success: else the first error is the one to
+        report.
+        """
+        try:
+            path = self.state_path
+            if path is None or not (self.called or (succeeded and not path.exists())):
+                return
+            try:
+                self.save()
+            except OSError as exc:
+                if succeeded:
+                    raise BatchphoneError(
+                        f"cannot write the emulator state {path}: {exc.strerror or exc}"
+                    ) from None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+
+class _StateLock(RunLock):
+    """The lock of a state file: one command at a time reads, changes and writes it."""
+
+    def _busy(self, holder: str) -> None:
+        state = self.path.with_name(self.path.name[: -len(".lock")])
+        raise OutputError(
+            f"--emulator-state {state}: another batchphone command is using it "
+            f"({holder or 'another process'}); one command at a time per state file: "
+            "wait for it to end"
+        )
 
 
 def _users_from_input(
@@ -91,28 +144,63 @@ def _seed(
     login_id_column: str,
     phone_column: str,
     sheet: str | None,
-) -> tuple[list[dict[str, Any]], str]:
-    from batchphone.emulator import load_users
+) -> tuple[list[dict[str, Any]], str, Seed]:
+    from batchphone.emulator.statefile import Seed, seed_digest
 
     if users_path is not None and not isinstance(users_path, Path):
-        users = [dict(user) for user in users_path]
-        return users, "given"
+        users = _given_users(users_path)
+        return users, "given", Seed("the users given", seed_digest(users))
     if users_path is None and (input_path.parent / "users.csv").is_file():
         users_path = input_path.parent / "users.csv"
     if users_path is not None:
-        try:
-            users = load_users(users_path)
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"--emulator-users {users_path}: {exc}", setting="emulator_users"
-            ) from None
-        return users, f"from {users_path}"
+        users = _users_file(users_path)
+        return users, f"from {users_path}", Seed(str(users_path), seed_digest(users))
     if undo:
-        return _users_from_results(input_path), (
-            "from the results' updated rows (each with the phone the run set)"
-        )
+        users = _users_from_results(input_path)
+        where = "from the results' updated rows (each with the phone the run set)"
+        return users, where, Seed("the results' updated rows", None)
     users = _users_from_input(input_path, login_id_column, phone_column, sheet)
-    return users, "from the input's login ids (every login id exists)"
+    where = "from the input's login ids (every login id exists)"
+    return users, where, Seed("the input's login ids", None)
+
+
+def _users_file(path: Path) -> list[dict[str, Any]]:
+    from batchphone.emulator import load_users
+
+    try:
+        return load_users(path)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--emulator-users {path}: {exc}", setting="emulator_users") from None
+
+
+def _given_users(users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The users given as dicts, complete (as ``load_users`` makes them)."""
+    from batchphone.emulator import complete_user
+
+    try:
+        return [complete_user(dict(user), position) for position, user in enumerate(users)]
+    except ValueError as exc:
+        raise UsageError(f"emulator users: {exc}", setting="emulator_users") from None
+
+
+def _same_seed(
+    seed: Seed | None, users_path: Path | Sequence[Mapping[str, Any]], state_path: Path
+) -> None:
+    """Refuse (``UsageError``) users to seed with that are not those the state was made from."""
+    from batchphone.emulator.statefile import seed_digest
+
+    if isinstance(users_path, Path):
+        given, users = str(users_path), _users_file(users_path)
+    else:
+        given, users = "(the users given)", _given_users(users_path)
+    if seed is not None and seed.sha256 is not None and seed.sha256 == seed_digest(users):
+        return
+    made_from = seed.source if seed is not None else "a seed it does not record"
+    raise UsageError(
+        f"--emulator-users {given}: the state file {state_path} was made from another seed "
+        f"({made_from}); drop --emulator-users, or delete the state file to seed it again",
+        setting="emulator_users",
+    )
 
 
 def embedded_target(
@@ -130,27 +218,58 @@ def embedded_target(
 
     ``users_path`` is a users file or the users themselves (dicts, as ``load_users`` returns);
     ``management_key`` the key the emulator accepts (default: a fresh random one).
-    Raises ``UsageError``/``InputError`` (exit 2, nothing sent) when the users cannot be had.
+    Raises ``UsageError``/``InputError`` (exit 2, nothing sent) when the users cannot be had,
+    ``OutputError`` when another command holds the state file. With a state file, the
+    rehearsal holds its lock until ``end()``.
     """
-    from batchphone.emulator import Emulator, Faults, ProjectSettings
-    from batchphone.emulator.statefile import load_state
+    lock = _StateLock(state_path) if state_path is not None else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _embedded(
+            input_path,
+            users_path,
+            state_path,
+            lock,
+            management_key=management_key,
+            undo=undo,
+            login_id_column=login_id_column,
+            phone_column=phone_column,
+            sheet=sheet,
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
+
+def _embedded(
+    input_path: Path,
+    users_path: Path | Sequence[Mapping[str, Any]] | None,
+    state_path: Path | None,
+    lock: RunLock | None,
+    *,
+    management_key: str | None,
+    undo: bool,
+    login_id_column: str,
+    phone_column: str,
+    sheet: str | None,
+) -> Rehearsal:
+    from batchphone.emulator import Emulator, Faults, ProjectSettings
+    from batchphone.emulator.statefile import read_state
+
+    seed: Seed | None
     if state_path is not None and state_path.exists():
-        if users_path is not None:
-            given = users_path if isinstance(users_path, Path) else "(the users given)"
-            raise UsageError(
-                f"--emulator-users {given}: the state file {state_path} already holds the "
-                "users; drop --emulator-users, or delete the state file to seed it again",
-                setting="emulator_users",
-            )
         try:
-            users = load_state(state_path)
+            state = read_state(state_path)
         except (OSError, ValueError) as exc:
             message = f"--emulator-state {state_path}: {exc}"
             raise InputError(message, path=str(state_path)) from None
-        where = f"from state {state_path}"
+        if users_path is not None:
+            _same_seed(state.seed, users_path, state_path)
+        users, seed, where = state.users, state.seed, f"from state {state_path}"
     else:
-        users, where = _seed(
+        users, where, seed = _seed(
             input_path,
             users_path,
             undo=undo,
@@ -172,7 +291,9 @@ def embedded_target(
         ],
         faults=Faults(latency=_LATENCY_S),
     )
-    target = Endpoint(EMULATOR_PROJECT_ID, EMULATOR_BASE_URL, Secret(key))
+    # the state it names is part of the run's identity: one rehearsal never resumes another's
+    emulated = str(state_path.resolve()) if state_path is not None else "memory"
+    target = Endpoint(EMULATOR_PROJECT_ID, EMULATOR_BASE_URL, Secret(key), emulated=emulated)
     return Rehearsal(
         transport_factory=emulator.transport,
         target=target,
@@ -180,4 +301,7 @@ def embedded_target(
         users=len(users),
         state_path=state_path,
         _users=lambda: emulator.users(EMULATOR_PROJECT_ID),
+        _calls=lambda: emulator.stats(EMULATOR_PROJECT_ID).total_requests,
+        _seed=seed,
+        _lock=lock,
     )

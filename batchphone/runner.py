@@ -34,7 +34,7 @@ from anyio.abc import ObjectSendStream
 from batchphone.batch import BatchSender
 from batchphone.calls import Calls, open_calls
 from batchphone.canary import Canary
-from batchphone.config import Endpoint, Settings
+from batchphone.config import Endpoint, Settings, check_plain_http
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunIdentity, RunLock, iter_records
@@ -93,6 +93,7 @@ def _identity(
         api=job.api,
         batch_size=job.batch_size if job.api == "batch" else None,
         sheet=settings.sheet,
+        emulated=target.emulated if target is not None else None,
     )
 
 
@@ -559,9 +560,11 @@ def _target(settings: Settings) -> Endpoint:
         )
     from batchphone.client import derive_base_url
 
+    base_url = settings.base_url or derive_base_url(settings.project_id)
+    check_plain_http(base_url, allowed=settings.allow_insecure_http)
     return Endpoint(
         project_id=settings.project_id,
-        base_url=settings.base_url or derive_base_url(settings.project_id),
+        base_url=base_url,
         management_key=settings.management_key,  # a Secret until the header is built
     )
 

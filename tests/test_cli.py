@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import polars as pl
 import pytest
@@ -463,3 +465,76 @@ def test_an_unreachable_budget_store_is_one_line_exit_2(
         "batchphone: error: budget_store: cannot reach redis://127.0.0.1:1/0: ConnectionError"
     )
     assert "hunter2" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "env"])
+def test_a_key_of_two_lines_is_refused_before_any_call_and_shown_nowhere(
+    served: tuple[Emulator, str], samples: Path, tmp_path: Path, where: str
+) -> None:
+    emulator, base_url = served
+    key = KEY + "\n" + "secondLineOfTheKeyFile9876"
+    env = {"DESCOPE_PROJECT_ID": PROJECT, "DESCOPE_BASE_URI": base_url}
+    out, summary = tmp_path / "r.csv", tmp_path / "summary.json"
+    args = ["run", str(samples / "phones.csv"), "--out", str(out), "--summary-json", str(summary)]
+    if where == "file":
+        (tmp_path / "key").write_text(key + "\r\n")
+        args += ["--management-key-file", str(tmp_path / "key")]
+    else:
+        env["DESCOPE_MANAGEMENT_KEY"] = key
+    result = invoke([*args, "--log-format", "console", "--max-attempts", "1"], env=env)
+    assert result.exit_code == 2
+    source = (
+        f"management key file {tmp_path / 'key'}"
+        if where == "file"
+        else ("environment variable DESCOPE_MANAGEMENT_KEY")
+    )
+    assert result.stderr == (
+        f"batchphone: error: the management key ({source}) holds a space, a line break, a "
+        "control character or a character that is not ASCII inside it: a key is one line of "
+        "visible characters\n"
+    )
+    assert calls(emulator) == 0
+    written = [path.read_text() for path in tmp_path.iterdir() if path.name != "key"]
+    assert [path.name for path in tmp_path.iterdir() if path.name != "key"] == ["summary.json"]
+    for text in (result.output, result.stderr, *written):
+        assert KEY not in text and "secondLineOfTheKeyFile9876" not in text
+    assert json.loads(summary.read_text())["exit_code"] == 2
+
+
+@pytest.fixture
+def no_connection(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every connection or name lookup attempted: refused here, so nothing leaves the machine
+    even where the code under test would try."""
+    attempts: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> NoReturn:
+        attempts.append(args)
+        raise OSError("a test refuses every connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_plain_http_to_another_machine_is_refused_before_any_connection(
+    samples: Path, tmp_path: Path, no_connection: list[object], how: str
+) -> None:
+    env = {"DESCOPE_PROJECT_ID": PROJECT, "DESCOPE_MANAGEMENT_KEY": KEY}
+    out = tmp_path / "r.csv"
+    args = ["run", str(samples / "phones.csv"), "--out", str(out), "--max-attempts", "1"]
+    url = "http://203.0.113.7:8080"  # TEST-NET-3: never routed, and never tried either
+    if how == "flag":
+        args += ["--base-url", url]
+    else:
+        env["DESCOPE_BASE_URI"] = url
+    result = invoke([*args, "--log-format", "console"], env=env)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr == (
+        "batchphone: error: base URL http://203.0.113.7:8080 is plain http to another machine: "
+        "the management key would cross the network unencrypted; use https://, or add "
+        "--allow-insecure-http (allow_insecure_http) if you must\n"
+    )
+    assert no_connection == [] and list(tmp_path.iterdir()) == []
+    assert KEY not in result.stderr

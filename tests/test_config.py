@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from batchphone.config import Endpoint, Secret, load_settings, parse_rate
+from batchphone.api import Target
+from batchphone.config import (
+    Endpoint,
+    Secret,
+    Settings,
+    check_plain_http,
+    load_settings,
+    parse_rate,
+)
 from batchphone.errors import UsageError
 
 
@@ -146,3 +156,85 @@ def test_the_budget_store_is_file_by_default_and_checked() -> None:
     assert load_settings({"budget_store": "NONE"}, env=env).budget_store == "none"
     with pytest.raises(UsageError, match=r"budget_store: bad value 'memcached://x' \(flag"):
         load_settings({"budget_store": "memcached://x"}, env={})
+
+
+#: keys that cannot be one header value; each holds its parts (never to be shown) apart
+BROKEN_KEYS = [
+    "K2firstLineOfTheKey0123\nsecondLineOfTheKey4567",
+    "K2firstLineOfTheKey0123\r\nsecondLineOfTheKey4567",
+    "K2firstLineOfTheKey0123 secondLineOfTheKey4567",
+    "K2firstLineOfTheKey0123\x07secondLineOfTheKey4567",
+    "K2firstLineOfTheKey0123\u00e9secondLineOfTheKey4567",
+]
+
+
+def key_parts(key: str) -> list[str]:
+    """The pieces of ``key`` between the characters that break it: none may ever show."""
+    return [part for part in re.split(r"[^!-~]+", key) if part]
+
+
+@pytest.mark.parametrize("key", BROKEN_KEYS)
+def test_a_key_with_a_break_inside_is_refused_wherever_it_comes_from(
+    tmp_path: Path, key: str
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(key + "\r\n", encoding="utf-8")
+    attempts: list[Callable[[], object]] = [
+        lambda: load_settings({"management_key_file": str(key_file)}, env={}),
+        lambda: load_settings({}, env={"DESCOPE_MANAGEMENT_KEY": key}),
+        lambda: Settings(management_key=Secret(key)),
+        lambda: Target("P2abc", Secret(key)),
+        lambda: Target.from_env({"DESCOPE_PROJECT_ID": "P2abc", "DESCOPE_MANAGEMENT_KEY": key}),
+        lambda: Endpoint("P2abc", "https://api.descope.com", Secret(key)),
+    ]
+    for attempt in attempts:
+        with pytest.raises(UsageError) as caught:
+            attempt()
+        message = caught.value.message
+        assert "line break, a control character" in message and "\n" not in message
+        assert not any(part in message for part in key_parts(key))
+        assert caught.value.setting == "management_key"
+
+
+def test_a_key_file_may_end_with_a_line_break(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"  K2-one-line-key\r\n")
+    settings = load_settings({"management_key_file": str(key_file)}, env={})
+    assert settings.management_key == Secret("K2-one-line-key")
+    assert Target("P2abc", Secret("K2-one-line-key\n")).management_key == Secret("K2-one-line-key")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://api.descope.com", "https://10.1.2.3:8443", "http://127.0.0.1:8765",
+     "http://127.8.9.10", "http://[::1]:8765", "http://localhost:8765"],
+)  # fmt: skip
+def test_https_anywhere_and_http_to_this_machine_are_allowed(url: str) -> None:
+    check_plain_http(url, allowed=False)
+    assert Target("P2abc", Secret("K2x"), url).base_url == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://api.descope.com", "http://203.0.113.7:8080", "http://[2001:db8::1]:80",
+     "http://localhost.example.com", "http://127.0.0.1.nip.io", "http://user:pw@10.0.0.1"],
+)  # fmt: skip
+def test_plain_http_to_another_machine_needs_allow_insecure_http(tmp_path: Path, url: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        Target("P2abc", Secret("K2x"), url)
+    message = caught.value.message
+    assert message.startswith("base URL http://") and "--allow-insecure-http" in message
+    assert "pw" not in message and caught.value.setting == "base_url"
+    assert Target("P2abc", Secret("K2x"), url, allow_insecure_http=True).base_url == url
+    # the setting, from each of its sources
+    config = _config(tmp_path, "[batchphone]\nallow_insecure_http = true\n")
+    assert load_settings({}, env={}, config_path=config).allow_insecure_http
+    assert load_settings({}, env={"BATCHPHONE_ALLOW_INSECURE_HTTP": "1"}).allow_insecure_http
+    flagged = load_settings({"allow_insecure_http": True}, env={})
+    assert flagged.allow_insecure_http and not load_settings({}, env={}).allow_insecure_http
+    given = {"project_id": "P2abc", "base_url": url}
+    key = {"DESCOPE_MANAGEMENT_KEY": "K2x"}
+    with pytest.raises(UsageError, match="plain http to another machine"):
+        Target.from_settings(load_settings(given, env=key))
+    allowed = Target.from_settings(load_settings({**given, "allow_insecure_http": True}, env=key))
+    assert allowed is not None and allowed.base_url == url

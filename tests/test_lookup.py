@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -20,7 +21,21 @@ from batchphone.models import Reason
 from batchphone.ratelimit import RateLimiter
 from batchphone.retry import RetryPolicy
 from batchphone.stop import Stop
-from tests.emulated import KEY, LOAD, PROJECT, SEARCH, Spy, json_answer, make_emulator, phone_users
+from tests.emulated import (
+    KEY,
+    LOAD,
+    PROJECT,
+    SEARCH,
+    UPDATE,
+    Spy,
+    json_answer,
+    make_emulator,
+    new_phones,
+    phone_users,
+    read,
+    run_job,
+    write_input,
+)
 from tests.virtual import SleptClock as FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -137,20 +152,71 @@ async def test_a_wrong_key_is_fatal() -> None:
     assert stop.reason is Reason.UNAUTHORIZED and stop.fatal is not None
 
 
-async def test_a_short_server_page_is_followed_to_the_end() -> None:
-    """Should a server cut pages below 100, the rest of the answer is fetched page by page."""
-    users = [{"loginIds": [f"u{i}"], "userId": f"U{i}"} for i in range(150)]
+def _unfiltered(
+    users: list[dict[str, Any]], total: int, searches: list[int]
+) -> httpx.MockTransport:
+    """A server that pages through ``users`` whatever the filter asks, claiming ``total``.
+
+    After 30 searches it answers an empty page, so that a client paging on and on ends.
+    """
 
     def handler(request: httpx.Request) -> httpx.Response:
-        page = json.loads(request.content)["page"]
+        searches.append(json.loads(request.content)["page"])
+        page = searches[-1] if len(searches) <= 30 else 10**6
         return httpx.Response(
-            200, json={"users": users[page * 100 : (page + 1) * 100], "total": 150}
+            200, json={"users": users[page * 100 : (page + 1) * 100], "total": total}
         )
 
-    async with lookup_over(httpx.MockTransport(handler)) as lookup:
-        found = await lookup.by_login_id([f"u{i}" for i in range(100)])
-        assert lookup.answered == 2
-    assert len(found) == 100
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize(
+    ("users", "total", "sign"),
+    [
+        # the 100 users asked for, then 50 more: a total larger than the ids asked
+        ([{"loginIds": [f"u{i}"]} for i in range(150)], 150, "a total of 150 users for 100"),
+        # full pages of the same users, page after page, of a project of a million
+        ([{"loginIds": [f"u{i}"]} for i in range(100)] * 3, 10**6, "a total of 1000000 users"),
+        # users none of whose login ids were asked for
+        ([{"loginIds": [f"v{i}"]} for i in range(100)], 100, "100 users with none of the login"),
+    ],
+)
+async def test_a_server_that_ignores_the_filter_stops_the_run(
+    users: list[dict[str, Any]], total: int, sign: str
+) -> None:
+    """100 ids name at most 100 users: one page. More than that is no answer to the search."""
+    searches: list[int] = []
+    stop = Stop()
+    async with lookup_over(_unfiltered(users, total, searches), stop=stop) as lookup:
+        with pytest.raises(FatalRemoteError) as caught:
+            await lookup.by_login_id([f"u{i}" for i in range(100)])
+    assert searches == [0]
+    assert caught.value.exit_code == 3 and sign in caught.value.message
+    assert caught.value.message.startswith("search users: the server ignored the login id filter")
+    assert stop.reason is Reason.STOPPED and stop.fatal is caught.value
+    # a user found under another case of the id asked for is the one asked for: no stop
+    async with lookup_over(_unfiltered([{"loginIds": ["U0"]}], 1, [])) as lookup:
+        assert list(await lookup.by_login_id(["u0"])) == []
+
+
+async def test_a_run_against_a_server_that_ignores_the_filter_exits_3(tmp_path: Path) -> None:
+    emulator = make_emulator(phone_users(300))
+    strangers = [{"loginIds": [f"other{i}@example.com"]} for i in range(100)]
+
+    async def everyone(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == SEARCH:  # a full page of users nobody asked for, and more
+            return json_answer(200, {"users": strangers, "total": 5000})
+        return None
+
+    spy = Spy(emulator, everyone)
+    source = write_input(tmp_path / "in.csv", new_phones(150))
+    summary = await run_job(emulator, "run", source, tmp_path / "r.csv", transport=spy)
+    assert summary.exit_code == 3
+    assert summary.stopped_reason is not None
+    assert summary.stopped_reason.startswith("search users: the server ignored the login id")
+    assert "\n" not in summary.stopped_reason
+    assert len(spy.bodies[SEARCH]) == 1 and UPDATE not in spy.bodies
+    assert {row["status"] for row in read(tmp_path / "r.csv")} == {"not_attempted"}
 
 
 async def test_owners_of_1000_phones_cost_one_search_per_page_of_answers() -> None:

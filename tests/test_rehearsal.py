@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import stat
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,20 @@ def test_every_emulator_run_says_where_its_users_came_from(workdir: Path) -> Non
     invoke(["plan", "samples/phones.csv", "--out", "p3.csv", *state])
     again = invoke(["plan", "samples/phones.csv", "--out", "p4.csv", *state])
     assert again.stderr.splitlines()[0] == "emulator: 22 users from state s.json"
-    refused = invoke(
-        ["plan", "samples/phones.csv", "--out", "p5.csv", *state, "--emulator-users", "x.csv"]
-    )
+    # the seed that made the state (users.csv beside the input) may be named again
+    seed = ["--emulator-users", "samples/users.csv"]
+    same = invoke(["plan", "samples/phones.csv", "--out", "p5.csv", *state, *seed])
+    assert same.exit_code == 1, same.stderr
+    assert same.stderr.splitlines()[0] == "emulator: 22 users from state s.json"
+    (workdir / "other.csv").write_text("loginId,phone\nzed@example.com,+14155550100\n")
+    other = ["--emulator-users", "other.csv"]
+    refused = invoke(["plan", "samples/phones.csv", "--out", "p5b.csv", *state, *other])
     assert refused.exit_code == 2
-    assert "the state file s.json already holds the users" in refused.stderr
+    assert refused.stderr == (
+        "batchphone: error: --emulator-users other.csv: the state file s.json was made from "
+        "another seed (samples/users.csv); drop --emulator-users, or delete the state file "
+        "to seed it again\n"
+    )
     machine = invoke(
         ["plan", "samples/phones.csv", "--out", "p6.csv", *state, "--log-format", "json"]
     )
@@ -135,46 +145,104 @@ def test_emulator_honours_the_column_flags(workdir: Path) -> None:
     )
 
 
-def test_the_state_is_written_on_error_and_ctrl_c_exits(
+def test_a_command_that_fails_before_its_first_call_leaves_the_state_alone(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    state = workdir / "s.json"
     # exit 2 after the emulator was seeded: --canary with --dry-run is refused before any call
-    refused = invoke(
-        [
-            "run",
-            "samples/phones.csv",
-            "--out",
-            "r.csv",
-            "--emulator-state",
-            "s.json",
-            "--canary",
-            "2",
-            "--dry-run",
-        ]
-    )
+    args = ["run", "samples/phones.csv", "--out", "r.csv", "--emulator-state", "s.json"]
+    refused = invoke([*args, "--canary", "2", "--dry-run"])
     assert refused.exit_code == 2
-    assert len(load_state(workdir / "s.json")) == 22
+    assert not state.exists()
+    planned = invoke(["plan", "samples/phones.csv", "--out", "p.csv", "--emulator-state", "s.json"])
+    assert planned.exit_code == 1, planned.stderr
+    before = state.read_bytes(), os.stat(state).st_ino, os.stat(state).st_mtime_ns
+    # bad input, a refused journal (another target's record), a refused flag: nothing written
+    (workdir / "empty.csv").write_text("")
+    assert invoke(["run", "samples/phones.csv", "--out", "q.csv", "--emulator"]).exit_code == 1
+    for argv in (
+        ["run", "empty.csv", "--out", "e.csv", "--emulator-state", "s.json"],
+        ["run", "samples/phones.csv", "--out", "q.csv", "--emulator-state", "s.json"],
+        [*args, "--canary", "2", "--dry-run"],
+    ):
+        failed = invoke(argv)
+        assert failed.exit_code == 2, failed.stderr
+        assert len(failed.stderr.splitlines()) == 2  # where the users came from; the error
+        assert (state.read_bytes(), os.stat(state).st_ino, os.stat(state).st_mtime_ns) == before
 
-    def interrupted(*args: Any, **kwargs: Any) -> Any:
+    from batchphone import runner
+
+    real_run = runner.run_sync
+
+    def interrupted_after_its_calls(*args: Any, **kwargs: Any) -> Any:
+        real_run(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("batchphone.runner.run_sync", interrupted)
-    (workdir / "s.json").unlink()
-    stopped = invoke(
-        [
-            "run",
-            "samples/phones.csv",
-            "--out",
-            "r.csv",
-            "--emulator-state",
-            "s.json",
-            "--summary-json",
-            "sum.json",
-        ]
-    )
+    # Ctrl-C after calls were made: the users they changed are written back
+    monkeypatch.setattr("batchphone.runner.run_sync", interrupted_after_its_calls)
+    stopped = invoke([*args, "--summary-json", "sum.json"])
     assert stopped.exit_code == 130
-    assert len(load_state(workdir / "s.json")) == 22
     assert json.loads((workdir / "sum.json").read_text())["exit_code"] == 130
+    seeded = by_login(load_users(workdir / "samples" / "users.csv"))
+    changed = by_login(load_state(state))
+    assert len([login for login in seeded if changed[login] != seeded[login]]) == 10
+
+
+def test_a_rehearsal_never_resumes_the_record_of_another_target(workdir: Path) -> None:
+    quick = ["run", "samples/phones.csv", "--out", "results.csv"]
+    assert invoke([*quick, "--emulator"]).exit_code == 1  # the README's quick start
+    journal = (workdir / "results.csv.journal").read_bytes()
+    refused = invoke([*quick, "--emulator-state", "rehearsal.json"])
+    assert refused.exit_code == 2, refused.stderr
+    assert (
+        "(the target is an emulated project (rehearsal.json), not the in-memory emulator "
+        "(--emulator)): it is kept as it is" in refused.stderr
+    )
+    assert (workdir / "results.csv.journal").read_bytes() == journal
+    assert not (workdir / "rehearsal.json").exists()
+    # a real project (nothing listens there: the refusal comes before any call)
+    real = invoke(quick)
+    assert real.exit_code == 2
+    assert "(the target is project P2realproject, not the in-memory emulator (--emulator))" in (
+        real.stderr
+    )
+    # and the other way round: a rehearsal's record is its own
+    state = ["--emulator-state", "rehearsal.json"]
+    mine = ["run", "samples/phones.csv", "--out", "mine.csv"]
+    assert invoke([*mine, *state]).exit_code == 1
+    other = "the target is the in-memory emulator (--emulator), not an emulated project"
+    assert f"({other} (rehearsal.json))" in invoke([*mine, "--emulator"]).stderr
+    (workdir / "elsewhere").mkdir()
+    elsewhere = invoke([*mine, "--emulator-state", "elsewhere/rehearsal.json"])
+    assert (
+        f"(the target is an emulated project ({workdir / 'elsewhere' / 'rehearsal.json'}), "
+        f"not an emulated project ({workdir / 'rehearsal.json'}))" in elsewhere.stderr
+    )
+    real = invoke(mine)
+    assert "(the target is project P2realproject, not an emulated project (rehearsal.json))" in (
+        real.stderr
+    )
+    resumed = invoke([*mine, *state])
+    assert resumed.exit_code == 1 and "resumed: 24 rows already final" in resumed.stderr
+
+
+def test_two_commands_on_one_state_file_take_turns(workdir: Path) -> None:
+    from batchphone.rehearsal import embedded_target
+
+    state = workdir / "s.json"
+    holder = embedded_target(workdir / "samples" / "phones.csv", None, state_path=state)
+    refused = invoke(["plan", "samples/phones.csv", "--out", "p.csv", "--emulator-state", "s.json"])
+    assert refused.exit_code == 2
+    assert refused.stderr == (
+        "batchphone: error: --emulator-state s.json: another batchphone command is using it "
+        f"(pid {os.getpid()} on {socket.gethostname()}); one command at a time per state file: "
+        "wait for it to end\n"
+    )
+    assert not (workdir / "p.csv").exists()
+    holder.end(succeeded=True)
+    assert len(load_state(state)) == 22
+    planned = invoke(["plan", "samples/phones.csv", "--out", "p.csv", "--emulator-state", "s.json"])
+    assert planned.exit_code == 1, planned.stderr
 
 
 def test_a_damaged_state_file_is_one_line_and_exit_2(workdir: Path) -> None:
