@@ -114,6 +114,9 @@ class Reason(enum.StrEnum):
     NO_BEFORE_IMAGE = "NO_BEFORE_IMAGE"
     CANARY_MISMATCH = "CANARY_MISMATCH"
     VERIFIED_ONLY = "VERIFIED_ONLY"
+    UNREACHABLE = "UNREACHABLE"
+    REFORMATTED = "REFORMATTED"
+    SAME_NUMBER = "SAME_NUMBER"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +151,17 @@ class Normalized:
 
 @dataclass(frozen=True, slots=True)
 class PhoneState:
-    """A user's phone (``""`` when none) and verified flag as a lookup read them."""
+    """A user's phone (``""`` when none) and verified flag as a lookup read them.
+
+    ``e164`` is the stored phone in E.164 when the screen read it as a number: a phone stored
+    in a legacy format (``+1 646 300 0000``) is the same number as ``+16463000000``
+    (``None``: not known).
+    """
 
     phone: str
     verified: bool
     user_id: str | None = None
+    e164: str | None = field(default=None, compare=False)
 
     def columns(self) -> dict[str, Any]:
         """The before-image columns of a result row."""
@@ -226,11 +235,14 @@ class UpdateRequest:
 
     @property
     def change_reason(self) -> Reason | None:
-        """What is worth saying about this change: a removal, or the verified flag alone."""
+        """What is worth saying about this change: a removal, the verified flag alone, or the
+        same number stored in another format."""
         if self.phone == "":
             return Reason.REMOVE_PHONE
         if self.before is not None and self.before.phone == self.phone:
             return Reason.VERIFIED_ONLY
+        if self.before is not None and self.before.e164 == self.phone:
+            return Reason.REFORMATTED
         return None
 
 

@@ -75,6 +75,12 @@ EXPLANATIONS: dict[Reason, str] = {
     Reason.NOT_UPDATED: "the run did not update this row: nothing to undo",
     Reason.NO_BEFORE_IMAGE: "the run did not read this user's phone before updating it: "
     "it cannot be restored",
+    Reason.UNREACHABLE: "not sent: nothing answered at the API base URL (connection refused or "
+    "no such host); fix the base URL and rerun to resume",
+    Reason.REFORMATTED: "the user's phone was this number stored in another format: it is "
+    "stored in E.164 now, with the user's verified flag unless the row gave one",
+    Reason.SAME_NUMBER: "the user holds this number in E.164 already: the before-image is the "
+    "same number in another format, which is never sent back",
 }
 
 

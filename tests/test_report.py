@@ -152,6 +152,9 @@ async def test_every_local_reason_is_in_the_mixed_file(tmp_path: Path) -> None:
             Reason.NO_BEFORE_IMAGE,
             Reason.CANARY_MISMATCH,
             Reason.VERIFIED_ONLY,  # known only once the user was read
+            Reason.REFORMATTED,
+            Reason.SAME_NUMBER,
+            Reason.UNREACHABLE,
         )
     }
     assert seen == local
