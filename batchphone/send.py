@@ -12,7 +12,7 @@ limiter -> HTTP); this module only turns what the stack says into one result per
 from __future__ import annotations
 
 from batchphone.batch import BatchSender
-from batchphone.calls import Calls, failure_label
+from batchphone.calls import Calls, failure_label, fatal_reason
 from batchphone.errors import FatalRemoteError
 from batchphone.models import ApiOutcome, Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import result_for, user_fields
@@ -44,7 +44,7 @@ def not_attempted(
 def _unauthorized(request: UpdateRequest, exc: FatalRemoteError) -> RowResult:
     return not_attempted(
         request,
-        Reason.UNAUTHORIZED,
+        fatal_reason(exc),
         http_status=exc.http_status,
         error_code=exc.error_code,
         error_message=exc.message,
