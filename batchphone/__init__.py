@@ -21,6 +21,7 @@ from batchphone.errors import (
     RemoteError,
     ResumeError,
     TransientError,
+    UnreachableError,
     UsageError,
 )
 from batchphone.models import Command, InputRow, Normalized, Reason, RowResult, Status, Summary
@@ -50,6 +51,7 @@ __all__ = [
     "Summary",
     "Target",
     "TransientError",
+    "UnreachableError",
     "UsageError",
     "__version__",
     "execute",

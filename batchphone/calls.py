@@ -4,7 +4,8 @@ Updates, reads (``lookup``), batch patches (``batch``), canary read-backs and th
 handshake are all ``await calls(endpoint, ...)``. Each layer has one job:
 
 * **stop**: no call starts once the run is stopping (``Stop.check``), and a 401/403 stops the run
-  at once, cancelling the calls in flight (no later call can succeed);
+  at once, cancelling the calls in flight (no later call can succeed); so does a first call
+  that finds nothing listening (``UnreachableError``), without cancelling;
 * **circuit** (``Circuit``): counts the calls that failed for good and stops the run when too
   many of the last ones did;
 * **retry** (``retry.retried``): transient errors are tried again after a backoff;
@@ -30,7 +31,7 @@ import httpx
 from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
 from batchphone.config import Endpoint, Settings
-from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError
+from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, UnreachableError
 from batchphone.logs import get_logger
 from batchphone.models import Reason
 from batchphone.progress import NullProgress, Progress
@@ -46,6 +47,7 @@ __all__ = [
     "SlowDown",
     "Verdicts",
     "call_with_retry",
+    "fatal_reason",
     "limited",
     "open_calls",
 ]
@@ -76,6 +78,11 @@ class CallLog(Protocol):
 
 
 log = get_logger()
+
+
+def fatal_reason(error: FatalRemoteError) -> Reason:
+    """The reason of a row left unsent by a fatal error: nothing listens, or the key is refused."""
+    return Reason.UNREACHABLE if isinstance(error, UnreachableError) else Reason.UNAUTHORIZED
 
 
 def failure_label(error: RemoteError | None, fallback: Reason = Reason.RETRIES_EXHAUSTED) -> str:
@@ -287,6 +294,12 @@ class Calls:
         self.stop.check()
         try:
             attempted = await self._retried(endpoint, policy or self.policy, ahead)
+        except UnreachableError as exc:
+            # nothing listens there: start nothing more (a call in flight, if any, cannot
+            # connect either, but it is not cut: it might be the one that did)
+            self.stop.request(Reason.UNREACHABLE, fatal=exc)
+            log.error("unreachable", base_url=exc.base_url)
+            raise
         except FatalRemoteError as exc:
             # no later call can succeed: stop the run and cancel the calls in flight
             self.stop.request(Reason.UNAUTHORIZED, hard=True, fatal=exc)

@@ -163,7 +163,8 @@ _EXIT_CODES = {
     0: "every row updated, would_update, valid, change, unchanged or duplicate",
     1: "finished, with other rows (read the result file)",
     2: "usage, config or input error: nothing was sent",
-    3: "a fatal remote condition (401, 403, too many failures) stopped it: rerun to resume",
+    3: "a fatal remote condition (401, 403, too many failures, nothing listening) stopped it: "
+    "rerun to resume",
     130: "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume",
 }
 _TARGET_ENV = "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI"

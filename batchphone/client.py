@@ -3,7 +3,10 @@
 The client knows no files, no rows and no rate: it sends one call and says what the answer
 means. A final answer for a row is an ``ApiOutcome``; anything worth another try raises
 ``TransientError``, a 429 raises ``RateLimitedError`` (the limiter pauses everyone), and an
-answer no later call can change (401, 403) raises ``FatalRemoteError``.
+answer no later call can change (401, 403) raises ``FatalRemoteError``. A call that cannot
+connect before any call of this client has (a refused connection, a name that does not resolve)
+raises ``UnreachableError``: nothing listens at the base URL, so retrying each row is pointless;
+once a call has connected, the same error is transient (the server may be restarting).
 
 The management key lives in the ``Authorization`` header (httpx masks it in reprs) and in a
 ``Secret``; error messages are built from status codes and response bodies, and bodies are
@@ -17,9 +20,10 @@ import html
 import json
 import platform
 import re
+import socket
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cache
 from types import TracebackType
@@ -29,7 +33,13 @@ import httpx
 
 from batchphone import __version__
 from batchphone.config import Secret
-from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
+from batchphone.errors import (
+    FatalRemoteError,
+    RateLimitedError,
+    RemoteError,
+    TransientError,
+    UnreachableError,
+)
 from batchphone.logs import get_logger
 from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
 
@@ -152,6 +162,9 @@ class DescopeClient:
         self.project_id = project_id
         self.base_url = base_url.rstrip("/")
         self.license: str | None = None
+        #: a call has connected to the server: from then on a refused connection is transient
+        #: (the server may be restarting); before, it means nothing listens at ``base_url``
+        self.reached = False
         self._key = management_key
         # the headers the official Python SDK sends, with batchphone's own name and version
         headers = {
@@ -221,9 +234,10 @@ class DescopeClient:
     async def fetch_license(self) -> str | None:
         """Ask for the project's rate-limit tier and send it as ``x-descope-license`` from now on.
 
-        The SDKs do this so the CDN applies the right budget. Only 401/403 are fatal (the key
-        is wrong, so every later call would fail too); a 429 raises ``RateLimitedError`` like
-        every other call's; any other failure leaves the tier unset.
+        The SDKs do this so the CDN applies the right budget. Only 401/403 (the key is wrong, so
+        every later call would fail too) and ``UnreachableError`` (nothing listens there) are
+        fatal; a 429 raises ``RateLimitedError`` like every other call's; any other failure
+        leaves the tier unset.
         """
         try:
             response = await self._send("GET", LICENSE_PATH, what="license")
@@ -331,15 +345,46 @@ class DescopeClient:
             raise FatalRemoteError(
                 f"{what}: the base URL {self.base_url!r} is not an http(s) URL"
             ) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # no connection, so the request never left: nothing can have been applied
+            if not self.reached:
+                raise self._unreachable(exc) from None
+            detail = self._scrub(str(exc)) or "no detail"
+            raise TransientError(f"{what}: {type(exc).__name__}: {detail}") from None
         except httpx.TimeoutException as exc:
+            self.reached = True  # connected: the request may have reached the server
             raise TransientError(f"{what}: no answer in time ({type(exc).__name__})") from None
         except httpx.RequestError as exc:
+            self.reached = True
             detail = self._scrub(str(exc)) or "no detail"
             raise TransientError(f"{what}: {type(exc).__name__}: {detail}") from None
         finally:
             # after an error too: httpx drops a broken connection and the lane opens a new one
             self._return_lane(lane)
+        self.reached = True
         return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> UnreachableError:
+        """The error of a first call that could not connect: the base URL and why, one line."""
+        url = httpx.URL(self.base_url)
+        if url.userinfo:  # never print credentials a URL may carry
+            url = url.copy_with(username=None, password=None)
+        shown = self._scrub(str(url))
+        return UnreachableError(
+            f"cannot reach {shown}: {self._why_unreachable(exc)}; no row was sent: check the "
+            "base URL (--base-url, DESCOPE_BASE_URI) and rerun",
+            base_url=shown,
+        )
+
+    def _why_unreachable(self, exc: httpx.TransportError) -> str:
+        if isinstance(exc, httpx.ConnectTimeout):
+            return f"no connection within {self._timeout.connect or 0:g}s"
+        causes = list(_causes(exc))  # httpx -> httpcore -> OSError -> the socket's errors
+        if any(isinstance(cause, socket.gaierror) for cause in causes):
+            return "the host name does not resolve"
+        if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+            return "connection refused (nothing is listening there)"
+        return self._scrub(f"{type(exc).__name__}: {exc}")
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         """The body as a JSON object, or ``{}`` when it is not one."""
@@ -426,6 +471,24 @@ class DescopeClient:
     def _scrub(self, text: str) -> str:
         key = self._key.reveal()
         return text.replace(key, "********") if key in text else text
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the errors it was raised from, and the members of exception groups among them
+    (anyio and trio gather one error per address tried)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack and len(seen) < 64:
+        error = stack.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        if isinstance(error, BaseExceptionGroup):
+            stack.extend(error.exceptions)
+        cause = error.__cause__ or error.__context__
+        if cause is not None:
+            stack.append(cause)
 
 
 def _excerpt(text: str) -> str:

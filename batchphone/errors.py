@@ -11,6 +11,7 @@
         ├── TransientError          -  5xx, timeout, dropped connection, non-JSON body: retry
         ├── RateLimitedError        -  429: pause every worker for ``retry_after``, then resend
         └── FatalRemoteError        3  401/403, or too many permanent failures: stop the run
+            └── UnreachableError    3  no call of the run reached a server (refused, no such host)
 
 The library raises these and never prints or exits; ``cli.py`` turns them into one line and an
 exit code. No message may contain the management key: messages are built from the fields below,
@@ -28,6 +29,7 @@ __all__ = [
     "RemoteError",
     "ResumeError",
     "TransientError",
+    "UnreachableError",
     "UsageError",
 ]
 
@@ -112,3 +114,15 @@ class FatalRemoteError(RemoteError):
     """The run must stop: no further call can succeed (401, 403, or the circuit opened)."""
 
     exit_code = 3
+
+
+class UnreachableError(FatalRemoteError):
+    """No call of this run has reached a server, and this one could not connect either.
+
+    A refused connection, a host name that does not resolve, a failed TLS handshake: the request
+    never left this process, so nothing was changed. ``base_url`` says where (never the key).
+    """
+
+    def __init__(self, message: str, *, base_url: str) -> None:
+        super().__init__(message)
+        self.base_url = base_url

@@ -20,8 +20,9 @@ A journal that records calls which changed users (a non-dry ``run``/``undo`` wit
 row or any row that made a call) is the undo data: it is never deleted or overwritten. The same
 run resumes it; anything else is refused, and ``--restart`` moves it and its result file aside
 (``results.moved-20261203T121500Z.csv`` and its ``.journal``). A journal that changed nothing
-(validate, plan, dry run) may be replaced. The lock, the journal and the result file are never
-reached through a symbolic link.
+(validate, plan, dry run) may be replaced, and so may a run's whose calls reached no server, by
+the same command with another base URL (the first one was wrong). The lock, the journal and the
+result file are never reached through a symbolic link.
 """
 
 from __future__ import annotations
@@ -94,6 +95,29 @@ _UNSETTLED, _IN_FLIGHT = Status.UNSETTLED.value, Reason.IN_FLIGHT.value
 #: Statuses whose record may hold the before-image of a call that changed the user: the image
 #: is kept for a resume (``JournalState.befores``) until a later record settles the row.
 _OPEN_STATUSES = frozenset({Status.UNSETTLED, Status.FAILED, Status.NOT_ATTEMPTED})
+#: Statuses of rows settled without an update call (read, judged locally, or never sent): a
+#: record with one of them and no attempts changed nobody. Any other status (``updated``, or a
+#: write-ahead intent recorded before its call) counts as a change in ``_scan``.
+_NO_CHANGE = frozenset(
+    status.value
+    for status in (
+        Status.WOULD_UPDATE,
+        Status.VALID,
+        Status.CHANGE,
+        Status.UNCHANGED,
+        Status.INVALID,
+        Status.DUPLICATE,
+        Status.NOT_FOUND,
+        Status.CONFLICT,
+        Status.SKIPPED,
+        Status.FAILED,
+        Status.NOT_ATTEMPTED,
+    )
+)
+#: Statuses of rows a server's answer settled without an update (a read, a refusal).
+_ANSWERED = _NO_CHANGE - {s.value for s in (Status.INVALID, Status.DUPLICATE, Status.NOT_ATTEMPTED)}
+#: The reason of a row whose call never left this process (it could not connect).
+_NEVER_LEFT = Reason.UNREACHABLE.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +303,8 @@ class Journal:
         set, no ``restart``); otherwise it is refused (``ResumeError``, naming the command that
         wrote it), or with ``restart`` moved aside with the result file. Any other journal of
         another run is refused unless ``restart`` is set, or ``replaceable`` says it may simply
-        be discarded (this command sends nothing), or it came from a dry run. ``resume=False``
+        be discarded (this command sends nothing), or it came from a dry run, or no server ever
+        answered its calls and only the base URL differs (the URL was wrong). ``resume=False``
         (validate: nothing to resume) never resumes. Every check runs before anything is
         written, so a refused journal and its result file stay byte-identical.
         """
@@ -289,7 +314,7 @@ class Journal:
         new = identity.header()
         moved: tuple[Path, ...] = ()
         if path.exists():
-            header, changed = _scan(path)
+            header, changed, answered = _scan(path)
             if header is None and not restart:
                 raise ResumeError(
                     f"{path} is not a batchphone journal, or is damaged: move it away, "
@@ -305,7 +330,9 @@ class Journal:
                 raise ResumeError(_kept(path, old, new))
             if changed:
                 moved = _move_aside(out_path, path)
-            elif not (restart or replaceable or old.get("dry_run")):
+            elif not (restart or replaceable or old.get("dry_run")) and (
+                answered or not _retargeted(old, new)
+            ):
                 raise ResumeError(_mismatch(path, old, new))
             else:
                 path.unlink()  # it changed no user: nothing is lost
@@ -477,13 +504,21 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     return header, state
 
 
-def _scan(path: Path) -> tuple[dict[str, Any] | None, bool]:
-    """Read-only: the journal's header (``None`` when it is not one) and whether it changed users.
+def _scan(path: Path) -> tuple[dict[str, Any] | None, bool, bool]:
+    """Read-only: the journal's header (``None`` when it is not one), whether it changed users,
+    and whether any server answered one of its calls.
 
-    A journal that cannot be read as ours counts as having changed users: only a journal
-    known to hold nothing but local results or dry-run rows may be thrown away.
+    A row changed its user when a record of it says ``updated`` or that calls were made for it
+    (``attempts``). A record with a status other than those of rows settled without an update
+    (a write-ahead intent, written before its call) counts too, until a later record of the same
+    row says that call never left (``not_attempted``/``UNREACHABLE``, no attempts): a journal
+    whose calls never reached a server is no record of changes. A journal that cannot be read as
+    ours counts as having changed users: only a journal known to hold nothing but local results
+    or dry-run rows may be thrown away.
     """
     header: dict[str, Any] | None = None
+    pending: set[Any] = set()  # rows whose last record is an intent
+    answered = False
     try:
         for _, line, complete in _read_lines(path):
             try:
@@ -492,22 +527,38 @@ def _scan(path: Path) -> tuple[dict[str, Any] | None, bool]:
                 record = None
             if not isinstance(record, dict):
                 if header is None:
-                    return None, True
+                    return None, True, True
                 continue  # a damaged line: the others still tell
             if header is None:
                 if record.get("format") != FORMAT:
-                    return None, True
+                    return None, True, True
                 header = record
                 identity = header.get("identity") or {}
                 if identity.get("dry_run", True):
-                    return header, False  # a dry run, validate or plan calls no update
+                    return header, False, True  # a dry run, validate or plan calls no update
                 continue
+            if "row" not in record:
+                continue  # a call-time record
             status = record.get("status")
-            if status in _CHANGED or record.get("attempts"):
-                return header, True
+            if status == Status.UPDATED.value or record.get("attempts"):
+                return header, True, True
+            if record.get("http_status") or status in _ANSWERED:
+                answered = True  # a read, or an answer that changed nothing (401, 409 ...)
+            if status == Status.NOT_ATTEMPTED.value and record.get("reason") == _NEVER_LEFT:
+                pending.discard(record["row"])
+            elif status not in _NO_CHANGE:
+                pending.add(record["row"])
     except OSError as exc:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
-    return header, header is None
+    return header, bool(pending) or header is None, answered or header is None
+
+
+def _retargeted(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """True when two run identities differ in the API base URL and in nothing else."""
+    keys = set(old) | set(new)
+    return old.get("base_url") != new.get("base_url") and all(
+        old.get(key) == new.get(key) for key in keys - {"base_url"}
+    )
 
 
 def _aside(path: Path, stamp: str, number: int) -> Path:
@@ -539,10 +590,6 @@ def _move_aside(out_path: Path, path: Path) -> tuple[Path, ...]:
         raise OutputError(f"cannot move {path} aside: {exc.strerror}") from None
     log.warning("moved_aside", reason="restart", files=[str(p) for p in moved])
     return tuple(moved)
-
-
-#: A record with one of these statuses says a call may have changed its user.
-_CHANGED = frozenset({Status.UPDATED.value, Status.UNSETTLED.value})
 
 
 class _CallTimes:

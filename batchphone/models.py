@@ -128,6 +128,9 @@ class Reason(enum.StrEnum):
     NOT_APPLIED = "NOT_APPLIED"
     #: failed: a 200 whose returned user does not hold what was sent
     ANSWER_MISMATCH = "ANSWER_MISMATCH"
+    UNREACHABLE = "UNREACHABLE"
+    REFORMATTED = "REFORMATTED"
+    SAME_NUMBER = "SAME_NUMBER"
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +165,17 @@ class Normalized:
 
 @dataclass(frozen=True, slots=True)
 class PhoneState:
-    """A user's phone (``""`` when none) and verified flag as a lookup read them."""
+    """A user's phone (``""`` when none) and verified flag as a lookup read them.
+
+    ``e164`` is the stored phone in E.164 when the screen read it as a number: a phone stored
+    in a legacy format (``+1 646 300 0000``) is the same number as ``+16463000000``
+    (``None``: not known).
+    """
 
     phone: str
     verified: bool
     user_id: str | None = None
+    e164: str | None = field(default=None, compare=False)
 
     def columns(self) -> dict[str, Any]:
         """The before-image columns of a result row."""
@@ -257,11 +266,14 @@ class UpdateRequest:
 
     @property
     def change_reason(self) -> Reason | None:
-        """What is worth saying about this change: a removal, or the verified flag alone."""
+        """What is worth saying about this change: a removal, the verified flag alone, or the
+        same number stored in another format."""
         if self.phone == "":
             return Reason.REMOVE_PHONE
         if self.before is not None and self.before.phone == self.phone:
             return Reason.VERIFIED_ONLY
+        if self.before is not None and self.before.e164 == self.phone:
+            return Reason.REFORMATTED
         return None
 
 

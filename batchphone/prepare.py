@@ -88,6 +88,12 @@ EXPLANATIONS: dict[Reason, str] = {
     "update was not applied: --retry-failed sends it again",
     Reason.ANSWER_MISMATCH: "the API answered 200, but the user it returned does not hold "
     "the phone and verified flag sent",
+    Reason.UNREACHABLE: "not sent: nothing answered at the API base URL (connection refused or "
+    "no such host); fix the base URL and rerun to resume",
+    Reason.REFORMATTED: "the user's phone was this number stored in another format: it is "
+    "stored in E.164 now, with the user's verified flag unless the row gave one",
+    Reason.SAME_NUMBER: "the user holds this number in E.164 already: the before-image is the "
+    "same number in another format, which is never sent back",
 }
 
 

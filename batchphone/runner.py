@@ -52,7 +52,7 @@ from batchphone.models import (
     UpdateRequest,
 )
 from batchphone.pool import run_pool
-from batchphone.prepare import Mode, Prepared, now_iso
+from batchphone.prepare import EXPLANATIONS, Mode, Prepared, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource, InputSpec, open_input
 from batchphone.report import local_report, write_report
@@ -821,6 +821,7 @@ class _Unreached:
         # 1 byte per row: which rows have a record
         self.codes = bytes(journal.state.statuses[1 : total + 1]).ljust(total, b"\0")
         self.reason = (reason or Reason.INTERRUPTED).value
+        self.message = EXPLANATIONS.get(reason or Reason.INTERRUPTED)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if b"\0" not in self.codes:
@@ -835,6 +836,7 @@ class _Unreached:
                         "phone_input": phone_input,
                         "status": Status.NOT_ATTEMPTED.value,
                         "reason": self.reason,
+                        "error_message": self.message,
                         "attempts": 0,
                         "finished_at": stamp,
                     }

@@ -7,7 +7,10 @@
    row without a verified value only needs the same phone: it never changes the flag by
    itself), a login id nobody has ends ``not_found``, and (undo) a user whose phone is no
    longer the one the run set ends ``skipped``/``CHANGED_SINCE``; every other row keeps the
-   user's state as its before-image (same phone, other flag: ``VERIFIED_ONLY``);
+   user's state as its before-image (same phone, other flag: ``VERIFIED_ONLY``). Phones are
+   compared in E.164 (``as_e164``): a stored phone in a legacy format (``+1 646 300 0000``) is
+   the same number, sent in E.164 with the user's flag (``REFORMATTED``), and never sent back
+   (undo: ``unchanged``/``SAME_NUMBER``);
 2. checks the new phones (``guard``: always before a batch patch, which has no
    ``failOnConflict``): a phone that is another user's login id ends ``conflict`` unsent, since
    Descope would merge the two users. Rows wait until 1000 phones are pending (or the batch
@@ -35,10 +38,25 @@ from batchphone.models import (
     UpdateRequest,
     User,
 )
-from batchphone.prepare import Prepared, result_for, unsettled, user_fields
+from batchphone.normalize import E164_PATTERN, normalize
+from batchphone.prepare import (
+    EXPLANATIONS,
+    Prepared,
+    UserFields,
+    result_for,
+    unsettled,
+    user_fields,
+)
 from batchphone.stop import Stop
 
-__all__ = ["Screen", "ScreenRules", "budget_seconds", "planned_calls", "target_verified"]
+__all__ = [
+    "Screen",
+    "ScreenRules",
+    "as_e164",
+    "budget_seconds",
+    "planned_calls",
+    "target_verified",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +89,61 @@ def target_verified(request: UpdateRequest) -> bool:
     return request.verified_sent
 
 
+def as_e164(phone: str) -> str:
+    """``phone`` in E.164 when the normalizer reads it as a number with its country code (a
+    phone stored in a legacy format: ``+1 (646) 300-0000``), else ``phone`` as it is.
+
+    Phones are compared in this form; a legacy form is never sent (descope-api.md).
+    """
+    if not phone or E164_PATTERN.match(phone):
+        return phone  # what the normalizer gives back too, and the shape of nearly every phone
+    return normalize(phone, None).e164 or phone
+
+
 def _unchanged(before: PhoneState, request: UpdateRequest) -> bool:
     """True when sending ``request`` would change nothing the row asks for.
 
     A row without a verified value (``None``) asks for a phone only: sending it would
-    un-verify a phone the user verified, so the same phone is enough to leave it alone.
+    un-verify a phone the user verified, so the same phone is enough to leave it alone. The
+    phone compared is the one sent (E.164): a user whose stored phone is the same number in a
+    legacy form is not unchanged (sending stores it in E.164), and an undo whose before-image
+    is such a form finds it unchanged when the user holds the number in E.164.
     """
-    if before.phone != request.phone:
+    if before.phone != as_e164(request.phone):
         return False
     return request.verified is None or before.verified == target_verified(request)
 
 
+def _as_sent(request: UpdateRequest, before: PhoneState) -> UpdateRequest:
+    """``request`` as it is sent: its phone in E.164; for a user whose stored phone is this
+    number in another format, with the user's verified flag (the same number keeps its flag)
+    unless the row gives one, which wins."""
+    phone = as_e164(request.phone)
+    verified = request.verified
+    if verified is None and before.phone != phone and before.e164 == phone:
+        verified = before.verified
+    if phone == request.phone and verified == request.verified:
+        return request
+    return replace(request, phone=phone, verified=verified)
+
+
+def _unchanged_result(request: UpdateRequest, before: PhoneState, found: UserFields) -> RowResult:
+    if request.phone == before.phone:
+        return result_for(request, status=Status.UNCHANGED, **found)
+    # an undo whose before-image is the number the user holds, in a legacy form: not sent back
+    return result_for(
+        replace(request, phone=before.phone),
+        status=Status.UNCHANGED,
+        reason=Reason.SAME_NUMBER,
+        error_message=EXPLANATIONS[Reason.SAME_NUMBER],
+        **found,
+    )
+
+
 def _state(user: User) -> PhoneState:
-    return PhoneState(phone=user.phone, verified=user.verified, user_id=user.user_id)
+    return PhoneState(
+        phone=user.phone, verified=user.verified, user_id=user.user_id, e164=as_e164(user.phone)
+    )
 
 
 def _same_user(owner: User, request: UpdateRequest) -> bool:
@@ -172,7 +232,7 @@ class Screen:
                 continue
             request = replace(request, before=before)
             if _unchanged(before, request):
-                out.append(result_for(request, status=Status.UNCHANGED, **found))
+                out.append(_unchanged_result(request, before, found))
             elif request.expect_phone is not None and before.phone != request.expect_phone:
                 message = (
                     f"the user's phone is now {before.phone or '(none)'}, not the "
@@ -188,7 +248,7 @@ class Screen:
                     )
                 )
             else:
-                sendable.append(request)
+                sendable.append(_as_sent(request, before))
         return out + self._hand_on(sendable, waiting)
 
     def _hand_on(

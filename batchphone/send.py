@@ -18,7 +18,7 @@ A 200 whose returned user does not hold what was sent is ``failed``/``ANSWER_MIS
 from __future__ import annotations
 
 from batchphone.batch import BatchSender
-from batchphone.calls import Calls, failure_label
+from batchphone.calls import Calls, failure_label, fatal_reason
 from batchphone.canary import mismatch
 from batchphone.errors import FatalRemoteError
 from batchphone.models import ApiOutcome, Reason, RowResult, Status, UpdateRequest
@@ -51,7 +51,7 @@ def not_attempted(
 def _unauthorized(request: UpdateRequest, exc: FatalRemoteError) -> RowResult:
     return not_attempted(
         request,
-        Reason.UNAUTHORIZED,
+        fatal_reason(exc),
         http_status=exc.http_status,
         error_code=exc.error_code,
         error_message=exc.message,

@@ -356,3 +356,76 @@ def test_a_journal_from_before_the_sheet_option_still_resumes(tmp_path: Path) ->
     resumed = Journal.open(out, IDENTITY)
     assert resumed.resumed and resumed.state.is_final(1)
     resumed.close()
+
+
+CORRECTED = replace(IDENTITY, base_url="http://127.0.0.1:8765")
+
+
+def _journal_of(out: Path, records: list[dict[str, object]]) -> None:
+    """A run's journal holding ``records`` as written (raw: statuses the journal may not know)."""
+    Journal.open(out, IDENTITY).close()
+    with journal_path(out).open("ab") as handle:
+        for record in records:
+            handle.write(json.dumps(record).encode() + b"\n")
+    out.write_text("row,status\n")
+
+
+def _unsent(row: int, reason: str = "UNREACHABLE") -> dict[str, object]:
+    return {"row": row, "status": "not_attempted", "reason": reason, "attempts": 0, "ts": 1.0}
+
+
+def _intent(row: int) -> dict[str, object]:
+    """A write-ahead record: the before-image and the intended state, before the call."""
+    return {"row": row, "status": "unsettled", "phone_before": "+1", "ts": 1.0}
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        [],  # the first call (the license's) found nothing listening: no row was journaled
+        [{"call": 1.0}, _unsent(1), _unsent(2)],
+        [_intent(1), _intent(2), _unsent(1), {"call": 1.0}, _unsent(2)],
+        [{"row": 3, "status": "invalid", "reason": "TOO_SHORT", "ts": 1.0}, _unsent(1)],
+    ],
+    ids=["empty", "unreachable rows", "intents whose calls never left", "local rows"],
+)
+def test_a_journal_whose_calls_reached_no_server_gives_way_to_the_corrected_url(
+    tmp_path: Path, records: list[dict[str, object]]
+) -> None:
+    out = tmp_path / "results.csv"
+    _journal_of(out, records)
+    corrected = Journal.open(out, CORRECTED)
+    corrected.close()
+    assert not corrected.resumed and corrected.state.records == 0 and corrected.moved == ()
+    assert _header(out)["identity"] == CORRECTED.header()
+    # the same journal is still refused to anything else that differs (another input)
+    _journal_of(out, records)
+    with pytest.raises(ResumeError, match="belongs to another run"):
+        Journal.open(out, replace(CORRECTED, input_sha256="other"))
+
+
+@pytest.mark.parametrize(
+    ("records", "words"),
+    [
+        # a server answered (a read judged the row): not a wrong URL, it stays as it is
+        ([{"row": 1, "status": "unchanged", "ts": 1.0}], "belongs to another run"),
+        ([_unsent(1, "UNAUTHORIZED") | {"http_status": 401}], "belongs to another run"),
+        # a change is a change whatever comes after it
+        ([{"row": 1, "status": "updated", "attempts": 1, "ts": 1.0}, _unsent(1)], "changed users"),
+        ([{"row": 1, "status": "failed", "attempts": 5, "ts": 1.0}], "changed users"),
+        # an intent counts until a record of its row says the call never left
+        ([_intent(1)], "changed users"),
+        ([_intent(1), _unsent(2)], "changed users"),
+        ([_intent(1), _unsent(1, "INTERRUPTED")], "changed users"),
+        ([_intent(1), _unsent(1), _intent(1)], "changed users"),
+    ],
+)
+def test_a_journal_with_answers_or_changes_is_not_given_to_another_url(
+    tmp_path: Path, records: list[dict[str, object]], words: str
+) -> None:
+    out = tmp_path / "results.csv"
+    _journal_of(out, records)
+    before = _digest(out, journal_path(out))
+    with pytest.raises(ResumeError, match=words):
+        Journal.open(out, CORRECTED)
+    assert _digest(out, journal_path(out)) == before

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
+from batchphone.runner import Job, run_sync
 
 pytestmark = pytest.mark.slow
 
@@ -219,3 +223,81 @@ def test_nothing_waiting_for_a_slot_is_sent_after_ctrl_c(
     journal = out.with_name(out.name + ".journal").read_bytes().splitlines()
     # the header, the call times, the rows taken from the queue (at most 3 x 8): not 600
     assert len(journal) < 40
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_nothing_listening_stops_at_once_and_the_corrected_url_is_not_refused(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    emulator, base_url = served
+    out = tmp_path / "results.csv"
+    wrong = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    process = start(source, out, wrong)
+    _, stderr = process.communicate(timeout=60)
+    assert time.monotonic() - started < 5, stderr
+    assert process.returncode == 3, stderr
+    assert f"  stopped: cannot reach {wrong}: connection refused" in stderr.splitlines()[-2]
+    assert KEY not in stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert rows.height == ROWS
+    assert set(rows["status"]) == {"not_attempted"}
+    assert set(rows["reason"]) == {"UNREACHABLE"}
+    assert set(rows["attempts"]) == {"0"}
+    # the same command with the right URL: the journal records no change, so it is not refused
+    fast = ("--rate", "1000/1", "--concurrency", "32", "--budget-store", "none")
+    corrected = start(source, out, base_url, *fast)
+    _, stderr = corrected.communicate(timeout=120)
+    assert corrected.returncode == 0, stderr
+    rows = pl.read_csv(out, infer_schema=False)
+    assert set(rows["status"]) == {"updated"}
+    assert updates(emulator) == {f"user{i}@example.com": 1 for i in range(ROWS)}
+    stored = {user["loginIds"][0]: user["phone"] for user in emulator.users(PROJECT)}
+    assert stored == {f"user{i}@example.com": f"+1415555{i:04d}" for i in range(ROWS)}
+
+
+def test_a_host_name_that_does_not_resolve_stops_the_run(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator, base_url = served
+    resolve = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # a DNS failure, without asking any DNS: only loopback traffic in tests
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name.endswith(".invalid"):
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    out = tmp_path / "results.csv"
+    settings = Settings(
+        project_id=PROJECT,
+        management_key=Secret(KEY),
+        budget_store="none",
+        rate_calls=1000,
+        rate_period=1.0,
+        concurrency=32,
+    )
+    job = Job(command="run", input_path=source, out_path=out)
+    wrong = "https://api.batchphone.invalid"
+    started = time.monotonic()
+    summary = run_sync(job, settings, target=Endpoint(PROJECT, wrong, Secret(KEY)))
+    assert time.monotonic() - started < 5
+    assert summary.exit_code == 3
+    assert summary.stopped_reason is not None
+    assert summary.stopped_reason.startswith(f"cannot reach {wrong}: the host name does not")
+    assert summary.counts == {"not_attempted": ROWS}
+    rows = pl.read_csv(out, infer_schema=False)
+    assert set(rows["reason"]) == {"UNREACHABLE"} and set(rows["attempts"]) == {"0"}
+    assert emulator.stats(PROJECT).total_requests == 0
+    summary = run_sync(job, settings, target=Endpoint(PROJECT, base_url, Secret(KEY)))
+    assert summary.exit_code == 0
+    assert summary.counts == {"updated": ROWS}

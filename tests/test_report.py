@@ -158,6 +158,9 @@ async def test_every_local_reason_is_in_the_mixed_file(tmp_path: Path) -> None:
             Reason.CONFIRMED_BY_READ,
             Reason.NOT_APPLIED,
             Reason.ANSWER_MISMATCH,
+            Reason.REFORMATTED,
+            Reason.SAME_NUMBER,
+            Reason.UNREACHABLE,
         )
     }
     assert seen == local

@@ -269,3 +269,117 @@ async def test_rows_whose_read_failed_carry_how_the_read_ended() -> None:
     messages = [r.error_message or "" for r in out if isinstance(r, RowResult)]
     assert len(messages) == 2
     assert all(m.startswith("lookup failed: search users: HTTP 503") for m in messages)
+
+
+# -- phones stored in a legacy format --------------------------------------------------------
+
+#: Users whose stored phone is not E.164 (imports, older SDKs: descope-api.md), and a row each.
+LEGACY_USERS = [
+    {"loginId": "ann@example.com", "phone": "+1 646 300 0000", "verifiedPhone": True},
+    {"loginId": "bob@example.com", "phone": "+1 (646) 300-0001", "verifiedPhone": False},
+    {"loginId": "cat@example.com", "phone": "+1 646 300 0002", "verifiedPhone": True},
+    {"loginId": "dan@example.com", "phone": "+1.646.300.0003", "verifiedPhone": True},
+]
+LEGACY_ROWS = [
+    ("ann@example.com", "+16463000000"),  # the same number, no verified value: keeps the flag
+    ("bob@example.com", "(646) 300-0001"),  # the same number written nationally
+    ("cat@example.com", "+1 646 300 0002"),  # the same number, and the row's own flag: it wins
+    ("dan@example.com", "+14155550100"),  # another number
+]
+
+
+def stored(emulator: Any) -> dict[str, tuple[str, bool]]:
+    """Each user's stored phone and verified flag."""
+    return {u["loginIds"][0]: (u["phone"], u["verifiedPhone"]) for u in emulator.users(PROJECT)}
+
+
+def sent_phones(spy: Spy) -> list[str]:
+    """Every phone sent in an update or a batch patch."""
+    phones = [body["phone"] for body in spy.bodies.get(UPDATE, [])]
+    for body in spy.bodies.get(PATCH_BATCH, []):
+        phones += [user["phone"] for user in body["users"]]
+    return phones
+
+
+@pytest.mark.parametrize("api", ["update", "batch"])
+async def test_a_phone_stored_in_a_legacy_format_is_the_same_number_run_then_undo(
+    tmp_path: Path, api: str
+) -> None:
+    emulator = make_emulator(LEGACY_USERS)
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "loginId,phone,verified\n"
+        + "".join(
+            f"{login},{phone},{flag}\n"
+            for (login, phone), flag in zip(LEGACY_ROWS, ["", "", "false", ""], strict=True)
+        )
+    )
+    plan = tmp_path / "plan.csv"
+    await run_job(emulator, "plan", source, plan, job={"api": api}, default_region="US")
+    planned = {int(r["row"]): (r["status"], r["reason"], r["verified"]) for r in read(plan)}
+    assert planned == {
+        1: ("change", "REFORMATTED", "true"),
+        2: ("change", "REFORMATTED", "false"),
+        3: ("change", "REFORMATTED", "false"),
+        4: ("change", None, "false"),
+    }
+
+    # run: the E.164 form is stored, with the user's flag unless the row gives one
+    spy = Spy(emulator)
+    out = tmp_path / "r.csv"
+    run = await run_job(
+        emulator, "run", source, out, transport=spy, job={"api": api}, default_region="US"
+    )
+    assert run.exit_code == 0
+    assert by_row(out) == {
+        1: ("updated", "REFORMATTED"),
+        2: ("updated", "REFORMATTED"),
+        3: ("updated", "REFORMATTED"),
+        4: ("updated", None),
+    }
+    assert stored(emulator) == {
+        "ann@example.com": ("+16463000000", True),
+        "bob@example.com": ("+16463000001", False),
+        "cat@example.com": ("+16463000002", False),
+        "dan@example.com": ("+14155550100", False),
+    }
+    before = {r["loginId"]: (r["phone_before"], r["verified_before"]) for r in read(out)}
+    assert before["ann@example.com"] == ("+1 646 300 0000", "true")  # the before-image as read
+
+    # undo: the same number in E.164 is nothing to restore; a legacy form is never sent back
+    spy = Spy(emulator)
+    undone = tmp_path / "u.csv"
+    undo = await run_job(emulator, "undo", out, undone, transport=spy, job={"api": api})
+    assert undo.exit_code == 0
+    assert by_row(undone) == {
+        1: ("unchanged", "SAME_NUMBER"),
+        2: ("unchanged", "SAME_NUMBER"),
+        3: ("updated", "VERIFIED_ONLY"),  # its flag is restored, in E.164
+        4: ("updated", None),
+    }
+    assert stored(emulator) == {
+        "ann@example.com": ("+16463000000", True),
+        "bob@example.com": ("+16463000001", False),
+        "cat@example.com": ("+16463000002", True),
+        "dan@example.com": ("+16463000003", True),
+    }
+    assert sorted(sent_phones(spy)) == ["+16463000002", "+16463000003"]
+    assert [r["phone"] for r in read(undone)][:2] == ["+16463000000", "+16463000001"]
+
+
+async def test_a_phone_stored_in_e164_and_a_legacy_before_image_is_unchanged(
+    tmp_path: Path,
+) -> None:
+    # an undo of a run made before batchphone stored E.164, or a result file edited by hand
+    emulator = make_emulator([{"loginId": "ann@example.com", "phone": "+16463000000"}])
+    results = tmp_path / "r.csv"
+    results.write_text(
+        "row,loginId,phone,status,phone_before,verified_before\n"
+        "1,ann@example.com,+16463000000,updated,+1 646 300 0000,true\n"
+    )
+    spy = Spy(emulator)
+    undo = await run_job(emulator, "undo", results, tmp_path / "u.csv", transport=spy)
+    assert undo.exit_code == 0
+    assert by_row(tmp_path / "u.csv") == {1: ("unchanged", "SAME_NUMBER")}
+    assert UPDATE not in spy.bodies
+    assert stored(emulator) == {"ann@example.com": ("+16463000000", True)}
