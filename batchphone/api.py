@@ -368,6 +368,12 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
                 handle_signals,
             )  # fmt: skip
     target = _resolve_target(target, settings, from_settings=base is not None)
+    if target._embedded is not None and target._embedded.state is not None:
+        from batchphone.writer import check_side_paths
+
+        # written back after the command: never over the input or the command's own files
+        state = {"Target.emulator(state=...)": target._embedded.state}
+        check_side_paths(state, input_path, Path(out))
     if target.is_emulator:  # an emulated project shares no budget with real runs
         settings = dataclasses.replace(settings, budget_store="none")
     return _execute(

@@ -30,13 +30,13 @@ import httpx
 from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
 from batchphone.config import Endpoint, Settings
-from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError
+from batchphone.errors import BatchphoneError, FatalRemoteError, RateLimitedError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import Reason
 from batchphone.progress import NullProgress, Progress
 from batchphone.ratelimit import Clock, RateLimiter
 from batchphone.retry import Attempted, RetryPolicy, retried
-from batchphone.stop import Stop
+from batchphone.stop import Stop, Stopped
 
 __all__ = [
     "CallCount",
@@ -158,8 +158,12 @@ async def limited(
     - ``on_call`` gets the wall time (epoch seconds) each call was answered or given up.
     """
     while True:
-        with stop.waiting():
-            slot = await limiter.acquire()
+        try:
+            with stop.waiting():
+                slot = await limiter.acquire()
+        except BatchphoneError as exc:  # the shared budget store failed: a local error
+            stop.fail(exc)
+            raise Stopped(Reason.STOPPED) from None
         try:
             try:
                 with stop.calling():

@@ -29,7 +29,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +38,7 @@ import xlsxwriter
 from polars.io.plugins import register_io_source
 
 from batchphone.cells import parse_flag
-from batchphone.errors import OutputError
+from batchphone.errors import OutputError, UsageError
 from batchphone.journal import journal_path, lock_path, refuse_link
 from batchphone.models import RESULT_COLUMNS
 
@@ -46,6 +46,8 @@ __all__ = [
     "RESULT_FORMATS",
     "XLSX_MAX_ROWS",
     "check_output_path",
+    "check_sheet_rows",
+    "check_side_paths",
     "defuse",
     "needs_quote",
     "write_results",
@@ -112,6 +114,39 @@ def check_output_path(out_path: Path, input_path: Path | None) -> str:
     except OSError as exc:
         raise OutputError(f"{out_path}: cannot write in {parent} ({exc.strerror})") from None
     return fmt
+
+
+def check_sheet_rows(out_path: Path, rows: int) -> None:
+    """Before any API call: an XLSX result of ``rows`` data rows fits in one Excel sheet."""
+    if _format(out_path) == "xlsx" and rows > XLSX_MAX_ROWS:
+        raise OutputError(
+            f"{out_path}: {rows:,} rows do not fit in an Excel sheet (at most {XLSX_MAX_ROWS:,} "
+            f"below the header): use --out {out_path.with_suffix('.csv').name} (or .parquet)"
+        )
+
+
+def check_side_paths(
+    paths: Mapping[str, Path | None], input_path: Path, out_path: Path | None
+) -> None:
+    """Before anything is written: no option's path (``--summary-json``, ``--emulator-state``,
+    ...: the keys name them) is the input, the result file, its journal or its lock, the input's
+    journal (undo's input is a result file), or another option's path. ``UsageError`` with the
+    option as its ``setting`` (symbolic and hard links resolved, as for ``--out``)."""
+    owned = {"the input file": input_path, "the input file's journal": journal_path(input_path)}
+    if out_path is not None:
+        owned["the result file"] = out_path
+        owned["the result file's journal"] = journal_path(out_path)
+        owned["the result file's lock"] = lock_path(out_path)
+    for option, path in paths.items():
+        if path is None:
+            continue
+        for what, own in owned.items():
+            if _same_file(path, own):
+                raise UsageError(
+                    f"{option} {path}: is {what}, which it would overwrite: choose another path",
+                    setting=option,
+                )
+        owned[option] = path  # two options on one file: the later one is refused
 
 
 def write_results(
