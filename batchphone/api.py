@@ -239,7 +239,7 @@ def run(
 
     ``batchphone run``: rerunning the same call resumes. ``settings`` (e.g. from
     ``load_settings()``) is the base the keywords override; ``None`` keywords are left as the
-    settings say. Returns the ``Summary`` (``exit_code`` 0, 1, 3 or 130, as the CLI's).
+    settings say. Returns the ``Summary`` (``exit_code`` 0, 1, 3, 4 or 130, as the CLI's).
     """
     return _call(Command.RUN, _given(locals()))
 

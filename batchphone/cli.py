@@ -163,8 +163,7 @@ _EXIT_CODES = {
     1: "finished, with other rows (read the result file)",
     2: "usage, config or input error: nothing was sent",
     3: "a fatal remote condition (401, 403, too many failures) stopped it: rerun to resume",
-    4: "a local error (disk full, input changed) stopped it after updates were sent: "
-    "see the result file (or the copy the error names); fix, then rerun to resume",
+    4: "a local error (full disk, input changed) after updates: see the result file; rerun",
     130: "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume",
 }
 _TARGET_ENV = "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI"

@@ -71,6 +71,7 @@ _WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
 _BLOCK = 256  # records per pickled block: what the merge holds per run
 _PARQUET_ROWS = 20_000  # rows per Parquet row group
+_WORK = ".batchphone-sort-"  # + the writer's process id + "-": the folder of spilled runs
 
 Values = tuple[Any, ...]
 # (row, arrival number, values in column order): sorts by row, then by arrival.
@@ -197,8 +198,9 @@ def _write(
     out_path: Path, columns: tuple[str, ...], ordered: Callable[[Path], Iterator[Values]]
 ) -> int:
     fmt = _format(out_path)
+    _remove_stale_work(out_path.parent)
     try:
-        work = Path(tempfile.mkdtemp(prefix=".batchphone-sort-", dir=out_path.parent))
+        work = Path(tempfile.mkdtemp(prefix=f"{_WORK}{os.getpid()}-", dir=out_path.parent))
     except OSError as exc:
         raise OutputError(
             f"{out_path}: cannot write in {out_path.parent} ({exc.strerror})"
@@ -211,6 +213,31 @@ def _write(
         raise OutputError(f"{out_path}: cannot write the result ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work(folder: Path) -> None:
+    """Remove the sort folders a killed writer left here (``kill -9``: no ``finally`` ran).
+
+    A folder is named after its writer's process id; one whose process is gone is stale. A live
+    process keeps its folder (even one that only reuses a dead writer's id: the safe side).
+    """
+    with contextlib.suppress(OSError):
+        for path in folder.glob(f"{_WORK}*"):
+            pid = path.name[len(_WORK) :].partition("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process: never guess, keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, OverflowError):  # not ours to signal, or not a process id
+        return True
+    return True
 
 
 def _format(out_path: Path) -> str:
