@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
+import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +405,47 @@ async def test_an_input_changed_mid_run_stops_it_with_exit_4(
     changed = changed_users(emulator, rows)
     assert 3 <= len(changed) < 60
     assert_every_row_kept(out, rows, changed)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk, where the machine lets the tests mount one (root)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+async def test_a_real_full_disk_under_the_journal_and_the_result_file(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = new_phones(300)
+    emulator = make_emulator(phone_users(300))
+    emulator.set_faults(Faults(latency=0.01))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 300)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out = small_disk / "r.csv"
+    summary = await run_job(emulator, "run", source, out, concurrency=8)
+    assert summary.exit_code == 4
+    [copy] = list(temp.iterdir())
+    assert summary.result_path == str(copy)
+    assert summary.stopped_reason is not None
+    assert f"cannot write the journal {journal_path(out)} (No space left on device)" in (
+        summary.stopped_reason
+    )
+    changed = changed_users(emulator, rows)
+    assert 0 < len(changed) < 300
+    assert_every_row_kept(copy, rows, changed)
