@@ -271,7 +271,7 @@ def run(
 
     ``batchphone run``: rerunning the same call resumes. ``settings`` (e.g. from
     ``load_settings()``) is the base the keywords override; ``None`` keywords are left as the
-    settings say. Returns the ``Summary`` (``exit_code`` 0, 1, 3 or 130, as the CLI's).
+    settings say. Returns the ``Summary`` (``exit_code`` 0, 1, 3, 4 or 130, as the CLI's).
     """
     return _call(Command.RUN, _given(locals()))
 
@@ -400,6 +400,12 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
                 handle_signals,
             )  # fmt: skip
     target = _resolve_target(target, settings, from_settings=base is not None)
+    if target._embedded is not None and target._embedded.state is not None:
+        from batchphone.writer import check_side_paths
+
+        # written back after the command: never over the input or the command's own files
+        state = {"Target.emulator(state=...)": target._embedded.state}
+        check_side_paths(state, input_path, Path(out))
     if target.is_emulator:  # an emulated project shares no budget with real runs
         settings = dataclasses.replace(settings, budget_store="none")
     return _execute(

@@ -68,6 +68,8 @@ _State = dict[str, Any]
 class BudgetStoreError(BatchphoneError):
     """The shared budget store failed during a run (the journal keeps what was done)."""
 
+    exit_code = 2  # before the first update; after it the run ends with LocalFaultError (4)
+
 
 def state_dir() -> Path:
     """``$BATCHPHONE_STATE_DIR``, else the user's state directory (``platformdirs``)."""

@@ -31,13 +31,19 @@ import httpx
 from batchphone.budget import open_budget
 from batchphone.client import DescopeClient
 from batchphone.config import Endpoint, Settings
-from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, UnreachableError
+from batchphone.errors import (
+    BatchphoneError,
+    FatalRemoteError,
+    RateLimitedError,
+    RemoteError,
+    UnreachableError,
+)
 from batchphone.logs import get_logger
 from batchphone.models import Reason
 from batchphone.progress import NullProgress, Progress
 from batchphone.ratelimit import Clock, RateLimiter
 from batchphone.retry import Attempted, RetryPolicy, retried
-from batchphone.stop import Stop
+from batchphone.stop import Stop, Stopped
 
 __all__ = [
     "CallCount",
@@ -182,8 +188,12 @@ async def limited(
       and when it was answered or given up.
     """
     while True:
-        with stop.waiting():
-            slot = await limiter.acquire()
+        try:
+            with stop.waiting():
+                slot = await limiter.acquire()
+        except BatchphoneError as exc:  # the shared budget store failed: a local error
+            stop.fail(exc)
+            raise Stopped(Reason.STOPPED) from None
         token: object = None
         try:
             try:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
@@ -25,6 +28,9 @@ if TYPE_CHECKING:
     from batchphone.render import Output, Tally
 
 EXIT_USAGE = 2
+#: Settings naming a file the command writes besides the result file: checked against the
+#: command's own files before anything is written (``writer.check_side_paths``).
+_SIDE_PATHS = ("summary_json", "emulator_state")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -165,6 +171,7 @@ _EXIT_CODES = {
     2: "usage, config or input error: nothing was sent",
     3: "a fatal remote condition (401, 403, too many failures, nothing listening) stopped it: "
     "rerun to resume",
+    4: "a local error (full disk, input changed) after updates: see the result file; rerun",
     130: "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume",
 }
 _TARGET_ENV = "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI"
@@ -229,11 +236,26 @@ def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, 
     summary_json: Path | None = flags.get("summary_json")
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
     tally = Tally(keep_not_valid=out is None)
+    with _sigterm_as_sigint():
+        _finish(command, input_path, out, flags, output, tally, summary_json)
+
+
+def _finish(
+    command: str,
+    input_path: Path,
+    out: Path | None,
+    flags: dict[str, Any],
+    output: Output,
+    tally: Tally,
+    summary_json: Path | None,
+) -> None:
     try:
         summary, settings = _run(command, input_path, out, flags, output, tally)
     except BatchphoneError as exc:
         if flags.get("debug"):
             traceback.print_exc()
+        if getattr(exc, "setting", None) in _side_options():
+            summary_json = None  # it may be the very file the check protects
         _end_with_error(output, summary_json, exc.message, exc.exit_code)
         return
     except KeyboardInterrupt:
@@ -255,6 +277,34 @@ def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, 
             _end_with_error(output, None, f"cannot write --summary-json {summary_json}: {exc}", 1)
     output.summary(summary, command, _budget(settings), tally)
     sys.exit(summary.exit_code)
+
+
+@contextlib.contextmanager
+def _sigterm_as_sigint() -> Iterator[None]:
+    """SIGTERM does what SIGINT does, at every moment of a command (a scheduler's stop is a
+    Ctrl-C: exit 130, the result file written); the runner handles both while it runs."""
+    if not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def as_sigint(signum: int, frame: FrameType | None) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler) and handler is not as_sigint:
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT ignored or left to the OS: SIGTERM still stops the command
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, as_sigint)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _side_options() -> dict[str, str]:
+    """``--option`` of each setting in ``_SIDE_PATHS``."""
+    return {"--" + name.replace("_", "-"): name for name in _SIDE_PATHS}
 
 
 def _stderr_is_terminal() -> bool:
@@ -294,6 +344,10 @@ def _run(
     config_path = flags.pop("config_path", None)
     job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
     settings = load_settings(flags, config_path=config_path)
+    from batchphone.writer import check_side_paths
+
+    sides = {option: getattr(settings, name) for option, name in _side_options().items()}
+    check_side_paths(sides, input_path, out)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
     # without --out no file is written: there is no result path to show
@@ -398,7 +452,7 @@ def main() -> None:
             "batchphone run users.xlsx --sheet Users --out results.xlsx --canary 20",
             "batchphone run users.csv --out r.csv --emulator-state rehearsal.json  # rehearse",
         ],
-        (0, 1, 2, 3, 130),
+        (0, 1, 2, 3, 4, 130),
         _API_ENV,
     )
 )
@@ -487,7 +541,7 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
             "batchphone undo results.csv --out undo.csv",
             "batchphone undo results.csv --out undo.csv --emulator-state rehearsal.json",
         ],
-        (0, 1, 2, 3, 130),
+        (0, 1, 2, 3, 4, 130),
         _API_ENV,
     )
 )

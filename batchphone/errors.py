@@ -7,6 +7,10 @@
     ├── InputError                  2  the input file cannot be read as rows (names the file)
     ├── OutputError                 2  the result file cannot be written, or another run holds it
     ├── ResumeError                 2  the journal beside --out belongs to another run
+    ├── LocalFaultError             4  a local error (a full disk, the budget store, the input
+    │                                  changed) stopped the run after updates were sent: the
+    │                                  calls in flight finished, every row is in the result file
+    │                                  (or the copy it names); fix the cause, rerun to resume
     └── RemoteError                 1  the API answered something the client cannot use
         ├── TransientError          -  5xx, timeout, dropped connection, non-JSON body: retry
         ├── RateLimitedError        -  429: pause every worker for ``retry_after``, then resend
@@ -16,6 +20,9 @@
 The library raises these and never prints or exits; ``cli.py`` turns them into one line and an
 exit code. No message may contain the management key: messages are built from the fields below,
 never from request headers.
+
+A local error met before the first update was sent keeps its own class (exit 2: nothing was
+sent); the same error after it is wrapped in ``LocalFaultError`` (exit 4: see the result file).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ __all__ = [
     "BatchphoneError",
     "FatalRemoteError",
     "InputError",
+    "LocalFaultError",
     "OutputError",
     "RateLimitedError",
     "RemoteError",
@@ -79,6 +87,20 @@ class ResumeError(BatchphoneError):
     """The journal beside ``--out`` was written by a run with other input, target or options."""
 
     exit_code = 2
+
+
+class LocalFaultError(BatchphoneError):
+    """A local error stopped the run after updates were sent; ``cause`` is that error.
+
+    The run stopped as for Ctrl-C (no new call, the calls in flight finished and were recorded)
+    and wrote its result file, or a copy of it elsewhere when ``--out`` could not be written.
+    """
+
+    exit_code = 4
+
+    def __init__(self, message: str, *, cause: BatchphoneError) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class RemoteError(BatchphoneError):

@@ -137,6 +137,7 @@ def prepared_batches(
 
     def judged() -> Iterator[list[Prepared]]:
         for rows in source.batches(batch_size=BATCH_ROWS, limit=limit):
+            source.check_unchanged()  # one stat per batch
             yield preparer.prepare(rows)
         yield preparer.finish()
 

@@ -33,7 +33,7 @@ import secrets
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -286,6 +286,11 @@ class Journal:
         # call ids: unique across the processes that append to this journal in turn
         self._session = secrets.token_hex(4)
         self._calls = 0
+        #: the first write or fsync that failed (a full disk): nothing is written after it
+        self.failed: OSError | None = None
+        #: called (on the appending thread) with that error; unset, the error is raised
+        self.on_failure: Callable[[OSError], None] | None = None
+        self._unwritten: list[bytes] = []
 
     @classmethod
     def open(
@@ -346,6 +351,9 @@ class Journal:
         try:
             os.write(fd, _dumps(header) + b"\n")
             os.fsync(fd)
+        except OSError as exc:  # a full disk before the first call: nothing was sent
+            path.unlink(missing_ok=True)
+            raise OutputError(f"cannot write the journal {path} ({exc.strerror})") from None
         finally:
             os.close(fd)
         journal = cls(path, header, JournalState())
@@ -429,14 +437,27 @@ class Journal:
         self.state.record(result.row, result.status)
 
     def flush(self) -> None:
-        """Hand every buffered line to the OS."""
+        """Hand every buffered line to the OS.
+
+        A write that fails (``ENOSPC``) marks the journal ``failed``: the lines not written
+        whole stay in memory (``unwritten_records``, for the result file), later lines join
+        them, and nothing more is written, so a torn line can only be the file's last.
+        """
         if self._buffer:
             data = b"".join(self._buffer)
             self._buffer.clear()
             self._buffered = 0
-            while data:
-                written = os.write(self._fd, data)
-                data = data[written:]
+            if self.failed is not None:
+                self._unwritten.append(data)
+            else:
+                done = 0
+                try:
+                    while done < len(data):
+                        done += os.write(self._fd, data[done:])
+                except OSError as exc:
+                    # from the start of the line the write broke off in
+                    self._unwritten.append(data[data.rfind(b"\n", 0, done) + 1 :])
+                    self.fail(exc)
         self._last_flush = time.monotonic()
 
     def fsync(self) -> None:
@@ -444,15 +465,39 @@ class Journal:
 
         It touches only the file descriptor, never the buffer, so it is safe to run while the
         event loop thread goes on appending; ``flush`` must stay on the thread that appends.
+        Raises the ``OSError`` of a failed fsync: the appending thread passes it to ``fail``.
         """
-        if self._fd >= 0:
+        if self._fd >= 0 and self.failed is None:
             os.fsync(self._fd)
 
+    def fail(self, exc: OSError) -> None:
+        """Mark the journal failed (nothing more is written) and tell ``on_failure``, once."""
+        if self.failed is not None:
+            return
+        self.failed = exc
+        if self.on_failure is None:
+            raise exc
+        self.on_failure(exc)
+
+    def unwritten_records(self) -> Iterator[dict[str, Any]]:
+        """The row records a failed journal could not write, in the order appended."""
+        for line in b"".join(self._unwritten).splitlines():
+            record = _loads(line)
+            if "row" in record:
+                yield record
+
     def close(self) -> None:
-        """Flush, fsync and close."""
-        if self._fd >= 0:
+        """Flush, fsync and close (a failed journal keeps what it could not write in memory)."""
+        if self._fd < 0:
+            return
+        try:
             self.flush()
-            os.fsync(self._fd)
+            if self.failed is None:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self.fail(exc)
+        finally:
             os.close(self._fd)
             self._fd = -1
 

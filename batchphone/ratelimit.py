@@ -24,22 +24,27 @@ or to ``time.monotonic``, and none takes an injectable clock that works under bo
 backends.
 
 Runs that share a project share its budget through a :class:`SharedBudget` (a file or Redis,
-see ``batchphone.budget``): the limiter then takes each slot from the shared log as well.
+see ``batchphone.budget``): the limiter then takes each slot from the shared log as well. When
+the store fails (its disk is full) while a call is on the wire, the call's answer is kept: the
+failure is raised by the next ``acquire``, before anything more is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import anyio
 import anyio.to_thread
+
+from batchphone.errors import BatchphoneError
 
 __all__ = [
     "DEFAULT_MARGIN",
@@ -182,6 +187,8 @@ class RateLimiter:
         self._acquired = 0
         self._waited = 0.0
         self._pauses = 0
+        #: the shared store's failure met by a release or pause, raised by the next acquire
+        self._store_error: BatchphoneError | None = None
 
     def __repr__(self) -> str:
         return (
@@ -227,6 +234,8 @@ class RateLimiter:
         async with self._lock:
             clock = self.clock
             while True:
+                if self._store_error is not None:
+                    raise self._store_error
                 now = clock.now()
                 # re-read after every wait: a pause may have been extended meanwhile
                 start = self.next_start()
@@ -270,7 +279,14 @@ class RateLimiter:
             self._given_back.set()
             self._given_back = None
         if self.shared is not None and slot.shared_id is not None:
-            self.shared.release(slot.shared_id)
+            self._to_store(self.shared.release, slot.shared_id)
+
+    def _to_store(self, change: Callable[[Any], None], argument: Any) -> None:
+        # the answer of a call on the wire matters more than the store's record of it
+        try:
+            change(argument)
+        except BatchphoneError as exc:
+            self._store_error = self._store_error or exc
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -291,7 +307,7 @@ class RateLimiter:
             self._paused_until = until
         self._pauses += 1
         if self.shared is not None:
-            self.shared.pause(max(seconds, 0.0))
+            self._to_store(self.shared.pause, max(seconds, 0.0))
 
     def slow_down(self, factor: float = 0.9) -> int:
         """Keep only ``factor`` of the calls per window from now on; return the new number.
@@ -327,6 +343,11 @@ class RateLimiter:
         self._log.extend(merged[-self.calls :])
 
     def close(self) -> None:
-        """Give this run's share of a shared budget back to the other runs."""
+        """Give this run's share of a shared budget back to the other runs.
+
+        A store that fails here is left as it is: the run is over, and a run that stopped
+        beating loses its share on its own.
+        """
         if self.shared is not None:
-            self.shared.close()
+            with contextlib.suppress(BatchphoneError):
+                self.shared.close()

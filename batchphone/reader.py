@@ -206,6 +206,17 @@ class InputSource:
         self._digest = digest
         self._excel: pl.DataFrame | None = None
         self._text_count: tuple[int | None, int] | None = None
+        self._stamp = _stamp(self.path)
+
+    def check_unchanged(self) -> None:
+        """Raise ``InputError`` when the file changed since it was opened (checked, hashed):
+        rows read after a change would not be the rows the run's identity names."""
+        if _stamp(self.path) != self._stamp:
+            raise _error(
+                self.path,
+                "changed during the run (its size or modification time is not what it was "
+                "when the run started): leave the input alone until the run ends",
+            )
 
     def batches(
         self, batch_size: int = 20_000, limit: int | None = None
@@ -716,6 +727,15 @@ def _missing_column(
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message: polars adds hints and context below it."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file: inode, size, modification time (``None``: it is gone)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def file_sha256(path: Path) -> str:

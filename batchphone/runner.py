@@ -19,11 +19,15 @@ reads and sends through it.
 from __future__ import annotations
 
 import contextlib
+import itertools
+import os
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,13 @@ from batchphone.batch import BatchSender
 from batchphone.calls import Calls, open_calls
 from batchphone.canary import Canary
 from batchphone.config import Endpoint, Settings, check_plain_http
-from batchphone.errors import BatchphoneError, UsageError
+from batchphone.errors import (
+    BatchphoneError,
+    LocalFaultError,
+    OutputError,
+    RemoteError,
+    UsageError,
+)
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
 from batchphone.journal import Journal, RunIdentity, RunLock, iter_records
 from batchphone.logs import get_logger
@@ -60,8 +70,8 @@ from batchphone.reverse import UndoSource, open_results
 from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.send import RowSender, fetch_license
 from batchphone.settle import read_back
-from batchphone.stop import STOP_SIGNALS, Stop
-from batchphone.writer import check_output_path, write_results
+from batchphone.stop import STOP_SIGNALS, Stop, Stopped
+from batchphone.writer import check_output_path, check_sheet_rows, write_results
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
@@ -198,6 +208,9 @@ class _Recorder:
         if not self.journal_open:
             raise AssertionError("a call that may change users after the journal was closed")
         self.journal.append_intent(list(requests), ts=time.time())
+        if self.journal.failed is not None:
+            # the record is not on disk (a full disk stopped the run): the call must not leave
+            raise Stopped(Reason.STOPPED)
 
     def started(self, ts: float) -> object:
         """Journal that a call starts (``calls.CallLog``): a restart's limiter counts it."""
@@ -459,7 +472,10 @@ async def _sync_journal(journal: Journal) -> None:
     while True:
         await anyio.sleep(1.0)
         journal.flush()  # here, on the loop: the buffer is not thread-safe
-        await anyio.to_thread.run_sync(journal.fsync)
+        try:
+            await anyio.to_thread.run_sync(journal.fsync)
+        except OSError as exc:  # a full disk: the run stops, the result file is still written
+            journal.fail(exc)
 
 
 def _counts(journal: Journal, total: int) -> dict[str, int]:
@@ -607,6 +623,10 @@ async def execute(
             sheet=settings.sheet,
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
+    if job.out_path is not None and job.out_path.suffix.lower() == ".xlsx":
+        # known before the first call, not after the last one (the count is kept for later)
+        rows = await anyio.to_thread.run_sync(source.count_rows, settings.limit)
+        check_sheet_rows(job.out_path, rows)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)
     # validate without a report file writes nothing: no file to lock
     lock = RunLock(job.out_path) if job.out_path is not None else None
@@ -625,17 +645,13 @@ async def execute(
                 handle_signals=handle_signals,
                 started=started,
             )
-        return await _execute_locked(
-            job,
-            settings,
-            source,
-            identity,
-            target,
-            mode,
-            progress,
-            transport,
+        stop = Stop()
+        return await _watching_signals(
+            stop,
             handle_signals,
-            started,
+            lambda: _execute_locked(
+                job, settings, source, identity, target, mode, progress, transport, started, stop
+            ),
         )
     finally:
         if lock is not None:
@@ -651,8 +667,8 @@ async def _execute_locked(
     mode: Mode,
     progress: Progress,
     transport: httpx.AsyncBaseTransport | None,
-    handle_signals: bool,
     started: float,
+    stop: Stop,
 ) -> Summary:
     out_path = job.out_path
     assert out_path is not None  # only a validate goes without one (a local report)
@@ -663,9 +679,11 @@ async def _execute_locked(
         replaceable=mode is not Mode.RUN,
         resume=mode is not Mode.VALIDATE,  # validate has nothing to resume
     )
+    journal.on_failure = _journal_failed(journal, stop)
     prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)
+    _refuse_shrinking(journal, settings, total, out_path)
     rules = screen_rules(job, settings, mode)
-    stop = Stop()
+    faults = _Faults(stop, sends=mode is Mode.RUN)
     canary = Canary(job.canary) if mode is Mode.RUN and job.canary else None
     recorder = _Recorder(journal, progress, canary, hold=settings.timeout)
     open_ = {status.value for status in _OPEN}
@@ -711,20 +729,21 @@ async def _execute_locked(
         )
         with _one_error():
             async with anyio.create_task_group() as group:
-                if handle_signals and threading.current_thread() is threading.main_thread():
-                    group.start_soon(_watch_signals, stop)
                 group.start_soon(_sync_journal, journal)
-                await _run_pool(producer, recorder, sending, settings, mode)
+                await _run_pool(producer, recorder, sending, settings, mode, faults)
                 group.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
             if sending is not None:
                 await sending.calls.aclose()
             recorder.journal_open = False
-            journal.close()
+            journal.close()  # a failed journal (on_failure set) does not raise
             unreached = _Unreached(source, settings, journal, total, stop.reason)
-            await anyio.to_thread.run_sync(_write, out_path, journal, total, unreached, columns)
+            written = await anyio.to_thread.run_sync(
+                _write_somewhere, out_path, journal, total, unreached, columns, faults.sent
+            )
             progress.close()
+    result_path = faults.settle(written, out_path)
     counts = _counts(journal, total)
     planned: int | None = None
     planned_s: float | None = None
@@ -740,11 +759,11 @@ async def _execute_locked(
         rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
         exit_code=_exit_code(counts, stop),
-        result_path=str(out_path),
+        result_path=result_path,
         resumed_rows=done,
-        stopped_reason=stop.fatal.message
-        if stop.fatal
-        else ("interrupted" if stop.interrupted else None),
+        stopped_reason=faults.note(
+            stop.fatal.message if stop.fatal else ("interrupted" if stop.interrupted else None)
+        ),
         planned_calls=planned,
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
@@ -759,16 +778,18 @@ async def _run_pool(
     sending: _Sending | None,
     settings: Settings,
     mode: Mode,
+    faults: _Faults,
 ) -> None:
+    produce = faults.producing(producer.produce)
     if sending is None:  # nothing to send: every row is settled by the producer
-        await run_pool(producer.produce, _never, recorder.consume, concurrency=1)
+        await run_pool(produce, _never, recorder.consume, concurrency=1)
         return
     await fetch_license(sending.calls)
     sender = sending.sender
     concurrency = settings.concurrency if mode is Mode.RUN else 1
     process: Callable[[Any], Awaitable[_Outcome]]
     process = sender.process if sender.batch is None else sender.process_batch
-    await run_pool(producer.produce, process, recorder.consume, concurrency=concurrency)
+    await run_pool(produce, faults.sending(process), recorder.consume, concurrency=concurrency)
 
 
 async def _never(request: UpdateRequest) -> _Outcome:
@@ -865,9 +886,179 @@ def _write(
     unreached: Iterable[dict[str, Any]],
     columns: tuple[str, ...],
 ) -> int:
-    records = (r for r in iter_records(journal.path) if r["row"] <= total)
+    # a journal that failed (a full disk) holds the rest of its records in memory
+    journaled = itertools.chain(iter_records(journal.path), journal.unwritten_records())
+    records = (r for r in journaled if r["row"] <= total)
     written: int = write_results(records, out_path, columns=columns, in_order=unreached)
     return written
+
+
+# -- local faults: a full disk, the budget store, the input changed (issue 16, point 4) --------
+
+
+class _Faults:
+    """Local errors while the pool runs, and how the run then ends.
+
+    A full disk under the journal, a shared budget store that fails, an input changed under the
+    run: each stops the run as a first Ctrl-C does (``Stop.fail``): no new call starts, the
+    calls in flight finish and are journaled, and the result file is written (a copy elsewhere
+    when ``--out`` cannot be: ``_write_somewhere``). Before any update left, the error ends the
+    run as itself (exit 2: nothing was sent); after, as ``LocalFaultError`` (exit 4).
+    """
+
+    def __init__(self, stop: Stop, *, sends: bool) -> None:
+        self.stop = stop
+        self.sends = sends  # the workers send updates (not a plan's or a dry run's rows)
+        #: an update may have left: a worker took a row while the run was not stopping
+        self.sent = False
+        self.where: str | None = None  # where the result file is, when not at --out
+
+    def producing(
+        self, produce: Callable[[Any, Any], Awaitable[None]]
+    ) -> Callable[[Any, Any], Awaitable[None]]:
+        """``produce``, with a local error (the input changed) turned into a stop."""
+
+        async def guarded(jobs: Any, results: Any) -> None:
+            try:
+                await produce(jobs, results)
+            except BatchphoneError as exc:
+                if isinstance(exc, RemoteError):
+                    raise
+                self.stop.fail(exc)  # the workers finish what they hold, the consumer drains
+
+        return guarded
+
+    def sending(
+        self, process: Callable[[Any], Awaitable[_Outcome]]
+    ) -> Callable[[Any], Awaitable[_Outcome]]:
+        """``process``, noting that an update may leave (no call starts once stopping)."""
+
+        async def guarded(item: Any) -> _Outcome:
+            if self.sends and self.stop.reason is None:
+                self.sent = True
+            return await process(item)
+
+        return guarded
+
+    def settle(self, written: _Written, out_path: Path) -> str | None:
+        """After the result file was written (or not): the run's end; its result path."""
+        if written.error is not None:
+            self.stop.fail(written.error)
+            if written.path is not None:
+                self.where = (
+                    f"a copy of the result file is at {written.path} ({written.error.message})"
+                )
+            else:
+                self.where = f"no result file could be written ({written.error.message})"
+            log.error(
+                "result_file_not_written",
+                result_path=str(out_path),
+                copy=str(written.path) if written.path else None,
+            )
+        local = self.stop.local
+        if local is not None and self.stop.fatal is local:
+            if not self.sent:
+                raise local  # before the first update: exit 2, nothing was sent
+            where = self.where or f"every row is in {out_path}"
+            self.stop.fatal = LocalFaultError(
+                f"{local.message}; the run stopped after updates were sent (the calls in "
+                f"flight finished): {where}; fix the cause, then rerun the same command to "
+                "resume",
+                cause=local,
+            )
+        return str(written.path) if written.path is not None else None
+
+    def note(self, reason: str | None) -> str | None:
+        """The stop reason, with where the result file went when it is not at ``--out``."""
+        if self.where is None or (reason is not None and self.where in reason):
+            return reason
+        return f"{reason}; {self.where}" if reason else self.where
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """Where the result file was written (``None``: nowhere), and why not at ``--out``."""
+
+    path: Path | None
+    error: OutputError | None = None
+
+
+def _write_somewhere(
+    out_path: Path,
+    journal: Journal,
+    total: int,
+    unreached: Iterable[dict[str, Any]],
+    columns: tuple[str, ...],
+    sent: bool,
+) -> _Written:
+    """The result file at ``out_path``; when that fails after updates were sent, a copy in
+    the system's temp folder (0600, as every result file): the rows must be somewhere."""
+    try:
+        _write(out_path, journal, total, unreached, columns)
+        return _Written(out_path)
+    except OutputError as exc:
+        if not sent:
+            return _Written(None, exc)
+        error = exc
+    copy = _copy_path(out_path)
+    try:
+        _write(copy, journal, total, unreached, columns)
+    except OutputError:
+        return _Written(None, error)
+    return _Written(copy, error)
+
+
+def _copy_path(out_path: Path) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return Path(tempfile.gettempdir()) / f"batchphone-{stamp}-{os.getpid()}-{out_path.name}"
+
+
+def _journal_failed(journal: Journal, stop: Stop) -> Callable[[OSError], None]:
+    """What a journal write that fails (a full disk) does: stop the run, as ``Stop.fail``."""
+
+    def failed(exc: OSError) -> None:
+        log.error("journal_write_failed", path=str(journal.path), errno=exc.errno)
+        reason = exc.strerror or type(exc).__name__
+        stop.fail(OutputError(f"cannot write the journal {journal.path} ({reason})"))
+
+    return failed
+
+
+def _refuse_shrinking(journal: Journal, settings: Settings, total: int, out_path: Path) -> None:
+    """``--limit`` on a resumed run may grow, never shrink, the result file (the journal's
+    rows past it would be dropped from it): refused before any call."""
+    if settings.limit is None or not journal.resumed:
+        return
+    held = len(journal.state.statuses.rstrip(b"\0")) - 1  # the highest row journaled
+    if held > total:
+        journal.close()
+        raise UsageError(
+            f"--limit {settings.limit}: the journal of {out_path} holds rows up to {held}, "
+            f"which its result file keeps: give --limit {held} or more, or no --limit",
+            setting="limit",
+        )
+
+
+async def _watching_signals(
+    stop: Stop, handle_signals: bool, body: Callable[[], Awaitable[Summary]]
+) -> Summary:
+    """``body`` with SIGINT/SIGTERM stopping it (``_watch_signals``) from its start to its end,
+    the final write of the result file included; its exception is raised as itself."""
+    if not (handle_signals and threading.current_thread() is threading.main_thread()):
+        return await body()
+    failure: BaseException | None = None
+    summary: Summary | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_signals, stop)
+        try:
+            summary = await body()
+        except BaseException as exc:  # raised below, outside the group: not in an ExceptionGroup
+            failure = exc
+        group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    assert summary is not None
+    return summary
 
 
 def run_sync(
@@ -881,8 +1072,8 @@ def run_sync(
 ) -> Summary:
     """``execute`` on a fresh event loop (asyncio).
 
-    ``handle_signals``: SIGINT/SIGTERM stop the run gracefully (the CLI asks for it); without it
-    the caller's handlers stay as they are.
+    ``handle_signals``: SIGINT/SIGTERM stop the run gracefully (the CLI asks for it), and the
+    caller's handlers are put back afterwards; without it they stay as they are.
     """
 
     async def main() -> Summary:
@@ -896,4 +1087,13 @@ def run_sync(
             handle_signals=handle_signals,
         )
 
-    return anyio.run(main, backend="asyncio")
+    if not (handle_signals and threading.current_thread() is threading.main_thread()):
+        return anyio.run(main, backend="asyncio")
+    # the event loop resets the signals it handled to their defaults (SIGTERM: kill) on exit
+    handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    try:
+        return anyio.run(main, backend="asyncio")
+    finally:
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)

@@ -1,6 +1,7 @@
 """The stop of a run: one small token, passed down to every call and checked before it starts.
 
-A run stops for a signal, a fatal answer (401/403), the circuit breaker or a failed canary.
+A run stops for a signal, a fatal answer (401/403), the circuit breaker, a failed canary or a
+local error (``fail``: a full disk under the journal, the budget store, the input changed).
 From the first stop on, no new call starts: every wait for a limiter slot, a 429 pause or a
 retry's backoff runs inside a cancel scope that the stop cancels, so those waits end at once
 (the limiter itself knows nothing of stops). Calls already on the wire finish, unless the stop
@@ -43,7 +44,7 @@ class Stopped(Exception):
 class Stop:
     """Why the run stops (``None`` while it goes on), and the scopes a stop cancels."""
 
-    __slots__ = ("_calls", "_hard", "_waits", "fatal", "interrupted", "reason")
+    __slots__ = ("_calls", "_hard", "_waits", "fatal", "interrupted", "local", "reason")
 
     def __init__(self) -> None:
         self.reason: Reason | None = None
@@ -51,6 +52,8 @@ class Stop:
         self.fatal: BatchphoneError | None = None
         #: a signal asked for the stop
         self.interrupted = False
+        #: the local error that asked for the stop (``fail``), when one did
+        self.local: BatchphoneError | None = None
         self._hard = False
         self._waits: set[anyio.CancelScope] = set()
         self._calls: set[anyio.CancelScope] = set()
@@ -74,6 +77,12 @@ class Stop:
             self._hard = True
             for scope in list(self._calls):
                 scope.cancel()
+
+    def fail(self, error: BatchphoneError) -> None:
+        """A local error: stop as a first Ctrl-C does (the calls in flight finish)."""
+        if self.local is None:
+            self.local = error
+        self.request(Reason.STOPPED, fatal=error)
 
     def check(self) -> None:
         """Raise ``Stopped`` when the run is stopping: call it before a call starts."""

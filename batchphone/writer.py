@@ -29,7 +29,7 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,7 +38,7 @@ import xlsxwriter
 from polars.io.plugins import register_io_source
 
 from batchphone.cells import parse_flag
-from batchphone.errors import OutputError
+from batchphone.errors import OutputError, UsageError
 from batchphone.journal import journal_path, lock_path, refuse_link
 from batchphone.models import RESULT_COLUMNS
 
@@ -46,6 +46,8 @@ __all__ = [
     "RESULT_FORMATS",
     "XLSX_MAX_ROWS",
     "check_output_path",
+    "check_sheet_rows",
+    "check_side_paths",
     "defuse",
     "needs_quote",
     "write_results",
@@ -69,6 +71,7 @@ _WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
 _BLOCK = 256  # records per pickled block: what the merge holds per run
 _PARQUET_ROWS = 20_000  # rows per Parquet row group
+_WORK = ".batchphone-sort-"  # + the writer's process id + "-": the folder of spilled runs
 
 Values = tuple[Any, ...]
 # (row, arrival number, values in column order): sorts by row, then by arrival.
@@ -112,6 +115,39 @@ def check_output_path(out_path: Path, input_path: Path | None) -> str:
     except OSError as exc:
         raise OutputError(f"{out_path}: cannot write in {parent} ({exc.strerror})") from None
     return fmt
+
+
+def check_sheet_rows(out_path: Path, rows: int) -> None:
+    """Before any API call: an XLSX result of ``rows`` data rows fits in one Excel sheet."""
+    if _format(out_path) == "xlsx" and rows > XLSX_MAX_ROWS:
+        raise OutputError(
+            f"{out_path}: {rows:,} rows do not fit in an Excel sheet (at most {XLSX_MAX_ROWS:,} "
+            f"below the header): use --out {out_path.with_suffix('.csv').name} (or .parquet)"
+        )
+
+
+def check_side_paths(
+    paths: Mapping[str, Path | None], input_path: Path, out_path: Path | None
+) -> None:
+    """Before anything is written: no option's path (``--summary-json``, ``--emulator-state``,
+    ...: the keys name them) is the input, the result file, its journal or its lock, the input's
+    journal (undo's input is a result file), or another option's path. ``UsageError`` with the
+    option as its ``setting`` (symbolic and hard links resolved, as for ``--out``)."""
+    owned = {"the input file": input_path, "the input file's journal": journal_path(input_path)}
+    if out_path is not None:
+        owned["the result file"] = out_path
+        owned["the result file's journal"] = journal_path(out_path)
+        owned["the result file's lock"] = lock_path(out_path)
+    for option, path in paths.items():
+        if path is None:
+            continue
+        for what, own in owned.items():
+            if _same_file(path, own):
+                raise UsageError(
+                    f"{option} {path}: is {what}, which it would overwrite: choose another path",
+                    setting=option,
+                )
+        owned[option] = path  # two options on one file: the later one is refused
 
 
 def write_results(
@@ -162,8 +198,9 @@ def _write(
     out_path: Path, columns: tuple[str, ...], ordered: Callable[[Path], Iterator[Values]]
 ) -> int:
     fmt = _format(out_path)
+    _remove_stale_work(out_path.parent)
     try:
-        work = Path(tempfile.mkdtemp(prefix=".batchphone-sort-", dir=out_path.parent))
+        work = Path(tempfile.mkdtemp(prefix=f"{_WORK}{os.getpid()}-", dir=out_path.parent))
     except OSError as exc:
         raise OutputError(
             f"{out_path}: cannot write in {out_path.parent} ({exc.strerror})"
@@ -176,6 +213,31 @@ def _write(
         raise OutputError(f"{out_path}: cannot write the result ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work(folder: Path) -> None:
+    """Remove the sort folders a killed writer left here (``kill -9``: no ``finally`` ran).
+
+    A folder is named after its writer's process id; one whose process is gone is stale. A live
+    process keeps its folder (even one that only reuses a dead writer's id: the safe side).
+    """
+    with contextlib.suppress(OSError):
+        for path in folder.glob(f"{_WORK}*"):
+            pid = path.name[len(_WORK) :].partition("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill there terminates the process: never guess, keep the folder
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError, OverflowError):  # not ours to signal, or not a process id
+        return True
+    return True
 
 
 def _format(out_path: Path) -> str:

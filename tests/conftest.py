@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +59,23 @@ def _console_logs_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests are not on a terminal, where ``auto`` means JSON: CLI tests read the text form
     unless they choose ``--log-format json`` (or delete this variable to test ``auto``)."""
     monkeypatch.setenv("BATCHPHONE_LOG_FORMAT", "console")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs: a real full disk, where the machine lets the tests mount one (root)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=False)

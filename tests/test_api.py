@@ -200,6 +200,28 @@ def test_the_sigint_handler_is_unchanged_after_a_call(
         signal.signal(signal.SIGINT, before)
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="no SIGTERM on Windows")
+def test_the_callers_handlers_are_back_after_a_call_that_handled_signals(
+    samples: Path, tmp_path: Path
+) -> None:
+    def mine(signum: int, frame: FrameType | None) -> None:
+        """A scheduler's own SIGTERM handler, around the library call."""
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        batchphone.run(
+            samples / "phones.csv",
+            out=tmp_path / "r.csv",
+            target=Target.emulator(),
+            handle_signals=True,
+        )
+        # the event loop resets what it handled to the defaults: SIGTERM would kill the caller
+        assert signal.getsignal(signal.SIGTERM) is mine
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_stdout_and_stderr_stay_empty(
     served: tuple[Emulator, str],
     samples: Path,

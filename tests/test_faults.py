@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +15,13 @@ import httpx
 import polars as pl
 import pytest
 
+from batchphone import job as job_module
+from batchphone import journal as journal_module
+from batchphone import runner
 from batchphone.emulator import Emulator, Faults
-from tests.emulated import journal_results
+from batchphone.errors import OutputError
+from batchphone.journal import iter_records, journal_path
+from tests.emulated import Spy, journal_results, new_phones, phone_users, run_job, write_input
 from tests.test_runner import PROJECT, UPDATE, make_emulator, read, run, update_calls
 from tests.virtual import VirtualClock
 
@@ -201,3 +211,250 @@ async def test_blocks_make_the_run_settle_below_the_real_budget(
     stats = emulator.stats(PROJECT)
     assert summary.counts == {"updated": 90}
     assert 1 <= stats.blocks <= 3  # 24 -> 21 -> 18: below 20, no more blocks
+
+
+# -- local faults after the first update: stop as for Ctrl-C, keep every row, exit 4 ----------
+
+
+class FullDisk:
+    """The journal's disk fills once ``full`` is set: its next write is torn (half written),
+    then every write and fsync of it fails with ENOSPC, as on a full file system."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.full = False
+        self.failed = 0
+        self.fds: set[int] = set()
+        real_open, real_write, real_fsync = journal_module.open_nofollow, os.write, os.fsync
+        real_close = os.close
+
+        def opening(path: Path, flags: int, mode: int = 0o600) -> int:
+            fd = real_open(path, flags, mode)
+            if path.name.endswith(".journal") and flags & os.O_APPEND:
+                self.fds.add(fd)
+            return fd
+
+        def write(fd: int, data: bytes) -> int:
+            if fd in self.fds and self.full:
+                self.failed += 1
+                if self.failed == 1 and len(data) > 1:
+                    return real_write(fd, data[: len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_write(fd, data)
+
+        def fsync(fd: int) -> None:
+            if fd in self.fds and self.full:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        def close(fd: int) -> None:
+            self.fds.discard(fd)  # its number may be reused by a file on another disk
+            real_close(fd)
+
+        monkeypatch.setattr(journal_module, "open_nofollow", opening)
+        monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(os, "write", write)
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def on_update(emulator: Emulator, nth: int, act: Callable[[], None]) -> Spy:
+    """A transport that calls ``act`` when the ``nth`` update arrives (others are in flight)."""
+    seen = {"updates": 0}
+
+    async def handler(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == UPDATE:
+            seen["updates"] += 1
+            if seen["updates"] == nth:
+                act()
+        return None
+
+    return Spy(emulator, handler)
+
+
+def changed_users(emulator: Emulator, rows: list[tuple[str, str]]) -> set[str]:
+    """Login ids whose user now holds the row's new phone."""
+    return {
+        login
+        for login, phone in rows
+        if (emulator.user(PROJECT, login) or {}).get("phone") == phone
+    }
+
+
+def assert_every_row_kept(out: Path, rows: list[tuple[str, str]], changed: set[str]) -> None:
+    """One result row per input row; `updated` exactly where the user was changed."""
+    results = read(out)
+    assert [int(r["row"]) for r in results] == list(range(1, len(rows) + 1))
+    assert {r["loginId"] for r in results if r["status"] == "updated"} == changed
+    rest = {(r["status"], r["reason"]) for r in results if r["status"] != "updated"}
+    assert rest == {("not_attempted", "STOPPED")}
+
+
+async def test_a_full_disk_under_the_journal_keeps_the_calls_in_flight_and_exits_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = new_phones(80)
+    emulator = make_emulator(phone_users(80))
+    emulator.set_faults(Faults(latency=0.05))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 80)
+    out = tmp_path / "r.csv"
+    disk = FullDisk(monkeypatch)
+
+    def fill() -> None:
+        disk.full = True
+
+    # the 10th update arrives with 7 more on the wire: the disk fills under their answers
+    spy = on_update(emulator, 10, fill)
+    summary = await run_job(emulator, "run", source, out, transport=spy, concurrency=8)
+    assert disk.failed >= 1
+    assert summary.exit_code == 4
+    assert summary.stopped_reason is not None
+    assert "cannot write the journal" in summary.stopped_reason
+    assert "No space left on device" in summary.stopped_reason
+    assert summary.result_path == str(out)
+    changed = changed_users(emulator, rows)
+    assert len(changed) >= 10  # the calls in flight were answered, not dropped
+    assert_every_row_kept(out, rows, changed)
+    # rows answered after the disk filled are in the result file though not in the journal
+    on_disk = {r["row"] for r in iter_records(journal_path(out)) if r["status"] == "updated"}
+    assert len(on_disk) < len(changed) == summary.counts["updated"]
+    # the disk has room again: the same command resumes and finishes
+    disk.full = False
+    again = await run_job(emulator, "run", source, out)
+    assert again.exit_code == 0
+    assert changed_users(emulator, rows) == {login for login, _ in rows}
+    assert len(read(out)) == 80
+
+
+async def test_a_full_disk_before_the_first_update_is_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = new_phones(20)
+    emulator = make_emulator(phone_users(20))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 20)
+    disk = FullDisk(monkeypatch)
+    disk.full = True  # the header goes in; the license call's record does not
+    with pytest.raises(OutputError, match=r"cannot write the journal .*No space left on device"):
+        await run_job(emulator, "run", source, tmp_path / "r.csv")
+    assert update_calls(emulator) == 0
+    assert not changed_users(emulator, rows)
+
+
+async def test_a_result_file_that_cannot_be_written_goes_to_a_copy_that_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = new_phones(40)
+    emulator = make_emulator(phone_users(40))
+    emulator.set_faults(Faults(latency=0.02))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 40)
+    out = tmp_path / "r.csv"
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    disk = FullDisk(monkeypatch)
+    write_results = runner.write_results
+
+    def full_beside_out(records: Any, path: Path, **kwargs: Any) -> int:
+        if path.parent == out.parent:  # the result's folder is on the full disk too
+            raise OutputError(f"{path}: cannot write the result (No space left on device)")
+        return write_results(records, path, **kwargs)
+
+    monkeypatch.setattr(runner, "write_results", full_beside_out)
+
+    def fill() -> None:
+        disk.full = True
+
+    summary = await run_job(
+        emulator, "run", source, out, transport=on_update(emulator, 5, fill), concurrency=4
+    )
+    assert summary.exit_code == 4
+    [copy] = list(temp.iterdir())
+    assert copy.name.endswith("-r.csv") and stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert summary.result_path == str(copy)
+    assert summary.stopped_reason is not None
+    assert f"a copy of the result file is at {copy}" in summary.stopped_reason
+    assert not out.exists()
+    assert_every_row_kept(copy, rows, changed_users(emulator, rows))
+
+
+async def test_a_budget_file_on_a_full_disk_stops_the_run_with_exit_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    rows = new_phones(60)
+    emulator = make_emulator(phone_users(60))
+    emulator.set_faults(Faults(latency=0.03))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 60)
+    out = tmp_path / "r.csv"
+    full = {"on": False}
+    replace = os.replace
+
+    def replacing(src: Any, dst: Any) -> None:
+        if full["on"] and Path(dst).parent == state_dir / "budget":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replacing)
+
+    def fill() -> None:
+        full["on"] = True
+
+    summary = await run_job(
+        emulator,
+        "run",
+        source,
+        out,
+        transport=on_update(emulator, 8, fill),
+        concurrency=6,
+        budget_store="file",
+    )
+    full["on"] = False
+    assert summary.exit_code == 4
+    assert summary.stopped_reason and "budget file" in summary.stopped_reason
+    changed = changed_users(emulator, rows)
+    assert 8 <= len(changed) < 60
+    assert_every_row_kept(out, rows, changed)
+
+
+async def test_an_input_changed_mid_run_stops_it_with_exit_4(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(job_module, "BATCH_ROWS", 10)
+    rows = new_phones(60)
+    emulator = make_emulator(phone_users(60))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 60)
+    out = tmp_path / "r.csv"
+
+    def edit() -> None:  # someone saves the file from a spreadsheet while the run goes on
+        with source.open("a") as file:
+            file.write("late@example.com,+14155550199,true\n")
+
+    summary = await run_job(
+        emulator, "run", source, out, transport=on_update(emulator, 3, edit), concurrency=2
+    )
+    assert summary.exit_code == 4
+    assert summary.stopped_reason and "changed during the run" in summary.stopped_reason
+    changed = changed_users(emulator, rows)
+    assert 3 <= len(changed) < 60
+    assert_every_row_kept(out, rows, changed)
+
+
+async def test_a_real_full_disk_under_the_journal_and_the_result_file(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = new_phones(300)
+    emulator = make_emulator(phone_users(300))
+    emulator.set_faults(Faults(latency=0.01))
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 300)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out = small_disk / "r.csv"
+    summary = await run_job(emulator, "run", source, out, concurrency=8)
+    assert summary.exit_code == 4
+    [copy] = list(temp.iterdir())
+    assert summary.result_path == str(copy)
+    assert summary.stopped_reason is not None
+    assert f"cannot write the journal {journal_path(out)} (No space left on device)" in (
+        summary.stopped_reason
+    )
+    changed = changed_users(emulator, rows)
+    assert 0 < len(changed) < 300
+    assert_every_row_kept(copy, rows, changed)

@@ -13,8 +13,9 @@ import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
+from batchphone import writer
 from batchphone.cli import main
-from batchphone.errors import ResumeError
+from batchphone.errors import OutputError, ResumeError
 from batchphone.journal import journal_path, lock_path
 from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 from tests.emulated import by_row, calls, make_emulator, new_phones, phone_users, write_input
@@ -194,3 +195,101 @@ def test_an_end_to_end_run_without_fcntl(samples: Path, tmp_path: Path) -> None:
     assert len(statuses) == 24 and statuses.count("updated") == 10
     if os.name == "posix":
         assert (os.stat(out).st_mode & 0o777) == 0o600
+
+
+# -- checks made before the first call: side files, --limit on a resume, an XLSX too long ---
+SIDE_OPTIONS = ["--summary-json", "--emulator-state"]
+OWN_FILES = {
+    "the input file": lambda out, source: source,
+    "the result file": lambda out, source: out,
+    "the result file's journal": lambda out, source: journal_path(out),
+    "the result file's lock": lambda out, source: lock_path(out),
+}
+
+
+@pytest.fixture
+def finished_run(samples: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A run's input (a copy of the sample) and result file, its journal and lock beside it."""
+    source = tmp_path / "phones.csv"
+    source.write_bytes((samples / "phones.csv").read_bytes())
+    out = tmp_path / "results.csv"
+    first = invoke("run", str(source), "--emulator", "--out", str(out), "--quiet")
+    assert first.exit_code == 1, first.stderr  # the sample has invalid rows on purpose
+    return source, out
+
+
+@pytest.mark.parametrize("option", SIDE_OPTIONS)
+@pytest.mark.parametrize("what", list(OWN_FILES))
+def test_an_option_naming_one_of_the_commands_own_files_is_refused(
+    finished_run: tuple[Path, Path], option: str, what: str
+) -> None:
+    source, out = finished_run
+    own = OWN_FILES[what](out, source)
+    before = digest(source, out, journal_path(out), lock_path(out))
+    result = invoke("run", str(source), "--emulator", "--out", str(out), option, str(own))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"batchphone: error: {option} {own}: is {what}, which it would overwrite: "
+        "choose another path\n"
+    )
+    assert digest(source, out, journal_path(out), lock_path(out)) == before
+
+
+def test_a_hard_link_to_the_result_file_is_refused_too(finished_run: tuple[Path, Path]) -> None:
+    source, out = finished_run
+    alias = out.parent / "summary.json"
+    os.link(out, alias)
+    before = digest(out)
+    argv = ["run", str(source), "--emulator", "--out", str(out), "--summary-json", str(alias)]
+    refused = invoke(*argv)
+    assert refused.exit_code == 2
+    assert "is the result file, which it would overwrite" in refused.stderr
+    assert digest(out) == before
+
+
+def test_the_summary_and_the_state_on_one_file_are_refused(
+    finished_run: tuple[Path, Path],
+) -> None:
+    source, out = finished_run
+    both = out.parent / "both.json"
+    result = invoke(
+        "run", str(source), "--emulator", "--out", str(out),
+        "--summary-json", str(both), "--emulator-state", str(both),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert f"--emulator-state {both}: is --summary-json" in result.stderr
+    assert not both.exists()
+
+
+def test_a_smaller_limit_on_a_resumed_run_is_refused(finished_run: tuple[Path, Path]) -> None:
+    source, out = finished_run
+    before = digest(out, journal_path(out))
+    result = invoke("run", str(source), "--emulator", "--out", str(out), "--limit", "10")
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if not ln.startswith("emulator: ")]
+    assert lines == [
+        f"batchphone: error: --limit 10: the journal of {out} holds rows up to 24, which its "
+        "result file keeps: give --limit 24 or more, or no --limit"
+    ]
+    assert digest(out, journal_path(out)) == before
+    assert len(pl.read_csv(out)) == 24
+    wider = invoke("run", str(source), "--emulator", "--out", str(out), "--limit", "24")
+    assert wider.exit_code == 1 and len(pl.read_csv(out)) == 24  # the same rows: resumed
+
+
+@pytest.mark.anyio
+async def test_an_xlsx_result_too_long_for_a_sheet_is_refused_before_any_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "XLSX_MAX_ROWS", 7)  # Excel's 1,048,575, scaled down
+    emulator = make_emulator(phone_users(8))
+    source = write_input(tmp_path / "in.csv", new_phones(8), ["true"] * 8)
+    out = tmp_path / "r.xlsx"
+    with pytest.raises(OutputError) as caught:
+        await run_emulated(emulator, "run", source, out)
+    assert str(caught.value) == (
+        f"{out}: 8 rows do not fit in an Excel sheet (at most 7 below the header): "
+        "use --out r.csv (or .parquet)"
+    )
+    assert calls(emulator) == 0 and not out.exists() and not journal_path(out).exists()
+    assert (await run_emulated(emulator, "run", source, out, limit=7)).counts == {"updated": 7}

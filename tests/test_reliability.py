@@ -301,3 +301,30 @@ def test_a_host_name_that_does_not_resolve_stops_the_run(
     summary = run_sync(job, settings, target=Endpoint(PROJECT, base_url, Secret(KEY)))
     assert summary.exit_code == 0
     assert summary.counts == {"updated": ROWS}
+
+
+def test_sigterm_during_the_final_write_is_a_ctrl_c(tmp_path: Path) -> None:
+    # rows settled without a call (invalid phones) make a long journal and no API traffic:
+    # the result file's sort and write then take about a second, long enough to be hit
+    rows = 30_000
+    source = tmp_path / "in.csv"
+    pl.DataFrame(
+        {"loginId": [f"user{i}@example.com" for i in range(rows)], "phone": ["n/a"] * rows}
+    ).write_csv(source)
+    seed = tmp_path / "users.csv"
+    pl.DataFrame({"loginId": ["user0@example.com"], "phone": ["+14155550000"]}).write_csv(seed)
+    out = tmp_path / "results.csv"
+    argv = [sys.executable, "-m", "batchphone", "run", str(source), "--out", str(out)]
+    argv += ["--emulator", "--emulator-users", str(seed), "--log-format", "json"]
+    process = subprocess.Popen(
+        argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    wait_for(lambda: any(tmp_path.glob(".batchphone-sort-*")) or process.poll() is not None)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert '"signal": "SIGTERM"' in stderr  # the run's own stop, as for Ctrl-C
+    assert not list(tmp_path.glob(".batchphone-sort-*"))  # no pickled rows left behind
+    assert not list(tmp_path.glob(".results.csv.*.tmp"))
+    result = pl.read_csv(out, infer_schema=False)
+    assert result.height == rows and set(result["reason"]) == {"INVALID_NUMBER"}

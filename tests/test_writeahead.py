@@ -9,12 +9,16 @@ two different phones by the run.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -323,3 +327,67 @@ async def test_retry_failed_never_replaces_a_known_before_image(
     assert [(r["phone_before"] or "") for r in result] == [before[r["loginId"]][0] for r in result]
     undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
     assert undone.exit_code == 0 and state(emulator) == before
+
+
+async def test_a_full_disk_under_the_journal_sends_no_call_without_its_record(
+    tmp_path: Path, small_disk: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The journal's disk fills with calls in flight: nothing is sent unjournaled, the run
+    stops (exit 4), and after room is made a resume and an undo put every user back."""
+    users = seeded_users(300, 10)
+    emulator = make_emulator(users, rate_limit=100_000, rate_window=1.0)
+    emulator.set_faults(Faults(seed=2, writes_only=True, write_latency=0.01, applied_500=0.2))
+    before = state(emulator)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(300)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 300)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    out = small_disk / "r.csv"
+    spy = Spy(emulator)
+    first = await run_job(emulator, "run", source, out, transport=spy, concurrency=8)
+    assert first.exit_code == 4
+    # every row sent has its write-ahead record on the disk (the journal that filled up)
+    journaled = {r["loginId"] for r in iter_records(journal_path(out))}
+    assert set(sent_phones(spy)) <= journaled
+    changed = {login for login, now in state(emulator).items() if now != before[login]}
+    assert 0 < len(changed) < 300
+    await anyio.run_process(["mount", "-o", "remount,size=4m", str(small_disk)])
+    emulator.set_faults(Faults())
+    again = await run_job(emulator, "run", source, out, transport=spy)
+    assert again.exit_code == 0, again.counts
+    for login, phones in sent_phones(spy).items():
+        assert len(phones) == 1, (login, phones)
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", allow_remove=True)
+    assert undone.exit_code == 0 and state(emulator) == before
+
+
+async def test_no_call_leaves_once_its_record_cannot_be_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills as a call's start is recorded, right before its intent: the call stays
+    home (its record is not on disk), and so does every call after it."""
+    users = seeded_users(40, 11)
+    emulator = make_emulator(users, rate_limit=100_000, rate_window=1.0)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(40)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * 40)
+    out = tmp_path / "r.csv"
+    real_write = os.write
+    starts = 0
+
+    def write(fd: int, data: bytes) -> int:
+        nonlocal starts
+        if b'"start"' in data:
+            starts += 1
+            if starts == 12:  # the license, two searches (users, phones), the ninth update
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("batchphone.journal.os.write", write)
+    spy = Spy(emulator)
+    summary = await run_job(emulator, "run", source, out, transport=spy, concurrency=1)
+    assert summary.exit_code == 4
+    records = iter_records(journal_path(out))
+    on_disk = {r["loginId"] for r in records if r.get("reason") == "IN_FLIGHT"}
+    sent = set(sent_phones(spy))
+    assert len(sent) == 8 and sent <= on_disk

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +266,20 @@ def test_a_failure_mid_write_leaves_the_old_file(tmp_path: Path) -> None:
         write_results([{"status": "updated"}], out)
     assert out.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["result.csv"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="no process id probe on Windows")
+def test_sort_folders_a_killed_writer_left_are_removed(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    dead = int(gone.stdout)  # a process that has exited (kill -9 in the middle of its write)
+    stale = tmp_path / f".batchphone-sort-{dead}-x1y2"
+    live = tmp_path / f".batchphone-sort-{os.getppid()}-a1b2"  # a writer still at work
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "run-00000.pickle").write_bytes(b"rows")
+    write_results([_record(1)], tmp_path / "result.csv")
+    assert not stale.exists() and (live / "run-00000.pickle").exists()
 
 
 def test_the_final_file_is_0600_even_when_replacing_a_public_one(tmp_path: Path) -> None:
