@@ -97,8 +97,10 @@ def _seed(
     if users_path is not None and not isinstance(users_path, Path):
         users = [dict(user) for user in users_path]
         return users, "given"
-    if users_path is None and (input_path.parent / "users.csv").is_file():
-        users_path = input_path.parent / "users.csv"
+    beside = input_path.parent / "users.csv"
+    # the input itself may be named users.csv: seeded from itself, every row would be unchanged
+    if users_path is None and beside.is_file() and not _same_file(beside, input_path):
+        users_path = beside
     if users_path is not None:
         try:
             users = load_users(users_path)
@@ -113,6 +115,13 @@ def _seed(
         )
     users = _users_from_input(input_path, login_id_column, phone_column, sheet)
     return users, "from the input's login ids (every login id exists)"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def embedded_target(

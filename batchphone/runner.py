@@ -49,6 +49,7 @@ from batchphone.models import (
     Status,
     Summary,
     UpdateRequest,
+    next_step,
 )
 from batchphone.pool import run_pool
 from batchphone.prepare import Mode, Prepared, now_iso
@@ -117,6 +118,8 @@ class _Recorder:
         self.progress = progress
         self.canary = canary
         self.journal_open = True
+        #: rows made final by an API call in this process (the summary's ``sent_now``)
+        self.sent = 0
 
     async def consume(self, outcome: _Outcome) -> None:
         if isinstance(outcome, RowResult):
@@ -143,6 +146,7 @@ class _Recorder:
             )
         # a row left unsent by a stop does not move the bar: it stays where the run stopped
         if advance and result.status is not Status.NOT_ATTEMPTED:
+            self.sent += 1 if result.attempts else 0
             self.progress.advance(result)
 
     def record_call(self, ts: float) -> None:
@@ -341,8 +345,11 @@ async def _watch_signals(stop: Stop) -> None:
                     calls_in_flight=in_flight,
                 )
             else:
+                # the second Ctrl-C is advice only when there is something for it to cancel
                 log.warning(
-                    f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them",
+                    f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them"
+                    if in_flight
+                    else "stopping: no call in flight",
                     signal=name,
                     calls_in_flight=in_flight,
                 )
@@ -618,13 +625,14 @@ async def _execute_locked(
         window = settings.rate_period * (1 + settings.rate_margin)
         planned_s = budget_seconds(planned, settings.rate_calls, window)
     count = sending.calls.count if sending is not None else None
+    exit_code = _exit_code(counts, stop)
     summary = Summary(
         input_rows=total,
         counts=counts,
         requests=count.calls if count is not None else 0,
         rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
-        exit_code=_exit_code(counts, stop),
+        exit_code=exit_code,
         result_path=str(out_path),
         resumed_rows=done,
         stopped_reason=stop.fatal.message
@@ -633,6 +641,12 @@ async def _execute_locked(
         planned_calls=planned,
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
+        sent_now=recorder.sent,
+        next_step=next_step(
+            exit_code,
+            resumable=mode is not Mode.VALIDATE,  # as Journal.open resumes
+            http_status=getattr(stop.fatal, "http_status", None),
+        ),
     )
     log.info("run_finished", **summary.to_json())
     return summary
