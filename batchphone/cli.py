@@ -407,7 +407,9 @@ class _LazyGroup(click.Group):
             output = _usage_output(argv)
             metrics = _option_value(argv, "--metrics-file")
             if metrics is not None:  # every exit writes it, this one too
-                name = exc.ctx.command.name if exc.ctx is not None else None
+                # a subcommand's name; the group's own errors (a typo'd command) are batchphone's
+                sub = exc.ctx is not None and exc.ctx.parent is not None
+                name = exc.ctx.command.name if sub and exc.ctx is not None else None
                 ends = _Ends(name or "batchphone", None, Path(metrics))
                 failure = ends.write(None, error=message, code=EXIT_USAGE)
                 if failure is not None:
