@@ -64,6 +64,7 @@ OTHER_OPTIONS: Mapping[str, str] = {
     "quiet": "the CLI's output: a library call prints nothing",
     "debug": "the CLI's output: a library call raises, with its traceback",
     "summary_json": "the CLI's output: write summary.to_json() yourself",
+    "metrics_file": "the CLI's output: batchphone.metrics.write_metrics(PATH, summary, ...)",
 }
 
 #: Keywords that describe the job (``runner.Job``) rather than settings.
@@ -94,11 +95,12 @@ class _Embedded:
         self._lock = threading.Lock()
 
     def open(self, input_path: Path, command: Command, settings: Settings) -> Rehearsal:
+        from batchphone.logs import get_logger
         from batchphone.rehearsal import embedded_target
 
         with self._lock:
             if self._rehearsal is None:
-                self._rehearsal = embedded_target(
+                self._rehearsal = seeded = embedded_target(
                     input_path,
                     self.users,
                     state_path=self.state,
@@ -108,6 +110,9 @@ class _Embedded:
                     phone_column=settings.phone_column,
                     sheet=settings.sheet,
                 )
+                # once per emulated project, when it is seeded: a typo'd login id that shows
+                # `change` instead of `not_found` is then no surprise
+                get_logger().info("emulator_users", users=seeded.users, origin=seeded.origin)
             return self._rehearsal
 
     def close(self, *, succeeded: bool) -> None:
@@ -511,4 +516,4 @@ def _execute(
         embedded.close(succeeded=False)  # writes the state only if a call was made
         raise
     embedded.close(succeeded=True)
-    return summary
+    return dataclasses.replace(summary, emulator_users=found.origin)

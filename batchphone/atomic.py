@@ -11,18 +11,26 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["write_private"]
+__all__ = ["write_atomic", "write_private"]
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` atomically, mode 0600 (where modes apply)."""
+    write_atomic(path, data, mode=0o600)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
+    """Replace ``path`` with ``data`` atomically, with exactly ``mode`` (where modes apply).
+
+    Only for files that hold no personal data may ``mode`` be wider than 0600.
+    """
     temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()  # left by a crashed writer of this same process id
     fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o600)
     try:
-        if hasattr(os, "fchmod"):  # exactly 0600 whatever the umask (POSIX only)
-            os.fchmod(fd, 0o600)
+        if hasattr(os, "fchmod"):  # exactly this mode whatever the umask (POSIX only)
+            os.fchmod(fd, mode)
         with open(fd, "wb") as file:
             file.write(data)
             file.flush()

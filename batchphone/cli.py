@@ -25,12 +25,14 @@ from batchphone.models import Summary
 
 if TYPE_CHECKING:
     from batchphone.config import Settings
-    from batchphone.render import Output, Tally
+    from batchphone.render import Output
 
 EXIT_USAGE = 2
 #: Settings naming a file the command writes besides the result file: checked against the
 #: command's own files before anything is written (``writer.check_side_paths``).
 _SIDE_PATHS = ("summary_json", "emulator_state")
+#: --metrics-file is not a setting (the CLI writes it), but it is checked as the others are
+_METRICS_OPTION = "--metrics-file"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -70,6 +72,16 @@ _REMOVE_AND_LIMIT = [
     ),
     click.option("--limit", type=int, help="Process only the first N rows."),
 ]
+_UNDO_REMOVE_AND_LIMIT = [
+    click.option(
+        "--allow-remove",
+        is_flag=True,
+        default=None,
+        help="Restore 'no phone' for users who had none before the run: removes the phone the "
+        "run set (otherwise those rows end skipped/EMPTY_PHONE).",
+    ),
+    click.option("--limit", type=int, help="Restore only the first N rows of RESULTS."),
+]
 _OUTPUT_OPTIONS = [
     click.option(
         "--config",
@@ -87,6 +99,12 @@ _OUTPUT_OPTIONS = [
         "--summary-json",
         type=click.Path(path_type=Path),
         help="Write the summary here on every exit (JSON, mode 0600), for schedulers.",
+    ),
+    click.option(
+        "--metrics-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Write Prometheus metrics here on every exit (mode 0644), for node_exporter's "
+        "textfile collector: name it *.prom in its folder.",
     ),
     click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
     click.option(
@@ -127,24 +145,40 @@ _API_OPTIONS = [
     click.option("--max-error-rate", type=float, help="Stop when this share of calls fails (0.5)."),
 ]
 _api_options = _options(_API_OPTIONS)
+_EMULATOR = click.option(
+    "--emulator", is_flag=True, default=None, help="Rehearse on the embedded emulator."
+)
+_EMULATOR_STATE = click.option(
+    "--emulator-state",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Implies --emulator: its users are read from FILE if it exists (else seeded), "
+    "and written back at exit, so plan, run and undo see one project.",
+)
 _EMULATOR_OPTIONS = [
-    click.option(
-        "--emulator", is_flag=True, default=None, help="Rehearse on the embedded emulator."
-    ),
+    _EMULATOR,
     click.option(
         "--emulator-users",
         type=click.Path(path_type=Path),
         help="Seed file for --emulator (default users.csv beside INPUT, else the input's ids).",
     ),
+    _EMULATOR_STATE,
+]
+_UNDO_EMULATOR_OPTIONS = [
+    _EMULATOR,
     click.option(
-        "--emulator-state",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Implies --emulator: its users are read from FILE if it exists (else seeded), "
-        "and written back at exit, so plan, run and undo see one project.",
+        "--emulator-users",
+        type=click.Path(path_type=Path),
+        help="Seed file for --emulator: the users as they are now (default users.csv beside "
+        "RESULTS, else each user the run updated, with the phone the run set).",
     ),
+    _EMULATOR_STATE,
 ]
 _RESTART = click.option(
-    "--restart", is_flag=True, default=None, help="Discard the journal; start over."
+    "--restart",
+    is_flag=True,
+    default=None,
+    help="Start over: moves the previous result and journal aside (a journal of a command "
+    "that changed no user is replaced).",
 )
 _RETRY_FAILED = click.option(
     "--retry-failed", is_flag=True, default=None, help="Resend rows that failed."
@@ -165,23 +199,28 @@ _SENDING_OPTIONS = [
 _JOB_FLAGS = ("skip_unchanged", "api", "batch_size", "canary")
 
 
-_EXIT_CODES = {
+_EXIT_CODES: dict[int | str, str] = {
     0: "every row updated, would_update, valid, change, unchanged or duplicate",
     1: "finished, with other rows (read the result file)",
     2: "usage, config or input error: nothing was sent",
-    3: "a fatal remote condition (401, 403, too many failures, nothing listening) stopped it: "
-    "rerun to resume",
+    3: "stopped by 401/403 (fix the management key or project id, then rerun to resume), "
+    "by too many failures (fix the cause, then rerun to resume) or because nothing answered "
+    "at the base URL (fix it, then rerun)",
     4: "a local error (full disk, input changed) after updates: see the result file; rerun",
     130: "interrupted (Ctrl-C, SIGTERM): rerun the same command to resume",
+    "130-local": "interrupted (Ctrl-C, SIGTERM): nothing was sent; run it again",
 }
 _TARGET_ENV = "DESCOPE_PROJECT_ID, DESCOPE_MANAGEMENT_KEY, DESCOPE_BASE_URI"
 _SETTINGS_ENV = "BATCHPHONE_<SETTING> for any setting (BATCHPHONE_RATE, BATCHPHONE_LOG_FORMAT, ...)"
 
 
-def _epilog(examples: list[str], codes: tuple[int, ...], env: list[str]) -> str:
-    """The end of a command's --help: examples, exit codes, environment (lines kept as is)."""
+def _epilog(examples: list[str], codes: tuple[int | str, ...], env: list[str]) -> str:
+    """The end of a command's --help: examples, exit codes, environment (lines kept as is).
+
+    A code given as ``"130-local"`` is shown as 130 with that key's text."""
     lines = ["Examples:", "", "\b", *(f"  {example}" for example in examples), ""]
-    lines += ["Exit codes:", "", "\b", *(f"  {code:<4} {_EXIT_CODES[code]}" for code in codes)]
+    lines += ["Exit codes:", "", "\b"]
+    lines += [f"  {str(code).partition('-')[0]:<4} {_EXIT_CODES[code]}" for code in codes]
     lines += ["", "Environment:", "", "\b", *(f"  {line}" for line in env)]
     return "\n".join(lines)
 
@@ -210,34 +249,42 @@ def _early_json(flags: dict[str, Any]) -> bool:
     return json_logs((chosen or "auto").lower())
 
 
+def _option_value(argv: list[str], option: str) -> str | None:
+    """The last value given to ``option`` in ``argv`` (``--x V`` or ``--x=V``), read by hand:
+    click could not parse the command line."""
+    chosen = None
+    for index, arg in enumerate(argv):
+        if arg == option and index + 1 < len(argv):
+            chosen = argv[index + 1]
+        elif arg.startswith(option + "="):
+            chosen = arg.partition("=")[2]
+    return chosen
+
+
 def _usage_output(argv: list[str]) -> Output:
     """The output for an error in the command line itself: JSON when ``--log-format json`` is
     among the arguments, or the environment (or ``auto`` off a terminal) says so."""
     from batchphone.render import Output
 
-    chosen = None
-    for index, arg in enumerate(argv):
-        if arg == "--log-format" and index + 1 < len(argv):
-            chosen = argv[index + 1]
-        elif arg.startswith("--log-format="):
-            chosen = arg.partition("=")[2]
+    chosen = _option_value(argv, "--log-format")
     if chosen is not None and chosen.lower() not in ("auto", "console", "json"):
         chosen = None  # the bad value may be this one: the environment or auto decides
     return Output(json_mode=_early_json({"log_format": chosen}))
 
 
 def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, Any]) -> None:
-    """One command, every way out: an exit code, a summary (or error) and --summary-json.
+    """One command, every way out: an exit code, a summary (or error), --summary-json and
+    --metrics-file.
 
     ``out`` is ``None`` only for ``validate`` without ``--out`` (no report file is kept).
     """
-    from batchphone.render import Output, Tally
+    from batchphone.render import Output
 
-    summary_json: Path | None = flags.get("summary_json")
+    flags = dict(flags)
+    ends = _Ends(command, flags.get("summary_json"), flags.pop("metrics_file", None))
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
-    tally = Tally(keep_not_valid=out is None)
     with _sigterm_as_sigint():
-        _finish(command, input_path, out, flags, output, tally, summary_json)
+        _finish(command, input_path, out, flags, output, ends)
 
 
 def _finish(
@@ -246,36 +293,30 @@ def _finish(
     out: Path | None,
     flags: dict[str, Any],
     output: Output,
-    tally: Tally,
-    summary_json: Path | None,
+    ends: _Ends,
 ) -> None:
     try:
-        summary, settings = _run(command, input_path, out, flags, output, tally)
+        summary, settings = _run(command, input_path, out, flags, output, ends.metrics)
     except BatchphoneError as exc:
         if flags.get("debug"):
             traceback.print_exc()
-        if getattr(exc, "setting", None) in _side_options():
-            summary_json = None  # it may be the very file the check protects
-        _end_with_error(output, summary_json, exc.message, exc.exit_code)
+        if getattr(exc, "setting", None) in (*_side_options(), _METRICS_OPTION):
+            ends = _Ends(command, None, None)  # it may be the very file the check protects
+        _end_with_error(output, ends, exc.message, exc.exit_code)
         return
     except KeyboardInterrupt:
-        _end_with_error(output, summary_json, "interrupted", 130)
+        _end_with_error(output, ends, "interrupted", 130)
         return
     except Exception as exc:
         if flags.get("debug"):
             raise
         message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
-        _end_with_error(output, summary_json, message, 1)
+        _end_with_error(output, ends, message, 1)
         return
-    if summary_json is not None:
-        from batchphone.render import summary_document, write_summary_json
-
-        try:
-            write_summary_json(summary_json, summary_document(summary, tally))
-        except OSError as exc:
-            output.summary(summary, command, _budget(settings), tally)
-            _end_with_error(output, None, f"cannot write --summary-json {summary_json}: {exc}", 1)
-    output.summary(summary, command, _budget(settings), tally)
+    failure = ends.write(summary)
+    output.summary(summary, command, _budget(settings))
+    if failure is not None:
+        _end_with_error(output, _Ends(command, None, None), failure, 1)
     sys.exit(summary.exit_code)
 
 
@@ -307,6 +348,37 @@ def _side_options() -> dict[str, str]:
     return {"--" + name.replace("_", "-"): name for name in _SIDE_PATHS}
 
 
+class _Ends:
+    """The files a scheduler reads after every exit: --summary-json and --metrics-file."""
+
+    def __init__(self, command: str, summary_json: Path | None, metrics: Path | None) -> None:
+        self.command = command
+        self.summary_json = summary_json
+        self.metrics = metrics
+
+    def write(self, summary: Summary | None, *, error: str = "", code: int = 0) -> str | None:
+        """Write both (each one that was asked for); the first failure as a message."""
+        from batchphone.render import error_document, write_summary_json
+
+        failure = None
+        if self.summary_json is not None:
+            document = summary.to_json() if summary else error_document(error, code)
+            try:
+                write_summary_json(self.summary_json, document)
+            except OSError as exc:
+                failure = f"cannot write --summary-json {self.summary_json}: {exc.strerror or exc}"
+        if self.metrics is not None:
+            from batchphone.metrics import write_metrics
+
+            try:
+                write_metrics(self.metrics, summary, command=self.command, exit_code=code or None)
+            except OSError as exc:
+                failure = failure or (
+                    f"cannot write --metrics-file {self.metrics}: {exc.strerror or exc}"
+                )
+        return failure
+
+
 def _stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
@@ -315,14 +387,10 @@ def _budget(settings: Settings) -> str:
     return f"{settings.rate_calls}/{settings.rate_period:g}"
 
 
-def _end_with_error(output: Output, summary_json: Path | None, message: str, code: int) -> None:
-    if summary_json is not None:
-        from batchphone.render import error_document, write_summary_json
-
-        try:
-            write_summary_json(summary_json, error_document(message, code))
-        except OSError as exc:
-            output.error(f"cannot write --summary-json {summary_json}: {exc.strerror}", code)
+def _end_with_error(output: Output, ends: _Ends, message: str, code: int) -> None:
+    failure = ends.write(None, error=message, code=code)
+    if failure is not None:
+        output.error(failure, code)
     output.error(message, code)
     sys.exit(code)
 
@@ -333,7 +401,7 @@ def _run(
     out: Path | None,
     flags: dict[str, Any],
     output: Output,
-    tally: Tally,
+    metrics: Path | None = None,
 ) -> tuple[Summary, Settings]:
     """Settings from config.toml < environment < flags, then one call of the library's API."""
     from batchphone import api
@@ -347,20 +415,21 @@ def _run(
     from batchphone.writer import check_side_paths
 
     sides = {option: getattr(settings, name) for option, name in _side_options().items()}
+    sides[_METRICS_OPTION] = metrics
     check_side_paths(sides, input_path, out)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
     # without --out no file is written: there is no result path to show
     hide = ("result_path",) if out is None else ()
-    configure_logging(settings.log_format, settings.quiet, hide=hide)
+    configure_logging(settings.log_format, settings.quiet, hide=hide, debug=settings.debug)
     target = None if command == "validate" else api.Target.from_settings(settings)
     rehearsal = api.rehearsal(target, command, input_path, settings) if target else None
     if rehearsal is not None:
         output.note("emulator", f"emulator: {rehearsal.origin}", users=rehearsal.users)
     # the bar is for people at a terminal; machines get only JSON lines
     bar = not (settings.quiet or output.json_mode or not _stderr_is_terminal())
-    tally.attach(TqdmProgress() if bar else None)
-    call = {"progress": tally, "handle_signals": True, "settings": settings, **job_flags}
+    progress = TqdmProgress() if bar else None
+    call = {"progress": progress, "handle_signals": True, "settings": settings, **job_flags}
     if command == "validate":
         return api.validate(input_path, out=out, **call), settings
     assert out is not None  # click requires --out for the others
@@ -400,7 +469,17 @@ class _LazyGroup(click.Group):
             message = f"{exc.format_message()} (see '{command} --help')"
             given = args[0] if args else kwargs.get("args")
             argv = list(given) if given is not None else sys.argv[1:]
-            _usage_output(argv).error(message, EXIT_USAGE)
+            output = _usage_output(argv)
+            metrics = _option_value(argv, "--metrics-file")
+            if metrics is not None:  # every exit writes it, this one too
+                # a subcommand's name; the group's own errors (a typo'd command) are batchphone's
+                sub = exc.ctx is not None and exc.ctx.parent is not None
+                name = exc.ctx.command.name if sub and exc.ctx is not None else None
+                ends = _Ends(name or "batchphone", None, Path(metrics))
+                failure = ends.write(None, error=message, code=EXIT_USAGE)
+                if failure is not None:
+                    output.error(failure, EXIT_USAGE)
+            output.error(message, EXIT_USAGE)
             sys.exit(EXIT_USAGE)
         except click.ClickException as exc:  # e.g. a file click could not open
             exc.show()
@@ -547,13 +626,13 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
 )
 @click.argument("results", metavar="RESULTS", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Undo result file.")
-@_options(_REMOVE_AND_LIMIT)
+@_options(_UNDO_REMOVE_AND_LIMIT)
 @_options(_OUTPUT_OPTIONS)
 @_api_options
 @click.option("--dry-run", is_flag=True, default=None, help="Read the users; change nothing.")
 @_RESTART
 @_RETRY_FAILED
-@_options(_EMULATOR_OPTIONS)
+@_options(_UNDO_EMULATOR_OPTIONS)
 @_options(_SENDING_OPTIONS)
 def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
     """Restore the phones a run updated, from its result file RESULTS.
@@ -572,7 +651,7 @@ def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> 
             "batchphone validate users.csv --default-region US",
             "batchphone validate users.xlsx --sheet 2 --out report.xlsx",
         ],
-        (0, 1, 2, 130),
+        (0, 1, 2, "130-local"),
         [
             "BATCHPHONE_DEFAULT_REGION, BATCHPHONE_LOGIN_ID_COLUMN, BATCHPHONE_PHONE_COLUMN,",
             "BATCHPHONE_LOG_FORMAT, ... (BATCHPHONE_<SETTING>); ./config.toml or --config PATH",
@@ -592,3 +671,68 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
     # without --out nothing is written: the rows are judged and counted, the first 20 shown
     _execute("validate", input_path, out, flags)
+
+
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone status results.csv",
+            "batchphone status results.csv --json | jq .counts",
+            "batchphone status /srv/sync/results/2026-12-06.csv --input export/users.csv",
+        ],
+        (0, 2),
+        [
+            "BATCHPHONE_RATE (the budget of the ETA); ./config.toml or --config PATH",
+            "No API call: DESCOPE_* are not read.",
+        ],
+    )
+)
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, for scripts.")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The run's input, to count its rows for the ETA (default: the journal's input name "
+    "beside OUT or here, when its content matches).",
+)
+@click.option("--rate", help="Budget of the ETA as N/SECONDS (default: the settings', 500/60).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    help="Config file (default ./config.toml when present).",
+)
+def status(
+    out: Path, as_json: bool, input_path: Path | None, rate: str | None, config_path: Path | None
+) -> None:
+    """Where the run writing OUT stands, from its journal: live or finished.
+
+    Prints the command, input, project, rows final by status, API calls and the last one's
+    time, whether a process holds the run's lock (pid and host), and the ETA at the budget.
+    Reads only: it takes no lock and never changes the journal.
+    """
+    import json
+
+    from batchphone.config import load_settings
+    from batchphone.render import Output, status_lines
+    from batchphone.status import count_input, read_status, with_eta
+
+    output = Output(json_mode=_early_json({}))
+    try:
+        settings = load_settings({"rate": rate}, config_path=config_path)
+        found = read_status(out)
+        name = found.input_name or ""
+        candidates = [input_path] if input_path is not None else []
+        if name and input_path is None:
+            candidates += [out.parent / name, Path(name)]
+        found = with_eta(
+            found, count_input(found, candidates), settings.rate_calls, settings.rate_period
+        )
+    except BatchphoneError as exc:
+        output.error(exc.message, exc.exit_code)
+        sys.exit(exc.exit_code)
+    if as_json:
+        click.echo(json.dumps(found.to_json(), indent=2))
+    else:
+        click.echo("\n".join(status_lines(found)))

@@ -6,7 +6,9 @@ The way of a row: ``InputRow`` (reader) -> ``Normalized`` (normalizer) -> ``Upda
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,11 +18,13 @@ __all__ = [
     "LOOKUP_COLUMNS",
     "PLAN_COLUMNS",
     "RESULT_COLUMNS",
+    "RESUME_HINT",
     "SUCCESS_STATUSES",
     "ApiOutcome",
     "Command",
     "InputRow",
     "Normalized",
+    "NotValidRow",
     "PhoneState",
     "Reason",
     "RowResult",
@@ -28,6 +32,7 @@ __all__ = [
     "Summary",
     "UpdateRequest",
     "User",
+    "next_step",
 ]
 
 
@@ -386,14 +391,33 @@ class Summary:
     planned_s: float | None = None
     #: files ``--restart`` moved aside instead of deleting them (result file, journal)
     moved_aside: tuple[str, ...] = ()
+    #: rows made final by an API call in this call (the rest were final already, or local)
+    sent_now: int = 0
+    #: what to do now, when there is something to do (fix the key, rerun to resume, ...)
+    next_step: str | None = None
+    #: an emulator target: how many users it had, and where they came from
+    emulator_users: str | None = None
+    #: ``validate`` without ``out``: the first rows that are not valid (``None``: not kept)
+    not_valid: tuple[NotValidRow, ...] | None = None
+    #: when the command ended (epoch seconds)
+    finished_ts: float = field(default_factory=time.time)
 
     @property
     def calls(self) -> int:
         """API calls made (answered or not): ``requests`` in the JSON document."""
         return self.requests
 
+    @property
+    def completed(self) -> bool:
+        """The command went through to the end: every row has its final result (exit 0 or 1).
+
+        What a scheduler calls a successful sync: rows ``not_found`` or ``invalid`` are the
+        input's business, and the next run judges them afresh.
+        """
+        return self.exit_code in (0, 1)
+
     def to_json(self) -> dict[str, Any]:
-        """The ``--summary-json`` document."""
+        """The ``--summary-json`` document, field for field."""
         document: dict[str, Any] = {
             "input_rows": self.input_rows,
             "counts": dict(sorted(self.counts.items())),
@@ -403,11 +427,68 @@ class Summary:
             "exit_code": self.exit_code,
             "result_path": self.result_path,
             "resumed_rows": self.resumed_rows,
+            "sent_now": self.sent_now,
             "stopped_reason": self.stopped_reason,
+            "next_step": self.next_step,
+            "finished_ts": round(self.finished_ts, 3),
         }
         if self.planned_calls is not None:
             document["planned_calls"] = self.planned_calls
             document["planned_s"] = self.planned_s
         if self.moved_aside:
             document["moved_aside"] = list(self.moved_aside)
+        if self.emulator_users is not None:
+            document["emulator_users"] = self.emulator_users
+        if self.not_valid is not None:
+            document["not_valid"] = [dataclasses.asdict(row) for row in self.not_valid]
         return document
+
+
+@dataclass(frozen=True, slots=True)
+class NotValidRow:
+    """A row ``validate`` would not send, as its summary lists it (no personal data)."""
+
+    row: int
+    status: str
+    reason: str
+    explanation: str
+
+
+#: What to do after an interruption or a fatal stop of a command that resumes.
+RESUME_HINT = "rerun the same command to resume: rows already final are not sent again"
+
+
+def next_step(
+    exit_code: int,
+    *,
+    resumable: bool,
+    http_status: int | None = None,
+    stopped: Reason | None = None,
+    unsettled: int = 0,
+) -> str | None:
+    """What a person or a scheduler does after a command ended with ``exit_code``.
+
+    ``resumable``: the command keeps a journal (a ``validate`` or a dry run does not: it is
+    simply run again). ``http_status``: the 401/403 that stopped the run, if one did; a rerun
+    alone would be refused the same way, so the key or the project comes first. ``stopped``:
+    why the run stopped; ``unsettled``: rows whose call's answer was lost.
+    """
+    if http_status in (401, 403):
+        return (
+            f"fix the management key or the project id (HTTP {http_status}), then rerun the "
+            "same command: it resumes, rows already final are not sent again"
+        )
+    if stopped is Reason.UNREACHABLE:
+        return "fix the base URL (--base-url, DESCOPE_BASE_URI), then rerun the same command"
+    if exit_code == 4:
+        return "fix the local cause (disk space, the input file), then " + RESUME_HINT
+    if unsettled and resumable:
+        return (
+            f"{unsettled} rows are unsettled (their call's answer was lost): rerun the same "
+            "command, which reads those users back first"
+        )
+    if exit_code not in (3, 130):
+        return None
+    if not resumable:
+        return "nothing was sent: run the same command again to start over"
+    return RESUME_HINT

@@ -150,8 +150,10 @@ def _seed(
     if users_path is not None and not isinstance(users_path, Path):
         users = _given_users(users_path)
         return users, "given", Seed("the users given", seed_digest(users))
-    if users_path is None and (input_path.parent / "users.csv").is_file():
-        users_path = input_path.parent / "users.csv"
+    beside = input_path.parent / "users.csv"
+    # the input itself may be named users.csv: seeded from itself, every row would be unchanged
+    if users_path is None and beside.is_file() and not _same_file(beside, input_path):
+        users_path = beside
     if users_path is not None:
         users = _users_file(users_path)
         return users, f"from {users_path}", Seed(str(users_path), seed_digest(users))
@@ -201,6 +203,13 @@ def _same_seed(
         f"({made_from}); drop --emulator-users, or delete the state file to seed it again",
         setting="emulator_users",
     )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
 
 
 def embedded_target(

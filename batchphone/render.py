@@ -8,7 +8,6 @@ no bar. Only the CLI imports this module; it imports tqdm and structlog lazily.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import sys
@@ -16,19 +15,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from batchphone.atomic import write_private
-from batchphone.models import RowResult, Status, Summary
-from batchphone.prepare import EXPLANATIONS
-from batchphone.progress import NullProgress, Progress
+from batchphone.models import RESUME_HINT, RowResult, Status, Summary
 
 __all__ = [
+    "RESUME_HINT",
     "Output",
-    "Tally",
     "TqdmProgress",
     "configure_logging",
     "duration",
@@ -36,10 +32,6 @@ __all__ = [
     "summary_lines",
     "write_summary_json",
 ]
-
-RESUME_HINT = "rerun the same command to resume: rows already final are not sent again"
-#: How many rows that are not valid ``validate`` without ``--out`` lists.
-SHOWN_ROWS = 20
 
 
 def json_logs(log_format: str) -> bool:
@@ -146,76 +138,6 @@ class TqdmProgress:
         return ", ".join(parts)
 
 
-@dataclass(frozen=True, slots=True)
-class ShownRow:
-    """A row that is not valid, as ``validate`` without ``--out`` lists it (no personal data)."""
-
-    row: int
-    status: str
-    reason: str
-    explanation: str
-
-
-class Tally:
-    """Progress that counts what this process did, then passes every event on.
-
-    ``sent`` counts rows made final by an API call in this process (a resumed run's summary
-    says so); ``not_valid`` keeps the first rows (by row number) that ``validate`` would not send.
-    """
-
-    def __init__(self, inner: Progress | None = None, *, keep_not_valid: bool = False) -> None:
-        self._inner: Progress = inner or NullProgress()
-        self._keep_not_valid = keep_not_valid
-        self.sent = 0
-        self.not_valid_count = 0
-        self._kept: list[tuple[int, ShownRow]] = []  # a max-heap on the row number
-
-    @property
-    def wants_rows(self) -> bool:
-        """Whether anything listens to each row (a bar, or the list of rows not valid): the
-        report path of ``validate`` builds a result per row only then (report.py)."""
-        return self._keep_not_valid or not isinstance(self._inner, NullProgress)
-
-    def attach(self, inner: Progress | None) -> None:
-        """Pass the events on to ``inner`` (the bar) from now on."""
-        self._inner = inner or NullProgress()
-
-    def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
-        self._inner.start(total, done=done, calls_per_second=calls_per_second)
-
-    def advance(self, result: RowResult) -> None:
-        if result.attempts:
-            self.sent += 1
-        if self._keep_not_valid and result.status is not Status.VALID:
-            self._keep(result)
-        self._inner.advance(result)
-
-    def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
-        self._inner.paused(seconds, calls_per_second=calls_per_second)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def _keep(self, result: RowResult) -> None:
-        self.not_valid_count += 1
-        full = len(self._kept) >= SHOWN_ROWS
-        if full and result.row > -self._kept[0][0]:
-            return  # rows come in order: past the first 20, nothing more is kept
-        reason = result.reason
-        explanation = (EXPLANATIONS.get(reason) if reason else None) or result.status.value
-        code = reason.value if reason else ""
-        shown = ShownRow(result.row, result.status.value, code, explanation)
-        if full:
-            heapq.heapreplace(self._kept, (-result.row, shown))
-        else:
-            heapq.heappush(self._kept, (-result.row, shown))
-
-    @property
-    def not_valid(self) -> list[ShownRow]:
-        """The first (at most 20) rows that are not valid, by row number."""
-        return sorted((shown for _, shown in self._kept), key=lambda shown: shown.row)
-
-
 def duration(seconds: float) -> str:
     """``75`` -> ``1m15s``; ``3700`` -> ``1h01m``."""
     minutes, sec = divmod(int(seconds), 60)
@@ -237,21 +159,36 @@ class _TqdmStream:
         sys.stderr.flush()
 
 
-def configure_logging(log_format: str, quiet: bool, *, hide: tuple[str, ...] = ()) -> None:
+#: Events a person at a terminal reads in the summary table: their console lines would repeat it.
+TABLE_EVENTS = frozenset({"run_started", "run_finished"})
+#: Events the CLI says itself, also with ``--quiet`` (``Output.note``): never twice.
+NOTED_EVENTS = frozenset({"emulator_users"})
+
+
+def configure_logging(
+    log_format: str, quiet: bool, *, hide: tuple[str, ...] = (), debug: bool = False
+) -> None:
     """structlog for the library's events: JSON lines or console lines on stderr.
 
     ``hide``: fields left out of every event (the path of a report in a temporary folder).
+    On the console, ``run_started``/``run_finished`` are left out (the summary table says it
+    all) unless ``debug``; machines get every event.
     """
     import structlog
 
+    machines = json_logs(log_format)
+
     def drop(_logger: Any, _name: str, event: Any) -> Any:
+        name = event.get("event")
+        if name in NOTED_EVENTS or (name in TABLE_EVENTS and not (machines or debug)):
+            raise structlog.DropEvent
         for key in hide:
             event.pop(key, None)
         return event
 
     renderer: Any = (
         structlog.processors.JSONRenderer()
-        if json_logs(log_format)
+        if machines
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
@@ -270,9 +207,7 @@ def configure_logging(log_format: str, quiet: bool, *, hide: tuple[str, ...] = (
     )
 
 
-def summary_lines(
-    summary: Summary, command: str, budget: str, tally: Tally | None = None
-) -> list[str]:
+def summary_lines(summary: Summary, command: str, budget: str) -> list[str]:
     """The summary table a person reads at the end of a command."""
     lines = [f"{command}: {summary.input_rows} rows in {summary.elapsed_s:.1f}s"]
     for status in Status:
@@ -282,9 +217,9 @@ def summary_lines(
         lines.append(f"  {'API calls':<14} {summary.requests:>9}")
         if summary.rate_limited:
             lines.append(f"  {'rate limited':<14} {summary.rate_limited:>9}")
-    if summary.resumed_rows and tally is not None:
+    if summary.resumed_rows:
         lines.append(
-            f"  resumed: {summary.resumed_rows} rows already final; {tally.sent} sent now; "
+            f"  resumed: {summary.resumed_rows} rows already final; {summary.sent_now} sent now; "
             f"API calls this time: {summary.requests}"
         )
     if summary.planned_calls is not None:
@@ -295,39 +230,27 @@ def summary_lines(
         )
     if summary.result_path:
         lines.append(f"  results: {summary.result_path}")
-    elif command == "validate" and tally is not None:
-        lines.extend(_not_valid_lines(tally))
+    elif summary.not_valid is not None:
+        lines.extend(_not_valid_lines(summary))
     lines.extend(f"  moved aside: {path}" for path in summary.moved_aside)
     if summary.stopped_reason:
         lines.append(f"  stopped: {summary.stopped_reason}")
-    if summary.exit_code in (3, 130):
-        lines.append(f"  {RESUME_HINT}")
+    if summary.next_step:
+        lines.append(f"  next: {summary.next_step}")
     return lines
 
 
-def _not_valid_lines(tally: Tally) -> list[str]:
-    shown = tally.not_valid
+def _not_valid_lines(summary: Summary) -> list[str]:
+    shown = summary.not_valid or ()
     if not shown:
         return ["  every row is valid; no file written (--out FILE writes the report)"]
-    head = f"first {len(shown)} of {tally.not_valid_count}"
+    count = sum(summary.counts.values()) - summary.counts.get(Status.VALID.value, 0)
+    head = f"first {len(shown)} of {count}"
     lines = [f"  rows not valid ({head}; no file written: --out FILE writes every row):"]
     lines += [
         f"    row {row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}" for row in shown
     ]
     return lines
-
-
-def summary_document(summary: Summary, tally: Tally | None) -> dict[str, Any]:
-    """The ``--summary-json`` document and the ``summary`` event's fields."""
-    document = summary.to_json()
-    if tally is not None:
-        document["sent_now"] = tally.sent
-        if summary.result_path is None:
-            document["not_valid"] = [
-                {"row": r.row, "status": r.status, "reason": r.reason, "explanation": r.explanation}
-                for r in tally.not_valid
-            ]
-    return document
 
 
 def error_document(message: str, exit_code: int) -> dict[str, Any]:
@@ -379,19 +302,60 @@ class Output:
             sys.stderr.write(text + "\n")
             sys.stderr.flush()
 
-    def summary(self, summary: Summary, command: str, budget: str, tally: Tally) -> None:
+    def summary(self, summary: Summary, command: str, budget: str) -> None:
         """The closing summary: a table, or one ``summary`` event (nothing with ``--quiet``)."""
         if self.quiet:
             return
         if self.json_mode:
-            document = summary_document(summary, tally)
+            document = summary.to_json()
             if not self.debug:
                 # a stop reason may quote a row (a canary mismatch names the user and phones):
                 # logs carry no personal data, the --summary-json file (0600) keeps it
                 document.pop("stopped_reason", None)
-            if summary.exit_code in (3, 130):
-                document["hint"] = RESUME_HINT
+            if summary.next_step:
+                document["hint"] = summary.next_step
             self._event("summary", "info", {"command": command, **document})
         else:
-            sys.stderr.write("\n".join(summary_lines(summary, command, budget, tally)) + "\n")
+            sys.stderr.write("\n".join(summary_lines(summary, command, budget)) + "\n")
             sys.stderr.flush()
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def status_lines(status: Any, now: float | None = None) -> list[str]:
+    """``batchphone status`` for a person: a ``status.RunStatus`` as a few lines."""
+    now = time.time() if now is None else now
+    lines = [
+        f"{status.journal}: {status.command or '?'} of {status.input_name or '?'} "
+        f"(sha256 {(status.input_sha256 or '?')[:12]}) on project {status.project_id or '-'}"
+        + (f" ({status.base_url})" if status.base_url else ""),
+        f"  {'started':<12} {_when(status.started_ts)}",
+    ]
+    of = f" of {status.input_rows}" if status.input_rows is not None else ""
+    lines.append(f"  {'rows final':<12} {status.rows_final}{of}")
+    shown = {s.value for s in Status}
+    for name in [s.value for s in Status] + sorted(set(status.counts) - shown):
+        if status.counts.get(name):
+            lines.append(f"    {name:<14} {status.counts[name]:>9}")
+    ago = f" ({duration(max(now - status.last_call_ts, 0.0))} ago)" if status.last_call_ts else ""
+    lines.append(f"  {'API calls':<12} {status.calls}, last at {_when(status.last_call_ts)}{ago}")
+    if status.locked:
+        lines.append(f"  {'lock':<12} held by {status.holder or 'a process'}: the run is live")
+    else:
+        lines.append(f"  {'lock':<12} not held: no run is writing it now")
+    left = max((status.input_rows or 0) - status.rows_final, 0)
+    if status.eta_s is not None and not left:
+        lines.append(f"  {'ETA':<12} none: every row is final")
+    elif status.eta_s is not None:
+        when = "" if status.locked else " (once resumed: rerun the same command)"
+        lines.append(
+            f"  {'ETA':<12} at least {duration(status.eta_s)} for {left} rows left "
+            f"at a budget of {status.rate}{when}"
+        )
+    else:
+        lines.append(f"  {'ETA':<12} unknown: the input was not found (--input PATH)")
+    return lines

@@ -34,7 +34,16 @@ from batchphone.config import Settings
 from batchphone.job import BATCH_ROWS, Job
 from batchphone.journal import Journal, RunIdentity
 from batchphone.logs import get_logger
-from batchphone.models import RESULT_COLUMNS, SUCCESS_STATUSES, Reason, RowResult, Status, Summary
+from batchphone.models import (
+    RESULT_COLUMNS,
+    SUCCESS_STATUSES,
+    NotValidRow,
+    Reason,
+    RowResult,
+    Status,
+    Summary,
+    next_step,
+)
 from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
 from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource
@@ -47,6 +56,8 @@ __all__ = ["local_report", "report_rows", "write_report"]
 log = get_logger()
 
 _EXIT_INTERRUPTED = 130  # as runner.EXIT_INTERRUPTED
+#: How many rows that are not valid a summary without a report file lists.
+SHOWN_ROWS = 20
 Values = tuple[Any, ...]
 
 
@@ -188,13 +199,17 @@ async def write_report(
     stop = threading.Event()
     status_at = RESULT_COLUMNS.index("status")
     listening = not isinstance(progress, NullProgress)
+    # without a report file the summary lists the first rows that are not valid
+    not_valid: list[NotValidRow] | None = [] if out_path is None else None
 
     def on_batch(values: list[Values]) -> None:
         if stop.is_set():
             raise _Stopped
         counts.update(map(operator.itemgetter(status_at), values))
+        if not_valid is not None and len(not_valid) < SHOWN_ROWS:
+            _keep_not_valid(values, not_valid)
         # a result per row only for a listener (the CLI's bar, validate's list of bad rows)
-        if listening and getattr(progress, "wants_rows", True):
+        if listening:
             results = [_result(value) for value in values]
             anyio.from_thread.run_sync(_advance, progress, results)
 
@@ -216,19 +231,38 @@ async def write_report(
         counts[Status.NOT_ATTEMPTED.value] += total - sum(counts.values())
     ok = {status.value for status in SUCCESS_STATUSES}
     exit_code = 0 if all(status in ok for status in counts) else 1
+    if not written:
+        exit_code = _EXIT_INTERRUPTED
     summary = Summary(
         input_rows=total,
         counts=dict(counts),
         requests=0,
         rate_limited=0,
         elapsed_s=time.monotonic() - started,
-        exit_code=exit_code if written else _EXIT_INTERRUPTED,
+        exit_code=exit_code,
         result_path=str(out_path) if written and out_path is not None else None,
         stopped_reason=None if written else "interrupted",
         moved_aside=tuple(str(path) for path in moved),
+        next_step=next_step(exit_code, resumable=False),  # nothing was sent, nothing kept
+        not_valid=tuple(not_valid) if not_valid is not None else None,
     )
     log.info("run_finished", **summary.to_json())
     return summary
+
+
+def _keep_not_valid(values: list[Values], kept: list[NotValidRow]) -> None:
+    """Add the batch's rows that are not valid to ``kept``, up to ``SHOWN_ROWS`` (rows come
+    in ascending order: the first ones kept are the first of the file)."""
+    status_at, reason_at = RESULT_COLUMNS.index("status"), RESULT_COLUMNS.index("reason")
+    valid = Status.VALID.value
+    for value in values:
+        if value[status_at] == valid:
+            continue
+        reason = value[reason_at]
+        explanation = (EXPLANATIONS.get(Reason(reason)) if reason else None) or value[status_at]
+        kept.append(NotValidRow(value[0], value[status_at], reason or "", explanation))
+        if len(kept) >= SHOWN_ROWS:
+            return
 
 
 def _write_or_count(rows: Iterator[Values], out_path: Path | None, columns: Sequence[str]) -> None:

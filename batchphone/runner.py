@@ -60,6 +60,7 @@ from batchphone.models import (
     Status,
     Summary,
     UpdateRequest,
+    next_step,
 )
 from batchphone.pool import run_pool
 from batchphone.prepare import EXPLANATIONS, Mode, Prepared, now_iso
@@ -173,6 +174,8 @@ class _Recorder:
         self.pending = _Pending()
         #: how long after its start an unanswered call may still be counted by the server
         self.hold = hold
+        #: rows made final by an API call in this process (the summary's ``sent_now``)
+        self.sent = 0
 
     async def consume(self, outcome: _Outcome) -> None:
         if isinstance(outcome, RowResult):
@@ -201,6 +204,7 @@ class _Recorder:
         # a row left unsent by a stop does not move the bar: it stays where the run stopped;
         # nor does an unsettled one: it moves when a read settles it
         if advance and result.status not in _OPEN:
+            self.sent += 1 if result.attempts else 0
             self.progress.advance(result)
 
     def intend(self, requests: Iterable[UpdateRequest]) -> None:
@@ -460,8 +464,11 @@ async def _watch_signals(stop: Stop) -> None:
                     calls_in_flight=in_flight,
                 )
             else:
+                # the second Ctrl-C is advice only when there is something for it to cancel
                 log.warning(
-                    f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them",
+                    f"stopping: {in_flight} calls in flight; Ctrl-C again to cancel them"
+                    if in_flight
+                    else "stopping: no call in flight",
                     signal=name,
                     calls_in_flight=in_flight,
                 )
@@ -752,13 +759,14 @@ async def _execute_locked(
         window = settings.rate_period * (1 + settings.rate_margin)
         planned_s = budget_seconds(planned, settings.rate_calls, window)
     count = sending.calls.count if sending is not None else None
+    exit_code = _exit_code(counts, stop)
     summary = Summary(
         input_rows=total,
         counts=counts,
         requests=count.calls if count is not None else 0,
         rate_limited=count.rate_limited if count is not None else 0,
         elapsed_s=time.monotonic() - started,
-        exit_code=_exit_code(counts, stop),
+        exit_code=exit_code,
         result_path=result_path,
         resumed_rows=done,
         stopped_reason=faults.note(
@@ -767,6 +775,14 @@ async def _execute_locked(
         planned_calls=planned,
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
+        sent_now=recorder.sent,
+        next_step=next_step(
+            exit_code,
+            resumable=mode is not Mode.VALIDATE,  # as Journal.open resumes
+            http_status=getattr(stop.fatal, "http_status", None),
+            stopped=stop.reason,
+            unsettled=counts.get(Status.UNSETTLED.value, 0),
+        ),
     )
     log.info("run_finished", **summary.to_json())
     return summary

@@ -410,3 +410,31 @@ def test_the_api_functions_share_no_name_with_a_module_of_the_package() -> None:
     assert {"run", "validate", "plan", "undo"}.isdisjoint(names)
     assert all(callable(getattr(batchphone, name)) for name in ("run", "validate", "plan", "undo"))
     assert batchphone.plan.__module__ == batchphone.undo.__module__ == "batchphone.api"
+
+
+def test_the_summary_and_the_log_say_where_the_emulator_users_came_from(
+    samples: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = Target.emulator()
+    with caplog.at_level(logging.INFO, logger="batchphone"):
+        summary = batchphone.run(samples / "phones.csv", out=tmp_path / "r.csv", target=target)
+        again = batchphone.plan(samples / "phones.csv", out=tmp_path / "p.csv", target=target)
+    where = f"22 users from {samples / 'users.csv'}"
+    assert summary.emulator_users == where and again.emulator_users == where
+    assert summary.to_json()["emulator_users"] == where
+    seeded = [r.getMessage() for r in caplog.records if "emulator_users" in r.getMessage()]
+    assert len(seeded) == 1 and "users=22" in seeded[0]  # said once: one emulated project
+    real = batchphone.validate(samples / "phones.csv")
+    assert real.emulator_users is None and "emulator_users" not in real.to_json()
+
+
+def test_an_input_named_users_csv_is_not_its_own_emulator_seed(
+    samples: Path, tmp_path: Path
+) -> None:
+    """users.csv beside the input seeds the emulator; the input itself is no such file (it
+    would seed every user with its row's phone, and every row would be unchanged)."""
+    source = tmp_path / "users.csv"
+    source.write_bytes((samples / "phones.csv").read_bytes())
+    summary = batchphone.run(source, out=tmp_path / "r.csv", target=Target.emulator())
+    assert summary.emulator_users == "22 users from the input's login ids (every login id exists)"
+    assert summary.counts.get("updated", 0) > 10

@@ -124,9 +124,19 @@ def test_wrong_key_exits_3_and_never_shows_the_key(
 ) -> None:
     emulator, base_url = served
     out = tmp_path / "results.csv"
+    summary_json = tmp_path / "summary.json"
     wrong = "K2-wrong-key-that-must-not-leak-77"
     result = invoke(
-        ["run", str(samples / "phones.csv"), "--out", str(out), "--log-format", "console"],
+        [
+            "run",
+            str(samples / "phones.csv"),
+            "--out",
+            str(out),
+            "--log-format",
+            "console",
+            "--summary-json",
+            str(summary_json),
+        ],
         env={
             "DESCOPE_PROJECT_ID": PROJECT,
             "DESCOPE_MANAGEMENT_KEY": wrong,
@@ -135,7 +145,11 @@ def test_wrong_key_exits_3_and_never_shows_the_key(
     )
     assert result.exit_code == 3, result.output
     assert "management key" in result.stderr
-    assert "rerun the same command to resume" in result.stderr
+    # the next step is the key, not a plain rerun (a rerun still resumes, once it is fixed)
+    assert "next: fix the management key or the project id (HTTP 401)" in result.stderr
+    assert "rerun the same command to resume" not in result.stderr
+    document = json.loads(summary_json.read_text())
+    assert document["next_step"].startswith("fix the management key or the project id")
     for text in (result.output, result.stderr, out.read_text()):
         assert wrong not in text and KEY not in text
     assert calls(emulator) <= 2  # the license handshake, at most one update in flight
@@ -538,3 +552,78 @@ def test_plain_http_to_another_machine_is_refused_before_any_connection(
     )
     assert no_connection == [] and list(tmp_path.iterdir()) == []
     assert KEY not in result.stderr
+
+
+# -- messages that tell the next step (issue 17) ---------------------------------------------
+
+
+def _help(command: str) -> str:
+    result = invoke([command, "--help"])
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.split())  # click wraps the help: compare the words
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "undo"])
+def test_help_says_what_restart_and_a_401_need(command: str) -> None:
+    text = _help(command)
+    assert "--restart Start over: moves the previous result and journal aside" in text
+    assert "fix the management key or project id, then rerun to resume" in text
+
+
+def test_validate_help_does_not_speak_of_resuming() -> None:
+    text = _help("validate")
+    assert "130 interrupted (Ctrl-C, SIGTERM): nothing was sent; run it again" in text
+    assert "resume" not in text
+
+
+def test_undo_help_is_written_for_undo() -> None:
+    text = _help("undo")
+    assert "--allow-remove Restore 'no phone' for users who had none before the run" in text
+    assert "An empty phone cell" not in text  # run's text: undo reads no phone cells
+    assert "default users.csv beside RESULTS, else each user the run updated" in text
+    assert "else the input's ids" not in text
+
+
+def test_console_logs_do_not_repeat_the_summary_table(samples: Path, tmp_path: Path) -> None:
+    args = ["run", str(samples / "phones.csv"), "--emulator", "--out", str(tmp_path / "r.csv")]
+    console = invoke(args)
+    assert "run: 24 rows in" in console.stderr  # the table
+    assert "run_started" not in console.stderr and "run_finished" not in console.stderr
+    debug = invoke([*args, "--restart", "--debug"])
+    assert "run_started" in debug.stderr and "run_finished" in debug.stderr
+    machine = invoke([*args, "--restart", "--log-format", "json"])
+    events = [json.loads(line)["event"] for line in machine.stderr.splitlines()]
+    assert "run_started" in events and "run_finished" in events
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"),
+    [
+        ("run", []),
+        ("plan", []),
+        ("validate", []),  # without --out: the rows not valid are listed
+        ("run", ["--dry-run"]),
+    ],
+)
+def test_summary_json_has_exactly_the_fields_of_summary_to_json(
+    samples: Path, tmp_path: Path, command: str, extra: list[str]
+) -> None:
+    import batchphone
+
+    document_path = tmp_path / "summary.json"
+    emulator = [] if command == "validate" or extra else ["--emulator"]
+    out = [] if command == "validate" else ["--out", str(tmp_path / "cli.csv")]
+    args = [command, str(samples / "phones.csv"), *out, *emulator, *extra]
+    result = invoke([*args, "--summary-json", str(document_path)])
+    assert result.exit_code == 1, result.output
+    document = json.loads(document_path.read_text())
+    function = getattr(batchphone, command)
+    keywords: dict[str, object] = {"dry_run": True} if extra else {}
+    if command != "validate":
+        keywords["out"] = tmp_path / "api.csv"
+        if not extra:
+            keywords["target"] = batchphone.Target.emulator()
+    summary = function(samples / "phones.csv", **keywords)
+    assert list(summary.to_json()) == list(document)
+    assert document["sent_now"] == summary.sent_now
+    assert summary.to_json()["counts"] == document["counts"]

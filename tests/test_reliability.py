@@ -14,10 +14,12 @@ from typing import Any
 
 import polars as pl
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
+from batchphone.metrics import LAST_SUCCESS
 from batchphone.runner import Job, run_sync
 
 pytestmark = pytest.mark.slow
@@ -87,6 +89,17 @@ def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def prom_values(path: Path) -> dict[str, float]:
+    """The samples of a --metrics-file without labels but ``command`` (one command here)."""
+    text = path.read_text(encoding="utf-8")
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if set(sample.labels) == {"command"}
+    }
+
+
 def updates(emulator: Emulator) -> dict[str, int]:
     return dict(emulator.stats(PROJECT).updates)
 
@@ -132,12 +145,16 @@ def test_sigint_writes_everything_and_resume_finishes(
 ) -> None:
     emulator, base_url = served
     out = tmp_path / "results.csv"
-    process = start(source, out, base_url, "--rate", "100/1", "--log-format", "json")
+    prom = tmp_path / "sync.prom"
+    metrics = ("--metrics-file", str(prom))
+    process = start(source, out, base_url, "--rate", "100/1", "--log-format", "json", *metrics)
     wait_for(lambda: sum(updates(emulator).values()) >= 30)  # under way: 600 rows take 6 s
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "rerun the same command to resume" in stderr
+    stopped = prom_values(prom)
+    assert stopped["batchphone_exit_code"] == 130 and LAST_SUCCESS not in stopped
     rows = pl.read_csv(out, infer_schema=False)
     assert rows.height == ROWS
     statuses = set(rows["status"])
@@ -147,9 +164,11 @@ def test_sigint_writes_everything_and_resume_finishes(
     assert set(rows.filter(pl.col("status") == "not_attempted")["reason"]) == {"INTERRUPTED"}
     # the journal resumes the run; the shared budget file (~4 ms a call here) is not under test
     fast = ("--rate", "1000/1", "--concurrency", "32", "--budget-store", "none")
-    resumed = start(source, out, base_url, *fast)
+    resumed = start(source, out, base_url, *fast, *metrics)
     _, stderr = resumed.communicate(timeout=60)
     assert resumed.returncode == 0, stderr
+    finished = prom_values(prom)
+    assert finished["batchphone_exit_code"] == 0 and finished[LAST_SUCCESS] > time.time() - 60
     assert set(pl.read_csv(out, infer_schema=False)["status"]) == {"updated"}
     assert emulator.stats(PROJECT).rate_limited == 0
     assert max(updates(emulator).values()) == 1  # a graceful stop re-sends nothing
@@ -198,7 +217,8 @@ def test_sigterm_during_a_429_pause_exits_at_once(source: Path, tmp_path: Path) 
         took = time.monotonic() - signalled
     assert process.returncode == 130, stderr
     assert took < 2.0, stderr  # no call was in flight: the pause does not hold the exit
-    assert "stopping: 0 calls in flight; Ctrl-C again to cancel them" in stderr
+    # nothing for a second Ctrl-C to cancel: no advice to press it
+    assert "stopping: no call in flight" in stderr and "Ctrl-C again" not in stderr
     rows = pl.read_csv(out, infer_schema=False)
     assert rows.height == ROWS and set(rows["status"]) == {"not_attempted"}
     assert rows["loginId"].to_list() == [f"user{i}@example.com" for i in range(ROWS)]

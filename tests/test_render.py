@@ -19,16 +19,14 @@ import structlog
 from batchphone import render
 from batchphone.config import Secret, Settings
 from batchphone.logs import get_logger
-from batchphone.models import Reason, RowResult, Status, Summary
+from batchphone.models import NotValidRow, RowResult, Status, Summary
 from batchphone.render import (
     Output,
-    Tally,
     TqdmProgress,
     configure_logging,
     duration,
     error_document,
     json_logs,
-    summary_document,
     summary_lines,
     write_summary_json,
 )
@@ -229,48 +227,6 @@ def test_duration() -> None:
     ]
 
 
-# -- Tally ----------------------------------------------------------------------------------
-
-
-def test_tally_counts_rows_sent_now_and_passes_every_event_on() -> None:
-    seen: list[object] = []
-
-    class Inner:
-        def start(self, total: int, *, done: int, calls_per_second: float | None) -> None:
-            seen.append(("start", total, done, calls_per_second))
-
-        def advance(self, result: RowResult) -> None:
-            seen.append(result.row)
-
-        def paused(self, seconds: float, *, calls_per_second: float | None = None) -> None:
-            seen.append(("paused", seconds))
-
-        def close(self) -> None:
-            seen.append("close")
-
-    tally = Tally(Inner())
-    assert tally.wants_rows
-    tally.start(3, done=1, calls_per_second=2.0)
-    tally.advance(_row(2, attempts=2))
-    tally.paused(5.0)
-    tally.advance(_row(3, Status.UNCHANGED, attempts=0))
-    tally.close()
-    assert tally.sent == 1
-    assert seen == [("start", 3, 1, 2.0), 2, ("paused", 5.0), 3, "close"]
-
-
-def test_tally_keeps_the_first_twenty_rows_not_valid_by_row_number() -> None:
-    tally = Tally(keep_not_valid=True)
-    rows = [*range(50, 20, -1), *range(1, 21)]  # out of order, then the first ones
-    for n in rows:
-        tally.advance(_row(n, Status.INVALID, attempts=0, reason=Reason.INVALID_NUMBER))
-    tally.advance(_row(100, Status.VALID, attempts=0))
-    assert tally.not_valid_count == len(rows)
-    assert [shown.row for shown in tally.not_valid] == list(range(1, 21))
-    first = tally.not_valid[0]
-    assert (first.status, first.reason) == ("invalid", "INVALID_NUMBER") and first.explanation
-
-
 # -- the summary ----------------------------------------------------------------------------
 
 
@@ -302,11 +258,15 @@ def test_the_summary_table_lists_counts_calls_and_where_the_results_are() -> Non
 
 @pytest.mark.parametrize("exit_code", [3, 130])
 def test_a_stopped_run_s_table_says_why_and_how_to_resume(exit_code: int) -> None:
-    summary = _summary(exit_code=exit_code, stopped_reason="HTTP 401", resumed_rows=120)
-    tally = Tally()
-    tally.advance(_row(121))
-    table = "\n".join(summary_lines(summary, "run", "500/60s", tally))
-    assert "stopped: HTTP 401" in table and render.RESUME_HINT in table
+    summary = _summary(
+        exit_code=exit_code,
+        stopped_reason="circuit open",
+        resumed_rows=120,
+        sent_now=1,
+        next_step=render.RESUME_HINT,
+    )
+    table = "\n".join(summary_lines(summary, "run", "500/60s"))
+    assert "stopped: circuit open" in table and f"next: {render.RESUME_HINT}" in table
     assert "resumed: 120 rows already final; 1 sent now; API calls this time: 181" in table
 
 
@@ -331,8 +291,12 @@ def test_json_mode_writes_only_json_lines(capsys: pytest.CaptureFixture[str]) ->
     get_logger().info("row_done", row=3)
     output = Output(json_mode=True)
     output.note("emulator", "emulator: 3 users", users=3)
-    summary = _summary(exit_code=3, stopped_reason="canary: user u1 has +15551234567")
-    output.summary(summary, "run", "500/60s", Tally())
+    summary = _summary(
+        exit_code=3,
+        stopped_reason="canary: user u1 has +15551234567",
+        next_step=render.RESUME_HINT,
+    )
+    output.summary(summary, "run", "500/60s")
     output.error("the input has no phone column", 2)
     events = _json_lines(capsys.readouterr().err)
     assert [(e["event"], e["level"]) for e in events] == [
@@ -353,10 +317,10 @@ def test_debug_keeps_the_stop_reason_and_quiet_drops_the_summary(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     summary = _summary(exit_code=3, stopped_reason="HTTP 401")
-    Output(json_mode=True, debug=True).summary(summary, "run", "500/60s", Tally())
+    Output(json_mode=True, debug=True).summary(summary, "run", "500/60s")
     assert _json_lines(capsys.readouterr().err)[0]["stopped_reason"] == "HTTP 401"
-    Output(json_mode=True, quiet=True).summary(summary, "run", "500/60s", Tally())
-    Output(json_mode=False, quiet=True).summary(summary, "run", "500/60s", Tally())
+    Output(json_mode=True, quiet=True).summary(summary, "run", "500/60s")
+    Output(json_mode=False, quiet=True).summary(summary, "run", "500/60s")
     assert capsys.readouterr().err == ""
 
 
@@ -387,9 +351,8 @@ def test_json_logs_follows_the_choice_and_auto_the_terminal(
 
 
 def test_documents_for_schedulers(tmp_path: Path) -> None:
-    tally = Tally(keep_not_valid=True)
-    tally.advance(_row(4, Status.INVALID, attempts=0, reason=Reason.MISSING_REGION))
-    document = summary_document(_summary(result_path=None, exit_code=1), tally)
+    shown = NotValidRow(4, "invalid", "MISSING_REGION", "add a region")
+    document = _summary(result_path=None, exit_code=1, not_valid=(shown,)).to_json()
     assert document["sent_now"] == 0 and document["exit_code"] == 1
     assert document["not_valid"][0]["row"] == 4
     assert error_document("bad --rate", 2) == {
@@ -425,16 +388,34 @@ def test_nothing_rendered_shows_the_management_key(
         output = Output(json_mode=json_mode, debug=True)
         output.note("emulator", f"target {settings}", settings=settings, key=secret)
         summary = _summary(exit_code=3, stopped_reason=f"HTTP 401 for {settings}")
-        output.summary(summary, "run", "500/60s", Tally())
+        output.summary(summary, "run", "500/60s")
         output.error(f"refused: {secret}", 3)
-        rendered.append("\n".join(summary_lines(summary, "run", "500/60s", Tally())))
+        rendered.append("\n".join(summary_lines(summary, "run", "500/60s")))
     bar = TqdmProgress()
     bar.start(2, done=0, calls_per_second=1.0)
     bar.advance(_row(1, error_message=str(secret)))
     bar.close()
     path = tmp_path / "s.json"
-    write_summary_json(path, {**summary_document(_summary(), None), "settings": str(settings)})
+    write_summary_json(path, {**_summary().to_json(), "settings": str(settings)})
     rendered += [capsys.readouterr().err, path.read_text()]
     assert "Secret('********')" in rendered[-2]  # the key was there to leak, masked
     for text in rendered:
         assert KEY not in text
+
+
+@pytest.mark.parametrize(
+    ("log_format", "debug", "shown"),
+    [("console", False, False), ("console", True, True), ("json", False, True)],
+)
+def test_console_logs_leave_the_table_events_to_the_table(
+    capsys: pytest.CaptureFixture[str], log_format: str, debug: bool, shown: bool
+) -> None:
+    configure_logging(log_format, quiet=False, debug=debug)
+    log = get_logger()
+    log.info("run_started", rows=3)
+    log.warning("row_failed", row=2)
+    log.info("run_finished", exit_code=0)
+    log.info("emulator_users", users=3)  # the CLI's own note says it, once
+    err = capsys.readouterr().err
+    assert "row_failed" in err and "emulator_users" not in err
+    assert ("run_started" in err) is shown and ("run_finished" in err) is shown

@@ -209,23 +209,28 @@ async def test_progress_sees_every_row(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_tally_that_keeps_nothing_gets_no_row_results(tmp_path: Path) -> None:
-    """The CLI's tally under ``--quiet`` or JSON logs (no bar, a report file): no result object
-    per row is built for it (a million of them cost validate a fifth of its time)."""
-    from batchphone.render import Tally, TqdmProgress
+@pytest.mark.parametrize("with_out", [True, False])
+async def test_without_a_listener_no_row_result_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_out: bool
+) -> None:
+    """No bar (``--quiet``, JSON logs): no result object per row is built (a million of them
+    cost validate a fifth of its time), also when the summary lists the rows not valid."""
+    from batchphone import report
     from batchphone.runner import Job, execute
     from tests.emulated import settings
 
-    class Refuses(Tally):
-        def advance(self, result: RowResult) -> None:
-            raise AssertionError("no row result for a tally that keeps nothing")
+    def refuse(values: object) -> RowResult:
+        raise AssertionError("no row result without a listener")
 
-    quiet = Refuses()
-    assert not quiet.wants_rows
-    assert Tally(keep_not_valid=True).wants_rows and Tally(TqdmProgress()).wants_rows
-    job = Job(command="validate", input_path=_input(tmp_path), out_path=tmp_path / "r.csv")
-    summary = await execute(job, settings(), progress=quiet)
+    monkeypatch.setattr(report, "_result", refuse)
+    out = tmp_path / "r.csv" if with_out else None
+    job = Job(command="validate", input_path=_input(tmp_path), out_path=out)
+    summary = await execute(job, settings())
     assert sum(summary.counts.values()) == len(ROWS)
+    if with_out:
+        assert summary.not_valid is None
+    else:
+        assert summary.not_valid and summary.not_valid[0].reason == "MISSING_REGION"
 
 
 def test_ctrl_c_stops_a_validate_at_once_and_keeps_the_earlier_result(tmp_path: Path) -> None:
@@ -263,6 +268,11 @@ def test_ctrl_c_stops_a_validate_at_once_and_keeps_the_earlier_result(tmp_path: 
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
+    # nothing to resume: no journal; the way on is to run it again (said by the summary, which
+    # a signal that comes before the run watches for signals, under load, cuts short)
+    assert "to resume" not in stderr
+    if '"event": "summary"' in stderr:
+        assert "run the same command again" in stderr
     assert out.read_text() == "the earlier report\n"
     # the lock file stays (h1: never unlinked); no journal, no temp file
     assert sorted(path.name for path in tmp_path.iterdir()) == [

@@ -1,0 +1,227 @@
+"""status.py and ``batchphone status OUT``: a run's state from its journal, read-only."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import batchphone
+from batchphone import status as status_module
+from batchphone.cli import main
+from batchphone.journal import RunLock
+from batchphone.status import lock_holder, read_status, with_eta
+
+HOLDER = f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def finished(samples: Path, tmp_path: Path) -> tuple[Path, batchphone.Summary]:
+    """A finished run of the samples on the embedded emulator: its result file and summary."""
+    out = tmp_path / "results.csv"
+    summary = batchphone.run(samples / "phones.csv", out=out, target=batchphone.Target.emulator())
+    return out, summary
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+def test_a_finished_run(finished: tuple[Path, batchphone.Summary]) -> None:
+    out, summary = finished
+    found = read_status(out)
+    assert found.command == "run" and found.input_name == "phones.csv"
+    assert found.project_id == "Pbatchphone0emulator0rehearsal00"
+    assert found.counts == summary.counts
+    assert found.rows_final == summary.input_rows
+    assert found.calls == summary.calls  # every call leaves one call record
+    assert found.last_call_ts is not None and found.last_call_ts <= time.time()
+    assert (found.locked, found.holder) == (False, None)
+    assert read_status(out.with_name("results.csv.journal")) == found  # the journal itself
+
+
+def test_status_changes_nothing(
+    finished: tuple[Path, batchphone.Summary], samples: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte for byte and mtime: the journal, the lock and the result file, with the lock held
+    and not, on both ways of telling whether it is held."""
+    out, _ = finished
+    folder = out.parent
+    before = _snapshot(folder)
+    read_status(out)
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        held = _snapshot(folder)
+        assert read_status(out).locked
+        monkeypatch.setattr(status_module, "PROC_LOCKS", folder / "no-proc-locks")
+        assert read_status(out).locked
+        assert _snapshot(folder) == held
+    finally:
+        lock.release()
+    monkeypatch.undo()
+    monkeypatch.chdir(folder)
+    after_release = _snapshot(folder)
+    result = CliRunner().invoke(main, ["status", str(out), "--input", str(samples / "phones.csv")])
+    assert result.exit_code == 0, result.output
+    assert _snapshot(folder) == after_release
+    assert before["results.csv.journal"] == after_release["results.csv.journal"]
+
+
+@pytest.mark.parametrize("proc_locks", [True, False])
+def test_the_lock_holder_is_named_without_taking_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_locks: bool
+) -> None:
+    out = tmp_path / "results.csv"
+    assert lock_holder(tmp_path / "results.csv.lock") == (False, None)  # no lock file yet
+    if not proc_locks:  # a system without /proc/locks: a non-blocking try, released at once
+        monkeypatch.setattr(status_module, "PROC_LOCKS", tmp_path / "no-proc-locks")
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        assert lock_holder(lock.path) == (True, HOLDER)
+        assert lock_holder(lock.path) == (True, HOLDER)  # asking twice takes nothing
+    finally:
+        lock.release()
+    # the text stays in the file after the run: only the OS lock says whether it is live
+    assert HOLDER in lock.path.read_text()
+    assert lock_holder(lock.path) == (False, None)
+    again = RunLock(out)
+    again.acquire()  # status left nothing behind that keeps a run from starting
+    again.release()
+
+
+def _journal(path: Path, records: list[dict[str, object]], tail: bytes = b"") -> None:
+    header = {
+        "format": "batchphone-journal",
+        "version": 1,
+        "identity": {"command": "run", "input_name": "in.csv", "project_id": "P2x"},
+        "created": 1_800_000_000.0,
+    }
+    lines = [orjson.dumps(record) + b"\n" for record in [header, *records]]
+    path.write_bytes(b"".join(lines) + tail)
+
+
+def test_a_row_counts_by_its_last_record_and_unknown_kinds_are_skipped(tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    _journal(
+        out.with_name("results.csv.journal"),
+        [
+            {"start": 1_800_000_001.0, "id": "c1"},  # a call starts (a later version's record)
+            {"call": 1_800_000_002.0},
+            {"row": 1, "status": "updated", "attempts": 1, "ts": 1_800_000_002.0},
+            {"row": 2, "status": "unsettled", "attempts": 1, "ts": 1_800_000_003.0},
+            {"row": 3, "status": "unsettled", "attempts": 1, "ts": 1_800_000_003.0},
+            {"start": 1_800_000_004.0, "id": "c2", "row": 3},
+            {"call": 1_800_000_005.0},
+            {"row": 3, "status": "updated", "attempts": 1, "ts": 1_800_000_005.0},
+            {"row": 4, "status": "invalid", "reason": "TOO_SHORT", "attempts": 0},
+            {"kind": "something new", "row": "x"},
+            [1, 2, 3],
+        ],
+        tail=b'{"row": 5, "status": "upd',  # torn: being written
+    )
+    found = read_status(out)
+    assert found.counts == {"updated": 2, "unsettled": 1, "invalid": 1}
+    assert found.rows_final == 3  # an unsettled row is not final
+    assert found.calls == 2 and found.last_call_ts == 1_800_000_005.0
+    eta = with_eta(found, 100, rate_calls=60, rate_period=60.0)
+    # 2 calls for 3 final rows: 97 rows left need 65 calls, a call a second
+    assert (eta.input_rows, eta.eta_s, eta.rate) == (100, 65.0, "60/60")
+    unknown = with_eta(found, None, rate_calls=60, rate_period=60.0)
+    assert unknown.eta_s is None
+
+
+def test_the_cli_prints_it_and_json_for_scripts(
+    finished: tuple[Path, batchphone.Summary], samples: Path
+) -> None:
+    out, summary = finished
+    result = CliRunner().invoke(
+        main, ["status", str(out), "--json", "--input", str(samples / "phones.csv")]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["command"] == "run" and document["input"] == "phones.csv"
+    assert document["counts"] == dict(sorted(summary.counts.items()))
+    assert document["rows_final"] == document["input_rows"] == 24
+    assert document["eta_s"] == 0.0 and document["rate"] == "500/60"
+    assert document["locked"] is False and document["holder"] is None
+    text = CliRunner().invoke(main, ["status", str(out), "--rate", "10/60"]).stdout
+    assert "run of phones.csv" in text and "Pbatchphone0emulator0rehearsal00" in text
+    assert "rows final   24" in text and "lock         not held" in text
+    # the input is not beside OUT nor here: no guess, and no other file of that name
+    assert "ETA          unknown" in text
+    (out.parent / "phones.csv").write_text("loginId,phone\nsomeone,+14155550100\n")
+    text = CliRunner().invoke(main, ["status", str(out)]).stdout
+    assert "ETA          unknown" in text  # same name, other content: not the run's input
+
+
+def test_no_journal_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["status", str(tmp_path / "nothing.csv")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("batchphone: error: ")
+    assert "no journal" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_live_run_started_by_another_process(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    rows = 60
+    pl.DataFrame(
+        {
+            "loginId": [f"user{i}@example.com" for i in range(rows)],
+            "phone": [f"+1415555{i:04d}" for i in range(rows)],
+        }
+    ).write_csv(source)
+    out = tmp_path / "results.csv"
+    argv = [sys.executable, "-m", "batchphone", "run", str(source), "--emulator"]
+    argv += ["--out", str(out), "--rate", "10/1", "--no-lookup", "--log-format", "json"]
+    with subprocess.Popen(argv, cwd=tmp_path, stderr=subprocess.PIPE, text=True) as process:
+        deadline = time.monotonic() + 30
+        found = None
+        while time.monotonic() < deadline:
+            if out.with_name("results.csv.journal").exists():
+                found = read_status(out)
+                if found.calls >= 5:
+                    break
+            time.sleep(0.1)
+        result = CliRunner().invoke(main, ["status", str(out), "--json", "--rate", "10/1"])
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    assert found is not None and found.locked
+    assert found.holder == f"pid {process.pid} on {socket.gethostname()}"
+    document = json.loads(result.stdout)
+    assert document["locked"] and document["input_rows"] == rows  # found beside OUT
+    assert 0 < document["rows_final"] < rows and document["eta_s"] > 0
+    assert read_status(out).locked is False  # the process ended, its lock with it
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="Linux: /proc/locks")
+def test_a_free_lock_is_not_even_tried_on_linux(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run starting at that instant must not find its lock busy because of a status."""
+    lock = RunLock(tmp_path / "results.csv")
+    lock.acquire()
+    lock.release()  # the file is there, nobody holds it
+
+    def tried(fd: int) -> bool:
+        raise AssertionError("a lock nobody holds was tried")
+
+    monkeypatch.setattr(status_module, "_held_by_trying", tried)
+    assert lock_holder(lock.path) == (False, None)
