@@ -34,7 +34,7 @@ def mismatch(request: UpdateRequest, user: User | None) -> str | None:
     Every update sends its verified flag explicitly (false for a row without a value: that is
     what the API stores), so the stored flag must be the one sent, whatever the row said.
     """
-    where = f"row {request.row} ({request.login_id})"
+    where = f"row {request.line or request.row} ({request.login_id})"
     if user is None:
         return f"{where}: the user was not found when read back"
     phone, stored = user.phone, user.verified
@@ -105,7 +105,7 @@ class Canary:
             except LookupFailed as exc:
                 if exc.failure is None:  # the run is stopping: no verdict
                     return bad
-                problem: str | None = f"row {row} ({request.login_id}): {exc}"
+                problem: str | None = f"row {request.line or row} ({request.login_id}): {exc}"
                 user = None
             else:
                 problem = mismatch(request, user)

@@ -54,13 +54,21 @@ class Rehearsal:
 
 
 def _users_from_input(
-    input_path: Path, login_id_column: str, phone_column: str, sheet: str | None
+    input_path: Path,
+    login_id_column: str,
+    phone_column: str,
+    sheet: str | None,
+    delimiter: str | None = None,
 ) -> list[dict[str, Any]]:
     """One user per distinct login id of the input, with no phone: 'everyone exists'."""
     from batchphone.reader import InputSpec, open_input
 
     spec = InputSpec(
-        path=input_path, login_id_column=login_id_column, phone_column=phone_column, sheet=sheet
+        path=input_path,
+        login_id_column=login_id_column,
+        phone_column=phone_column,
+        sheet=sheet,
+        delimiter=delimiter,
     )
     seen: dict[str, dict[str, Any]] = {}
     for rows in open_input(spec).batches():
@@ -91,6 +99,7 @@ def _seed(
     login_id_column: str,
     phone_column: str,
     sheet: str | None,
+    delimiter: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
     from batchphone.emulator import load_users
 
@@ -111,7 +120,7 @@ def _seed(
         return _users_from_results(input_path), (
             "from the results' updated rows (each with the phone the run set)"
         )
-    users = _users_from_input(input_path, login_id_column, phone_column, sheet)
+    users = _users_from_input(input_path, login_id_column, phone_column, sheet, delimiter)
     return users, "from the input's login ids (every login id exists)"
 
 
@@ -125,6 +134,7 @@ def embedded_target(
     login_id_column: str = "loginId",
     phone_column: str = "phone",
     sheet: str | None = None,
+    delimiter: str | None = None,
 ) -> Rehearsal:
     """An emulator for a command on ``input_path`` (``undo``: a result file), and its users.
 
@@ -157,6 +167,7 @@ def embedded_target(
             login_id_column=login_id_column,
             phone_column=phone_column,
             sheet=sheet,
+            delimiter=delimiter,
         )
     key = management_key or secrets.token_urlsafe(24)
     emulator = Emulator(

@@ -154,6 +154,8 @@ class ShownRow:
     status: str
     reason: str
     explanation: str
+    #: the row's number as the input file shows it (the number a person looks for)
+    line: int | None = None
 
 
 class Tally:
@@ -204,7 +206,7 @@ class Tally:
         reason = result.reason
         explanation = (EXPLANATIONS.get(reason) if reason else None) or result.status.value
         code = reason.value if reason else ""
-        shown = ShownRow(result.row, result.status.value, code, explanation)
+        shown = ShownRow(result.row, result.status.value, code, explanation, result.line)
         if full:
             heapq.heapreplace(self._kept, (-result.row, shown))
         else:
@@ -312,7 +314,8 @@ def _not_valid_lines(tally: Tally) -> list[str]:
     head = f"first {len(shown)} of {tally.not_valid_count}"
     lines = [f"  rows not valid ({head}; no file written: --out FILE writes every row):"]
     lines += [
-        f"    row {row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}" for row in shown
+        f"    row {row.line or row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}"
+        for row in shown
     ]
     return lines
 
@@ -324,7 +327,13 @@ def summary_document(summary: Summary, tally: Tally | None) -> dict[str, Any]:
         document["sent_now"] = tally.sent
         if summary.result_path is None:
             document["not_valid"] = [
-                {"row": r.row, "status": r.status, "reason": r.reason, "explanation": r.explanation}
+                {
+                    "row": r.row,
+                    "line": r.line,
+                    "status": r.status,
+                    "reason": r.reason,
+                    "explanation": r.explanation,
+                }
                 for r in tally.not_valid
             ]
     return document

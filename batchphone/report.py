@@ -40,7 +40,7 @@ from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource
 from batchphone.reverse import UndoSource
 from batchphone.stop import STOP_SIGNALS
-from batchphone.writer import write_rows
+from batchphone.writer import ShortSheet, short_sheet, write_rows
 
 __all__ = ["local_report", "report_rows", "write_report"]
 
@@ -114,6 +114,7 @@ def report_rows(
             values.append(
                 (
                     row.row,
+                    row.line,
                     row.login_id,
                     row.phone_raw,
                     phone,
@@ -151,8 +152,8 @@ async def write_report(
     Without an ``out_path`` (``validate`` without ``--out``) the rows are judged and counted,
     and nothing is written anywhere.
     """
-    columns = settings.columns or columns  # --columns picks and orders them
     out_path = job.out_path
+    short = short_sheet(out_path, settings.short_out, settings.columns)  # --columns: its columns
     moved: tuple[Path, ...] = ()
     if out_path is not None:
         journal = await anyio.to_thread.run_sync(
@@ -207,7 +208,7 @@ async def write_report(
             if handle_signals and threading.current_thread() is threading.main_thread():
                 group.start_soon(_watch_signals, stop)
             with contextlib.suppress(_Stopped):
-                await anyio.to_thread.run_sync(_write_or_count, rows, out_path, columns)
+                await anyio.to_thread.run_sync(_write_or_count, rows, out_path, columns, short)
                 written = True
             group.cancel_scope.cancel()
     finally:
@@ -231,11 +232,16 @@ async def write_report(
     return summary
 
 
-def _write_or_count(rows: Iterator[Values], out_path: Path | None, columns: Sequence[str]) -> None:
+def _write_or_count(
+    rows: Iterator[Values],
+    out_path: Path | None,
+    columns: Sequence[str],
+    short: ShortSheet | None = None,
+) -> None:
     if out_path is None:
         collections.deque(rows, maxlen=0)  # judged and counted (on_batch), written nowhere
     else:
-        write_rows(rows, out_path, columns=columns)
+        write_rows(rows, out_path, columns=columns, short=short)
 
 
 def _advance(progress: Progress, results: list[RowResult]) -> None:
@@ -254,6 +260,7 @@ def _result(values: Values) -> RowResult:
         reason=Reason(record["reason"]) if record["reason"] else None,
         error_message=record["error_message"],
         finished_at=record["finished_at"],
+        line=record["line"],
     )
 
 

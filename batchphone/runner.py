@@ -59,7 +59,7 @@ from batchphone.reverse import UndoSource, open_results
 from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.send import RowSender, fetch_license
 from batchphone.stop import STOP_SIGNALS, Stop
-from batchphone.writer import check_output_path, write_results
+from batchphone.writer import ShortSheet, check_output_path, short_sheet, write_results
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
@@ -370,7 +370,7 @@ def _counts(journal: Journal, total: int) -> dict[str, int]:
 
 
 def _rows(results: list[RowResult], most: int = 5) -> str:
-    numbers = ", ".join(str(r.row) for r in results[:most])
+    numbers = ", ".join(str(r.line or r.row) for r in results[:most])
     return numbers + (", ..." if len(results) > most else "")
 
 
@@ -482,6 +482,9 @@ async def execute(
         target = _target(settings)
     if job.out_path is not None:
         await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
+    short = short_sheet(job.out_path, settings.short_out, settings.columns)
+    if short is not None:
+        await anyio.to_thread.run_sync(check_output_path, short.path, job.input_path)
     source: InputSource | UndoSource
     if job.command is Command.UNDO:
         source = await anyio.to_thread.run_sync(open_results, job.input_path)
@@ -491,6 +494,7 @@ async def execute(
             login_id_column=settings.login_id_column,
             phone_column=settings.phone_column,
             sheet=settings.sheet,
+            delimiter=settings.delimiter,
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
     identity = await anyio.to_thread.run_sync(_identity, job, settings, source, target)
@@ -575,9 +579,10 @@ async def _execute_locked(
         done=done,
         calls_per_second=settings.rate_calls / settings.rate_period if needs_api else None,
     )
-    # the before-image columns come with every read of the users' state
+    # the before-image columns come with every read of the users' state; the result file has
+    # them all (undo reads it), --columns picks those of the short sheet
     columns = RESULT_COLUMNS + rules.columns
-    columns = settings.columns or columns  # --columns picks and orders them
+    short = short_sheet(out_path, settings.short_out, settings.columns)
     sending: _Sending | None = None
     try:
         if needs_api:
@@ -608,7 +613,9 @@ async def _execute_locked(
             recorder.journal_open = False
             journal.close()
             unreached = _Unreached(source, settings, journal, total, stop.reason)
-            await anyio.to_thread.run_sync(_write, out_path, journal, total, unreached, columns)
+            await anyio.to_thread.run_sync(
+                _write, out_path, journal, total, unreached, columns, short
+            )
             progress.close()
     counts = _counts(journal, total)
     planned: int | None = None
@@ -712,10 +719,11 @@ class _Unreached:
             return
         codes, stamp = self.codes, now_iso()
         try:
-            for row, login_id, phone_input in self._rows():
+            for row, line, login_id, phone_input in self._rows():
                 if row <= len(codes) and not codes[row - 1]:
                     yield {
                         "row": row,
+                        "line": line,
                         "loginId": login_id,
                         "phone_input": phone_input,
                         "status": Status.NOT_ATTEMPTED.value,
@@ -728,17 +736,17 @@ class _Unreached:
             # the result lists every row up to there
             return
 
-    def _rows(self) -> Iterator[tuple[int, str | None, str | None]]:
+    def _rows(self) -> Iterator[tuple[int, int | None, str | None, str | None]]:
         limit = self.settings.limit
         if isinstance(self.source, UndoSource):
             prepared = self.source.prepared(allow_remove=self.settings.allow_remove, limit=limit)
             for batch in prepared:
                 for item in batch:
-                    yield item.row, item.login_id, item.phone_input
+                    yield item.row, item.line, item.login_id, item.phone_input
             return
         for rows in self.source.batches(batch_size=BATCH_ROWS, limit=limit):
             for input_row in rows:
-                yield input_row.row, input_row.login_id, input_row.phone_raw
+                yield input_row.row, input_row.line, input_row.login_id, input_row.phone_raw
 
 
 def _write(
@@ -747,9 +755,12 @@ def _write(
     total: int,
     unreached: Iterable[dict[str, Any]],
     columns: tuple[str, ...],
+    short: ShortSheet | None,
 ) -> int:
     records = (r for r in iter_records(journal.path) if r["row"] <= total)
-    written: int = write_results(records, out_path, columns=columns, in_order=unreached)
+    written: int = write_results(
+        records, out_path, columns=columns, in_order=unreached, short=short
+    )
     return written
 
 
