@@ -313,7 +313,8 @@ class InputSource:
                             or None,
                             (cells[region] if region is not None and region < width else "")
                             or None,
-                            line=start,
+                            False,
+                            start,
                         )
                     )
                     if len(batch) >= batch_size:
