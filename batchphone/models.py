@@ -123,7 +123,7 @@ class InputRow:
     ``row`` is the 1-based data row number (the header is not counted): the journal's key.
     ``line`` is the number a person sees for the row (``None``: not known): the line where the
     record starts in a text editor (CSV, TSV, JSONL), the sheet's own row number (Excel), the
-    data row + 1 (Parquet, as if it had a header line).
+    record's position + 1 (Parquet, as if it had a header line).
     ``verified`` and ``region`` are the raw cells of the optional columns of those names.
     """
 

@@ -8,7 +8,7 @@ streaming is an ``InputError`` naming the data row. Rules the rest of batchphone
   empty (blank lines): the numbering has no gaps. Each row also carries the number a person sees
   for it (``InputRow.line``): the line where its record starts (CSV, TSV, JSONL: a cell with a
   line break spans lines), the sheet's own row number (Excel: leading and blank rows counted),
-  the data row + 1 (Parquet, as if it had a header line). Errors name a row by that number.
+  the record's position + 1 (Parquet, as if it had a header line). Errors name a row by it.
 * Empty cells are ``None``. Login ids are kept as read except that leading and trailing ASCII
   whitespace is stripped (only whitespace: ``None``); all other cells are raw.
 * CSV/TSV: UTF-8 (BOM dropped), RFC 4180 quoting, CRLF or LF; nothing is inferred, so leading
@@ -61,7 +61,7 @@ _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own r
 _HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
-_INDEX, _LINE = "__index", "__line"  # a record's position in the file; the number a person sees
+_INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
 _POLARS_ERRORS = (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
 _EXCEL_HINT = "re-save it as UTF-8 (in Excel: CSV UTF-8)"
 _MAGIC: dict[bytes | tuple[bytes, ...], str] = {
