@@ -501,9 +501,13 @@ def test_sheet_names_any_case_and_a_csv_named_xlsx_is_one_line(tmp_path: Path) -
     users = workbook.add_worksheet("Users")
     users.write_row(0, 0, ["loginId", "phone"])
     users.write_row(1, 0, ["a@example.com", "+14155550100"])
+    users.write_row(3, 0, ["b@example.com", "12"])  # Excel's row 4, after a blank row 3
     workbook.close()
     found = invoke(["validate", str(path), "--sheet", "users"])
-    assert found.exit_code == 0, found.stderr
+    assert found.exit_code == 1, found.stderr
+    assert [line.split()[:3] for line in found.stderr.splitlines() if "    row " in line] == [
+        ["row", "4", "invalid"]  # the number Excel shows: the support person looks there
+    ]
     text = tmp_path / "saved.xlsx"
     text.write_text("loginId,phone\na@example.com,+14155550100\n", encoding="utf-8")
     mixed = invoke(["validate", str(text)])

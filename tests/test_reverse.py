@@ -306,3 +306,16 @@ async def test_an_xlsx_result_holds_login_ids_exactly_and_undo_sends_them_so(
     spy = Spy(emulator)
     assert (await run_job(emulator, "undo", old, tmp_path / "undo-old.csv", transport=spy)).counts
     assert sorted(body["loginId"] for body in spy.bodies[UPDATE]) == sorted(logins)
+
+
+async def test_a_result_file_re_saved_with_semicolons_is_undone(tmp_path: Path) -> None:
+    """Excel in much of Europe re-saves a CSV with ``;``: undo reads it as the run wrote it."""
+    emulator = make_emulator(phone_users(3))
+    source = write_input(tmp_path / "in.csv", new_phones(3), ["true"] * 3)
+    out = tmp_path / "run.csv"
+    assert (await run_job(emulator, "run", source, out)).counts == {"updated": 3}
+    resaved = tmp_path / "resaved.csv"
+    pl.read_csv(out, infer_schema=False).write_csv(resaved, separator=";")
+    undone = await run_job(emulator, "undo", resaved, tmp_path / "undo.csv")
+    assert undone.counts == {"updated": 3}
+    assert phones(emulator, 3) == [f"+1415555{i:04d}" for i in range(3)]
