@@ -35,7 +35,7 @@ def mismatch(request: UpdateRequest, user: User | None, seen: str = "read back")
     what the API stores), so the stored flag must be the one sent, whatever the row said.
     ``seen`` says where the user came from ("read back", "answered with").
     """
-    where = f"row {request.row} ({request.login_id})"
+    where = f"row {request.line or request.row} ({request.login_id})"
     if user is None:
         return f"{where}: the user was not found when {seen}"
     phone, stored = user.phone, user.verified
@@ -106,7 +106,7 @@ class Canary:
             except LookupFailed as exc:
                 if exc.failure is None:  # the run is stopping: no verdict
                     return bad
-                problem: str | None = f"row {row} ({request.login_id}): {exc}"
+                problem: str | None = f"row {request.line or row} ({request.login_id}): {exc}"
                 user = None
             else:
                 problem = mismatch(request, user)

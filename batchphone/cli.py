@@ -61,7 +61,14 @@ _ROW_OPTIONS = [
         help="verified for rows without their own value (unset: the user's flag is kept "
         "when the phone is the same; a new phone is sent unverified).",
     ),
-    click.option("--sheet", help="Excel input: the sheet to read, by name or number (default 1)."),
+    click.option(
+        "--sheet", help="Excel input: the sheet to read, by name (any case) or number (default 1)."
+    ),
+    click.option(
+        "--delimiter",
+        help="CSV/TSV input: , ; | or tab (default: the one that splits the header into the "
+        "login id and phone columns).",
+    ),
 ]
 _REMOVE_AND_LIMIT = [
     click.option(
@@ -110,8 +117,14 @@ _OUTPUT_OPTIONS = [
     click.option(
         "--columns",
         metavar="LIST",
-        help="Result columns to write, in order, e.g. row,loginId,phone,status,reason "
-        "(default: all; undo needs loginId,phone,status,phone_before,verified_before).",
+        help="Columns of a short sheet, in order, e.g. row,line,loginId,phone,status,reason: "
+        "written beside the result as NAME.short.EXT (the result keeps every column).",
+    ),
+    click.option(
+        "--short-out",
+        type=click.Path(path_type=Path),
+        help="Also write the rows, with --columns (default row,line,loginId,phone,status,"
+        "reason,error_message), to this file (any result format).",
     ),
 ]
 _common_options = _options(_ROW_OPTIONS + _REMOVE_AND_LIMIT + _OUTPUT_OPTIONS)

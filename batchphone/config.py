@@ -128,11 +128,16 @@ class Settings:
     emulator_users: Path | None = None
     emulator_state: Path | None = None
     sheet: str | None = None
+    #: CSV/TSV input: the delimiter (``None``: the one that splits the header into the columns)
+    delimiter: str | None = None
     restart: bool = False
     retry_failed: bool = False
     debug: bool = False
-    #: result columns to write, in this order (``None``: the full set)
+    #: columns of the short sheet, in this order (``None``: no short sheet, or its default set);
+    #: the result file always has every column
     columns: tuple[str, ...] | None = None
+    #: the short sheet's file (``None``: ``<out>.short<ext>`` when ``columns`` is set, else none)
+    short_out: Path | None = None
 
     def __post_init__(self) -> None:
         # A library caller builds Settings directly: check (and normalize) every field with the
@@ -244,6 +249,15 @@ def _columns(value: Any) -> tuple[str, ...]:
     if repeated:
         raise ValueError(f"column {repeated[0]!r} is named twice")
     return columns
+
+
+def _delimiter(value: Any) -> str:
+    text = str(value)
+    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    text = named.get(text.strip().lower(), text if text == "\t" else text.strip())
+    if len(text) != 1 or text in '"\r\n' or text.isalnum():
+        raise ValueError("expected one character such as , ; | or the word tab")
+    return text
 
 
 def _url(value: Any) -> str:
@@ -373,6 +387,7 @@ _SPECS: dict[str, _Spec] = {
     "max_error_rate": _Spec(_fraction, "BATCHPHONE_MAX_ERROR_RATE"),
     "log_format": _Spec(_choice("auto", "console", "json"), "BATCHPHONE_LOG_FORMAT"),
     "columns": _Spec(_columns, "BATCHPHONE_COLUMNS"),
+    "delimiter": _Spec(_delimiter, "BATCHPHONE_DELIMITER"),
 }
 
 #: Settings that only flags set (they describe one invocation, not a project).
@@ -381,6 +396,7 @@ _FLAG_ONLY = {
     "limit",
     "quiet",
     "summary_json",
+    "short_out",
     "emulator",
     "emulator_users",
     "emulator_state",
@@ -401,10 +417,12 @@ _OPTIONAL = {
     "verified",
     "limit",
     "summary_json",
+    "short_out",
     "emulator_users",
     "emulator_state",
     "sheet",
     "columns",
+    "delimiter",
 }
 _BOOLS = (
     "allow_merge",
@@ -436,6 +454,7 @@ _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
         "retry_wait_max": _non_negative_float,
         "limit": _positive_int,
         "summary_json": _path,
+        "short_out": _path,
         "emulator_users": _path,
         "emulator_state": _path,
         "sheet": _text,

@@ -389,8 +389,10 @@ class Journal:
         """
         stamp = round(ts, 3)
         for request in requests:
-            record: dict[str, Any] = {
-                "row": request.row,
+            record: dict[str, Any] = {"row": request.row}
+            if request.line is not None:
+                record["line"] = request.line
+            record |= {
                 "loginId": request.login_id,
                 "phone_input": request.phone_input,
                 "phone": request.phone,

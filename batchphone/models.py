@@ -142,7 +142,10 @@ class Reason(enum.StrEnum):
 class InputRow:
     """One data row as read: every cell a string (or ``None`` when the cell is empty/null).
 
-    ``row`` is the 1-based data row number (the header is not counted).
+    ``row`` is the 1-based data row number (the header is not counted): the journal's key.
+    ``line`` is the number a person sees for the row (``None``: not known): the line where the
+    record starts in a text editor (CSV, TSV, JSONL), the sheet's own row number (Excel), the
+    record's position + 1 (Parquet, as if it had a header line).
     ``verified`` and ``region`` are the raw cells of the optional columns of those names.
     """
 
@@ -154,6 +157,8 @@ class InputRow:
     #: True when the phone cell held a number, not text (Parquet/Excel numeric cell): the leading
     #: ``+`` or ``0`` may have been lost, so the normalizer refuses it (``NUMERIC_CELL``).
     phone_was_number: bool = False
+    #: what a person sees, not what the row is: left out of comparisons
+    line: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,8 @@ class UpdateRequest:
     before: PhoneState | None = None
     expect_phone: str | None = None
     prior: PhoneState | None = None
+    #: the row's number as the input file shows it (``InputRow.line``)
+    line: int | None = field(default=None, compare=False)
 
     @property
     def verified_sent(self) -> bool:
@@ -305,6 +312,7 @@ class ApiOutcome:
 #: The fixed columns of every result file, in this order.
 RESULT_COLUMNS: tuple[str, ...] = (
     "row",
+    "line",
     "loginId",
     "phone_input",
     "phone",
@@ -349,11 +357,14 @@ class RowResult:
     user_json: str | None = None
     finished_at: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the row's number as the input file shows it (``InputRow.line``; ``None``: not known)
+    line: int | None = field(default=None, compare=False)
 
     def to_record(self) -> dict[str, Any]:
         """The result row as a mapping of the fixed result columns (plus ``extra``)."""
         record: dict[str, Any] = {
             "row": self.row,
+            "line": self.line,
             "loginId": self.login_id,
             "phone_input": self.phone_input,
             "phone": self.phone,
@@ -452,6 +463,8 @@ class NotValidRow:
     status: str
     reason: str
     explanation: str
+    #: the row's number as the input file shows it (the number a person looks for)
+    line: int | None = None
 
 
 #: What to do after an interruption or a fatal stop of a command that resumes.

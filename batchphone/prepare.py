@@ -144,6 +144,7 @@ def result_for(
         status=status,
         finished_at=now_iso(),
         extra=request.before.columns() if request.before is not None else {},
+        line=request.line,
         **fields_,
     )
 
@@ -215,6 +216,7 @@ def _local(row: InputRow, status: Status, reason: Reason | None, phone: str | No
         reason=reason,
         error_message=message,
         finished_at=now_iso(),
+        line=row.line,
     )
 
 
@@ -302,6 +304,7 @@ class Preparer:
             verified=verified,
             fail_on_conflict=not self.rules.allow_merge,
             phone_input=row.phone_raw,
+            line=row.line,
         )
 
     def _verdict(self, row: InputRow, memo: _Memo) -> tuple[Reason | None, str | None, bool | None]:

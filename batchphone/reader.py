@@ -5,11 +5,16 @@ row) and raises a one-line ``InputError`` a support person can act on; a problem
 streaming is an ``InputError`` naming the data row. Rules the rest of batchphone relies on:
 
 * Rows are numbered 1.. in file order, without the header and without rows whose every cell is
-  empty (blank lines): the numbering has no gaps.
+  empty (blank lines): the numbering has no gaps. Each row also carries the number a person sees
+  for it (``InputRow.line``): the line where its record starts (CSV, TSV, JSONL: a cell with a
+  line break spans lines), the sheet's own row number (Excel: leading and blank rows counted),
+  the record's position + 1 (Parquet, as if it had a header line). Errors name a row by it.
 * Empty cells are ``None``. Login ids are kept as read except that leading and trailing ASCII
   whitespace is stripped (only whitespace: ``None``); all other cells are raw.
 * CSV/TSV: UTF-8 (BOM dropped), RFC 4180 quoting, CRLF or LF; nothing is inferred, so leading
-  zeros and ``+`` survive. Excel: the first sheet, or ``sheet`` (a name, or a number from 1).
+  zeros and ``+`` survive. The delimiter (``,``, ``;`` or tab, whatever the extension) is the one
+  that splits the header into the login id and phone columns (``delimiter`` overrides it).
+  Excel: the first sheet, or ``sheet`` (a name, any case, or a number from 1).
   Parquet/JSONL/Excel number cells become text,
   and a number in the phone column sets ``phone_was_number`` (its ``+`` or ``0`` may be gone).
 """
@@ -21,8 +26,9 @@ import collections
 import csv
 import difflib
 import hashlib
+import itertools
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,9 +57,11 @@ _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 # a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
 csv.field_size_limit(1 << 30)
 _JSON_SAMPLE_LINES = 100
+_HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
 _HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
+_INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
 _POLARS_ERRORS = (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
 _EXCEL_HINT = "re-save it as UTF-8 (in Excel: CSV UTF-8)"
 _MAGIC: dict[bytes | tuple[bytes, ...], str] = {
@@ -61,13 +69,18 @@ _MAGIC: dict[bytes | tuple[bytes, ...], str] = {
     b"PK\x03\x04": "is a ZIP archive or Excel workbook, not text: rename it to .xlsx if a workbook",
     b"PAR1": "is a Parquet file, not text: rename it to .parquet",
 }
-# A one-column header holding one of these: the file uses another delimiter. What to do.
-_DELIMITER_FIXES = {
-    ";": "re-save it with commas",
-    "|": "re-save it with commas",
-    "\t": "rename it to .tsv",
-    ",": "rename it to .csv",
+# What a file named .xlsx or .parquet is when its first bytes are not its format's.
+_NOT_BINARY: dict[bytes | tuple[bytes, ...], str] = {
+    (b"\xff\xfe", b"\xfe\xff"): f"is UTF-16 text, not {{kind}}: {_EXCEL_HINT}",
+    b"PK\x03\x04": "is a ZIP archive or Excel workbook, not {kind}: rename it to .xlsx",
+    b"PAR1": "is a Parquet file, not {kind}: rename it to .parquet",
+    b"\xd0\xcf\x11\xe0": "is an old Excel 97-2003 workbook (.xls), not {kind}: "
+    "re-save it as Excel Workbook (.xlsx)",
 }
+_BINARY_MAGIC = {"xlsx": b"PK\x03\x04", "parquet": b"PAR1"}
+_BINARY_KIND = {"xlsx": "an Excel workbook", "parquet": "a Parquet file"}
+#: Delimiters a CSV/TSV file's header is tried with, whatever its extension.
+_DELIMITERS = (",", ";", "\t")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +92,22 @@ class InputSpec:
     phone_column: str = "phone"
     verified_column: str = "verified"  # optional column: used when present
     region_column: str = "region"  # optional column: used when present
-    #: Excel only: the sheet to read, by name or by number from 1 (``None``: the first)
+    #: Excel only: the sheet to read, by name (any case) or by number from 1 (``None``: the first)
     sheet: str | None = None
+    #: CSV/TSV only: the delimiter (``None``: the one that splits the header into the columns)
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Opened:
+    """What the checks every format gets found out about a file."""
+
+    digest: str | None  # SHA-256 of a text file (computed by the UTF-8 check)
+    columns: tuple[str, ...]
+    sheet: int = 0  # Excel: the index of the sheet read
+    sheets: tuple[str, ...] = ()  # Excel: every sheet's name
+    delimiter: str = ","  # CSV/TSV
+    header_line: int = 1  # Excel: the sheet's row number of the header row
 
 
 def open_input(spec: InputSpec) -> InputSource:
@@ -90,7 +117,14 @@ def open_input(spec: InputSpec) -> InputSource:
     """
     path = spec.path
     fmt = _format(path)
-    digest, columns, sheet, sheets = _open(path, fmt, spec.sheet)
+    opened = _open(
+        path,
+        fmt,
+        spec.sheet,
+        delimiter=spec.delimiter,
+        wanted=(spec.login_id_column, spec.phone_column),
+    )
+    columns, sheet, sheets = opened.columns, opened.sheet, opened.sheets
     required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
     for name, flag in required.items():
         if name not in columns:
@@ -105,21 +139,21 @@ def open_input(spec: InputSpec) -> InputSource:
             dtype = schema[name]
             if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
                 raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
-    source = InputSource(spec, fmt, columns, digest, sheet=sheet)
+    source = InputSource(spec, fmt, opened)
     if source.is_empty():
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
     return source
 
 
-def open_table(path: Path) -> Table:
+def open_table(path: Path, wanted: Sequence[str] = ()) -> Table:
     """Check a file of any input format (type, readability, encoding, header) as a ``Table``.
 
+    ``wanted``: columns the header should have (they tell a CSV file's delimiter).
     Raises ``InputError`` with a one-line message, as ``open_input`` does.
     """
     fmt = _format(path)
-    digest, columns, sheet, _ = _open(path, fmt, None)
-    return Table(path, fmt, columns, digest, sheet=sheet)
+    return Table(path, fmt, _open(path, fmt, None, wanted=tuple(wanted)))
 
 
 def _format(path: Path) -> str:
@@ -132,36 +166,40 @@ def _format(path: Path) -> str:
 
 
 def _open(
-    path: Path, fmt: str, wanted_sheet: str | None
-) -> tuple[str | None, tuple[str, ...], int, tuple[str, ...]]:
-    """The checks every format gets: (SHA-256 of a text file, header, sheet index, sheets)."""
+    path: Path,
+    fmt: str,
+    wanted_sheet: str | None,
+    *,
+    delimiter: str | None = None,
+    wanted: tuple[str, ...] = (),
+) -> _Opened:
+    """The checks every format gets; ``wanted`` columns tell a CSV file's delimiter."""
     _check_readable(path)
     digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
     if wanted_sheet is not None and fmt != "xlsx":
         raise _error(path, f"--sheet applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
-    sheet, sheets = 0, tuple[str, ...]()
+    if delimiter is not None and fmt not in ("csv", "tsv"):
+        raise _error(path, f"--delimiter applies to CSV and TSV files, not to {fmt.upper()}")
+    if fmt in _BINARY_MAGIC:
+        _check_binary(path, fmt)
     try:
         if fmt in ("csv", "tsv"):
-            columns = _csv_header(path, _separator(fmt))
-        elif fmt == "jsonl":
-            columns = _jsonl_keys(path, sample=_JSON_SAMPLE_LINES)
-        elif fmt == "parquet":
-            columns = tuple(pl.read_parquet_schema(path))
-        else:
-            sheets = tuple(fastexcel.read_excel(path).sheet_names)
-            sheet = _sheet_index(path, wanted_sheet, sheets)
-            columns = _excel_header(path, sheet, sheets)
+            chosen = delimiter or _detect_delimiter(path, fmt, wanted)
+            return _Opened(digest, _csv_header(path, chosen), delimiter=chosen)
+        if fmt == "jsonl":
+            return _Opened(digest, _jsonl_keys(path, sample=_JSON_SAMPLE_LINES))
+        if fmt == "parquet":
+            return _Opened(digest, tuple(pl.read_parquet_schema(path)))
+        sheets = tuple(fastexcel.read_excel(path).sheet_names)
+        sheet = _sheet_index(path, wanted_sheet, sheets)
+        columns, header_line = _excel_header(path, sheet, sheets)
+        return _Opened(digest, columns, sheet, sheets, header_line=header_line)
     except _POLARS_ERRORS as exc:
         problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
         raise _error(path, problem) from None
-    return digest, columns, sheet, sheets
 
 
-def _separator(fmt: str) -> str:
-    return "\t" if fmt == "tsv" else ","
-
-
-def _scan_cells(path: Path, fmt: str, names: Sequence[str], sheet: int) -> pl.LazyFrame:
+def _scan_cells(path: Path, fmt: str, names: Sequence[str], opened: _Opened) -> pl.LazyFrame:
     """The file as a lazy frame, every cell as its format holds it (text, but Parquet's types).
 
     The one dispatch over formats for reading rows: ``InputSource`` and ``Table`` both use it.
@@ -169,13 +207,13 @@ def _scan_cells(path: Path, fmt: str, names: Sequence[str], sheet: int) -> pl.La
     """
     if fmt in ("csv", "tsv"):
         return pl.scan_csv(
-            path, separator=_separator(fmt), infer_schema=False, raise_if_empty=False
+            path, separator=opened.delimiter, infer_schema=False, raise_if_empty=False
         )
     if fmt == "parquet":
         return pl.scan_parquet(path)
     if fmt == "jsonl":
         return pl.scan_ndjson(path, schema=dict.fromkeys(names, pl.String))
-    return _excel_cells(fastexcel.read_excel(path), sheet).lazy()
+    return _excel_cells(fastexcel.read_excel(path), opened.sheet).lazy()
 
 
 def _excel_cells(reader: fastexcel.ExcelReader, sheet: int) -> pl.DataFrame:
@@ -187,23 +225,17 @@ def _excel_cells(reader: fastexcel.ExcelReader, sheet: int) -> pl.DataFrame:
 class InputSource:
     """An opened, checked input file: streams its rows in batches."""
 
-    def __init__(
-        self,
-        spec: InputSpec,
-        fmt: str,
-        columns: tuple[str, ...],
-        digest: str | None,
-        *,
-        sheet: int = 0,
-    ):
+    def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
         self.spec = spec
-        self.sheet = sheet  # Excel: the index of the sheet read
+        self.sheet = opened.sheet  # Excel: the index of the sheet read
+        self.delimiter = opened.delimiter  # CSV/TSV: the one the header was split by
         self.path = spec.path
         self.format = fmt
-        self.columns = columns
-        self.has_verified = spec.verified_column in columns
-        self.has_region = spec.region_column in columns
-        self._digest = digest
+        self.columns = opened.columns
+        self.has_verified = spec.verified_column in self.columns
+        self.has_region = spec.region_column in self.columns
+        self._opened = opened
+        self._digest = opened.digest
         self._excel: pl.DataFrame | None = None
         self._text_count: tuple[int | None, int] | None = None
         self._stamp = _stamp(self.path)
@@ -226,16 +258,23 @@ class InputSource:
             yield from self._text_batches(batch_size, limit)
             return
         done = 0
+        lines = _JsonlLines(self.path) if self.format == "jsonl" else None
         try:
             frames = self._frame(limit).collect_batches(chunk_size=batch_size, engine="streaming")
             for frame in frames:
                 numbered = enumerate(frame.iter_rows(), start=done + 1)
-                rows = [InputRow(n, c[0], c[1], c[2], c[3], bool(c[4])) for n, c in numbered]
+                rows = [
+                    InputRow(n, c[0], c[1], c[2], c[3], bool(c[4]), lines(c[5]) if lines else c[5])
+                    for n, c in numbered
+                ]
                 done += len(rows)
                 if rows:
                     yield rows
         except _POLARS_ERRORS as exc:
             raise self._mid_stream_error(exc, done) from None
+        finally:
+            if lines is not None:
+                lines.close()
 
     def is_empty(self) -> bool:
         """True when the file has no data row (reads one row, not the file)."""
@@ -253,17 +292,18 @@ class InputSource:
         cells are None, login ids lose surrounding ASCII whitespace, blank rows are skipped.
         """
         spec = self.spec
-        separator = _separator(self.format)
         done = 0
         batch: list[InputRow] = []
         with self.path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, delimiter=separator)
+            reader = csv.reader(file, delimiter=self.delimiter)
             header = next(reader, [])
             where = {name: index for index, name in reversed(list(enumerate(header)))}
             login, phone = where[spec.login_id_column], where[spec.phone_column]
             verified, region = where.get(spec.verified_column), where.get(spec.region_column)
+            end = reader.line_num  # the last line read: a record starts on the line after it
             try:
                 for cells in reader:
+                    start, end = end + 1, reader.line_num
                     if not any(cells):
                         continue  # a blank line, or a row of empty cells
                     width = len(cells)
@@ -272,7 +312,7 @@ class InputSource:
                             f"has {width} fields but the header has {len(header)}"
                             " (an unquoted delimiter in a cell?)"
                         )
-                        raise _error(self.path, message, row=done + 1)
+                        raise _error(self.path, message, row=done + 1, line=start)
                     login_id = cells[login].strip(_ASCII_WHITESPACE) if login < width else ""
                     done += 1
                     batch.append(
@@ -284,6 +324,8 @@ class InputSource:
                             or None,
                             (cells[region] if region is not None and region < width else "")
                             or None,
+                            False,
+                            start,
                         )
                     )
                     if len(batch) >= batch_size:
@@ -292,7 +334,7 @@ class InputSource:
                     if limit is not None and done >= limit:
                         break
             except csv.Error as exc:
-                raise _error(self.path, str(exc), row=done + 1) from None
+                raise _error(self.path, str(exc), row=done + 1, line=end + 1) from None
         if batch:
             yield batch
 
@@ -360,17 +402,18 @@ class InputSource:
 
     def _text_logins(self, batch_size: int, limit: int | None) -> Iterator[list[str | None]]:
         """The login id of each row ``_text_batches`` yields (same rows, same errors), alone."""
-        separator = "\t" if self.format == "tsv" else ","
         done = 0
         batch: list[str | None] = []
         with self.path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, delimiter=separator)
+            reader = csv.reader(file, delimiter=self.delimiter)
             header = next(reader, [])
             login = {name: i for i, name in reversed(list(enumerate(header)))}[
                 self.spec.login_id_column
             ]
+            end = reader.line_num
             try:
                 for cells in reader:
+                    start, end = end + 1, reader.line_num
                     if not any(cells):
                         continue  # a blank line, or a row of empty cells
                     width = len(cells)
@@ -379,7 +422,7 @@ class InputSource:
                             f"has {width} fields but the header has {len(header)}"
                             " (an unquoted delimiter in a cell?)"
                         )
-                        raise _error(self.path, message, row=done + 1)
+                        raise _error(self.path, message, row=done + 1, line=start)
                     done += 1
                     batch.append(
                         (cells[login].strip(_ASCII_WHITESPACE) if login < width else "") or None
@@ -390,7 +433,7 @@ class InputSource:
                     if limit is not None and done >= limit:
                         break
             except csv.Error as exc:
-                raise _error(self.path, str(exc), row=done + 1) from None
+                raise _error(self.path, str(exc), row=done + 1, line=end + 1) from None
         if batch:
             yield batch
 
@@ -415,12 +458,17 @@ class InputSource:
             raise self._mid_stream_error(exc, 0) from None
 
     def _frame(self, limit: int | None) -> pl.LazyFrame:
-        """The standard frame (login, phone, verified, region, numeric) of non-blank rows."""
+        """The standard frame (login, phone, verified, region, numeric, line) of non-blank rows.
+
+        ``line``: JSONL the record's position (``_JsonlLines`` turns it into its line number).
+        """
         raw = self._scan()
         spec, schema = self.spec, raw.collect_schema()
         cells = [(pl.col(name), dtype) for name, dtype in schema.items() if name != _NUMERIC]
         filled = [c.is_not_null() & ((c != "") if t == pl.String else True) for c, t in cells]
-        frame = raw.filter(pl.any_horizontal(filled))
+        # numbered before blank rows are dropped: a blank row still has its number
+        frame = raw.with_row_index(_INDEX).filter(pl.any_horizontal(filled))
+        first = {"xlsx": self._opened.header_line + 1, "parquet": 2}.get(self.format, 0)
         if limit is not None:
             frame = frame.head(limit)
 
@@ -444,6 +492,7 @@ class InputSource:
             text(spec.verified_column).alias(_VERIFIED),
             text(spec.region_column).alias(_REGION),
             numeric.alias(_NUMERIC),
+            (pl.col(_INDEX).cast(pl.Int64) + first).alias(_LINE),
         )
 
     def _scan(self) -> pl.LazyFrame:
@@ -451,7 +500,7 @@ class InputSource:
         path, fmt, phone = self.path, self.format, self.spec.phone_column
         if fmt == "xlsx":
             return self._excel_frame().lazy()
-        cells = _scan_cells(path, fmt, list(dict.fromkeys(self.columns)), self.sheet)
+        cells = _scan_cells(path, fmt, list(dict.fromkeys(self.columns)), self._opened)
         if fmt == "jsonl":
             # A JSON number is told from a JSON string only by reading the column a second time
             # as a number: strings (even "447911123456") come back null there.
@@ -475,7 +524,28 @@ class InputSource:
         return self._excel
 
     def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        return _mid_stream_error(self.path, self.format, exc, done)
+        return _mid_stream_error(self.path, self.format, exc, done, self.delimiter)
+
+
+class _JsonlLines:
+    """A JSONL record's position -> its line number (blank lines are no records but lines).
+
+    Called with ascending positions; reads the file once, a line at a time, alongside polars.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open(encoding="utf-8")
+        self._numbers = (number for number, line in enumerate(self._file, start=1) if line.strip())
+        self._position, self._line = -1, 0
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __call__(self, position: int) -> int:
+        while self._position < position:
+            self._line = next(self._numbers, self._line)
+            self._position += 1
+        return self._line
 
 
 class Table:
@@ -485,14 +555,13 @@ class Table:
     (rows are numbered by their position, blank ones included) and knows no column's meaning.
     """
 
-    def __init__(
-        self, path: Path, fmt: str, columns: tuple[str, ...], digest: str | None, *, sheet: int = 0
-    ) -> None:
+    def __init__(self, path: Path, fmt: str, opened: _Opened) -> None:
         self.path = path
         self.format = fmt
-        self.columns = columns
-        self.sheet = sheet
-        self._digest = digest
+        self.columns = opened.columns
+        self.sheet = opened.sheet
+        self._opened = opened
+        self._digest = opened.digest
 
     def content_hash(self) -> str:
         """SHA-256 (hex) of the file's bytes; computed once."""
@@ -502,13 +571,34 @@ class Table:
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many rows the file has below its header (at most ``limit``)."""
-        frame = _scan_cells(self.path, self.format, self.columns[:1], self.sheet)
+        frame = _scan_cells(self.path, self.format, self.columns[:1], self._opened)
         if limit is not None:
             frame = frame.head(limit)
         try:
             return int(frame.select(pl.len()).collect(engine="streaming").item())
         except _POLARS_ERRORS as exc:
-            raise _mid_stream_error(self.path, self.format, exc, 0) from None
+            raise self._mid_stream_error(exc, 0) from None
+
+    def lines(self) -> Generator[int]:
+        """The number a person sees for each row ``rows`` yields, in the same order (streams).
+
+        As ``InputRow.line``: the line where a CSV/TSV record starts, a JSONL line, the sheet's
+        row number; a Parquet row's position + 1.
+        """
+        if self.format == "jsonl":
+            with self.path.open(encoding="utf-8") as file:
+                yield from (n for n, line in enumerate(file, start=1) if line.strip())
+        elif self.format in ("csv", "tsv"):
+            with self.path.open(encoding="utf-8-sig", newline="") as file:
+                reader = csv.reader(file, delimiter=self._opened.delimiter)
+                next(reader, None)
+                end = reader.line_num
+                for _ in reader:
+                    yield end + 1
+                    end = reader.line_num
+        else:
+            first = self._opened.header_line + 1 if self.format == "xlsx" else 2
+            yield from itertools.count(first)
 
     def rows(
         self,
@@ -524,7 +614,7 @@ class Table:
         A column the file lacks reads as empty; a problem met while streaming is an
         ``InputError`` naming the row.
         """
-        frame = _scan_cells(self.path, self.format, names, self.sheet)
+        frame = _scan_cells(self.path, self.format, names, self._opened)
         if limit is not None:
             frame = frame.head(limit)
         known = set(self.columns)
@@ -543,14 +633,19 @@ class Table:
                 if rows:
                     yield rows
         except _POLARS_ERRORS as exc:
-            raise _mid_stream_error(self.path, self.format, exc, done) from None
+            raise self._mid_stream_error(exc, done) from None
+
+    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
+        return _mid_stream_error(self.path, self.format, exc, done, self._opened.delimiter)
 
 
-def _mid_stream_error(path: Path, fmt: str, exc: Exception, done: int) -> InputError:
+def _mid_stream_error(
+    path: Path, fmt: str, exc: Exception, done: int, delimiter: str = ","
+) -> InputError:
     # polars says what is wrong but not on which row: a second pass in Python finds it.
     try:
         if fmt in ("csv", "tsv"):
-            _csv_header(path, _separator(fmt), every_row=True)
+            _csv_header(path, delimiter, every_row=True)
         elif fmt == "jsonl":
             _jsonl_keys(path, sample=None)
     except InputError as located:
@@ -619,30 +714,91 @@ def _check_text(path: Path) -> str:
             offset += consumed
 
 
+def _detect_delimiter(path: Path, fmt: str, wanted: tuple[str, ...]) -> str:
+    """The delimiter that splits the header into the ``wanted`` columns (``,``, ``;`` or tab).
+
+    The header names the columns the user asked for, which no data row does: a far surer sign
+    than the frequency of a character in the data. Without such a header (a misspelled column
+    name), the delimiter that gives the most columns, so the error lists the real ones.
+    """
+    default = "\t" if fmt == "tsv" else ","
+    headers: dict[str, list[str]] = {}
+    for delimiter in dict.fromkeys((default, *_DELIMITERS)):
+        try:
+            with path.open(encoding="utf-8-sig", newline="") as file:
+                headers[delimiter] = next(csv.reader(file, delimiter=delimiter), [])
+        except csv.Error:
+            continue  # the header reads otherwise: _csv_header reports it
+    fitting = [d for d, header in headers.items() if wanted and set(wanted) <= set(header)]
+    if len(fitting) > 1 and default not in fitting:
+        shown = " and ".join(_delimiter_name(d) for d in fitting)
+        raise _error(path, f"its header splits into the columns by {shown}: use --delimiter")
+    if fitting:
+        return default if default in fitting else fitting[0]
+    widths = {d: len(header) for d, header in headers.items()}
+    widest = max(widths.values(), default=0)
+    best = [d for d, width in widths.items() if width == widest]
+    return best[0] if widest > 1 and len(best) == 1 else default
+
+
+def _delimiter_name(delimiter: str) -> str:
+    return "tab" if delimiter == "\t" else f'"{delimiter}"'
+
+
 def _csv_header(path: Path, delimiter: str, *, every_row: bool = False) -> tuple[str, ...]:
     """The header row; with ``every_row`` (error path only) also an error for a bad data row."""
     header: list[str] | None = None
-    row = 0
+    row = line = 0
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
             reader = csv.reader(file, delimiter=delimiter)
             header = next(reader, None)
-            for record in filter(any, reader) if every_row and header else ():
+            line = reader.line_num
+            for record in reader if every_row and header else ():
+                start, line = line + 1, reader.line_num
+                if not any(record):
+                    continue
                 row += 1
                 if len(record) > len(header or ()):
                     problem = f"has {len(record)} fields but the header has {len(header or ())}"
-                    raise _error(path, f"{problem} (an unquoted delimiter in a cell?)", row)
+                    message = f"{problem} (an unquoted delimiter in a cell?)"
+                    raise _error(path, message, row, line=start)
     except csv.Error as exc:
-        raise _error(path, f"is malformed ({exc})", row + 1 if header else None) from None
+        raise _error(path, f"is malformed ({exc})", line=line + 1 if header else None) from None
     if not header or not any(name.strip() for name in header):
         raise _error(path, "is empty (no header row)")
-    found = [sep for sep in _DELIMITER_FIXES if len(header) == 1 and sep in header[0]]
+    found = [sep for sep in (",", ";", "\t", "|") if len(header) == 1 and sep in header[0]]
     if found and found[0] != delimiter:
-        shown = "tab" if found[0] == "\t" else f'"{found[0]}"'
-        problem = f"seem to be separated by {shown}, not by the delimiter of its type"
+        shown = _delimiter_name(found[0])
+        problem = f"seem to be separated by {shown}, not by {_delimiter_name(delimiter)}"
         single = f'has a single column "{header[0][:80]}"'
-        raise _error(path, f"{single}: its values {problem} ({_DELIMITER_FIXES[found[0]]})")
+        fix = f"--delimiter '{found[0]}'" if found[0] != "\t" else "--delimiter tab"
+        raise _error(path, f"{single}: its values {problem} (use {fix})")
     return tuple(header)
+
+
+def _check_binary(path: Path, fmt: str) -> None:
+    """A file named ``.xlsx``/``.parquet`` that is not one says what it is (one line)."""
+    with path.open("rb") as file:
+        head = file.read(4096)
+    if head.startswith(_BINARY_MAGIC[fmt]):
+        return
+    kind = _BINARY_KIND[fmt]
+    for magic, problem in _NOT_BINARY.items():
+        if head.startswith(magic):
+            raise _error(path, problem.format(kind=kind))
+    if b"\x00" not in head:
+        try:
+            codecs.utf_8_decode(head, "strict", False)
+        except UnicodeDecodeError:
+            pass
+        else:
+            what = "CSV or TSV" if fmt == "xlsx" else "CSV, TSV or JSONL"
+            fix = "rename it to .csv (.tsv: tab separated)"
+            if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{"):
+                fix = "rename it to .jsonl"
+            raise _error(path, f"is text ({what}?), not {kind}: {fix}")
+    raise _error(path, f"is not {kind}: damaged, or another kind of file?")
 
 
 def _jsonl_keys(path: Path, sample: int | None) -> tuple[str, ...]:
@@ -651,13 +807,17 @@ def _jsonl_keys(path: Path, sample: int | None) -> tuple[str, ...]:
     doubled: set[str] = set()  # a key twice in one object: reported like a doubled column
     row = 0
     with path.open(encoding="utf-8") as file:
-        for row, line in enumerate(filter(str.strip, file), start=1):
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            row += 1
             try:
                 item = json.loads(line, object_pairs_hook=_Pairs)
             except ValueError as exc:
-                raise _error(path, f"is not valid JSON ({getattr(exc, 'msg', exc)})", row) from None
+                problem = f"is not valid JSON ({getattr(exc, 'msg', exc)})"
+                raise _error(path, problem, row, line=number) from None
             if not isinstance(item, _Pairs):
-                raise _error(path, "is not a JSON object", row)
+                raise _error(path, "is not a JSON object", row, line=number)
             names = [key for key, _ in item]
             doubled.update(key for key in names if names.count(key) > 1)
             keys.update(dict.fromkeys(names))
@@ -673,11 +833,22 @@ class _Pairs(list[tuple[str, Any]]):
 
 
 def _sheet_index(path: Path, wanted: str | None, sheets: tuple[str, ...]) -> int:
-    """The index of the sheet ``--sheet`` names: a sheet's name first, else its number from 1."""
+    """The index of the sheet ``--sheet`` names: a sheet's name first (exact, else in any case
+    when only one sheet has it), else its number from 1."""
     if wanted is None:
         return 0
     if wanted in sheets:
         return sheets.index(wanted)
+    folded = [i for i, name in enumerate(sheets) if name.casefold() == wanted.strip().casefold()]
+    if len(folded) == 1:
+        return folded[0]
+    if folded:
+        both = _names(tuple(sheets[i] for i in folded))
+        raise _error(
+            path,
+            f'has sheets {both}, which differ only by case: --sheet "{wanted}" matches each '
+            "(give the exact name or the sheet's number from 1)",
+        )
     text = wanted.strip()
     if text.isdigit() and 1 <= int(text) <= len(sheets):
         return int(text) - 1
@@ -692,13 +863,25 @@ def _names(sheets: tuple[str, ...]) -> str:
     return ", ".join(f'"{name}"' for name in sheets)
 
 
-def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[str, ...]:
+def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
+    """The header row (the sheet's first row that is not empty) and its own row number."""
     reader = fastexcel.read_excel(path)
     header = reader.load_sheet(sheet, header_row=None, n_rows=1, dtypes="string").to_polars()
     if header.height == 0:
         others = f" (sheets in the workbook: {_names(sheets)})" if len(sheets) > 1 else ""
         raise _error(path, f'is empty (sheet "{sheets[sheet]}" has no header row){others}')
-    return tuple("" if value is None else str(value) for value in header.row(0))
+    # Read without skipping, the sheet starts at its row 1: the header is its first filled row.
+    skipped = 0
+    while True:
+        top = reader.load_sheet(
+            sheet, header_row=None, skip_rows=skipped, n_rows=_HEADER_PROBE_ROWS, dtypes="string"
+        ).to_polars()
+        filled = top.select(pl.any_horizontal(pl.all().is_not_null()).arg_true()).to_series()
+        if len(filled) or top.height < _HEADER_PROBE_ROWS:
+            line = skipped + (int(filled[0]) if len(filled) else 0) + 1
+            break
+        skipped += _HEADER_PROBE_ROWS
+    return tuple("" if value is None else str(value) for value in header.row(0)), line
 
 
 def _missing_column(
@@ -747,6 +930,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _error(path: Path, message: str, row: int | None = None) -> InputError:
-    where = f"data row {row}: " if row else ""
+def _error(
+    path: Path, message: str, row: int | None = None, *, line: int | None = None
+) -> InputError:
+    """``row``: the data row (kept on the error); ``line``: the number the message shows."""
+    where = f"line {line}: " if line else f"data row {row}: " if row else ""
     return InputError(f"{path}: {where}{message}", path=str(path), row=row)

@@ -107,13 +107,21 @@ class _StateLock(RunLock):
 
 
 def _users_from_input(
-    input_path: Path, login_id_column: str, phone_column: str, sheet: str | None
+    input_path: Path,
+    login_id_column: str,
+    phone_column: str,
+    sheet: str | None,
+    delimiter: str | None = None,
 ) -> list[dict[str, Any]]:
     """One user per distinct login id of the input, with no phone: 'everyone exists'."""
     from batchphone.reader import InputSpec, open_input
 
     spec = InputSpec(
-        path=input_path, login_id_column=login_id_column, phone_column=phone_column, sheet=sheet
+        path=input_path,
+        login_id_column=login_id_column,
+        phone_column=phone_column,
+        sheet=sheet,
+        delimiter=delimiter,
     )
     seen: dict[str, dict[str, Any]] = {}
     for rows in open_input(spec).batches():
@@ -144,6 +152,7 @@ def _seed(
     login_id_column: str,
     phone_column: str,
     sheet: str | None,
+    delimiter: str | None = None,
 ) -> tuple[list[dict[str, Any]], str, Seed]:
     from batchphone.emulator.statefile import Seed, seed_digest
 
@@ -161,7 +170,7 @@ def _seed(
         users = _users_from_results(input_path)
         where = "from the results' updated rows (each with the phone the run set)"
         return users, where, Seed("the results' updated rows", None)
-    users = _users_from_input(input_path, login_id_column, phone_column, sheet)
+    users = _users_from_input(input_path, login_id_column, phone_column, sheet, delimiter)
     where = "from the input's login ids (every login id exists)"
     return users, where, Seed("the input's login ids", None)
 
@@ -222,6 +231,7 @@ def embedded_target(
     login_id_column: str = "loginId",
     phone_column: str = "phone",
     sheet: str | None = None,
+    delimiter: str | None = None,
 ) -> Rehearsal:
     """An emulator for a command on ``input_path`` (``undo``: a result file), and its users.
 
@@ -245,6 +255,7 @@ def embedded_target(
             login_id_column=login_id_column,
             phone_column=phone_column,
             sheet=sheet,
+            delimiter=delimiter,
         )
     except BaseException:
         if lock is not None:
@@ -263,6 +274,7 @@ def _embedded(
     login_id_column: str,
     phone_column: str,
     sheet: str | None,
+    delimiter: str | None = None,
 ) -> Rehearsal:
     from batchphone.emulator import Emulator, Faults, ProjectSettings
     from batchphone.emulator.statefile import read_state
@@ -285,6 +297,7 @@ def _embedded(
             login_id_column=login_id_column,
             phone_column=phone_column,
             sheet=sheet,
+            delimiter=delimiter,
         )
     key = management_key or secrets.token_urlsafe(24)
     emulator = Emulator(

@@ -248,7 +248,8 @@ def _not_valid_lines(summary: Summary) -> list[str]:
     head = f"first {len(shown)} of {count}"
     lines = [f"  rows not valid ({head}; no file written: --out FILE writes every row):"]
     lines += [
-        f"    row {row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}" for row in shown
+        f"    row {row.line or row.row:<6} {row.status:<10} {row.reason:<22} {row.explanation}"
+        for row in shown
     ]
     return lines
 

@@ -49,7 +49,7 @@ from batchphone.progress import NullProgress, Progress
 from batchphone.reader import InputSource
 from batchphone.reverse import UndoSource
 from batchphone.stop import STOP_SIGNALS
-from batchphone.writer import write_rows
+from batchphone.writer import ShortSheet, short_sheet, write_rows
 
 __all__ = ["local_report", "report_rows", "write_report"]
 
@@ -125,6 +125,7 @@ def report_rows(
             values.append(
                 (
                     row.row,
+                    row.line,
                     row.login_id,
                     row.phone_raw,
                     phone,
@@ -162,8 +163,8 @@ async def write_report(
     Without an ``out_path`` (``validate`` without ``--out``) the rows are judged and counted,
     and nothing is written anywhere.
     """
-    columns = settings.columns or columns  # --columns picks and orders them
     out_path = job.out_path
+    short = short_sheet(out_path, settings.short_out, settings.columns)  # --columns: its columns
     moved: tuple[Path, ...] = ()
     if out_path is not None:
         journal = await anyio.to_thread.run_sync(
@@ -222,7 +223,7 @@ async def write_report(
             if handle_signals and threading.current_thread() is threading.main_thread():
                 group.start_soon(_watch_signals, stop)
             with contextlib.suppress(_Stopped):
-                await anyio.to_thread.run_sync(_write_or_count, rows, out_path, columns)
+                await anyio.to_thread.run_sync(_write_or_count, rows, out_path, columns, short)
                 written = True
             group.cancel_scope.cancel()
     finally:
@@ -254,22 +255,29 @@ def _keep_not_valid(values: list[Values], kept: list[NotValidRow]) -> None:
     """Add the batch's rows that are not valid to ``kept``, up to ``SHOWN_ROWS`` (rows come
     in ascending order: the first ones kept are the first of the file)."""
     status_at, reason_at = RESULT_COLUMNS.index("status"), RESULT_COLUMNS.index("reason")
+    line_at = RESULT_COLUMNS.index("line")
     valid = Status.VALID.value
     for value in values:
         if value[status_at] == valid:
             continue
         reason = value[reason_at]
         explanation = (EXPLANATIONS.get(Reason(reason)) if reason else None) or value[status_at]
-        kept.append(NotValidRow(value[0], value[status_at], reason or "", explanation))
+        line = value[line_at] if isinstance(value[line_at], int) else None
+        kept.append(NotValidRow(value[0], value[status_at], reason or "", explanation, line))
         if len(kept) >= SHOWN_ROWS:
             return
 
 
-def _write_or_count(rows: Iterator[Values], out_path: Path | None, columns: Sequence[str]) -> None:
+def _write_or_count(
+    rows: Iterator[Values],
+    out_path: Path | None,
+    columns: Sequence[str],
+    short: ShortSheet | None = None,
+) -> None:
     if out_path is None:
         collections.deque(rows, maxlen=0)  # judged and counted (on_batch), written nowhere
     else:
-        write_rows(rows, out_path, columns=columns)
+        write_rows(rows, out_path, columns=columns, short=short)
 
 
 def _advance(progress: Progress, results: list[RowResult]) -> None:
@@ -288,6 +296,7 @@ def _result(values: Values) -> RowResult:
         reason=Reason(record["reason"]) if record["reason"] else None,
         error_message=record["error_message"],
         finished_at=record["finished_at"],
+        line=record["line"],
     )
 
 

@@ -12,11 +12,13 @@ batch``) is the ordinary run's: undo is a run whose rows come from a result file
 result file has before-images too, so an undo can be undone.
 
 Rows are numbered by their position in RESULTS (the run's row numbers when the file is as the
-run wrote it; a file filtered down to the rows to undo works as well).
+run wrote it; a file filtered down to the rows to undo works as well); their ``line`` is the one
+RESULTS shows for them (the spreadsheet's row, the editor's line).
 """
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,15 +29,16 @@ from batchphone.errors import InputError
 from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
 from batchphone.reader import Table, open_table
-from batchphone.writer import RESULT_FORMATS
+from batchphone.writer import RESULT_FORMATS, XLSX_EXACT_TEXT
 
 __all__ = ["UndoSource", "open_results"]
 
 _LOGIN, _PHONE, _STATUS = "loginId", "phone", "status"
 _PHONE_BEFORE, _VERIFIED_BEFORE = LOOKUP_COLUMNS
 _COLUMNS = (_LOGIN, _PHONE, _STATUS, _PHONE_BEFORE, _VERIFIED_BEFORE)
-#: The writer defuses CSV/TSV/XLSX cells that start like a formula with a leading quote.
-_DEFUSED_FORMATS = ("csv", "tsv", "xlsx")
+#: The writer defuses CSV/TSV cells that start like a formula with a leading quote (and XLSX
+#: cells too, in results written before ``XLSX_EXACT_TEXT`` marked them).
+_DEFUSED_FORMATS = ("csv", "tsv")
 _FORMULA_START = r"^[=+\-@\t\r]"
 _PHONE_SHAPED = r"^\+?[0-9 ().\-/]+$"
 _BATCH_ROWS = 5_000
@@ -53,13 +56,14 @@ def open_results(path: Path) -> UndoSource:
     if path.suffix.lower() not in RESULT_FORMATS:
         kinds = ", ".join(RESULT_FORMATS)
         raise InputError(f"{path}: not a result file type ({kinds})", path=str(path))
-    table = open_table(path)  # the reader's checks: readable, UTF-8, a header
+    table = open_table(path, (_LOGIN, _PHONE))  # the reader's checks: readable, UTF-8, a header
     columns = table.columns
     missing = [name for name in (_LOGIN, _PHONE, _STATUS) if name not in columns]
     if missing and "row" in columns:
         raise InputError(
-            f"{path}: has no column {missing[0]!r}: a result file trimmed with --columns "
-            f"cannot be undone (undo needs {', '.join(_COLUMNS)})",
+            f"{path}: has no column {missing[0]!r}: a short sheet (--columns, --short-out) "
+            f"cannot be undone: undo the result file of that run (undo needs "
+            f"{', '.join(_COLUMNS)})",
             path=str(path),
         )
     if missing:
@@ -70,7 +74,7 @@ def open_results(path: Path) -> UndoSource:
         raise InputError(
             f"{path}: has no {_PHONE_BEFORE}/{_VERIFIED_BEFORE} columns: that run did not read "
             "the users before updating them (every run records it unless --no-lookup), or the "
-            "file was trimmed with --columns: there is nothing to restore them to",
+            "file is a short sheet (--columns): there is nothing to restore them to",
             path=str(path),
         )
     return UndoSource(table)
@@ -91,6 +95,16 @@ def _undefuse(cell: pl.Expr) -> pl.Expr:
     return pl.when(quoted).then(cell.str.slice(1)).otherwise(cell)
 
 
+def _exact_text(path: Path) -> bool:
+    """Whether an XLSX result holds its text exactly (no quote before a formula-like value)."""
+    try:
+        with zipfile.ZipFile(path) as workbook:
+            properties = workbook.read("docProps/custom.xml")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return False
+    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
+
+
 class UndoSource:
     """A result file read as the rows of an undo run."""
 
@@ -109,14 +123,23 @@ class UndoSource:
 
     def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
         """What undo does with each row, in batches: a request back, or a result at once."""
-        cells = _undefuse if self.format in _DEFUSED_FORMATS else None
+        defused = self.format in _DEFUSED_FORMATS or (
+            self.format == "xlsx" and not _exact_text(self.path)
+        )
+        cells = _undefuse if defused else None
         done = 0
-        for rows in self._table.rows(_COLUMNS, batch_size=_BATCH_ROWS, limit=limit, cells=cells):
-            batch: list[Prepared] = []
-            for row in rows:
-                done += 1
-                batch.append(_undo_row(done, *row, allow_remove=allow_remove))
-            yield batch
+        lines = self._table.lines()
+        try:
+            batches = self._table.rows(_COLUMNS, batch_size=_BATCH_ROWS, limit=limit, cells=cells)
+            for rows in batches:
+                batch: list[Prepared] = []
+                for row in rows:
+                    done += 1
+                    line = next(lines, None)
+                    batch.append(_undo_row(done, *row, allow_remove=allow_remove, line=line))
+                yield batch
+        finally:
+            lines.close()
 
 
 def _undo_row(
@@ -128,6 +151,7 @@ def _undo_row(
     verified_before: str | None,
     *,
     allow_remove: bool,
+    line: int | None = None,
 ) -> Prepared:
     """One row of RESULTS -> the request that restores it, or why nothing is sent."""
     verified = parse_flag(verified_before or "")
@@ -143,6 +167,7 @@ def _undo_row(
             reason=reason,
             error_message=EXPLANATIONS.get(reason),
             finished_at=now_iso(),
+            line=line,
         )
 
     if status not in _MAY_HAVE_CHANGED or not login_id:
@@ -162,4 +187,5 @@ def _undo_row(
         fail_on_conflict=True,
         phone_input=phone_before,
         expect_phone=phone or "",
+        line=line,
     )

@@ -72,7 +72,13 @@ from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
 from batchphone.send import RowSender, fetch_license
 from batchphone.settle import read_back
 from batchphone.stop import STOP_SIGNALS, Stop, Stopped
-from batchphone.writer import check_output_path, check_sheet_rows, write_results
+from batchphone.writer import (
+    ShortSheet,
+    check_output_path,
+    check_sheet_rows,
+    short_sheet,
+    write_results,
+)
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
@@ -499,7 +505,7 @@ def _counts(journal: Journal, total: int) -> dict[str, int]:
 
 
 def _rows(results: list[RowResult], most: int = 5) -> str:
-    numbers = ", ".join(str(r.row) for r in results[:most])
+    numbers = ", ".join(str(r.line or r.row) for r in results[:most])
     return numbers + (", ..." if len(results) > most else "")
 
 
@@ -619,6 +625,9 @@ async def execute(
         target = _target(settings)
     if job.out_path is not None:
         await anyio.to_thread.run_sync(check_output_path, job.out_path, job.input_path)
+    short = short_sheet(job.out_path, settings.short_out, settings.columns)
+    if short is not None:
+        await anyio.to_thread.run_sync(check_output_path, short.path, job.input_path)
     source: InputSource | UndoSource
     if job.command is Command.UNDO:
         source = await anyio.to_thread.run_sync(open_results, job.input_path)
@@ -628,6 +637,7 @@ async def execute(
             login_id_column=settings.login_id_column,
             phone_column=settings.phone_column,
             sheet=settings.sheet,
+            delimiter=settings.delimiter,
         )
         source = await anyio.to_thread.run_sync(open_input, spec)
     if job.out_path is not None and job.out_path.suffix.lower() == ".xlsx":
@@ -713,9 +723,10 @@ async def _execute_locked(
         done=done,
         calls_per_second=settings.rate_calls / settings.rate_period if needs_api else None,
     )
-    # the before-image columns come with every read of the users' state
+    # the before-image columns come with every read of the users' state; the result file has
+    # them all (undo reads it), --columns picks those of the short sheet
     columns = RESULT_COLUMNS + rules.columns
-    columns = settings.columns or columns  # --columns picks and orders them
+    short = short_sheet(out_path, settings.short_out, settings.columns)
     sending: _Sending | None = None
     try:
         if needs_api:
@@ -747,7 +758,7 @@ async def _execute_locked(
             journal.close()  # a failed journal (on_failure set) does not raise
             unreached = _Unreached(source, settings, journal, total, stop.reason)
             written = await anyio.to_thread.run_sync(
-                _write_somewhere, out_path, journal, total, unreached, columns, faults.sent
+                _write_somewhere, out_path, journal, total, unreached, columns, faults.sent, short
             )
             progress.close()
     result_path = faults.settle(written, out_path)
@@ -865,10 +876,11 @@ class _Unreached:
             return
         codes, stamp = self.codes, now_iso()
         try:
-            for row, login_id, phone_input in self._rows():
+            for row, line, login_id, phone_input in self._rows():
                 if row <= len(codes) and not codes[row - 1]:
                     yield {
                         "row": row,
+                        "line": line,
                         "loginId": login_id,
                         "phone_input": phone_input,
                         "status": Status.NOT_ATTEMPTED.value,
@@ -882,17 +894,17 @@ class _Unreached:
             # the result lists every row up to there
             return
 
-    def _rows(self) -> Iterator[tuple[int, str | None, str | None]]:
+    def _rows(self) -> Iterator[tuple[int, int | None, str | None, str | None]]:
         limit = self.settings.limit
         if isinstance(self.source, UndoSource):
             prepared = self.source.prepared(allow_remove=self.settings.allow_remove, limit=limit)
             for batch in prepared:
                 for item in batch:
-                    yield item.row, item.login_id, item.phone_input
+                    yield item.row, item.line, item.login_id, item.phone_input
             return
         for rows in self.source.batches(batch_size=BATCH_ROWS, limit=limit):
             for input_row in rows:
-                yield input_row.row, input_row.login_id, input_row.phone_raw
+                yield input_row.row, input_row.line, input_row.login_id, input_row.phone_raw
 
 
 def _write(
@@ -901,11 +913,14 @@ def _write(
     total: int,
     unreached: Iterable[dict[str, Any]],
     columns: tuple[str, ...],
+    short: ShortSheet | None,
 ) -> int:
     # a journal that failed (a full disk) holds the rest of its records in memory
     journaled = itertools.chain(iter_records(journal.path), journal.unwritten_records())
     records = (r for r in journaled if r["row"] <= total)
-    written: int = write_results(records, out_path, columns=columns, in_order=unreached)
+    written: int = write_results(
+        records, out_path, columns=columns, in_order=unreached, short=short
+    )
     return written
 
 
@@ -1006,11 +1021,12 @@ def _write_somewhere(
     unreached: Iterable[dict[str, Any]],
     columns: tuple[str, ...],
     sent: bool,
+    short: ShortSheet | None = None,
 ) -> _Written:
     """The result file at ``out_path``; when that fails after updates were sent, a copy in
     the system's temp folder (0600, as every result file): the rows must be somewhere."""
     try:
-        _write(out_path, journal, total, unreached, columns)
+        _write(out_path, journal, total, unreached, columns, short)
         return _Written(out_path)
     except OutputError as exc:
         if not sent:
@@ -1018,7 +1034,7 @@ def _write_somewhere(
         error = exc
     copy = _copy_path(out_path)
     try:
-        _write(copy, journal, total, unreached, columns)
+        _write(copy, journal, total, unreached, columns, None)
     except OutputError:
         return _Written(None, error)
     return _Written(copy, error)

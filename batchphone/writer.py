@@ -8,14 +8,19 @@ result and merged with ``heapq.merge``, so memory stays flat however many rows t
 * The result holds personal data: it is written to a temp file created ``0600`` in the result's
   directory, fsynced, then renamed over ``out_path`` (a crash leaves the old file or none).
   Spilled runs live in a ``0700`` directory beside it and are removed afterwards.
-* Formula injection: in CSV, TSV and XLSX every text cell that starts with ``=``, ``+``, ``-``,
+* Formula injection: in CSV and TSV every text cell that starts with ``=``, ``+``, ``-``,
   ``@``, tab or CR gets a leading ``'`` (``defuse``), unless it is phone-shaped
   (``^\+?[0-9 ().\-/]+$``: phones stay exact). A cell that already starts with ``'`` before
   such a value gets one more, so ``undefuse`` (undo's reader) gives back every value exactly.
-  XLSX cells are text cells besides (never formulas); only ``row``, ``http_status`` and
-  ``attempts`` are number cells. JSONL and Parquet are for programs: written as they are.
+  XLSX needs no quote: a string cell is never a formula, so its text is the value itself (a
+  ``'`` there would be part of what a person copies). Only ``row``, ``line``, ``http_status``
+  and ``attempts`` are number cells. JSONL and Parquet are for programs: written as they are.
 * XLSX is for people: a bold, frozen header row with an autofilter, columns as wide as their
   content (capped).
+* A short sheet (``ShortSheet``: some columns, for people) is a second file written from the
+  same rows in the same pass: the rows are spilled to a private file while the result is
+  written, then read back into it. The result file itself always has every column: it is the
+  record of the run that undo reads.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,12 +50,16 @@ from batchphone.models import RESULT_COLUMNS
 
 __all__ = [
     "RESULT_FORMATS",
+    "SHORT_COLUMNS",
+    "XLSX_EXACT_TEXT",
     "XLSX_MAX_ROWS",
+    "ShortSheet",
     "check_output_path",
     "check_sheet_rows",
     "check_side_paths",
     "defuse",
     "needs_quote",
+    "short_sheet",
     "write_results",
     "write_rows",
 ]
@@ -59,8 +69,12 @@ RESULT_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "par
 RESULT_FORMATS |= {".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: Data rows an Excel sheet can hold below its header row.
 XLSX_MAX_ROWS = 1_048_575
+#: The columns of a short sheet when ``--short-out`` comes without ``--columns``.
+SHORT_COLUMNS = ("row", "line", "loginId", "phone", "status", "reason", "error_message")
+#: The custom document property of an XLSX result whose text cells hold their values exactly.
+XLSX_EXACT_TEXT = "batchphone_exact_text"
 
-_INT_COLUMNS = frozenset({"row", "http_status", "attempts"})
+_INT_COLUMNS = frozenset({"row", "line", "http_status", "attempts"})
 _BOOL_COLUMNS = frozenset({"verified_phone"})
 _PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
 #: First characters that make a spreadsheet read a cell as a formula (or that mark one defused).
@@ -88,6 +102,38 @@ def needs_quote(value: str) -> bool:
 def defuse(value: str) -> str:
     """``value`` as a spreadsheet shows it and never runs: a leading ``'`` when it needs one."""
     return "'" + value if value and value[0] in _RISKY_FIRST and needs_quote(value) else value
+
+
+@dataclass(frozen=True, slots=True)
+class ShortSheet:
+    """A second, shorter file of the same rows: ``columns`` of them, in that order."""
+
+    path: Path
+    columns: tuple[str, ...]
+
+
+def short_sheet(
+    out_path: Path | None, short_out: Path | None, columns: Sequence[str] | None
+) -> ShortSheet | None:
+    """The short sheet a job writes beside its result file, if any.
+
+    ``--short-out FILE`` names it (columns: ``--columns``, else ``SHORT_COLUMNS``); ``--columns``
+    alone puts it beside the result as ``<name>.short<ext>``. ``None``: neither was given, or
+    there is no result file (``validate`` without ``--out``: nothing is written).
+    Raises ``UsageError`` for ``--short-out`` without a result file, or equal to it.
+    """
+    if short_out is None and columns is None:
+        return None
+    if out_path is None:
+        if short_out is not None:
+            raise UsageError("--short-out needs --out: it holds the rows of the result file")
+        return None
+    path = short_out or out_path.with_name(f"{out_path.stem}.short{out_path.suffix}")
+    if _same_file(path, out_path):
+        raise UsageError(
+            f"--short-out {path}: is the result file, which keeps every column: choose another"
+        )
+    return ShortSheet(path, tuple(columns or SHORT_COLUMNS))
 
 
 def check_output_path(out_path: Path, input_path: Path | None) -> str:
@@ -156,13 +202,15 @@ def write_results(
     *,
     columns: Sequence[str] = RESULT_COLUMNS,
     in_order: Iterable[dict[str, Any]] = (),
+    short: ShortSheet | None = None,
 ) -> int:
     """Write the last record of each row, rows ascending, ``columns`` in that order.
 
     ``in_order`` are more records, already ascending by row, of rows ``records`` does not hold
     (a stopped run's rows never reached): they join the merge as one more sorted run instead of
     going through the sort, so a stop of a long file costs one pass over it, not a sort.
-    Missing keys are written empty, other keys are ignored. Returns the number of rows written.
+    Missing keys are written empty, other keys are ignored. ``short``: the same rows to a second
+    file too. Returns the number of rows written.
     """
     columns = tuple(columns)
 
@@ -171,7 +219,7 @@ def write_results(
         runs.append(_keyed_in_order(in_order, columns))
         return _last_per_row(_merge(runs))
 
-    return _write(out_path, columns, ordered)
+    return _write(out_path, columns, ordered, short)
 
 
 def _keyed_in_order(
@@ -185,32 +233,50 @@ def _keyed_in_order(
 
 
 def write_rows(
-    rows: Iterable[Values], out_path: Path, *, columns: Sequence[str] = RESULT_COLUMNS
+    rows: Iterable[Values],
+    out_path: Path,
+    *,
+    columns: Sequence[str] = RESULT_COLUMNS,
+    short: ShortSheet | None = None,
 ) -> int:
     """Write rows that are already final: one per input row, ascending, values in ``columns``
     order and of their column's type (int, bool, text or None). No journal records, no sort:
     the report of ``validate`` and dry runs (``report.py``). Returns the number written.
     """
-    return _write(out_path, tuple(columns), lambda work: iter(rows))
+    return _write(out_path, tuple(columns), lambda work: iter(rows), short)
 
 
 def _write(
-    out_path: Path, columns: tuple[str, ...], ordered: Callable[[Path], Iterator[Values]]
+    out_path: Path,
+    columns: tuple[str, ...],
+    ordered: Callable[[Path], Iterator[Values]],
+    short: ShortSheet | None = None,
 ) -> int:
     fmt = _format(out_path)
     _remove_stale_work(out_path.parent)
+    short_fmt = _format(short.path) if short is not None else None
     try:
         work = Path(tempfile.mkdtemp(prefix=f"{_WORK}{os.getpid()}-", dir=out_path.parent))
     except OSError as exc:
         raise OutputError(
             f"{out_path}: cannot write in {out_path.parent} ({exc.strerror})"
         ) from None
+    target = out_path
     try:
-        return _write_atomically(out_path, fmt, columns, ordered(work), work)
+        rows = ordered(work)
+        spilled = work / "short.pickle"
+        if short is not None:
+            rows = teed = _spilled(rows, spilled, _projection(columns, short.columns))
+        count = _write_atomically(out_path, fmt, columns, rows, work)
+        if short is not None and short_fmt is not None:
+            teed.close()  # every writer reads its rows to the end: this only closes the file
+            target = short.path
+            _write_atomically(short.path, short_fmt, short.columns, _read_spill(spilled), work)
+        return count
     except OutputError as exc:
-        raise OutputError(f"{out_path}: {exc}") from None
+        raise OutputError(f"{target}: {exc}") from None
     except OSError as exc:
-        raise OutputError(f"{out_path}: cannot write the result ({exc.strerror or exc})") from None
+        raise OutputError(f"{target}: cannot write the result ({exc.strerror or exc})") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -238,6 +304,39 @@ def _alive(pid: int) -> bool:
     except (OSError, ValueError, OverflowError):  # not ours to signal, or not a process id
         return True
     return True
+
+
+def _projection(columns: tuple[str, ...], wanted: tuple[str, ...]) -> Callable[[Values], Values]:
+    where = {name: index for index, name in enumerate(columns)}
+    picked = [where.get(name) for name in wanted]
+    return lambda values: tuple(None if i is None else values[i] for i in picked)
+
+
+def _spilled(
+    rows: Iterator[Values], path: Path, project: Callable[[Values], Values]
+) -> Generator[Values]:
+    """``rows`` as they are, each also kept (``project``ed) in a private file, in blocks."""
+    with open(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as file:
+        block: list[Values] = []
+        for values in rows:
+            block.append(project(values))
+            if len(block) >= _BLOCK:
+                pickle.dump(block, file, protocol=pickle.HIGHEST_PROTOCOL)
+                block = []
+            yield values
+        if block:
+            pickle.dump(block, file, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _read_spill(path: Path) -> Iterator[Values]:
+    # Only our own file, in our own 0700 directory, is unpickled.
+    with path.open("rb") as file:
+        while True:
+            try:
+                block: list[Values] = pickle.load(file)
+            except EOFError:
+                return
+            yield from block
 
 
 def _format(out_path: Path) -> str:
@@ -510,6 +609,8 @@ def _write_xlsx(
             "strings_to_urls": False,
         },
     )
+    # tells undo that no text cell has a quote added (older XLSX results had them)
+    workbook.set_custom_property(XLSX_EXACT_TEXT, True)
     sheet = workbook.add_worksheet("results")
     header = workbook.add_format({"bold": True})
     sheet.freeze_panes(1, 0)
@@ -535,8 +636,9 @@ def _write_xlsx(
                 sheet.write_number(count, col, value)
                 text = str(value)
             else:
-                # Always a text cell: keeps `+` and leading zeros, never runs a formula.
-                text = defuse(value)
+                # A string cell (never write(), which reads `=...` as a formula): keeps `+` and
+                # leading zeros, never runs, and shows the value exactly, with no quote added.
+                text = value
                 sheet.write_string(count, col, text)
             if len(text) > widths[col]:
                 widths[col] = min(len(text) + 1, _WIDTH_MAX)

@@ -66,7 +66,7 @@ async def test_a_silently_ignored_update_stops_the_run_with_exit_1(tmp_path: Pat
     assert [got[i] for i in (1, 2, 3)] == [("failed", "CANARY_MISMATCH")] * 3
     assert {got[i] for i in range(4, 21)} == {("not_attempted", "STOPPED")}
     assert summary.stopped_reason == (
-        "canary: 3 of 3 updates did not stick (rows 1, 2, 3: see their error_message in the "
+        "canary: 3 of 3 updates did not stick (rows 2, 3, 4: see their error_message in the "
         "result file); the remaining rows were not sent: find the cause, then rerun the same "
         "command to resume"
     )
@@ -177,7 +177,7 @@ def test_the_command_names_the_mismatched_rows_only(
     )
     assert result.exit_code == 1
     # which rows, not what they hold: stderr ends up in cron mail (the result file has it)
-    assert "  stopped: canary: 2 of 2 updates did not stick (rows 1, 2: " in result.stderr
+    assert "  stopped: canary: 2 of 2 updates did not stick (rows 2, 3: " in result.stderr
     assert "user0@example.com" not in result.stderr and "+1415666" not in result.stderr
     assert "canary_failed" in result.stderr
     assert calls(emulator, UPDATE) == 2 and KEY not in result.stderr

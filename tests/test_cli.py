@@ -373,7 +373,8 @@ def test_validate_without_out_prints_the_rows_and_writes_nothing(
         "  duplicate              1",
     ]
     assert lines[start + 1] == (
-        "    row 4      invalid    MISSING_REGION         national number without a country: "
+        # the row as the file shows it: line 5 in an editor, row 5 in Excel (the 4th data row)
+        "    row 5      invalid    MISSING_REGION         national number without a country: "
         "add a region column or --default-region, or write it as +<country code>..."
     )
     assert len(lines) == start + 12
@@ -383,6 +384,7 @@ def test_validate_without_out_prints_the_rows_and_writes_nothing(
     assert document["result_path"] is None and len(document["not_valid"]) == 11
     assert document["not_valid"][0] == {
         "row": 4,
+        "line": 5,
         "status": "invalid",
         "reason": "MISSING_REGION",
         "explanation": "national number without a country: add a region column or "
@@ -399,7 +401,7 @@ def test_validate_lists_only_the_first_20_rows(tmp_path: Path) -> None:
         lines
     )
     rows = [line.split()[1] for line in lines if line.startswith("    row ")]
-    assert rows == [str(n) for n in range(1, 21)]
+    assert rows == [str(n) for n in range(2, 22)]  # as an editor numbers them: the header is 1
 
 
 def test_sheet_flag_reads_the_named_sheet(tmp_path: Path) -> None:
@@ -627,3 +629,53 @@ def test_summary_json_has_exactly_the_fields_of_summary_to_json(
     assert list(summary.to_json()) == list(document)
     assert document["sent_now"] == summary.sent_now
     assert summary.to_json()["counts"] == document["counts"]
+
+
+def test_a_semicolon_csv_from_excel_validates_and_delimiter_is_a_setting(tmp_path: Path) -> None:
+    """Excel in much of Europe saves CSV with ``;``; ``|`` needs --delimiter (flag, env, file)."""
+    semicolons = tmp_path / "fix.csv"
+    semicolons.write_bytes(
+        b'\xef\xbb\xbf"loginId";"phone"\r\n"a;b@example.com";+1 415 555 0100\r\n'
+    )
+    result = invoke(["validate", str(semicolons), "--out", "report.csv"])
+    assert result.exit_code == 0, result.stderr
+    report = pl.read_csv(tmp_path / "report.csv", infer_schema=False).row(0, named=True)
+    assert (report["loginId"], report["phone"]) == ("a;b@example.com", "+14155550100")
+    pipes = tmp_path / "pipes.csv"
+    pipes.write_text("loginId|phone\na@example.com|+14155550100\n", encoding="utf-8")
+    refused = invoke(["validate", str(pipes)])
+    assert refused.exit_code == 2 and refused.stderr == (
+        f'batchphone: error: {pipes}: has a single column "loginId|phone": its values seem to be '
+        'separated by "|", not by "," (use --delimiter \'|\')\n'
+    )
+    assert invoke(["validate", str(pipes), "--delimiter", "|"]).exit_code == 0
+    assert invoke(["validate", str(pipes)], env={"BATCHPHONE_DELIMITER": "|"}).exit_code == 0
+    (tmp_path / "config.toml").write_text('[batchphone]\ndelimiter = "pipe"\n', encoding="utf-8")
+    assert invoke(["validate", str(pipes)]).exit_code == 0
+    bad = invoke(["validate", str(pipes), "--delimiter", "ab"])
+    assert bad.exit_code == 2 and "delimiter: bad value 'ab' (flag --delimiter)" in bad.stderr
+
+
+def test_sheet_names_any_case_and_a_csv_named_xlsx_is_one_line(tmp_path: Path) -> None:
+    import xlsxwriter
+
+    path = tmp_path / "fix.xlsx"
+    workbook = xlsxwriter.Workbook(path)
+    workbook.add_worksheet("Notes").write_string(0, 0, "read me")
+    users = workbook.add_worksheet("Users")
+    users.write_row(0, 0, ["loginId", "phone"])
+    users.write_row(1, 0, ["a@example.com", "+14155550100"])
+    users.write_row(3, 0, ["b@example.com", "12"])  # Excel's row 4, after a blank row 3
+    workbook.close()
+    found = invoke(["validate", str(path), "--sheet", "users"])
+    assert found.exit_code == 1, found.stderr
+    assert [line.split()[:3] for line in found.stderr.splitlines() if "    row " in line] == [
+        ["row", "4", "invalid"]  # the number Excel shows: the support person looks there
+    ]
+    text = tmp_path / "saved.xlsx"
+    text.write_text("loginId,phone\na@example.com,+14155550100\n", encoding="utf-8")
+    mixed = invoke(["validate", str(text)])
+    assert mixed.exit_code == 2 and mixed.stderr == (
+        f"batchphone: error: {text}: is text (CSV or TSV?), not an Excel workbook: "
+        "rename it to .csv (.tsv: tab separated)\n"
+    )

