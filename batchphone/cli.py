@@ -530,3 +530,54 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
     # without --out nothing is written: the rows are judged and counted, the first 20 shown
     _execute("validate", input_path, out, flags)
+
+
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone ui --work-dir ~/phone-fixes",
+            "batchphone ui --emulator-state rehearsal.json  # rehearse on an emulated project",
+        ],
+        (0, 2),
+        _API_ENV,
+    )
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Folder for uploads, results and journals.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free).")
+@click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="config.toml.")
+@_api_options
+@_options(_EMULATOR_OPTIONS)
+def ui(
+    work_dir: Path, port: int, no_browser: bool, management_key: str | None, **flags: Any
+) -> None:
+    """A local page for support staff: drop a sheet, check, approve, watch, download, undo.
+
+    Serves on 127.0.0.1 only; open the printed URL (its token is one-time). Runs, plans and
+    undos started there are ordinary runs in --work-dir: the CLI can resume or undo them.
+    """
+    _refuse_key(management_key)
+    from batchphone.render import configure_logging
+    from batchphone.ui import UiOptions, serve
+
+    config_path = flags.pop("config_path", None)
+    configure_logging(os.environ.get("BATCHPHONE_LOG_FORMAT", "console") or "console", False)
+
+    def ready(url: str) -> None:
+        click.echo(f"batchphone ui: open {url}", err=True)
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    options = UiOptions(work_dir=work_dir, port=port, flags=flags, config_path=config_path)
+    try:
+        serve(options, ready=ready)
+    except BatchphoneError as exc:
+        _fail(exc.message, exc.exit_code)
