@@ -39,6 +39,8 @@ MEANING = {
     "updated": "updated",
     "not_attempted": "not sent yet",
 }
+#: the same for an undo's check (a plan of the restore)
+UNDO_MEANING = {**MEANING, "change": "will be restored", "unchanged": "already so"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,9 @@ class _Server:
 
     # -- helpers -------------------------------------------------------------------------
     def render(self, request: Request, name: str, **context: Any) -> Response:
-        context.update(page=self.page, csrf=self.keys.csrf, meaning=MEANING)
+        context.update(
+            page=self.page, csrf=self.keys.csrf, meaning=MEANING, undo_meaning=UNDO_MEANING
+        )
         return self.templates.TemplateResponse(request, name, context)
 
     def folder(self, job_id: str) -> Path:
@@ -283,7 +287,8 @@ class _Server:
             options["dry_run"] = True
         else:
             checked = ((record.get("undo_check") or {}).get("summaries") or [{}])[-1]
-            restores = int((checked.get("counts") or {}).get("would_update", 0))
+            counts = checked.get("counts") or {}
+            restores = int(counts.get("change", 0)) + int(counts.get("would_update", 0))
             if str(body.get("confirm")) != str(restores):
                 return _error(409, f"confirm the undo of {restores} users first")
         kind = "undo-check" if dry else "undo"
