@@ -7,13 +7,17 @@ tests/test_ui_browser.py.
 from __future__ import annotations
 
 import contextlib
+import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
 from batchphone.errors import UsageError
+from batchphone.journal import RunLock
 from batchphone.ui import UiOptions, _banner
 from batchphone.ui.app import Page, build_app
 from batchphone.ui.security import COOKIE, Keys
@@ -217,3 +221,138 @@ async def test_a_live_page_never_carries_the_management_key(
         index = await client.get("/")
         assert 'class="target live"' in index.text and "LIVE project P2ab…" in index.text
         assert KEY not in index.text and "P2abcdefghij" not in index.text
+
+
+async def _finished(client: httpx.AsyncClient, task: str) -> dict[str, object]:
+    for _ in range(600):
+        view: dict[str, object] = (await client.get(f"/tasks/{task}")).json()
+        if view["state"] in ("done", "failed"):
+            return view
+        await anyio.sleep(0.05)
+    raise AssertionError(f"task {task} did not end")
+
+
+async def _post(client: httpx.AsyncClient, keys: Keys, path: str, **body: object) -> httpx.Response:
+    return await client.post(path, json=body, headers={"X-CSRF-Token": keys.csrf})
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_check_run_download_and_undo_through_the_page(tmp_path: Path) -> None:
+    """The page's flow without a browser: each step a worker process on an emulated project."""
+    import batchphone
+    from batchphone.emulator import load_users
+    from batchphone.emulator.statefile import load_state
+
+    work = tmp_path / "work"
+    work.mkdir()
+    seed = tmp_path / "users.csv"
+    seed.write_text(
+        "loginId,phone\na@example.com,+14155550001\nb@example.com,+14155550002\n"
+        "c@example.com,+14155550003\n"
+    )
+    sheet = tmp_path / "fix.csv"
+    sheet.write_text(
+        "login,mobile\na@example.com,(415) 555-0101\nb@example.com,+14155550002\n"
+        "c@example.com,+14155550103\nd@example.com,+14155550104\ne@example.com,12\n"
+    )
+    state = tmp_path / "state.json"
+    page = _page(work, limit=10**6, emulator_state=state, emulator_users=seed)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        headers = {"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf}
+        job = (await client.post("/upload", content=sheet.read_bytes(), headers=headers)).json()
+        html = (await client.get(job["url"])).text
+        # the columns are guessed from the header
+        assert "<option selected>login</option>" in html
+        assert "<option selected>mobile</option>" in html
+        options = {"login_id_column": "login", "phone_column": "mobile", "default_region": "US"}
+        check = await _post(client, keys, f"/jobs/{job['job']}/check", **options)
+        assert (await _finished(client, check.json()["task"]))["state"] == "done"
+
+        cli = await anyio.to_thread.run_sync(
+            lambda: batchphone.plan(
+                sheet,
+                out=tmp_path / "cli-plan.csv",
+                target=batchphone.Target.emulator(load_users(seed)),
+                **options,
+            )
+        )
+        assert cli.counts == {"change": 2, "unchanged": 1, "not_found": 1, "invalid": 1}
+        html = (await client.get(job["url"])).text
+        for status, n in cli.counts.items():
+            assert f"<b>{n}</b> {status}</a>" in html
+        assert "Update the phones of <b>2</b> users" in html
+
+        run = f"/jobs/{job['job']}/run"
+        refused = await _post(client, keys, run, confirm="3")
+        assert refused.status_code == 409
+        assert refused.json()["error"] == "confirm the run of 2 changes first"
+        started = await _post(client, keys, run, confirm="2", canary="1")
+        view = await _finished(client, started.json()["task"])
+        assert view["canary"] == "passed: the first 1 updates stuck"
+        assert view["summaries"][-1]["counts"]["updated"] == 2  # type: ignore[index]
+
+        download = await client.get(f"/jobs/{job['job']}/files/short.csv")
+        assert download.headers["content-disposition"] == 'attachment; filename="fix-short.csv"'
+        lines = download.text.splitlines()
+        assert lines[0] == "row,loginId,phone_input,phone,status,reason"
+        assert lines[1] == "1,a@example.com,(415) 555-0101,+14155550101,updated,"
+        full = await client.get(f"/jobs/{job['job']}/files/result.xlsx")
+        assert full.content[:2] == b"PK"
+
+        check_undo = await _post(client, keys, f"/jobs/{job['job']}/undo-check")
+        await _finished(client, check_undo.json()["task"])
+        assert 'Undo would restore <b id="restores">2</b>' in (await client.get(job["url"])).text
+        undo = await _post(client, keys, f"/jobs/{job['job']}/undo", confirm="2")
+        assert (await _finished(client, undo.json()["task"]))["state"] == "done"
+
+        index = (await client.get("/")).text
+        assert index.count(f'href="/jobs/{job["job"]}"') == 4  # plan, result, undo-check, undo
+
+    phones = {u["loginIds"][0]: u.get("phone") for u in load_state(state)}
+    assert phones == {f"{x}@example.com": f"+1415555000{i}" for i, x in enumerate("abc", 1)}
+
+
+@pytest.mark.anyio
+async def test_the_history_shows_a_run_the_cli_made_in_the_work_folder(tmp_path: Path) -> None:
+    import batchphone
+
+    sheet = tmp_path / "cli.csv"
+    sheet.write_text("loginId,phone\na@example.com,+14155550101\nb@example.com,12\n")
+    out = tmp_path / "cli-result.csv"
+    await anyio.to_thread.run_sync(
+        lambda: batchphone.run(sheet, out=out, target=batchphone.Target.emulator())
+    )
+    keys = Keys()
+    async with _signed_in(_page(tmp_path), keys) as client:
+        index = (await client.get("/")).text
+    assert "<td>cli-result.csv</td>" in index
+    assert "invalid 1" in index and "updated 1" in index
+    assert "finished" in index and "running" not in index  # its lock was released
+    lock = RunLock(out)  # a CLI run going on it now
+    lock.acquire()
+    try:
+        async with _signed_in(_page(tmp_path), keys := Keys()) as client:
+            index = (await client.get("/")).text
+    finally:
+        lock.release()
+    assert re.search(rf"running \(pid {os.getpid()} on [^)]+\)", index)
+
+
+def test_batchphone_ui_without_a_project_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from batchphone.cli import main
+
+    for name in ("DESCOPE_PROJECT_ID", "DESCOPE_MANAGEMENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["ui", "--no-browser", "--work-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "batchphone: error: no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, "
+        "or --project-id (or rehearse with --emulator-state FILE)"
+    ]

@@ -248,13 +248,34 @@ def lock_holder(out: Path) -> str | None:
     match = re.fullmatch(r"pid (\d+) on (.+)", text)
     if match is None or match.group(2) != socket.gethostname():
         return None
+    pid = int(match.group(1))
+    held = _kernel_lock(lock_path(out), pid)
+    if held is None:  # no /proc/locks: a live process of that pid stands in
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+        held = True
+    return text if held else None
+
+
+def _kernel_lock(path: Path, pid: int) -> bool | None:
+    """Whether ``pid`` holds a lock on ``path`` as Linux's /proc/locks says (``None``: no such
+    file here). The text of a released lock file stays, and its pid may live on."""
     try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
+        table = Path("/proc/locks").read_text()
+        inode = path.stat().st_ino
+    except OSError:
         return None
-    except PermissionError:
-        pass  # alive, another user's
-    return text
+    for line in table.splitlines():
+        fields = line.split()
+        if "->" in fields:  # a waiter, not a holder
+            continue
+        if len(fields) > 5 and fields[4] == str(pid) and fields[5].endswith(f":{inode}"):
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
