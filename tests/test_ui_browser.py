@@ -211,7 +211,8 @@ def test_the_whole_fix_in_a_browser(server: dict[str, Any], tmp_path: Path) -> N
         shot(page, "06-stopped")
 
         # resume: the rows already final are not sent again
-        page.click("#resume")
+        with page.expect_navigation():  # past the stopped page, which has downloads too
+            page.click("#resume")
         page.wait_for_selector("#downloads")
         done = _counts(page.locator("#result ul.counts li").all_inner_texts())
         assert done == {"updated": CHANGES, "unchanged": 1, "invalid": 1, "not_found": 1}

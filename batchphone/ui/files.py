@@ -81,7 +81,8 @@ async def new_job(work: Path, name: str, chunks: Any, limit: int) -> str:
     """
     import anyio
 
-    safe = _SAFE.sub("_", Path(name).name).strip(" .") or "input"
+    given = Path(Path(name).name)
+    safe = (_SAFE.sub("_", given.stem).strip(" .") or "input") + given.suffix.lower()
     job_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
     folder = work / job_id
     _private_dir(folder)
@@ -130,8 +131,11 @@ def sheet_headers(path: Path, sheet: str | None) -> tuple[list[str], str | None,
         return [], None, list(open_table(path).columns)
     import fastexcel
 
-    open_table(path)  # the CLI's checks and one-line errors first
-    reader = fastexcel.read_excel(path)
+    try:  # not open_table first: its check of the first sheet would hide the others
+        reader = fastexcel.read_excel(path)
+    except Exception:
+        open_table(path)  # the CLI's one-line error for what is wrong with the file
+        raise InputError(f"{path.name}: cannot be read as XLSX", path=str(path)) from None
     sheets = list(reader.sheet_names)
     index = sheets.index(sheet) if sheet in sheets else 0
     frame = reader.load_sheet(index, header_row=None, n_rows=1, dtypes="string").to_polars()
@@ -324,8 +328,22 @@ def _journals(folder: Path, depth: int) -> Iterator[Path]:
             yield from _journals(entry, depth - 1)
 
 
+_COUNTED: dict[Path, tuple[tuple[int, int], dict[str, int]]] = {}
+
+
 def status_counts(out: Path) -> dict[str, int]:
-    """Rows of a result file by status, read with the CLI's reader."""
+    """Rows of a result file by status, read with the CLI's reader (once per version)."""
+    stat = out.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _COUNTED.get(out)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    counts = _count_statuses(out)
+    _COUNTED[out] = (version, counts)
+    return counts
+
+
+def _count_statuses(out: Path) -> dict[str, int]:
     from batchphone.reader import open_table
 
     table = open_table(out)
