@@ -302,6 +302,16 @@ async def test_check_run_download_and_undo_through_the_page(tmp_path: Path) -> N
         full = await client.get(f"/jobs/{job['job']}/files/result.xlsx")
         assert full.content[:2] == b"PK"
 
+        # an ordinary run on disk: the CLI's undo reads it as the page's does
+        cli_undo = await anyio.to_thread.run_sync(
+            lambda: batchphone.undo(
+                work / job["job"] / "result.xlsx",
+                out=tmp_path / "cli-undo-check.csv",
+                target=batchphone.Target.emulator(state=state),
+                dry_run=True,
+            )
+        )
+        assert cli_undo.counts == {"change": 2, "unchanged": 3}
         check_undo = await _post(client, keys, f"/jobs/{job['job']}/undo-check")
         await _finished(client, check_undo.json()["task"])
         assert 'Undo would restore <b id="restores">2</b>' in (await client.get(job["url"])).text
