@@ -138,21 +138,36 @@ class _Server:
 
     # -- pages ---------------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
-        runs = files.find_runs(self.page.work)
-        names = {}
-        for run in runs:
-            if run.job_id is not None and run.job_id not in names:
-                names[run.job_id] = files.load_job(self.page.work / run.job_id).get("name")
+        import anyio
+
+        runs, names = await anyio.to_thread.run_sync(self._history)
         return self.render(request, "index.html", runs=runs, names=names)
 
+    def _history(self) -> tuple[list[files.FoundRun], dict[str, str]]:
+        runs = files.find_runs(self.page.work)
+        names: dict[str, str] = {}
+        for run in runs:
+            if run.job_id is not None and run.job_id not in names:
+                names[run.job_id] = files.load_job(self.page.work / run.job_id).get("name", "")
+        return runs, names
+
     async def job(self, request: Request) -> Response:
+        import anyio
+
         folder = self.folder(request.path_params["job"])
+        query = dict(request.query_params)
+        context = await anyio.to_thread.run_sync(self._job_context, folder, query)
+        running = self.tasks.running(folder.name)
+        return self.render(request, "job.html", running=running[0] if running else None, **context)
+
+    def _job_context(self, folder: Path, query: dict[str, str]) -> dict[str, Any]:
+        """What the job's page shows, read from its files (in a worker thread)."""
         record = files.load_job(folder)
         settings = record.get("settings") or {}
         sheets: list[str] = []
         header: list[str] = []
         read_error = None
-        wanted = request.query_params.get("sheet") or settings.get("sheet")
+        wanted = query.get("sheet") or settings.get("sheet")
         try:
             sheets, sheet, header = files.sheet_headers(folder / record["name"], wanted)
         except InputError as exc:
@@ -162,7 +177,7 @@ class _Server:
             # a new file or another sheet: guess its columns again
             settings = {"api": "update", **settings, "sheet": sheet}
             settings.update(files.guess_columns(header))
-        status = request.query_params.get("status") or None
+        status = query.get("status") or None
         plan_rows = None
         plan_path = folder / files.OUTPUTS["plan"]
         if (record.get("check") or {}).get("plan") and plan_path.is_file():
@@ -171,24 +186,20 @@ class _Server:
         check_path = folder / files.OUTPUTS["undo-check"]
         if (record.get("undo_check") or {}).get("summaries") and check_path.is_file():
             undo_rows = files.read_rows(check_path, None, ROWS_SHOWN)
-        running = self.tasks.running(folder.name)
-        return self.render(
-            request,
-            "job.html",
-            job=record,
-            settings=settings,
-            sheets=sheets,
-            header=header,
-            read_error=read_error,
-            regions=_regions(),
-            status=status,
-            plan_rows=plan_rows,
-            undo_rows=undo_rows,
-            explain=_explain,
-            running=running[0] if running else None,
-            outputs={k: (folder / v).is_file() for k, v in files.OUTPUTS.items()},
-            holder=files.lock_holder(folder / files.OUTPUTS["result"]),
-        )
+        return {
+            "job": record,
+            "settings": settings,
+            "sheets": sheets,
+            "header": header,
+            "read_error": read_error,
+            "regions": _regions(),
+            "status": status,
+            "plan_rows": plan_rows,
+            "undo_rows": undo_rows,
+            "explain": _explain,
+            "outputs": {k: (folder / v).is_file() for k, v in files.OUTPUTS.items()},
+            "holder": files.lock_holder(folder / files.OUTPUTS["result"]),
+        }
 
     # -- actions -------------------------------------------------------------------------
     async def upload(self, request: Request) -> Response:

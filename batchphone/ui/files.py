@@ -165,8 +165,26 @@ class Rows:
     matching: int
 
 
+_READ: dict[tuple[Path, str | None, int], tuple[tuple[int, int], Rows]] = {}
+
+
 def read_rows(path: Path, status: str | None, most: int) -> Rows:
-    """The first ``most`` rows of a result file (of ``status`` only, when given)."""
+    """The first ``most`` rows of a result file (of ``status`` only, when given); read once
+    per version of the file, since a page shows them again after each step."""
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    key = (path, status, most)
+    cached = _READ.get(key)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    rows = _read_rows(path, status, most)
+    if len(_READ) > 64:  # a few jobs' pages: personal data is not hoarded in memory
+        _READ.clear()
+    _READ[key] = (version, rows)
+    return rows
+
+
+def _read_rows(path: Path, status: str | None, most: int) -> Rows:
     from batchphone.reader import open_table
 
     table = open_table(path)
