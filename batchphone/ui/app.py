@@ -40,7 +40,7 @@ MEANING = {
     "not_attempted": "not sent yet",
 }
 #: the same for an undo's check (a plan of the restore)
-UNDO_MEANING = {**MEANING, "change": "will be restored", "unchanged": "already so"}
+UNDO_MEANING = {**MEANING, "change": "will be restored", "unchanged": "left as is"}
 
 
 @dataclass(frozen=True, slots=True)
