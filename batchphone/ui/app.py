@@ -409,14 +409,26 @@ def _seconds(value: float | None) -> str:
 _REGIONS: list[tuple[str, str]] = []
 
 
-def _regions() -> list[tuple[str, str]]:
-    if not _REGIONS:
-        import phonenumbers
+_REGIONS_LOCK = threading.Lock()
 
-        for region in sorted(phonenumbers.SUPPORTED_REGIONS):
-            code = phonenumbers.country_code_for_region(region)
-            _REGIONS.append((region, f"{region} (+{code})"))
-    return _REGIONS
+
+def _regions() -> list[tuple[str, str]]:
+    """(ISO code, "Country (XX, +N)") of every region phonenumbers knows, by country name."""
+    with _REGIONS_LOCK:
+        if not _REGIONS:
+            import phonenumbers
+            from phonenumbers import geocoder
+
+            found = []
+            for region in phonenumbers.SUPPORTED_REGIONS:
+                code = phonenumbers.country_code_for_region(region)
+                example = phonenumbers.example_number(region)
+                name = geocoder.country_name_for_number(example, "en") if example else ""
+                found.append(
+                    (region, f"{name} ({region}, +{code})" if name else f"{region} (+{code})")
+                )
+            _REGIONS.extend(sorted(found, key=lambda item: item[1]))
+        return _REGIONS
 
 
 def _explain(reason: str | None, message: str | None) -> str:
@@ -435,6 +447,8 @@ def _explain(reason: str | None, message: str | None) -> str:
 def build_app(page: Page, keys: Keys) -> tuple[Starlette, Tasks]:
     """The page's ASGI app behind its guard, and the tasks it starts (to stop at shutdown)."""
     server = _Server(page, keys)
+    # the country names take a second to gather: before the first page needs them
+    threading.Thread(target=_regions, daemon=True).start()
     routes = [
         Route("/", server.index),
         Route("/upload", server.upload, methods=["POST"]),
