@@ -55,3 +55,9 @@ def _console_logs_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests are not on a terminal, where ``auto`` means JSON: CLI tests read the text form
     unless they choose ``--log-format json`` (or delete this variable to test ``auto``)."""
     monkeypatch.setenv("BATCHPHONE_LOG_FORMAT", "console")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests (the longest, about 50 s) go first, so that xdist runs them beside the
+    others instead of after them (sorted is stable: the rest keep their order)."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is None)
