@@ -551,11 +551,23 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
 )
 @click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free).")
 @click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
+@click.option(
+    "--upload-limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Largest upload, in MB.",
+)
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="config.toml.")
 @_api_options
 @_options(_EMULATOR_OPTIONS)
 def ui(
-    work_dir: Path, port: int, no_browser: bool, management_key: str | None, **flags: Any
+    work_dir: Path,
+    port: int,
+    no_browser: bool,
+    upload_limit: int,
+    management_key: str | None,
+    **flags: Any,
 ) -> None:
     """A local page for support staff: drop a sheet, check, approve, watch, download, undo.
 
@@ -576,7 +588,13 @@ def ui(
 
             webbrowser.open(url)
 
-    options = UiOptions(work_dir=work_dir, port=port, flags=flags, config_path=config_path)
+    options = UiOptions(
+        work_dir=work_dir,
+        port=port,
+        flags=flags,
+        config_path=config_path,
+        upload_limit=upload_limit * 1_000_000,
+    )
     try:
         serve(options, ready=ready)
     except BatchphoneError as exc:

@@ -21,9 +21,10 @@ from batchphone.errors import UsageError
 from batchphone.journal import RunLock
 from batchphone.ui import UiOptions, _banner
 from batchphone.ui.app import Page, build_app
-from batchphone.ui.security import COOKIE, Keys
+from batchphone.ui.security import Keys, cookie_name
 
 PORT = 8123
+COOKIE = cookie_name(PORT)
 BASE = f"http://127.0.0.1:{PORT}"
 KEY = "K2-ui-management-key-never-shown-0123456789"
 
@@ -85,6 +86,7 @@ async def test_the_token_buys_a_session_cookie_once(tmp_path: Path) -> None:
     page = _page(tmp_path)
     async with _signed_in(page, keys) as client:
         assert client.cookies[COOKIE] == keys.session
+        assert COOKIE == "batchphone_ui_8123"  # one per port: another server keeps its own
         index = await client.get("/")
         assert index.status_code == 200
         assert "Rehearsal: emulated project (state.json)" in index.text

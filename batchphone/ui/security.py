@@ -20,9 +20,7 @@ from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["COOKIE", "Guard", "Keys"]
-
-COOKIE = "batchphone_ui"
+__all__ = ["Guard", "Keys", "cookie_name"]
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -40,6 +38,12 @@ _HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"cache-control", b"no-store"),
 ]  # fmt: skip
+
+
+def cookie_name(port: int) -> str:
+    """The session cookie of the server on ``port``: browsers keep cookies per host, not per
+    port, so two servers on 127.0.0.1 would otherwise sign each other's tabs out."""
+    return f"batchphone_ui_{port}"
 
 
 class Keys:
@@ -89,11 +93,12 @@ class Guard:
             cookie.load(headers.get("cookie", ""))
         except Exception:
             cookie = SimpleCookie()
-        session = cookie[COOKIE].value if COOKIE in cookie else ""
+        name = cookie_name(self.port)
+        session = cookie[name].value if name in cookie else ""
         signed_in = bool(session) and hmac.compare_digest(session, self.keys.session)
         token = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
         if scope["method"] == "GET" and token and (signed_in or self.keys.redeem(token)):
-            await _enter(send, scope["path"], self.keys.session)
+            await _enter(send, scope["path"], name, self.keys.session)
             return
         if not signed_in:
             await _refuse(
@@ -118,8 +123,8 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _enter(send: Send, path: str, session: str) -> None:
-    cookie = f"{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/"
+async def _enter(send: Send, path: str, name: str, session: str) -> None:
+    cookie = f"{name}={session}; HttpOnly; SameSite=Strict; Path=/"
     await send(
         {
             "type": "http.response.start",
