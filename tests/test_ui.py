@@ -291,7 +291,22 @@ async def test_check_run_download_and_undo_through_the_page(tmp_path: Path) -> N
         refused = await _post(client, keys, run, confirm="3")
         assert refused.status_code == 409
         assert refused.json()["error"] == "confirm the run of 2 changes first"
-        started = await _post(client, keys, run, confirm="2", canary="1")
+        # a CLI run holds the result file: the page's run is told which process has it
+        lock = RunLock(work / job["job"] / "result.xlsx")
+        lock.acquire()
+        try:
+            blocked = await _post(client, keys, run, confirm="2", canary="1")
+            view = await _finished(client, blocked.json()["task"])
+            assert re.fullmatch(
+                rf"result.xlsx is being written by another batchphone run \(pid {os.getpid()} "
+                r"on [^)]+\); wait for it or stop it first",
+                str(view["error"]),
+            )
+            html = (await client.get(job["url"])).text
+            assert f"writing this run's result (pid {os.getpid()} on " in html
+        finally:
+            lock.release()
+        started = await _post(client, keys, run)  # approved once: the same run again
         view = await _finished(client, started.json()["task"])
         assert view["canary"] == "passed: the first 1 updates stuck"
         assert view["summaries"][-1]["counts"]["updated"] == 2  # type: ignore[index]
