@@ -70,10 +70,14 @@ def serve(
     from batchphone.ui.app import Page, build_app
     from batchphone.ui.security import Keys
 
+    banner, live, state, users = _banner(options)  # no project: nothing created
     work = options.work_dir.resolve()
+    try:
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold personal data
+    except OSError as exc:
+        raise UsageError(f"--work-dir {work}: {exc.strerror}", setting="work_dir") from None
     if not work.is_dir():
         raise UsageError(f"--work-dir {work}: not a folder", setting="work_dir")
-    banner, live, state, users = _banner(options)
     flags = {
         k: str(v) if isinstance(v, Path) else v
         for k, v in (options.flags or {}).items()
