@@ -411,3 +411,35 @@ async def test_an_empty_first_sheet_leaves_the_other_sheets_to_pick(tmp_path: Pa
         users_page = (await client.get(job["url"], params={"sheet": "Users"})).text
     assert "<option selected>E-mail</option>" in users_page
     assert "<option selected>Phone Number</option>" in users_page
+
+
+def test_a_task_shows_counts_budget_eta_the_429_countdown_and_the_canary() -> None:
+    import io
+    import json
+
+    from batchphone.models import RowResult, Status
+    from batchphone.ui.tasks import Task, _apply
+    from batchphone.ui.worker import JsonProgress
+
+    lines = io.StringIO()
+    progress = JsonProgress(lines, step=0)
+    progress.start(100, done=10, calls_per_second=2.0)
+    for row in range(1, 21):
+        progress.advance(RowResult(row, "x", "+1", "+1", Status.UPDATED, attempts=1))
+    progress.paused(30.0, calls_per_second=1.0)
+    progress.close()
+    task = Task(id="t1", job_id="j", kind="run", out=None)
+    for line in lines.getvalue().splitlines():
+        event = json.loads(line)
+        assert set(event) <= {"event", "step", "total", "done", "calls_per_second", "counts",
+                              "attempts", "seconds"}  # counts only: no row's content  # fmt: skip
+        _apply(task, event)
+    _apply(task, {"event": "log", "name": "canary_passed", "rows": 5})
+    view = task.view()
+    assert (view["total"], view["done"], view["counts"]) == (100, 30, {"updated": 20})
+    assert view["attempts"] == 20 and view["calls_per_second"] == 1.0
+    assert 29 < view["pause_s"] <= 30  # the countdown of the 429 pause
+    assert view["eta_s"] >= 70 / 1.0  # never sooner than the budget allows
+    assert view["canary"] == "passed: the first 5 updates stuck"
+    _apply(task, {"event": "log", "name": "canary_failed", "rows": 5, "mismatches": 2})
+    assert task.view()["canary"] == ("failed: 2 of 5 updates did not stick; nothing more was sent")
