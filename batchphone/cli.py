@@ -749,3 +749,72 @@ def status(
         click.echo(json.dumps(found.to_json(), indent=2))
     else:
         click.echo("\n".join(status_lines(found)))
+
+
+@main.command(
+    epilog=_epilog(
+        [
+            "batchphone ui --work-dir ~/phone-fixes",
+            "batchphone ui --emulator-state rehearsal.json  # rehearse on an emulated project",
+        ],
+        (0, 2),
+        _API_ENV,
+    )
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Folder for uploads, results and journals.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free).")
+@click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
+@click.option(
+    "--upload-limit",
+    type=click.IntRange(min=1),
+    default=200,
+    show_default=True,
+    help="Largest upload, in MB.",
+)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="config.toml.")
+@_api_options
+@_options(_EMULATOR_OPTIONS)
+def ui(
+    work_dir: Path,
+    port: int,
+    no_browser: bool,
+    upload_limit: int,
+    management_key: str | None,
+    **flags: Any,
+) -> None:
+    """A local page for support staff: drop a sheet, check, approve, watch, download, undo.
+
+    Serves on 127.0.0.1 only; open the printed URL (its token is one-time). Runs, plans and
+    undos started there are ordinary runs in --work-dir: the CLI can resume or undo them.
+    """
+    _refuse_key(management_key)
+    from batchphone.render import configure_logging
+    from batchphone.ui import UiOptions, serve
+
+    config_path = flags.pop("config_path", None)
+    configure_logging(os.environ.get("BATCHPHONE_LOG_FORMAT", "console") or "console", False)
+
+    def ready(url: str) -> None:
+        click.echo(f"batchphone ui: open {url}", err=True)
+        if not no_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+
+    options = UiOptions(
+        work_dir=work_dir,
+        port=port,
+        flags=flags,
+        config_path=config_path,
+        upload_limit=upload_limit * 1_000_000,
+    )
+    try:
+        serve(options, ready=ready)
+    except BatchphoneError as exc:
+        _fail(exc.message, exc.exit_code)

@@ -1,0 +1,446 @@
+"""batchphone ui: who may use the page (token, Host, CSRF), uploads, the target shown.
+
+In process, through ``httpx.ASGITransport`` (no port). The page driven in a real browser is
+tests/test_ui_browser.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from batchphone.errors import UsageError
+from batchphone.journal import RunLock
+from batchphone.ui import UiOptions, _banner
+from batchphone.ui.app import Page, build_app
+from batchphone.ui.security import Keys, cookie_name
+
+PORT = 8123
+COOKIE = cookie_name(PORT)
+BASE = f"http://127.0.0.1:{PORT}"
+KEY = "K2-ui-management-key-never-shown-0123456789"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _page(work: Path, limit: int = 1000, **kwargs: object) -> Page:
+    defaults: dict[str, object] = {
+        "work": work,
+        "port": PORT,
+        "banner": "Rehearsal: emulated project (state.json)",
+        "live": False,
+        "upload_limit": limit,
+        "flags": {},
+        "config_path": None,
+        "emulator_state": work / "state.json",
+    }
+    defaults.update(kwargs)
+    return Page(**defaults)  # type: ignore[arg-type]
+
+
+async def _client(page: Page, keys: Keys, host: str = BASE) -> httpx.AsyncClient:
+    app, _ = build_app(page, keys)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=host)
+
+
+@contextlib.asynccontextmanager
+async def _signed_in(page: Page, keys: Keys) -> AsyncIterator[httpx.AsyncClient]:
+    async with await _client(page, keys) as client:
+        answer = await client.get("/", params={"token": keys.url_token})
+        assert answer.status_code == 303 and answer.headers["location"] == "/"
+        yield client
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*"))
+
+
+@pytest.mark.anyio
+async def test_without_the_token_every_request_is_forbidden(tmp_path: Path) -> None:
+    keys = Keys()
+    async with await _client(_page(tmp_path), keys) as client:
+        for path in ("/", "/static/app.js", "/jobs/20260101-000000-abcdef", "/tasks/t1"):
+            answer = await client.get(path)
+            assert answer.status_code == 403, path
+            assert "open the URL that 'batchphone ui' printed" in answer.text
+        assert (await client.get("/", params={"token": "wrong"})).status_code == 403
+        answer = await client.post("/upload", content=b"loginId,phone\n")
+        assert answer.status_code == 403
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_the_token_buys_a_session_cookie_once(tmp_path: Path) -> None:
+    keys = Keys()
+    page = _page(tmp_path)
+    async with _signed_in(page, keys) as client:
+        assert client.cookies[COOKIE] == keys.session
+        assert COOKIE == "batchphone_ui_8123"  # one per port: another server keeps its own
+        index = await client.get("/")
+        assert index.status_code == 200
+        assert "Rehearsal: emulated project (state.json)" in index.text
+        assert index.headers["referrer-policy"] == "no-referrer"
+        assert "default-src 'self'" in index.headers["content-security-policy"]
+    # another browser (or local user) with the same URL later: the token is used up
+    async with await _client(page, keys) as other:
+        assert (await other.get("/", params={"token": keys.url_token})).status_code == 403
+
+
+@pytest.mark.anyio
+async def test_a_wrong_host_is_refused_even_with_the_cookie(tmp_path: Path) -> None:
+    keys = Keys()
+    page = _page(tmp_path)
+    async with _signed_in(page, keys):
+        pass
+    for host in ("http://evil.example:8123", "http://127.0.0.1:9999", "http://192.168.1.5:8123"):
+        async with await _client(page, keys, host=host) as client:
+            client.cookies.set(COOKIE, keys.session)
+            answer = await client.get("/")
+            assert answer.status_code == 421, host
+            assert "Wrong Host" in answer.text
+            token = await client.get("/", params={"token": keys.url_token})
+            assert token.status_code == 421
+
+
+@pytest.mark.anyio
+async def test_a_post_without_the_csrf_token_is_refused_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path), keys) as client:
+        body = b"loginId,phone\na@example.com,+14155550100\n"
+        for headers in (
+            {"X-Filename": "fix.csv"},
+            {"X-Filename": "fix.csv", "X-CSRF-Token": "0" * 64},
+            # the right token from a page of another origin
+            {"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf, "Origin": "http://evil.example"},
+        ):
+            answer = await client.post("/upload", content=body, headers=headers)
+            assert answer.status_code == 403, headers
+            assert "CSRF" in answer.text
+        assert _files(tmp_path) == []
+        answer = await client.post(
+            "/upload", content=body, headers={"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf}
+        )
+        assert answer.status_code == 200
+        job = answer.json()["job"]
+        stored = tmp_path / job / "fix.csv"
+        assert stored.read_bytes() == body
+        assert stored.stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / job).stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.anyio
+async def test_an_upload_over_the_limit_is_refused_with_a_message_and_nothing_kept(
+    tmp_path: Path,
+) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=1000), keys) as client:
+        headers = {"X-Filename": "big.csv", "X-CSRF-Token": keys.csrf}
+        big = b"loginId,phone\n" + b"someone@example.com,+14155550100\n" * 40  # > 1000 bytes
+        answer = await client.post("/upload", content=big, headers=headers)
+        assert answer.status_code == 413
+        assert answer.json()["error"] == (
+            "the file is larger than the limit of 1,000 bytes: nothing was kept"
+        )
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it comes
+            for _ in range(40):
+                yield b"someone@example.com,+14155550100\n"
+
+        answer = await client.post("/upload", content=chunks(), headers=headers)
+        assert answer.status_code == 413
+        assert "larger than the limit" in answer.json()["error"]
+        assert _files(tmp_path) == []
+        index = await client.get("/")
+        assert "Files up to 0.001 MB" in index.text
+
+
+@pytest.mark.anyio
+async def test_an_upload_of_another_file_type_is_refused(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path), keys) as client:
+        answer = await client.post(
+            "/upload", content=b"x", headers={"X-Filename": "fix.docx", "X-CSRF-Token": keys.csrf}
+        )
+        assert answer.status_code == 400
+        assert "choose a CSV, TSV, XLSX, Parquet or JSONL file" in answer.json()["error"]
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.anyio
+async def test_a_file_the_reader_refuses_shows_the_cli_s_one_line_error(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path), keys) as client:
+        answer = await client.post(
+            "/upload",
+            content="loginId,phone\n".encode("utf-16"),
+            headers={"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf},
+        )
+        page = await client.get(answer.json()["url"])
+        assert page.status_code == 200
+        assert "is UTF-16 text: re-save it as UTF-8 (in Excel: CSV UTF-8)" in page.text
+        assert 'id="check" disabled' in page.text
+
+
+def test_the_banner_names_a_live_project_and_never_its_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DESCOPE_PROJECT_ID", "P2abcdefghijklmnopqrstuvwxyz0123")
+    monkeypatch.setenv("DESCOPE_MANAGEMENT_KEY", KEY)
+    banner, live, state, _ = _banner(UiOptions(work_dir=tmp_path))
+    assert (banner, live, state) == ("LIVE project P2ab…", True, None)
+    assert KEY not in banner
+    options = UiOptions(work_dir=tmp_path, flags={"emulator_users": tmp_path / "users.csv"})
+    banner, live, state, _ = _banner(options)
+    assert banner == "Rehearsal: emulated project (rehearsal.json)"
+    assert state == (tmp_path / "rehearsal.json").resolve()
+    monkeypatch.delenv("DESCOPE_PROJECT_ID")
+    with pytest.raises(UsageError, match="no project id"):
+        _banner(UiOptions(work_dir=tmp_path))
+
+
+@pytest.mark.anyio
+async def test_a_live_page_never_carries_the_management_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DESCOPE_PROJECT_ID", "P2abcdefghijklmnopqrstuvwxyz0123")
+    monkeypatch.setenv("DESCOPE_MANAGEMENT_KEY", KEY)
+    banner, live, _, _ = _banner(UiOptions(work_dir=tmp_path))
+    keys = Keys()
+    page = _page(tmp_path, banner=banner, live=live, emulator_state=None)
+    async with _signed_in(page, keys) as client:
+        index = await client.get("/")
+        assert 'class="target live"' in index.text and "LIVE project P2ab…" in index.text
+        assert KEY not in index.text and "P2abcdefghij" not in index.text
+
+
+async def _finished(client: httpx.AsyncClient, task: str) -> dict[str, object]:
+    deadline = time.monotonic() + 120  # a worker process on a loaded machine
+    while True:
+        view: dict[str, object] = (await client.get(f"/tasks/{task}")).json()
+        if view["state"] in ("done", "failed") or time.monotonic() > deadline:
+            return view
+        await anyio.sleep(0.05)
+
+
+async def _post(client: httpx.AsyncClient, keys: Keys, path: str, **body: object) -> httpx.Response:
+    return await client.post(path, json=body, headers={"X-CSRF-Token": keys.csrf})
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_check_run_download_and_undo_through_the_page(tmp_path: Path) -> None:
+    """The page's flow without a browser: each step a worker process on an emulated project."""
+    import batchphone
+    from batchphone.emulator import load_users
+    from batchphone.emulator.statefile import load_state
+
+    work = tmp_path / "work"
+    work.mkdir()
+    seed = tmp_path / "users.csv"
+    seed.write_text(
+        "loginId,phone\na@example.com,+14155550001\nb@example.com,+14155550002\n"
+        "c@example.com,+14155550003\n"
+    )
+    sheet = tmp_path / "fix.csv"
+    sheet.write_text(
+        "login,mobile\na@example.com,(415) 555-0101\nb@example.com,+14155550002\n"
+        "c@example.com,+14155550103\nd@example.com,+14155550104\ne@example.com,12\n"
+    )
+    state = tmp_path / "state.json"
+    page = _page(work, limit=10**6, emulator_state=state, emulator_users=seed)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        headers = {"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf}
+        job = (await client.post("/upload", content=sheet.read_bytes(), headers=headers)).json()
+        html = (await client.get(job["url"])).text
+        # the columns are guessed from the header
+        assert "<option selected>login</option>" in html
+        assert "<option selected>mobile</option>" in html
+        options = {"login_id_column": "login", "phone_column": "mobile", "default_region": "US"}
+        check = await _post(client, keys, f"/jobs/{job['job']}/check", **options)
+        assert (await _finished(client, check.json()["task"]))["state"] == "done"
+
+        cli = await anyio.to_thread.run_sync(
+            lambda: batchphone.plan(
+                sheet,
+                out=tmp_path / "cli-plan.csv",
+                target=batchphone.Target.emulator(load_users(seed)),
+                **options,
+            )
+        )
+        assert cli.counts == {"change": 2, "unchanged": 1, "not_found": 1, "invalid": 1}
+        html = (await client.get(job["url"])).text
+        for status, n in cli.counts.items():
+            assert f"<b>{n}</b> {status}</a>" in html
+        assert "Update the phones of <b>2</b> users" in html
+
+        run = f"/jobs/{job['job']}/run"
+        refused = await _post(client, keys, run, confirm="3")
+        assert refused.status_code == 409
+        assert refused.json()["error"] == "confirm the run of 2 changes first"
+        # a CLI run holds the result file: the page's run is told which process has it
+        lock = RunLock(work / job["job"] / "result.xlsx")
+        lock.acquire()
+        try:
+            blocked = await _post(client, keys, run, confirm="2", canary="1")
+            view = await _finished(client, blocked.json()["task"])
+            assert re.fullmatch(
+                rf"result.xlsx is being written by another batchphone run \(pid {os.getpid()} "
+                r"on [^)]+\); wait for it or stop it first",
+                str(view["error"]),
+            )
+            html = (await client.get(job["url"])).text
+            assert f"writing this run's result (pid {os.getpid()} on " in html
+        finally:
+            lock.release()
+        started = await _post(client, keys, run)  # approved once: the same run again
+        view = await _finished(client, started.json()["task"])
+        assert view["canary"] == "passed: the first 1 updates stuck"
+        assert view["summaries"][-1]["counts"]["updated"] == 2  # type: ignore[index]
+
+        download = await client.get(f"/jobs/{job['job']}/files/short.csv")
+        assert download.headers["content-disposition"] == 'attachment; filename="fix-short.csv"'
+        lines = download.text.splitlines()
+        # the number the sheet shows first: the one a support person looks for
+        assert lines[0] == "line,row,loginId,phone_input,phone,status,reason"
+        assert lines[1] == "2,1,a@example.com,(415) 555-0101,+14155550101,updated,"
+        full = await client.get(f"/jobs/{job['job']}/files/result.xlsx")
+        assert full.content[:2] == b"PK"
+
+        # an ordinary run on disk: the CLI's undo reads it as the page's does
+        cli_undo = await anyio.to_thread.run_sync(
+            lambda: batchphone.undo(
+                work / job["job"] / "result.xlsx",
+                out=tmp_path / "cli-undo-check.csv",
+                target=batchphone.Target.emulator(state=state),
+                dry_run=True,
+            )
+        )
+        assert cli_undo.counts == {"change": 2, "unchanged": 3}
+        check_undo = await _post(client, keys, f"/jobs/{job['job']}/undo-check")
+        await _finished(client, check_undo.json()["task"])
+        assert 'Undo would restore <b id="restores">2</b>' in (await client.get(job["url"])).text
+        undo = await _post(client, keys, f"/jobs/{job['job']}/undo", confirm="2")
+        assert (await _finished(client, undo.json()["task"]))["state"] == "done"
+
+        index = (await client.get("/")).text
+        assert index.count(f'href="/jobs/{job["job"]}"') == 4  # plan, result, undo-check, undo
+
+    phones = {u["loginIds"][0]: u.get("phone") for u in load_state(state)}
+    assert phones == {f"{x}@example.com": f"+1415555000{i}" for i, x in enumerate("abc", 1)}
+
+
+@pytest.mark.anyio
+async def test_the_history_shows_a_run_the_cli_made_in_the_work_folder(tmp_path: Path) -> None:
+    import batchphone
+
+    sheet = tmp_path / "cli.csv"
+    sheet.write_text("loginId,phone\na@example.com,+14155550101\nb@example.com,12\n")
+    out = tmp_path / "cli-result.csv"
+    await anyio.to_thread.run_sync(
+        lambda: batchphone.run(sheet, out=out, target=batchphone.Target.emulator())
+    )
+    keys = Keys()
+    async with _signed_in(_page(tmp_path), keys) as client:
+        index = (await client.get("/")).text
+    assert "<td>cli-result.csv</td>" in index
+    assert "invalid 1" in index and "updated 1" in index
+    assert "finished" in index and "running" not in index  # its lock was released
+    lock = RunLock(out)  # a CLI run going on it now
+    lock.acquire()
+    try:
+        async with _signed_in(_page(tmp_path), keys := Keys()) as client:
+            index = (await client.get("/")).text
+    finally:
+        lock.release()
+    assert re.search(rf"running \(pid {os.getpid()} on [^)]+\)", index)
+
+
+def test_batchphone_ui_without_a_project_is_one_line_and_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from batchphone.cli import main
+
+    for name in ("DESCOPE_PROJECT_ID", "DESCOPE_MANAGEMENT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["ui", "--no-browser", "--work-dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "batchphone: error: no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, "
+        "or --project-id (or rehearse with --emulator-state FILE)"
+    ]
+
+
+@pytest.mark.anyio
+async def test_an_empty_first_sheet_leaves_the_other_sheets_to_pick(tmp_path: Path) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    assert book.active is not None
+    book.active.title = "Cover"
+    users = book.create_sheet("Users")
+    users.append(["E-mail", "Phone Number"])
+    users.append(["a@example.com", "+14155550100"])
+    data = tmp_path / "in.xlsx"
+    book.save(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    keys = Keys()
+    async with _signed_in(_page(work, limit=10**6), keys) as client:
+        headers = {"X-Filename": "../../fix <1>.XLSX", "X-CSRF-Token": keys.csrf}
+        job = (await client.post("/upload", content=data.read_bytes(), headers=headers)).json()
+        assert sorted(p.name for p in (work / job["job"]).iterdir()) == ["fix _1_.xlsx", "job.json"]
+        first = (await client.get(job["url"])).text
+        assert 'role="alert"' not in first
+        assert '<option value="Cover" selected>' in first and '<option value="Users" >' in first
+        users_page = (await client.get(job["url"], params={"sheet": "Users"})).text
+    assert "<option selected>E-mail</option>" in users_page
+    assert "<option selected>Phone Number</option>" in users_page
+
+
+def test_a_task_shows_counts_budget_eta_the_429_countdown_and_the_canary() -> None:
+    import io
+    import json
+
+    from batchphone.models import RowResult, Status
+    from batchphone.ui.tasks import Task, _apply
+    from batchphone.ui.worker import JsonProgress
+
+    lines = io.StringIO()
+    progress = JsonProgress(lines, step=0)
+    progress.start(100, done=10, calls_per_second=2.0)
+    for row in range(1, 21):
+        progress.advance(RowResult(row, "x", "+1", "+1", Status.UPDATED, attempts=1))
+    progress.paused(30.0, calls_per_second=1.0)
+    progress.close()
+    task = Task(id="t1", job_id="j", kind="run", out=None)
+    for line in lines.getvalue().splitlines():
+        event = json.loads(line)
+        assert set(event) <= {"event", "step", "total", "done", "calls_per_second", "counts",
+                              "attempts", "seconds"}  # counts only: no row's content  # fmt: skip
+        _apply(task, event)
+    _apply(task, {"event": "log", "name": "canary_passed", "rows": 5})
+    view = task.view()
+    assert (view["total"], view["done"], view["counts"]) == (100, 30, {"updated": 20})
+    assert view["attempts"] == 20 and view["calls_per_second"] == 1.0
+    assert 29 < view["pause_s"] <= 30  # the countdown of the 429 pause
+    assert view["eta_s"] >= 70 / 1.0  # never sooner than the budget allows
+    assert view["canary"] == "passed: the first 5 updates stuck"
+    _apply(task, {"event": "log", "name": "canary_failed", "rows": 5, "mismatches": 2})
+    assert task.view()["canary"] == ("failed: 2 of 5 updates did not stick; nothing more was sent")
