@@ -271,7 +271,7 @@ def _write(
         if short is not None and short_fmt is not None:
             teed.close()  # every writer reads its rows to the end: this only closes the file
             target = short.path
-            _write_atomically(short.path, short_fmt, short.columns, _read_spill(spilled), work)
+            _write_atomically(short.path, short_fmt, short.columns, _read_blocks(spilled), work)
         return count
     except OutputError as exc:
         raise OutputError(f"{target}: {exc}") from None
@@ -326,17 +326,6 @@ def _spilled(
             yield values
         if block:
             pickle.dump(block, file, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _read_spill(path: Path) -> Iterator[Values]:
-    # Only our own file, in our own 0700 directory, is unpickled.
-    with path.open("rb") as file:
-        while True:
-            try:
-                block: list[Values] = pickle.load(file)
-            except EOFError:
-                return
-            yield from block
 
 
 def _format(out_path: Path) -> str:
@@ -426,15 +415,16 @@ def _spill(run: list[_Keyed], work: Path, number: int) -> Iterable[_Keyed]:
     with open(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600), "wb") as file:
         for start in range(0, len(run), _BLOCK):
             pickle.dump(run[start : start + _BLOCK], file, protocol=pickle.HIGHEST_PROTOCOL)
-    return _read_run(path)
+    return _read_blocks(path)
 
 
-def _read_run(path: Path) -> Iterator[_Keyed]:
+def _read_blocks(path: Path) -> Iterator[Any]:
+    """The items of the blocks pickled to ``path`` (a sort run, the short sheet's spill)."""
     # Only our own files, in our own 0700 directory, are unpickled.
     with path.open("rb") as file:
         while True:
             try:
-                block: list[_Keyed] = pickle.load(file)
+                block: list[Any] = pickle.load(file)
             except EOFError:
                 return
             yield from block

@@ -14,6 +14,8 @@ import json
 import os
 import random
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,23 @@ def state(emulator: Emulator) -> dict[str, tuple[str, bool]]:
     }
 
 
+def project(
+    tmp_path: Path,
+    count: int,
+    seed: int,
+    clock: Callable[[], float] = time.monotonic,
+    *,
+    verified: str | None = None,
+) -> tuple[Emulator, dict[str, tuple[str, bool]], Path, Path]:
+    """An emulated project of ``count`` seeded users, its state now, an input giving each a
+    new phone (with ``verified`` in every row when given) and the result file's path."""
+    emulator = make_emulator(seeded_users(count, seed), clock=clock, rate_limit=100_000)
+    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(count)]
+    flags = [verified] * count if verified is not None else None
+    source = write_input(tmp_path / "in.csv", rows, flags)
+    return emulator, state(emulator), source, tmp_path / "r.csv"
+
+
 def sent_phones(spy: Spy) -> dict[str, set[str]]:
     """Every phone sent to each login id, by update or patch."""
     sent: dict[str, set[str]] = {}
@@ -93,15 +112,12 @@ def sent_phones(spy: Spy) -> dict[str, set[str]]:
 async def faulted_run(
     tmp_path: Path, virtual_clock: VirtualClock, *, api: str, canary: int, seed: int
 ) -> tuple[Emulator, Path, Path, dict[str, tuple[str, bool]], Spy, Summary]:
-    users = seeded_users(USERS, seed)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
+    emulator, before, _, out = project(tmp_path, USERS, seed, virtual_clock.now)
     rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(USERS)]
     verified = [random.Random(seed + i).choice(["true", "false", ""]) for i in range(USERS)]
     source = write_input(tmp_path / "in.csv", rows, verified)
     emulator.set_faults(replace(LOST, seed=seed))
     spy = Spy(emulator)
-    out = tmp_path / "r.csv"
     job = {"api": api, "batch_size": 10, "canary": canary}
     summary = await run_job(
         emulator, "run", source, out, transport=spy, job=job, timeout=1.0, max_attempts=2
@@ -150,13 +166,8 @@ async def test_every_user_is_back_after_undo_whatever_the_answers(
 async def test_a_200_without_the_change_is_failed_and_not_undone(
     tmp_path: Path, virtual_clock: VirtualClock
 ) -> None:
-    users = seeded_users(10, 5)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
+    emulator, before, source, out = project(tmp_path, 10, 5, virtual_clock.now)
     emulator.set_faults(Faults(writes_only=True, unapplied_200=1.0))
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
-    source = write_input(tmp_path / "in.csv", rows)
-    out = tmp_path / "r.csv"
     summary = await run_job(emulator, "run", source, out)
     assert summary.counts == {"failed": 10}
     assert {(r["status"], r["reason"]) for r in read(out)} == {("failed", "ANSWER_MISMATCH")}
@@ -171,13 +182,8 @@ async def test_a_200_without_the_change_is_failed_and_not_undone(
 async def test_an_applied_update_whose_answer_is_lost_is_confirmed_by_a_read(
     tmp_path: Path, virtual_clock: VirtualClock
 ) -> None:
-    users = seeded_users(10, 6)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
+    emulator, before, source, out = project(tmp_path, 10, 6, virtual_clock.now)
     emulator.set_faults(Faults(writes_only=True, applied_500=1.0))
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
-    source = write_input(tmp_path / "in.csv", rows)
-    out = tmp_path / "r.csv"
     summary = await run_job(emulator, "run", source, out, max_attempts=2)
     result = read(out)
     assert summary.counts == {"updated": 10} and summary.exit_code == 0
@@ -227,12 +233,7 @@ class Unverifying(httpx.AsyncBaseTransport):
 async def test_the_users_a_failed_canary_changed_are_undone(
     tmp_path: Path, virtual_clock: VirtualClock
 ) -> None:
-    users = seeded_users(30, 7)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(30)]
-    source = write_input(tmp_path / "in.csv", rows, ["true"] * 30)
-    out = tmp_path / "r.csv"
+    emulator, before, source, out = project(tmp_path, 30, 7, virtual_clock.now, verified="true")
     summary = await run_job(
         emulator, "run", source, out, transport=Unverifying(emulator), job={"canary": 6}
     )
@@ -267,12 +268,7 @@ class ReadsFailAfterWrites(httpx.AsyncBaseTransport):
 async def test_a_resume_settles_applied_updates_with_the_journaled_before_image(
     tmp_path: Path, virtual_clock: VirtualClock
 ) -> None:
-    users = seeded_users(10, 8)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
-    source = write_input(tmp_path / "in.csv", rows, ["true"] * 10)
-    out = tmp_path / "r.csv"
+    emulator, before, source, out = project(tmp_path, 10, 8, virtual_clock.now, verified="true")
     transport = ReadsFailAfterWrites(emulator)
     first = await run_job(emulator, "run", source, out, transport=transport, max_attempts=2)
     assert first.counts == {"unsettled": 10} and first.exit_code == 1
@@ -310,12 +306,7 @@ class Stale(httpx.AsyncBaseTransport):
 async def test_retry_failed_never_replaces_a_known_before_image(
     tmp_path: Path, virtual_clock: VirtualClock
 ) -> None:
-    users = seeded_users(10, 9)
-    emulator = make_emulator(users, clock=virtual_clock.now, rate_limit=10_000, rate_window=1.0)
-    before = state(emulator)
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(10)]
-    source = write_input(tmp_path / "in.csv", rows, ["false"] * 10)
-    out = tmp_path / "r.csv"
+    emulator, before, source, out = project(tmp_path, 10, 9, virtual_clock.now, verified="false")
     first = await run_job(emulator, "run", source, out, transport=Stale(emulator))
     assert first.counts == {"failed": 10}  # ANSWER_MISMATCH, yet every user was changed
     assert all(now != before[login] for login, now in state(emulator).items())
@@ -334,12 +325,8 @@ async def test_a_full_disk_under_the_journal_sends_no_call_without_its_record(
 ) -> None:
     """The journal's disk fills with calls in flight: nothing is sent unjournaled, the run
     stops (exit 4), and after room is made a resume and an undo put every user back."""
-    users = seeded_users(300, 10)
-    emulator = make_emulator(users, rate_limit=100_000, rate_window=1.0)
+    emulator, before, source, _ = project(tmp_path, 300, 10, verified="true")
     emulator.set_faults(Faults(seed=2, writes_only=True, write_latency=0.01, applied_500=0.2))
-    before = state(emulator)
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(300)]
-    source = write_input(tmp_path / "in.csv", rows, ["true"] * 300)
     temp = tmp_path / "temp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
@@ -367,11 +354,7 @@ async def test_no_call_leaves_once_its_record_cannot_be_written(
 ) -> None:
     """The disk fills as a call's start is recorded, right before its intent: the call stays
     home (its record is not on disk), and so does every call after it."""
-    users = seeded_users(40, 11)
-    emulator = make_emulator(users, rate_limit=100_000, rate_window=1.0)
-    rows = [(f"user{i}@example.com", f"+1415666{i:04d}") for i in range(40)]
-    source = write_input(tmp_path / "in.csv", rows, ["true"] * 40)
-    out = tmp_path / "r.csv"
+    emulator, _, source, out = project(tmp_path, 40, 11, verified="true")
     real_write = os.write
     starts = 0
 
