@@ -423,9 +423,10 @@ class Summary:
         """The command went through to the end: every row has its final result (exit 0 or 1).
 
         What a scheduler calls a successful sync: rows ``not_found`` or ``invalid`` are the
-        input's business, and the next run judges them afresh.
+        input's business, and the next run judges them afresh. A run the canary stopped also
+        exits 1, but its rows ``not_attempted`` were never sent: no success.
         """
-        return self.exit_code in (0, 1)
+        return self.exit_code in (0, 1) and not self.counts.get(Status.NOT_ATTEMPTED.value)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document, field for field."""
@@ -497,8 +498,15 @@ def next_step(
         return "fix the local cause (disk space, the input file), then " + RESUME_HINT
     if unsettled and resumable:
         return (
-            f"{unsettled} rows are unsettled (their call's answer was lost): rerun the same "
+            (f"{unsettled} rows are" if unsettled > 1 else "1 row is")
+            + " unsettled (the call's answer was lost): rerun the same "
             "command, which reads those users back first"
+        )
+    if exit_code == 1 and stopped is not None and resumable:
+        # the canary stopped the run (every other stop has an exit code of its own)
+        return (
+            "the canary stopped the run: read the error_message of its failed rows in the "
+            "result file and fix the cause, then " + RESUME_HINT
         )
     if exit_code not in (3, 130):
         return None
