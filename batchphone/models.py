@@ -424,9 +424,11 @@ class Summary:
 
         What a scheduler calls a successful sync: rows ``not_found`` or ``invalid`` are the
         input's business, and the next run judges them afresh. A run the canary stopped also
-        exits 1, but its rows ``not_attempted`` were never sent: no success.
+        exits 1, but its rows ``not_attempted`` were never sent, and ``unsettled`` rows are not
+        final (the same command, run again, reads them back): no success.
         """
-        return self.exit_code in (0, 1) and not self.counts.get(Status.NOT_ATTEMPTED.value)
+        open_rows = (Status.NOT_ATTEMPTED.value, Status.UNSETTLED.value)
+        return self.exit_code in (0, 1) and not any(self.counts.get(s) for s in open_rows)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document, field for field."""

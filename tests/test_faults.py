@@ -123,9 +123,15 @@ async def test_every_call_failing_leaves_rows_unsettled_until_a_rerun_settles_th
     rows = read(out)
     assert {(r["status"], r["reason"]) for r in rows} == {("unsettled", "ANSWER_LOST")}
     assert first.exit_code == 1 and update_calls(emulator) == 15
+    # the read-back that failed leaves each row as its call left it: 3 attempts were sent
+    # (not 0, which would tell support nothing went out), and the call's own error
+    assert {r["attempts"] for r in rows} == {"3"}
+    assert all("update phone: HTTP 500" in r["error_message"] for r in rows), rows[0]
+    # not a sync that went through (a scheduler retries the task: the rerun settles them)
+    assert not first.completed
     emulator.set_faults(Faults())
     again = await run(emulator, source, out)  # unsettled is not final: the rerun settles them
-    assert again.counts == {"updated": 5} and again.exit_code == 0
+    assert again.counts == {"updated": 5} and again.exit_code == 0 and again.completed
 
 
 async def test_circuit_breaker_stops_a_run_that_mostly_fails(tmp_path: Path) -> None:
