@@ -481,13 +481,17 @@ def next_step(
     http_status: int | None = None,
     stopped: Reason | None = None,
     unsettled: int = 0,
+    failed: int = 0,
+    undo: bool = False,
 ) -> str | None:
     """What a person or a scheduler does after a command ended with ``exit_code``.
 
     ``resumable``: the command keeps a journal (a ``validate`` or a dry run does not: it is
     simply run again). ``http_status``: the 401/403 that stopped the run, if one did; a rerun
     alone would be refused the same way, so the key or the project comes first. ``stopped``:
-    why the run stopped; ``unsettled``: rows whose call's answer was lost.
+    why the run stopped; ``unsettled``: rows whose call's answer was lost; ``failed``: rows
+    that ended ``failed``, which is final (only ``--retry-failed`` sends them again); ``undo``:
+    the command was an undo (its failed rows are users not restored).
     """
     if http_status in (401, 403):
         return (
@@ -509,6 +513,13 @@ def next_step(
         return (
             "the canary stopped the run: read the error_message of its failed rows in the "
             "result file and fix the cause, then " + RESUME_HINT
+        )
+    if exit_code == 1 and failed and resumable:
+        rows = f"{failed} rows" if failed > 1 else "1 row"
+        what = f"{rows} failed: those users are not restored" if undo else f"{rows} failed"
+        return (
+            f"{what} (see reason and error_message in the result file); once the cause is "
+            "fixed, rerun the same command with --retry-failed to send them again"
         )
     if exit_code not in (3, 130):
         return None

@@ -793,6 +793,9 @@ async def _execute_locked(
             http_status=getattr(stop.fatal, "http_status", None),
             stopped=stop.reason,
             unsettled=counts.get(Status.UNSETTLED.value, 0),
+            # only a run or an undo takes --retry-failed (a plan is simply made again)
+            failed=counts.get(Status.FAILED.value, 0) if mode is Mode.RUN else 0,
+            undo=job.command is Command.UNDO,
         ),
     )
     log.info("run_finished", **summary.to_json())
