@@ -76,19 +76,21 @@ def open_results(path: Path) -> UndoSource:
         return JournalUndoSource(path, path.with_name(path.name[: -len(".journal")]))
     journal = journal_path(path)
     if not path.exists() and not path.is_symlink() and journal.exists():
+        source = JournalUndoSource(journal, path)  # first: a live run's journal is refused
         log.warning(
             "undo_from_journal",
             message=f"{path} was never written (the run was killed or crashed): undoing "
             f"from its journal {journal}",
         )
-        return JournalUndoSource(journal, path)
+        return source
     if _older_than_journal(path, journal):
+        source = JournalUndoSource(journal, path)
         log.warning(
             "undo_from_journal",
             message=f"{path} is older than its journal (a later run on it was killed or "
             f"crashed before writing it): undoing from the journal {journal}",
         )
-        return JournalUndoSource(journal, path)
+        return source
     if path.suffix.lower() not in RESULT_FORMATS:
         kinds = ", ".join(RESULT_FORMATS)
         raise InputError(f"{path}: not a result file type ({kinds})", path=str(path))

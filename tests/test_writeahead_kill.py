@@ -291,6 +291,7 @@ def test_undo_refuses_the_journal_of_a_run_still_writing_it(
         process.communicate(timeout=60)
     assert undo.returncode == 2
     assert "a run is writing it now (pid" in stderr
+    assert "undo_from_journal" not in stderr  # no "the run was killed" while it runs
     assert writes_during >= 2
 
 
