@@ -280,12 +280,21 @@ class _CanaryCheck:
         log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
         # rows only: what differs names a login id and phones, and this message is logged
         # (the result file, 0600, has the details in error_message)
+        unread = [r for r in bad if r.row in canary.unread]
+        missed = [r for r in bad if r.row not in canary.unread]
+        # a read that failed proves nothing either way: said apart from an update that missed
+        groups = ((missed, "did not stick"), (unread, "could not be read back"))
+        verdicts = [
+            f"{len(group)} of {len(canary.sent)} updates {what} (rows {_rows(group)}"
+            for group, what in groups
+            if group
+        ]
         self.stop.request(
             Reason.STOPPED,
             fatal=BatchphoneError(
-                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick (rows "
-                f"{_rows(bad)}: see their error_message in the result file); the remaining "
-                "rows were not sent: find the cause, then rerun the same command to resume"
+                f"canary: {'), '.join(verdicts)}: see their error_message in the result file); "
+                "the remaining rows were not sent: find the cause, then rerun the same command "
+                "to resume"
             ),
         )
         return bad

@@ -71,6 +71,36 @@ async def test_a_run_the_canary_stopped_is_no_success_for_a_scheduler(tmp_path: 
     assert LAST_SUCCESS not in metrics.read_text()
 
 
+async def test_a_canary_read_that_fails_is_not_called_an_update_that_did_not_stick(
+    tmp_path: Path,
+) -> None:
+    """The updates were applied; only the read back failed (a network fault): the stop reason
+    must say that, not send the engineer looking for a rule that drops updates."""
+    import httpx
+
+    emulator = make_emulator(phone_users(20))
+    source = write_input(tmp_path / "in.csv", new_phones(20), ["true"] * 20)
+
+    async def reads_fail(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == LOAD:
+            return httpx.Response(503, json={"errorCode": "E000000", "errorMessage": "busy"})
+        return None
+
+    summary = await run_job(
+        emulator,
+        "run",
+        source,
+        tmp_path / "r.csv",
+        transport=Spy(emulator, reads_fail),
+        job={"canary": 3},
+        no_lookup=True,
+        max_attempts=1,
+    )
+    assert summary.exit_code == 1 and summary.stopped_reason is not None
+    assert "did not stick" not in summary.stopped_reason
+    assert summary.stopped_reason.startswith("canary: 3 of 3 updates could not be read back")
+
+
 async def test_a_silently_ignored_update_stops_the_run_with_exit_1(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(20))
     emulator.set_faults(Faults(ignore_update=1.0))  # 200 and the new user, but nothing stored
