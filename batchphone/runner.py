@@ -713,6 +713,8 @@ async def _execute_locked(
     canary = Canary(job.canary) if mode is Mode.RUN and job.canary else None
     recorder = _Recorder(journal, progress, canary, hold=settings.timeout)
     open_ = {status.value for status in _OPEN}
+    if settings.retry_failed:  # they are sent again: not done yet (as Journal.is_final says)
+        open_.add(Status.FAILED.value)
     done = total - sum(n for status, n in _counts(journal, total).items() if status in open_)
     log.info(
         "run_started",

@@ -110,6 +110,8 @@ async def test_a_lost_answer_is_read_back_sent_again_then_not_applied(tmp_path: 
     retried = await run(emulator, source, out, retry_failed=True)
     assert retried.counts == {"updated": 5} and retried.exit_code == 0
     assert update_calls(emulator) == 5
+    # "resumed: 0 rows already final; 5 sent now", not "5 rows already final; 5 sent now"
+    assert retried.resumed_rows == 0 and retried.sent_now == 5
 
 
 async def test_every_call_failing_leaves_rows_unsettled_until_a_rerun_settles_them(
