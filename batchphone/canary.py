@@ -58,6 +58,8 @@ class Canary:
         self.sent: dict[int, UpdateRequest] = {}
         self.results: dict[int, RowResult] = {}
         self.checked = False
+        #: rows whose read back failed: not known to have missed (the stop says so apart)
+        self.unread: set[int] = set()
         self._arrived: anyio.Event | None = None
 
     @property
@@ -108,6 +110,7 @@ class Canary:
                     return bad
                 problem: str | None = f"row {request.line or row} ({request.login_id}): {exc}"
                 user = None
+                self.unread.add(row)
             else:
                 problem = mismatch(request, user)
             if problem is not None:

@@ -423,9 +423,12 @@ class Summary:
         """The command went through to the end: every row has its final result (exit 0 or 1).
 
         What a scheduler calls a successful sync: rows ``not_found`` or ``invalid`` are the
-        input's business, and the next run judges them afresh.
+        input's business, and the next run judges them afresh. A run the canary stopped also
+        exits 1, but its rows ``not_attempted`` were never sent, and ``unsettled`` rows are not
+        final (the same command, run again, reads them back): no success.
         """
-        return self.exit_code in (0, 1)
+        open_rows = (Status.NOT_ATTEMPTED.value, Status.UNSETTLED.value)
+        return self.exit_code in (0, 1) and not any(self.counts.get(s) for s in open_rows)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document, field for field."""
@@ -478,13 +481,17 @@ def next_step(
     http_status: int | None = None,
     stopped: Reason | None = None,
     unsettled: int = 0,
+    failed: int = 0,
+    undo: bool = False,
 ) -> str | None:
     """What a person or a scheduler does after a command ended with ``exit_code``.
 
     ``resumable``: the command keeps a journal (a ``validate`` or a dry run does not: it is
     simply run again). ``http_status``: the 401/403 that stopped the run, if one did; a rerun
     alone would be refused the same way, so the key or the project comes first. ``stopped``:
-    why the run stopped; ``unsettled``: rows whose call's answer was lost.
+    why the run stopped; ``unsettled``: rows whose call's answer was lost; ``failed``: rows
+    that ended ``failed``, which is final (only ``--retry-failed`` sends them again); ``undo``:
+    the command was an undo (its failed rows are users not restored).
     """
     if http_status in (401, 403):
         return (
@@ -497,8 +504,22 @@ def next_step(
         return "fix the local cause (disk space, the input file), then " + RESUME_HINT
     if unsettled and resumable:
         return (
-            f"{unsettled} rows are unsettled (their call's answer was lost): rerun the same "
+            (f"{unsettled} rows are" if unsettled > 1 else "1 row is")
+            + " unsettled (the call's answer was lost): rerun the same "
             "command, which reads those users back first"
+        )
+    if exit_code == 1 and stopped is not None and resumable:
+        # the canary stopped the run (every other stop has an exit code of its own)
+        return (
+            "the canary stopped the run: read the error_message of its failed rows in the "
+            "result file and fix the cause, then " + RESUME_HINT
+        )
+    if exit_code == 1 and failed and resumable:
+        rows = f"{failed} rows" if failed > 1 else "1 row"
+        what = f"{rows} failed: those users are not restored" if undo else f"{rows} failed"
+        return (
+            f"{what} (see reason and error_message in the result file); once the cause is "
+            "fixed, rerun the same command with --retry-failed to send them again"
         )
     if exit_code not in (3, 130):
         return None

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from batchphone.atomic import write_private
-from batchphone.models import RESUME_HINT, RowResult, Status, Summary
+from batchphone.models import FINAL_STATUSES, RESUME_HINT, RowResult, Status, Summary
 
 __all__ = [
     "RESUME_HINT",
@@ -339,9 +339,32 @@ def status_lines(status: Any, now: float | None = None) -> list[str]:
     of = f" of {status.input_rows}" if status.input_rows is not None else ""
     lines.append(f"  {'rows final':<12} {status.rows_final}{of}")
     shown = {s.value for s in Status}
-    for name in [s.value for s in Status] + sorted(set(status.counts) - shown):
-        if status.counts.get(name):
+    names = [s.value for s in Status] + sorted(set(status.counts) - shown)
+    final = {s.value for s in FINAL_STATUSES}
+    for name in names:
+        if status.counts.get(name) and name in final:
             lines.append(f"    {name:<14} {status.counts[name]:>9}")
+    # not final (unsettled: calls in flight, or whose answer was lost): listed apart, with
+    # what a person does about them, so they do not read as part of the rows final
+    open_rows = sum(n for name, n in status.counts.items() if name not in final)
+    if open_rows:
+        lines.append(f"  {'not final':<12} {open_rows}")
+        for name in names:
+            if status.counts.get(name) and name not in final:
+                lines.append(f"    {name:<14} {status.counts[name]:>9}")
+    unsettled = status.counts.get(Status.UNSETTLED.value, 0)
+    after = None
+    if unsettled and not status.locked:
+        result = status.journal.removesuffix(".journal")
+        lines.append(
+            f"  {'':<12} unsettled: the call went out and no answer was recorded (in flight "
+            "at a stop, or lost), so it may have been applied"
+        )
+        after = (
+            f"  {'next':<12} rerun the same command to read those users back and go on, or "
+            f"`batchphone undo {result} --out ...` to roll the run back (it restores those "
+            "that were applied)"
+        )
     ago = f" ({duration(max(now - status.last_call_ts, 0.0))} ago)" if status.last_call_ts else ""
     lines.append(f"  {'API calls':<12} {status.calls}, last at {_when(status.last_call_ts)}{ago}")
     if status.locked:
@@ -359,4 +382,6 @@ def status_lines(status: Any, now: float | None = None) -> list[str]:
         )
     else:
         lines.append(f"  {'ETA':<12} unknown: the input was not found (--input PATH)")
+    if after is not None:
+        lines.append(after)
     return lines

@@ -14,24 +14,39 @@ result file has before-images too, so an undo can be undone.
 Rows are numbered by their position in RESULTS (the run's row numbers when the file is as the
 run wrote it; a file filtered down to the rows to undo works as well); their ``line`` is the one
 RESULTS shows for them (the spreadsheet's row, the editor's line).
+
+A run stopped by ``kill -9`` or a crash has written no result file yet (or, when it resumed an
+earlier run, left that run's older file), only its journal: undo then reads the journal (``undo
+RESULTS`` when RESULTS is missing or older than its journal's records, or ``undo RESULTS.journal``),
+whose row records carry the same columns, so a run can be rolled back without first resuming
+it (which would send the rows it had not reached). Rows are the journaled ones, in the run's
+order; a journal a live run is writing is refused (its rows are not final yet).
 """
 
 from __future__ import annotations
 
+import os
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import polars as pl
 
 from batchphone.cells import parse_flag
 from batchphone.errors import InputError
+from batchphone.journal import FORMAT, iter_records, journal_path, lock_path, open_nofollow
+from batchphone.logs import get_logger
 from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
 from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
-from batchphone.reader import Table, open_table
+from batchphone.reader import Table, file_sha256, open_table
+from batchphone.status import lock_holder
 from batchphone.writer import RESULT_FORMATS, XLSX_EXACT_TEXT
 
 __all__ = ["UndoSource", "open_results"]
+
+log = get_logger()
 
 _LOGIN, _PHONE, _STATUS = "loginId", "phone", "status"
 _PHONE_BEFORE, _VERIFIED_BEFORE = LOOKUP_COLUMNS
@@ -46,13 +61,36 @@ _BATCH_ROWS = 5_000
 #: failed with a before-image (a canary mismatch, a 200 that showed no change, a refusal).
 #: Each is read first; only a user who holds what the run set is restored.
 _MAY_HAVE_CHANGED = frozenset({Status.UPDATED.value, Status.UNSETTLED.value, Status.FAILED.value})
+#: Statuses whose record may lack the before-image an earlier record of the row holds.
+_OPEN = frozenset({Status.UNSETTLED.value, Status.FAILED.value, Status.NOT_ATTEMPTED.value})
 
 
 def open_results(path: Path) -> UndoSource:
     """Check that ``path`` is a result file with before-images and return it as a source.
 
-    Raises ``InputError`` (one line, exit 2) for anything else.
+    Raises ``InputError`` (one line, exit 2) for anything else. A missing result file whose
+    journal exists (a run killed before it wrote one), or a journal named itself, is read from
+    the journal.
     """
+    if path.name.endswith(".journal"):
+        return JournalUndoSource(path, path.with_name(path.name[: -len(".journal")]))
+    journal = journal_path(path)
+    if not path.exists() and not path.is_symlink() and journal.exists():
+        source = JournalUndoSource(journal, path)  # first: a live run's journal is refused
+        log.warning(
+            "undo_from_journal",
+            message=f"{path} was never written (the run was killed or crashed): undoing "
+            f"from its journal {journal}",
+        )
+        return source
+    if _older_than_journal(path, journal):
+        source = JournalUndoSource(journal, path)
+        log.warning(
+            "undo_from_journal",
+            message=f"{path} is older than its journal (a later run on it was killed or "
+            f"crashed before writing it): undoing from the journal {journal}",
+        )
+        return source
     if path.suffix.lower() not in RESULT_FORMATS:
         kinds = ", ".join(RESULT_FORMATS)
         raise InputError(f"{path}: not a result file type ({kinds})", path=str(path))
@@ -78,6 +116,23 @@ def open_results(path: Path) -> UndoSource:
             path=str(path),
         )
     return UndoSource(table)
+
+
+def _older_than_journal(path: Path, journal: Path) -> bool:
+    """Whether ``journal`` has a row record written after the result file ``path`` was.
+
+    Every run writes its result file from its journal at its end, so a newer record means a
+    later run on the same ``--out`` (a resume) died before writing it: the file lacks the rows
+    that run changed. A copy, or a file edited since (rows filtered out to undo only some),
+    is newer than the records and is read as it is.
+    """
+    try:
+        written = path.stat().st_mtime
+        if journal.is_symlink() or journal.stat().st_mtime <= written:
+            return False
+        return any(float(r.get("ts", 0)) > written for r in iter_records(journal))
+    except (OSError, ValueError):
+        return False  # no journal, or one we cannot read: the result file is all there is
 
 
 def _undefuse(cell: pl.Expr) -> pl.Expr:
@@ -189,3 +244,85 @@ def _undo_row(
         expect_phone=phone or "",
         line=line,
     )
+
+
+class JournalUndoSource(UndoSource):
+    """The journal of a run that wrote no result file, read as the rows of an undo run.
+
+    A row is what its last record says; a row still open (``unsettled``, ``failed``) keeps the
+    before-image of an earlier record when its last one has none, as a resume would.
+    """
+
+    def __init__(self, path: Path, results: Path) -> None:
+        self.path = path
+        self.format = "jsonl"
+        rows: dict[int, dict[str, Any]] = {}
+        try:
+            with open(open_nofollow(path, os.O_RDONLY), "rb") as handle:
+                first = handle.readline()
+            header = orjson.loads(first) if first.endswith(b"\n") else None
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file", path=str(path)) from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
+        except orjson.JSONDecodeError:
+            header = None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise InputError(f"{path}: not a batchphone journal", path=str(path))
+        locked, holder = lock_holder(lock_path(results))
+        if locked:
+            raise InputError(
+                f"{path}: a run is writing it now ({holder or 'another process'}): stop it "
+                "(Ctrl-C) or let it finish, then undo its result file",
+                path=str(path),
+            )
+        for record in iter_records(path):
+            row = record.get("row")
+            if not isinstance(row, int):
+                continue
+            known = rows.get(row)
+            if (
+                known is not None
+                and "verified_before" not in record
+                and record.get("status") in _OPEN
+                and "verified_before" in known
+            ):
+                record = record | {
+                    "phone_before": known.get("phone_before"),
+                    "verified_before": known["verified_before"],
+                }
+            rows[row] = record
+        self._rows = [rows[row] for row in sorted(rows)]
+        self._digest = file_sha256(path)
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the journal as read: an undo's journal belongs to this state of it."""
+        return self._digest
+
+    def count_rows(self, limit: int | None = None) -> int:
+        """Rows the journal records (at most ``limit``)."""
+        return len(self._rows) if limit is None else min(limit, len(self._rows))
+
+    def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
+        """What undo does with each journaled row, numbered by position as in a result file."""
+        rows = self._rows if limit is None else self._rows[:limit]
+        batch: list[Prepared] = []
+        for number, record in enumerate(rows, start=1):
+            verified = record.get("verified_before")
+            batch.append(
+                _undo_row(
+                    number,
+                    record.get("loginId"),
+                    record.get("phone"),
+                    record.get("status"),
+                    record.get("phone_before"),
+                    None if verified is None else str(bool(verified)).lower(),
+                    allow_remove=allow_remove,
+                    line=record.get("line"),
+                )
+            )
+            if len(batch) >= _BATCH_ROWS:
+                yield batch
+                batch = []
+        if batch:
+            yield batch

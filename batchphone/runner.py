@@ -280,12 +280,21 @@ class _CanaryCheck:
         log.error("canary_failed", rows=len(canary.sent), mismatches=len(bad))
         # rows only: what differs names a login id and phones, and this message is logged
         # (the result file, 0600, has the details in error_message)
+        unread = [r for r in bad if r.row in canary.unread]
+        missed = [r for r in bad if r.row not in canary.unread]
+        # a read that failed proves nothing either way: said apart from an update that missed
+        groups = ((missed, "did not stick"), (unread, "could not be read back"))
+        verdicts = [
+            f"{len(group)} of {len(canary.sent)} updates {what} (rows {_rows(group)}"
+            for group, what in groups
+            if group
+        ]
         self.stop.request(
             Reason.STOPPED,
             fatal=BatchphoneError(
-                f"canary: {len(bad)} of {len(canary.sent)} updates did not stick (rows "
-                f"{_rows(bad)}: see their error_message in the result file); the remaining "
-                "rows were not sent: find the cause, then rerun the same command to resume"
+                f"canary: {'), '.join(verdicts)}: see their error_message in the result file); "
+                "the remaining rows were not sent: find the cause, then rerun the same command "
+                "to resume"
             ),
         )
         return bad
@@ -704,6 +713,8 @@ async def _execute_locked(
     canary = Canary(job.canary) if mode is Mode.RUN and job.canary else None
     recorder = _Recorder(journal, progress, canary, hold=settings.timeout)
     open_ = {status.value for status in _OPEN}
+    if settings.retry_failed:  # they are sent again: not done yet (as Journal.is_final says)
+        open_.add(Status.FAILED.value)
     done = total - sum(n for status, n in _counts(journal, total).items() if status in open_)
     log.info(
         "run_started",
@@ -793,6 +804,9 @@ async def _execute_locked(
             http_status=getattr(stop.fatal, "http_status", None),
             stopped=stop.reason,
             unsettled=counts.get(Status.UNSETTLED.value, 0),
+            # only a run or an undo takes --retry-failed (a plan is simply made again)
+            failed=counts.get(Status.FAILED.value, 0) if mode is Mode.RUN else 0,
+            undo=job.command is Command.UNDO,
         ),
     )
     log.info("run_finished", **summary.to_json())

@@ -9,9 +9,9 @@ applied it (descope-api.md: "only a read of the user settles it"). Its rows come
   before the call stays, so undo restores it);
 * it does not: the row is sent again (the update is idempotent), or, in the last round,
   ``failed``/``NOT_APPLIED``;
-* the read itself fails, or the run is stopping: the row stays ``unsettled`` and the next run
-  of the same command reads it again (see ``screen``, where a journaled before-image is the
-  request's ``prior``).
+* the read itself fails, or the run is stopping: the row stays ``unsettled`` (its record is the
+  one its call left) and the next run of the same command reads it again (see ``screen``,
+  where a journaled before-image is the request's ``prior``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from batchphone.canary import mismatch
 from batchphone.errors import FatalRemoteError
 from batchphone.lookup import Lookup, LookupFailed
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import result_for, unsettled, user_fields
+from batchphone.prepare import result_for, user_fields
 
 __all__ = ["Settled", "read_back"]
 
@@ -43,10 +43,9 @@ async def read_back(lookup: Lookup, requests: Sequence[UpdateRequest], *, last: 
         users = await lookup.by_login_id(r.login_id for r in requests)
     except FatalRemoteError:
         return settled  # the stack stopped the run: the rows keep their unsettled records
-    except LookupFailed as exc:
-        if exc.failure is not None:
-            note = exc.failure.error_message
-            settled.results.extend(unsettled(r, error_message=note) for r in requests)
+    except LookupFailed:
+        # the rows keep the unsettled records their calls left (attempts, the call's error):
+        # a new record would say 0 attempts, as if nothing had gone out
         return settled
     for request in requests:
         user = users.get(request.login_id)

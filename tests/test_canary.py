@@ -54,6 +54,53 @@ async def test_a_canary_that_passes_lets_the_run_go_on(tmp_path: Path) -> None:
     assert summary.requests == 1 + 20 + 5
 
 
+async def test_a_run_the_canary_stopped_is_no_success_for_a_scheduler(tmp_path: Path) -> None:
+    """Exit 1, but 17 rows never sent: ``completed`` (the Airflow example's check, the metrics'
+    last success) must not call it a sync that went through, and the next step is named."""
+    from batchphone.metrics import LAST_SUCCESS, write_metrics
+
+    emulator = make_emulator(phone_users(20))
+    emulator.set_faults(Faults(ignore_update=1.0))
+    source = write_input(tmp_path / "in.csv", new_phones(20), ["true"] * 20)
+    summary = await run_job(emulator, "run", source, tmp_path / "r.csv", job={"canary": 3})
+    assert summary.exit_code == 1 and summary.counts["not_attempted"] == 17
+    assert not summary.completed
+    assert summary.next_step is not None and "rerun the same command" in summary.next_step
+    metrics = tmp_path / "sync.prom"
+    write_metrics(metrics, summary, command="run")
+    assert LAST_SUCCESS not in metrics.read_text()
+
+
+async def test_a_canary_read_that_fails_is_not_called_an_update_that_did_not_stick(
+    tmp_path: Path,
+) -> None:
+    """The updates were applied; only the read back failed (a network fault): the stop reason
+    must say that, not send the engineer looking for a rule that drops updates."""
+    import httpx
+
+    emulator = make_emulator(phone_users(20))
+    source = write_input(tmp_path / "in.csv", new_phones(20), ["true"] * 20)
+
+    async def reads_fail(request: httpx.Request) -> httpx.Response | None:
+        if request.url.path == LOAD:
+            return httpx.Response(503, json={"errorCode": "E000000", "errorMessage": "busy"})
+        return None
+
+    summary = await run_job(
+        emulator,
+        "run",
+        source,
+        tmp_path / "r.csv",
+        transport=Spy(emulator, reads_fail),
+        job={"canary": 3},
+        no_lookup=True,
+        max_attempts=1,
+    )
+    assert summary.exit_code == 1 and summary.stopped_reason is not None
+    assert "did not stick" not in summary.stopped_reason
+    assert summary.stopped_reason.startswith("canary: 3 of 3 updates could not be read back")
+
+
 async def test_a_silently_ignored_update_stops_the_run_with_exit_1(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(20))
     emulator.set_faults(Faults(ignore_update=1.0))  # 200 and the new user, but nothing stored

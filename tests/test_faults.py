@@ -110,6 +110,8 @@ async def test_a_lost_answer_is_read_back_sent_again_then_not_applied(tmp_path: 
     retried = await run(emulator, source, out, retry_failed=True)
     assert retried.counts == {"updated": 5} and retried.exit_code == 0
     assert update_calls(emulator) == 5
+    # "resumed: 0 rows already final; 5 sent now", not "5 rows already final; 5 sent now"
+    assert retried.resumed_rows == 0 and retried.sent_now == 5
 
 
 async def test_every_call_failing_leaves_rows_unsettled_until_a_rerun_settles_them(
@@ -123,9 +125,39 @@ async def test_every_call_failing_leaves_rows_unsettled_until_a_rerun_settles_th
     rows = read(out)
     assert {(r["status"], r["reason"]) for r in rows} == {("unsettled", "ANSWER_LOST")}
     assert first.exit_code == 1 and update_calls(emulator) == 15
+    # the read-back that failed leaves each row as its call left it: 3 attempts were sent
+    # (not 0, which would tell support nothing went out), and the call's own error
+    assert {r["attempts"] for r in rows} == {"3"}
+    assert all("update phone: HTTP 500" in r["error_message"] for r in rows), rows[0]
+    # not a sync that went through (a scheduler retries the task: the rerun settles them)
+    assert not first.completed
     emulator.set_faults(Faults())
     again = await run(emulator, source, out)  # unsettled is not final: the rerun settles them
-    assert again.counts == {"updated": 5} and again.exit_code == 0
+    assert again.counts == {"updated": 5} and again.exit_code == 0 and again.completed
+
+
+async def test_an_undo_whose_reads_failed_names_retry_failed_as_its_next_step(
+    tmp_path: Path,
+) -> None:
+    """Undo rows that failed are users not restored, and ``failed`` is final: rerunning the
+    same undo restores none of them. The summary must name ``--retry-failed``."""
+    users = [{"loginId": f"user{i}@example.com", "phone": f"+1415000{i:04d}"} for i in range(5)]
+    _, source = users_and_input(tmp_path, 5)
+    emulator = make_emulator(users)
+    out = tmp_path / "r.csv"
+    first = await run(emulator, source, out, no_lookup=False)
+    assert first.counts == {"updated": 5}
+    emulator.set_faults(Faults(error_500=1.0))  # the undo's reads fail: nothing is sent
+    undone = await run(emulator, out, tmp_path / "u.csv", command="undo", max_attempts=2)
+    assert undone.counts == {"failed": 5} and undone.exit_code == 1
+    assert undone.next_step is not None and "--retry-failed" in undone.next_step
+    emulator.set_faults(Faults())
+    again = await run(emulator, out, tmp_path / "u.csv", command="undo")
+    assert again.counts == {"failed": 5}  # final: the same command alone does nothing
+    retried = await run(emulator, out, tmp_path / "u.csv", command="undo", retry_failed=True)
+    assert retried.counts == {"updated": 5} and retried.next_step is None
+    phones = {u["loginIds"][0]: u["phone"] for u in emulator.users(PROJECT)}
+    assert phones == {u["loginId"]: u["phone"] for u in users}
 
 
 async def test_circuit_breaker_stops_a_run_that_mostly_fails(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchphone.models import User
+from batchphone.models import User, next_step
 
 
 def test_a_user_reads_the_fields_batchphone_uses_and_keeps_the_rest() -> None:
@@ -26,3 +26,10 @@ def test_fields_of_the_wrong_type_count_as_absent() -> None:
     assert (user.user_id, user.login_ids, user.phone) == (None, ("a",), "")
     assert user.verified_phone is None and user.verified is False
     assert User.from_api({}).login_ids == ()
+
+
+def test_the_next_step_counts_unsettled_rows_in_words() -> None:
+    one = next_step(1, resumable=True, unsettled=1)
+    assert one is not None and one.startswith("1 row is unsettled (the call's answer was lost)")
+    many = next_step(1, resumable=True, unsettled=7)
+    assert many is not None and many.startswith("7 rows are unsettled")

@@ -319,3 +319,67 @@ async def test_a_result_file_re_saved_with_semicolons_is_undone(tmp_path: Path) 
     undone = await run_job(emulator, "undo", resaved, tmp_path / "undo.csv")
     assert undone.counts == {"updated": 3}
     assert phones(emulator, 3) == [f"+1415555{i:04d}" for i in range(3)]
+
+
+def _write_journal(path: Path, records: list[dict[str, object]]) -> None:
+    import orjson
+
+    header = {"format": "batchphone-journal", "version": 1, "identity": {"command": "run"}}
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [header, *records]))
+
+
+def test_a_journal_is_read_as_the_rows_to_undo(tmp_path: Path) -> None:
+    """``undo OUT.journal``, or ``undo OUT`` with no OUT (a run killed before it wrote it)."""
+    from batchphone.models import UpdateRequest
+    from batchphone.reverse import open_results
+
+    out = tmp_path / "r.csv"
+    common = {"phone_input": "+14155550100", "phone": "+14155550100"}
+    _write_journal(
+        tmp_path / "r.csv.journal",
+        [
+            {"start": 1.0, "id": "a.1", "until": 31.0},
+            {
+                "row": 2,
+                "line": 3,
+                "loginId": "b",
+                **common,
+                "status": "unsettled",
+                "reason": "IN_FLIGHT",
+                "phone_before": "+1",
+                "verified_before": True,
+                "ts": 1.0,
+            },
+            {
+                "row": 1,
+                "line": 2,
+                "loginId": "a",
+                **common,
+                "status": "updated",
+                "phone_before": "",
+                "verified_before": False,
+                "ts": 1.0,
+            },
+            # the answer's record of row 2 has no before-image: the intent's is kept
+            {
+                "row": 2,
+                "line": 3,
+                "loginId": "b",
+                **common,
+                "status": "failed",
+                "reason": "ANSWER_MISMATCH",
+                "ts": 2.0,
+            },
+            {"row": 4, "line": 5, "loginId": "d", **common, "status": "conflict", "ts": 2.0},
+        ],
+    )
+    for given in (out, tmp_path / "r.csv.journal"):
+        rows = [item for batch in open_results(given).prepared(allow_remove=True) for item in batch]
+        assert [r.row for r in rows] == [1, 2, 3]  # numbered by position, as a filtered file
+        a, b, d = rows
+        assert isinstance(a, UpdateRequest) and (a.phone, a.verified, a.line) == ("", False, 2)
+        assert isinstance(b, UpdateRequest) and (b.phone, b.verified) == ("+1", True)
+        assert b.expect_phone == "+14155550100" and b.login_id == "b"
+        assert not isinstance(d, UpdateRequest) and d.status.value == "unchanged"
+    with pytest.raises(InputError, match="no such file"):
+        open_results(tmp_path / "other.csv")

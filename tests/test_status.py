@@ -147,6 +147,28 @@ def test_a_row_counts_by_its_last_record_and_unknown_kinds_are_skipped(tmp_path:
     assert unknown.eta_s is None
 
 
+def test_rows_in_flight_at_a_kill_are_not_listed_as_final_and_the_next_step_is_named(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "results.csv"
+    _journal(
+        out.with_name("results.csv.journal"),
+        [
+            {"row": 1, "status": "updated", "attempts": 1, "ts": 1_800_000_002.0},
+            {"row": 2, "status": "unsettled", "reason": "IN_FLIGHT", "ts": 1_800_000_003.0},
+            {"row": 3, "status": "unsettled", "reason": "IN_FLIGHT", "ts": 1_800_000_003.0},
+        ],
+    )
+    text = CliRunner().invoke(main, ["status", str(out)]).stdout
+    lines = text.splitlines()
+    final = lines.index(next(line for line in lines if "rows final" in line))
+    # under "rows final 1": only the final rows; the unsettled ones apart, with what to do
+    assert lines[final].split()[-1] == "1" and "updated" in lines[final + 1]
+    assert lines[final + 2].split() == ["not", "final", "2"]
+    assert lines[final + 3].split() == ["unsettled", "2"]
+    assert f"batchphone undo {out} --out" in lines[-1] and "rerun the same command" in lines[-1]
+
+
 def test_the_cli_prints_it_and_json_for_scripts(
     finished: tuple[Path, batchphone.Summary], samples: Path
 ) -> None:

@@ -207,6 +207,94 @@ def test_a_second_ctrl_c_cancels_calls_in_flight_and_undo_restores_them(
     assert state(emulator) == before
 
 
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_undo_straight_after_kill_9_reads_the_journal_and_sends_nothing_new(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path, mode: str
+) -> None:
+    """A run killed because it was wrong is rolled back without resuming it first (which
+    would send the rows it had not reached): with no result file yet, undo reads the journal."""
+    emulator, base_url = served
+    before = state(emulator)
+    out = tmp_path / "results.csv"
+    process = batchphone(base_url, "run", str(source), "--out", str(out), *MODES[mode])
+    wait_for(lambda: writes(emulator) >= 6 or process.poll() is not None)
+    time.sleep(0.1)  # calls applied and in flight, answers pending
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert not out.exists()  # the case under test: the run never wrote its result file
+    changed = {login for login in before if state(emulator)[login] != before[login]}
+    assert changed and len(changed) < ROWS
+    undo = batchphone(
+        base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"), "--allow-remove"
+    )
+    _, stderr = undo.communicate(timeout=120)
+    assert undo.returncode == 0, stderr
+    assert "undo_from_journal" in stderr
+    assert state(emulator) == before
+    undone = pl.read_csv(tmp_path / "undo.csv", infer_schema=False)
+    assert changed <= set(undone.filter(pl.col("status") == "updated")["loginId"])
+    # the undo of that undo puts the killed run's changes back, nothing more
+    again = batchphone(
+        base_url,
+        "undo",
+        str(tmp_path / "undo.csv"),
+        "--out",
+        str(tmp_path / "redo.csv"),
+        "--allow-remove",
+    )
+    _, stderr = again.communicate(timeout=120)
+    assert again.returncode == 0, stderr
+    assert {login for login in before if state(emulator)[login] != before[login]} == changed
+
+
+def test_undo_after_a_resume_killed_by_kill_9_reads_past_the_older_result_file(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C writes a result file; the resume is then killed before writing its own: the
+    file on disk lacks the rows the resume changed, the journal has them."""
+    emulator, base_url = served
+    before = state(emulator)
+    out = tmp_path / "results.csv"
+    command = ["run", str(source), "--out", str(out), *MODES["update"]]
+    process = batchphone(base_url, *command)
+    wait_for(lambda: writes(emulator) >= 6 or process.poll() is not None)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    assert process.returncode == 130 and out.exists()
+    sent = writes(emulator)
+    process = batchphone(base_url, *command)
+    wait_for(lambda: writes(emulator) >= sent + 12 or process.poll() is not None)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    undo = batchphone(
+        base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"), "--allow-remove"
+    )
+    _, stderr = undo.communicate(timeout=120)
+    assert undo.returncode == 0, stderr
+    assert state(emulator) == before
+
+
+def test_undo_refuses_the_journal_of_a_run_still_writing_it(
+    served: tuple[Emulator, str], source: Path, tmp_path: Path
+) -> None:
+    emulator, base_url = served
+    emulator.set_faults(Faults(seed=5, latency=0.01, write_latency=1.0))
+    out = tmp_path / "results.csv"
+    process = batchphone(base_url, "run", str(source), "--out", str(out), *MODES["update"])
+    try:
+        wait_for(lambda: writes(emulator) >= 2)
+        undo = batchphone(base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"))
+        _, stderr = undo.communicate(timeout=60)
+        writes_during = writes(emulator)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+    assert undo.returncode == 2
+    assert "a run is writing it now (pid" in stderr
+    assert "undo_from_journal" not in stderr  # no "the run was killed" while it runs
+    assert writes_during >= 2
+
+
 def test_a_restart_after_kill_9_counts_the_calls_that_were_in_flight(tmp_path: Path) -> None:
     """The calls on the wire at a kill were never answered, so never journaled as answered:
     their start records make the restart's limiter wait for them (no 429, no block)."""
