@@ -444,3 +444,140 @@ def test_a_task_shows_counts_budget_eta_the_429_countdown_and_the_canary() -> No
     assert view["canary"] == "passed: the first 5 updates stuck"
     _apply(task, {"event": "log", "name": "canary_failed", "rows": 5, "mismatches": 2})
     assert task.view()["canary"] == ("failed: 2 of 5 updates did not stick; nothing more was sent")
+
+
+async def _uploaded(client: httpx.AsyncClient, keys: Keys, text: str) -> str:
+    headers = {"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf}
+    job: str = (await client.post("/upload", content=text.encode(), headers=headers)).json()["job"]
+    return job
+
+
+def _noted_run(folder: Path, counts: dict[str, int], exit_code: int) -> None:
+    """The page's notes of a checked and run job, as a worker leaves them."""
+    from batchphone.ui import files
+
+    record = files.load_job(folder)
+    plan = {"counts": {"change": sum(counts.values())}, "planned_calls": 3, "planned_s": 0.0}
+    record["settings"] = {"api": "update", "login_id_column": "loginId", "phone_column": "phone"}
+    record["check"] = {"summaries": [plan], "plan": plan}
+    summary = {"counts": counts, "exit_code": exit_code, "requests": 3, "elapsed_s": 1.0,
+               "stopped_reason": "interrupted"}  # fmt: skip
+    record["run"] = {"options": {}, "summaries": [summary], "error": None, "exit_code": exit_code}
+    files.save_job(folder, record)
+
+
+def _result_xlsx(path: Path, statuses: list[str]) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["row", "line", "loginId", "status"])
+    for row, status in enumerate(statuses, start=1):
+        sheet.append([row, row + 1, f"u{row}@example.com", status])
+    book.save(path)
+
+
+@pytest.mark.anyio
+async def test_unsettled_rows_are_explained_and_resume_is_offered(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        _noted_run(tmp_path / job, {"updated": 1, "unsettled": 2}, 130)
+        html = (await client.get(f"/jobs/{job}")).text
+        assert '<li class="status-unsettled"><b>2</b> unsettled</li>' in html
+        unsettled = r'id="unsettled"><b>2</b> rows are <b>unsettled</b>: the call went out'
+        assert re.search(unsettled, html)
+        assert "Resume reads those users back first" in html
+        assert 'id="resume"' in html  # no row is not_attempted: the unsettled ones call for it
+        # a run of the CLI in the work folder, left with unsettled rows, in the history
+        (tmp_path / "cli.csv").write_text("row,status\n1,updated\n2,unsettled\n")
+        (tmp_path / "cli.csv.journal").write_bytes(b"")
+        index = (await client.get("/")).text
+    assert re.search(r"<td>cli.csv</td>\s*<td>cli</td>\s*<td>.*unsettled: resume</span>", index)
+
+
+@pytest.mark.anyio
+async def test_the_result_shown_is_the_result_file_as_the_cli_left_it(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        _noted_run(tmp_path / job, {"updated": 1, "unsettled": 2}, 130)
+        # the CLI resumed the page's run since: its rows are settled, undone by the CLI too
+        _result_xlsx(tmp_path / job / "result.xlsx", ["updated", "updated", "updated"])
+        html = (await client.get(f"/jobs/{job}")).text
+        assert '<li class="status-updated"><b>3</b> updated</li>' in html
+        assert 'id="run-changed"' in html
+        assert 'id="unsettled"' not in html and 'id="resume"' not in html
+        _result_xlsx(tmp_path / job / "undo.xlsx", ["updated", "updated", "unchanged"])
+        html = (await client.get(f"/jobs/{job}")).text
+    assert "This run was undone by another process (the CLI)" in html
+    assert 'id="undo-check"' not in html
+
+
+def test_the_page_explains_a_reason_in_its_own_words_not_the_cli_s_flags() -> None:
+    from batchphone.models import Reason
+    from batchphone.prepare import EXPLANATIONS
+    from batchphone.ui.app import _explain
+
+    cli_words = ("--allow-remove", "--default-region", "--retry-failed", "rerun the same command")
+    named = [r for r, text in EXPLANATIONS.items() if any(w in text for w in cli_words)]
+    assert {Reason.MISSING_REGION, Reason.EMPTY_PHONE, Reason.ANSWER_LOST} <= set(named)
+    for reason in named:
+        text = _explain(reason.value, None)
+        assert text and not any(w in text for w in cli_words), (reason, text)
+    assert "Resume reads the user back" in _explain("ANSWER_LOST", None)
+    assert "had no phone before the run" in _explain("EMPTY_PHONE", None, True)
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_check_that_cannot_reach_the_api_says_why_not_an_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DESCOPE_MANAGEMENT_KEY", KEY)
+    flags = {"project_id": "P2abcdefghijklmnopqrstuvwxyz0123", "base_url": "http://127.0.0.1:1"}
+    page = _page(tmp_path, limit=10**6, live=True, emulator_state=None, flags=flags)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        check = await _post(client, keys, f"/jobs/{job}/check")
+        view = await _finished(client, check.json()["task"])
+        assert view["exit_code"] == 3
+        assert str(view["error"]).startswith("stopped: cannot reach http://127.0.0.1:1")
+        html = (await client.get(f"/jobs/{job}")).text
+    assert "stopped: cannot reach http://127.0.0.1:1" in html and "unexpectedly" not in html
+    assert "The check did not finish" in html and "Nothing to change" not in html
+    assert KEY not in html
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_undo_can_remove_the_phones_a_run_gave_to_users_who_had_none(
+    tmp_path: Path,
+) -> None:
+    from batchphone.emulator.statefile import load_state
+
+    seed = tmp_path / "users.csv"
+    seed.write_text("loginId\na@example.com\nb@example.com\n")  # no phone yet
+    state = tmp_path / "state.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    page = _page(work, limit=10**6, emulator_state=state, emulator_users=seed)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        text = "loginId,phone\na@example.com,+14155550101\nb@example.com,+14155550102\n"
+        job = await _uploaded(client, keys, text)
+        check = await _post(client, keys, f"/jobs/{job}/check")
+        await _finished(client, check.json()["task"])
+        run = await _post(client, keys, f"/jobs/{job}/run", confirm="2")
+        assert (await _finished(client, run.json()["task"]))["state"] == "done"
+        html = (await client.get(f"/jobs/{job}")).text
+        assert "Also remove the phones this run gave to users who had none" in html
+        checked = await _post(client, keys, f"/jobs/{job}/undo-check", allow_remove=True)
+        await _finished(client, checked.json()["task"])
+        html = (await client.get(f"/jobs/{job}")).text
+        assert 'Undo would restore <b id="restores">2</b>' in html
+        undo = await _post(client, keys, f"/jobs/{job}/undo", confirm="2")
+        assert (await _finished(client, undo.json()["task"]))["state"] == "done"
+    assert [u.get("phone", "") for u in load_state(state)] == ["", ""]
