@@ -581,3 +581,28 @@ async def test_undo_can_remove_the_phones_a_run_gave_to_users_who_had_none(
         undo = await _post(client, keys, f"/jobs/{job}/undo", confirm="2")
         assert (await _finished(client, undo.json()["task"]))["state"] == "done"
     assert [u.get("phone", "") for u in load_state(state)] == ["", ""]
+
+
+@pytest.mark.anyio
+async def test_the_history_counts_a_cli_run_going_on_from_its_journal(tmp_path: Path) -> None:
+    import batchphone
+
+    sheet = tmp_path / "cli.csv"
+    sheet.write_text("loginId,phone\na@example.com,+14155550101\nb@example.com,12\n")
+    out = tmp_path / "cli-result.csv"
+    await anyio.to_thread.run_sync(
+        lambda: batchphone.run(sheet, out=out, target=batchphone.Target.emulator())
+    )
+    out.unlink()  # as while the run goes on: its result file is written when it ends
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        async with _signed_in(_page(tmp_path), Keys()) as client:
+            index = (await client.get("/")).text
+    finally:
+        lock.release()
+    row = re.search(r"<td>cli-result.csv</td>(.*?)</tr>", index, re.S)
+    assert row is not None
+    assert "<td>run</td>" in row.group(1)  # the command, as its journal names it
+    assert re.search(rf"running \(pid {os.getpid()} on [^)]+\)", row.group(1))
+    assert "invalid 1" in row.group(1) and "updated 1" in row.group(1)

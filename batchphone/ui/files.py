@@ -17,10 +17,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchphone.atomic import write_private
 from batchphone.errors import InputError
+
+if TYPE_CHECKING:
+    from batchphone.status import RunStatus
 
 __all__ = [
     "OUTPUTS",
@@ -310,6 +313,8 @@ class FoundRun:
     holder: str | None
     modified: float
     error: str | None = None
+    #: the command that wrote it, as its journal names it (``run``, ``plan``, ``undo``)
+    command: str | None = None
 
 
 def find_runs(work: Path, depth: int = 2) -> list[FoundRun]:
@@ -321,13 +326,23 @@ def find_runs(work: Path, depth: int = 2) -> list[FoundRun]:
         holder = lock_holder(out)
         counts: dict[str, int] = {}
         error = None
-        if out.is_file():
+        command = None
+        try:
+            journaled = journal_status(journal)
+            command = journaled.command
+        except InputError as exc:
+            journaled, error = None, exc.message
+        if holder is not None or not out.is_file():
+            # a run going on (or ended before writing it): the result file is not there yet,
+            # or is an earlier run's; its journal has the rows so far
+            counts = journaled.counts if journaled is not None else {}
+        else:
             try:
-                counts = status_counts(out)
+                counts, error = status_counts(out), None
             except InputError as exc:
                 error = exc.message
         modified = max(p.stat().st_mtime for p in (journal, out) if p.exists())
-        found.append(FoundRun(out, job_id, counts, holder, modified, error))
+        found.append(FoundRun(out, job_id, counts, holder, modified, error, command))
     found.sort(key=lambda run: run.modified, reverse=True)
     return found
 
@@ -344,6 +359,26 @@ def _journals(folder: Path, depth: int) -> Iterator[Path]:
             yield entry
         elif entry.is_dir() and depth > 1 and not entry.name.startswith("."):
             yield from _journals(entry, depth - 1)
+
+
+_JOURNALED: dict[Path, tuple[tuple[int, int], RunStatus]] = {}
+
+
+def journal_status(journal: Path) -> RunStatus:
+    """What ``batchphone status`` reads from a run's journal (once per version of it): the
+    command that wrote it and its rows by their last status."""
+    from batchphone.status import read_status
+
+    stat = journal.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _JOURNALED.get(journal)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    status = read_status(journal)
+    if len(_JOURNALED) > 256:
+        _JOURNALED.clear()
+    _JOURNALED[journal] = (version, status)
+    return status
 
 
 _COUNTED: dict[Path, tuple[tuple[int, int], dict[str, int]]] = {}
