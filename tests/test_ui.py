@@ -606,3 +606,36 @@ async def test_the_history_counts_a_cli_run_going_on_from_its_journal(tmp_path: 
     assert "<td>run</td>" in row.group(1)  # the command, as its journal names it
     assert re.search(rf"running \(pid {os.getpid()} on [^)]+\)", row.group(1))
     assert "invalid 1" in row.group(1) and "updated 1" in row.group(1)
+
+
+@pytest.mark.anyio
+async def test_the_downloads_keep_a_formula_like_login_id_exact(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from openpyxl import load_workbook
+
+    import batchphone
+    from batchphone.writer import defuse
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        sheet = tmp_path / "in.csv"
+        ids = ["'=1+2@example.com", "=SUM(A1)@example.com", "'plain@example.com"]
+        rows = "".join(f'"{i}",+1415555010{n}\n' for n, i in enumerate(ids))
+        sheet.write_text("loginId,phone\n" + rows)
+        result = tmp_path / job / "result.xlsx"
+        await anyio.to_thread.run_sync(
+            lambda: batchphone.run(sheet, out=result, target=batchphone.Target.emulator())
+        )
+        text = (await client.get(f"/jobs/{job}/files/result.csv")).text
+        short = (await client.get(f"/jobs/{job}/files/short.xlsx")).content
+    # as the CLI's CSV results: undo takes the one ' it added off again
+    assert [r["loginId"] for r in csv.DictReader(io.StringIO(text))] == [defuse(i) for i in ids]
+    assert defuse(ids[0]) == "''=1+2@example.com"
+    book = tmp_path / "short.xlsx"
+    book.write_bytes(short)
+    rows = list(load_workbook(book, read_only=True).active.iter_rows(values_only=True))
+    assert rows[0][:3] == ("line", "row", "loginId")
+    assert [r[:3] for r in rows[1:]] == [(n + 2, n + 1, i) for n, i in enumerate(ids)]

@@ -14,7 +14,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -208,13 +208,14 @@ def _read_rows(path: Path, status: str | None, most: int) -> Rows:
 def converted(path: Path, fmt: str, short: bool) -> bytes:
     """A result file as CSV or XLSX, whole or as the short sheet to send back.
 
-    Every cell stays text; in CSV a cell a spreadsheet could run as a formula starts with ``'``
-    (as the CLI's CSV results do).
+    Every cell stays text but the row numbers (numbers, as in the CLI's XLSX results); in CSV a
+    cell a spreadsheet could run as a formula starts with ``'`` (as the CLI's CSV results do).
     """
     from batchphone.reader import open_table
     from batchphone.writer import defuse
 
     table = open_table(path)
+    exact = _exact_text(path)
     columns = [c for c in SHORT_COLUMNS if c in table.columns] if short else list(table.columns)
     rows = (row for batch in table.rows(columns, batch_size=5000) for row in batch)
     if fmt == "csv":
@@ -225,9 +226,8 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(
-                ["" if v is None else (v if v.startswith("'") else defuse(v)) for v in row]
-            )
+            # an older XLSX result holds its formula-like cells quoted already
+            writer.writerow(["" if v is None else _csv_cell(v, exact, defuse) for v in row])
         return buffer.getvalue().encode("utf-8")
     import io
 
@@ -247,14 +247,40 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
     bold = workbook.add_format({"bold": True})
     for col, name in enumerate(columns):
         sheet.write_string(0, col, name, bold)
+    numbers = {col for col, name in enumerate(columns) if name in _NUMBER_COLUMNS}
     for number, row in enumerate(rows, start=1):
         for col, value in enumerate(row):
-            if value is not None:
+            if value is None:
+                continue
+            if col in numbers and value.isdigit():
+                sheet.write_number(number, col, int(value))
+            else:
                 sheet.write_string(number, col, value)
     sheet.autofilter(0, 0, 0, max(len(columns) - 1, 0))
     sheet.freeze_panes(1, 0)
     workbook.close()
     return data.getvalue()
+
+
+_NUMBER_COLUMNS = frozenset({"row", "line"})
+
+
+def _csv_cell(value: str, exact: bool, defuse: Callable[[str], str]) -> str:
+    return value if value.startswith("'") and not exact else defuse(value)
+
+
+def _exact_text(path: Path) -> bool:
+    """Whether ``path`` is an XLSX result that holds its text exactly (no ``'`` added)."""
+    import zipfile
+
+    from batchphone.writer import XLSX_EXACT_TEXT
+
+    try:
+        with zipfile.ZipFile(path) as workbook:
+            properties = workbook.read("docProps/custom.xml")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return False
+    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
 
 
 def lock_holder(out: Path) -> str | None:
