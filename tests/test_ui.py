@@ -466,15 +466,16 @@ def _noted_run(folder: Path, counts: dict[str, int], exit_code: int) -> None:
     files.save_job(folder, record)
 
 
-def _result_xlsx(path: Path, statuses: list[str]) -> None:
+def _result_xlsx(path: Path, statuses: list[str], reasons: list[str] | None = None) -> None:
     from openpyxl import Workbook
 
     book = Workbook()
     sheet = book.active
     assert sheet is not None
-    sheet.append(["row", "line", "loginId", "status"])
+    sheet.append(["row", "line", "loginId", "status", "reason"])
     for row, status in enumerate(statuses, start=1):
-        sheet.append([row, row + 1, f"u{row}@example.com", status])
+        reason = reasons[row - 1] if reasons else None
+        sheet.append([row, row + 2, f"u{row}@example.com", status, reason])
     book.save(path)
 
 
@@ -490,6 +491,16 @@ async def test_unsettled_rows_are_explained_and_resume_is_offered(tmp_path: Path
         assert re.search(unsettled, html)
         assert "Resume reads those users back first" in html
         assert 'id="resume"' in html  # no row is not_attempted: the unsettled ones call for it
+        # the rows themselves, with their reason in the page's words and the sheet's row number
+        statuses, reasons = ["updated", "unsettled", "unsettled"], ["", "ANSWER_LOST", "IN_FLIGHT"]
+        _result_xlsx(tmp_path / job / "result.xlsx", statuses, reasons)
+        html = (await client.get(f"/jobs/{job}")).text
+        attention = re.search(r'<details id="attention".*?</details>', html, re.S)
+        assert attention is not None and "Rows to look at: 2" in attention.group(0)
+        cells = re.findall(r'<td class="num">(\d+)</td>\s*<td>([^<]*)</td>', attention.group(0))
+        assert cells == [("4", "u2@example.com"), ("5", "u3@example.com")]
+        assert "answer lost: may have been applied" in attention.group(0)
+        assert "Resume reads the user back and settles the row" in attention.group(0)
         # a run of the CLI in the work folder, left with unsettled rows, in the history
         (tmp_path / "cli.csv").write_text("row,status\n1,updated\n2,unsettled\n")
         (tmp_path / "cli.csv.journal").write_bytes(b"")

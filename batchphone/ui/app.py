@@ -53,9 +53,14 @@ PAGE_EXPLANATIONS = {
     "row; undo restores it if it was applied",
     "NOT_APPLIED": "the call's answer was lost and reading the user back showed the update was "
     "not applied: drop the file again to send it",
+    "INTERRUPTED": "the run was stopped before this row was sent: Resume sends it",
     "UNREACHABLE": "not sent: nothing answered at the API base URL (connection refused or no "
     "such host); start batchphone ui with the right --base-url, then Resume",
 }
+#: a result's statuses that call for a look: not final yet, or not changed as asked
+ATTENTION = ("unsettled", "failed", "not_attempted")
+#: the same for a run's result
+RESULT_MEANING = {**MEANING, "failed": "not changed"}
 #: the same for an undo's check (a plan of the restore)
 UNDO_MEANING = {**MEANING, "change": "will be restored", "unchanged": "left as is"}
 
@@ -87,7 +92,11 @@ class _Server:
     # -- helpers -------------------------------------------------------------------------
     def render(self, request: Request, name: str, **context: Any) -> Response:
         context.update(
-            page=self.page, csrf=self.keys.csrf, meaning=MEANING, undo_meaning=UNDO_MEANING
+            page=self.page,
+            csrf=self.keys.csrf,
+            meaning=MEANING,
+            undo_meaning=UNDO_MEANING,
+            result_meaning=RESULT_MEANING,
         )
         return self.templates.TemplateResponse(request, name, context)
 
@@ -205,6 +214,10 @@ class _Server:
             undo_rows = files.read_rows(check_path, None, ROWS_SHOWN)
         result = folder / files.OUTPUTS["result"]
         holder = files.lock_holder(result)
+        result_counts = _file_counts(result, holder)
+        attention = None
+        if result_counts and any(result_counts.get(s) for s in ATTENTION):
+            attention = files.read_rows(result, ATTENTION, ROWS_SHOWN)
         return {
             "job": record,
             "settings": settings,
@@ -218,7 +231,8 @@ class _Server:
             "explain": _explain,
             "outputs": {k: (folder / v).is_file() for k, v in files.OUTPUTS.items()},
             "holder": holder,
-            "result_counts": _file_counts(result, holder),
+            "result_counts": result_counts,
+            "attention_rows": attention,
             "undo_counts": _file_counts(folder / files.OUTPUTS["undo"], holder),
         }
 

@@ -168,12 +168,13 @@ class Rows:
     matching: int
 
 
-_READ: dict[tuple[Path, str | None, int], tuple[tuple[int, int], Rows]] = {}
+_READ: dict[tuple[Path, str | tuple[str, ...] | None, int], tuple[tuple[int, int], Rows]] = {}
 
 
-def read_rows(path: Path, status: str | None, most: int) -> Rows:
-    """The first ``most`` rows of a result file (of ``status`` only, when given); read once
-    per version of the file, since a page shows them again after each step."""
+def read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
+    """The first ``most`` rows of a result file (of ``status`` only, or of these statuses,
+    when given); read once per version of the file, since a page shows them again after each
+    step."""
     stat = path.stat()
     version = (stat.st_mtime_ns, stat.st_size)
     key = (path, status, most)
@@ -187,17 +188,18 @@ def read_rows(path: Path, status: str | None, most: int) -> Rows:
     return rows
 
 
-def _read_rows(path: Path, status: str | None, most: int) -> Rows:
+def _read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
     from batchphone.reader import open_table
 
     table = open_table(path)
     columns = list(table.columns)
     rows: list[dict[str, str | None]] = []
     matching = 0
+    wanted = (status,) if isinstance(status, str) else status
     for batch in table.rows(columns, batch_size=5000):
         for values in batch:
             record = dict(zip(columns, values, strict=True))
-            if status and record.get("status") != status:
+            if wanted and record.get("status") not in wanted:
                 continue
             matching += 1
             if len(rows) < most:
