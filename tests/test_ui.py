@@ -650,3 +650,25 @@ async def test_the_downloads_keep_a_formula_like_login_id_exact(tmp_path: Path) 
     rows = list(load_workbook(book, read_only=True).active.iter_rows(values_only=True))
     assert rows[0][:3] == ("line", "row", "loginId")
     assert [r[:3] for r in rows[1:]] == [(n + 2, n + 1, i) for n, i in enumerate(ids)]
+
+
+@pytest.mark.anyio
+async def test_an_undo_left_unsettled_offers_to_resume_it(tmp_path: Path) -> None:
+    from batchphone.ui import files
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        folder = tmp_path / job
+        _noted_run(folder, {"updated": 2}, 0)
+        _result_xlsx(folder / "result.xlsx", ["updated", "updated"])
+        record = files.load_job(folder)
+        checked = {"counts": {"change": 2}, "exit_code": 0}
+        record["undo_check"] = {"summaries": [checked]}
+        record["undo"] = {"summaries": [{"counts": {"updated": 1, "unsettled": 1}, "exit_code": 1}]}
+        files.save_job(folder, record)
+        _result_xlsx(folder / "undo.xlsx", ["updated", "unsettled"])
+        html = (await client.get(f"/jobs/{job}")).text
+    assert '<p id="undo-done">Undo stopped:</p>' in html
+    assert 'id="undo-unsettled"><b>1</b> unsettled' in html
+    assert 'id="resume-undo"' in html and '{"confirm": "2"}' in html
