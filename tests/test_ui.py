@@ -672,3 +672,24 @@ async def test_an_undo_left_unsettled_offers_to_resume_it(tmp_path: Path) -> Non
     assert '<p id="undo-done">Undo stopped:</p>' in html
     assert 'id="undo-unsettled"><b>1</b> unsettled' in html
     assert 'id="resume-undo"' in html and '{"confirm": "2"}' in html
+
+
+@pytest.mark.anyio
+async def test_undo_s_rows_are_shown_by_the_sheet_s_row_number(tmp_path: Path) -> None:
+    from batchphone.ui import files
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        folder = tmp_path / job
+        _noted_run(folder, {"updated": 2}, 0)
+        _result_xlsx(folder / "result.xlsx", ["updated", "updated"])  # lines 3 and 4
+        _result_xlsx(folder / "undo-check.xlsx", ["change", "change"])  # its own lines
+        record = files.load_job(folder)
+        record["undo_check"] = {"summaries": [{"counts": {"change": 2}, "exit_code": 0}]}
+        files.save_job(folder, record)
+        html = (await client.get(f"/jobs/{job}")).text
+    table = html[html.index('id="restores"') :]
+    assert "<th>sheet row</th>" in table
+    cells = re.findall(r'<td class="num">(\d+)</td>\s*<td>([^<]*)</td>', table)
+    assert cells == [("3", "u1@example.com"), ("4", "u2@example.com")]

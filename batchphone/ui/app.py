@@ -218,6 +218,11 @@ class _Server:
         attention = None
         if result_counts and any(result_counts.get(s) for s in ATTENTION):
             attention = files.read_rows(result, ATTENTION, ROWS_SHOWN)
+        sheet_lines: dict[str | None, str | None] = {}
+        if undo_rows is not None and result_counts:
+            # undo's row N is the result file's row N: the sheet's row number is that one's line
+            shown = files.read_rows(result, None, ROWS_SHOWN).rows
+            sheet_lines = {r.get("row"): r.get("line") for r in shown if r.get("line")}
         return {
             "job": record,
             "settings": settings,
@@ -228,6 +233,7 @@ class _Server:
             "status": status,
             "plan_rows": plan_rows,
             "undo_rows": undo_rows,
+            "sheet_lines": sheet_lines,
             "explain": _explain,
             "outputs": {k: (folder / v).is_file() for k, v in files.OUTPUTS.items()},
             "holder": holder,
