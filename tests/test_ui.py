@@ -539,6 +539,8 @@ def test_the_page_explains_a_reason_in_its_own_words_not_the_cli_s_flags() -> No
         assert text and not any(w in text for w in cli_words), (reason, text)
     assert "Resume reads the user back" in _explain("ANSWER_LOST", None)
     assert "had no phone before the run" in _explain("EMPTY_PHONE", None, True)
+    for reason in ("INTERRUPTED", "REMOVE_PHONE"):  # no sentence of the CLI's: one of the page's
+        assert _explain(reason, None), reason
 
 
 @pytest.mark.slow

@@ -54,6 +54,8 @@ PAGE_EXPLANATIONS = {
     "NOT_APPLIED": "the call's answer was lost and reading the user back showed the update was "
     "not applied: drop the file again to send it",
     "INTERRUPTED": "the run was stopped before this row was sent: Resume sends it",
+    "REMOVE_PHONE": "the user's phone is removed: the phone to set is empty, and removing is "
+    "allowed (the user had none before the run, for an undo)",
     "UNREACHABLE": "not sent: nothing answered at the API base URL (connection refused or no "
     "such host); start batchphone ui with the right --base-url, then Resume",
 }
