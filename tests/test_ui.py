@@ -695,3 +695,20 @@ async def test_undo_s_rows_are_shown_by_the_sheet_s_row_number(tmp_path: Path) -
     assert "<th>sheet row</th>" in table
     cells = re.findall(r'<td class="num">(\d+)</td>\s*<td>([^<]*)</td>', table)
     assert cells == [("3", "u1@example.com"), ("4", "u2@example.com")]
+
+
+def test_a_task_is_seen_ended_only_once_its_notes_are_written() -> None:
+    """The page reloads when a task ends: the job's notes (the plan, the run's summary) must be
+    there by then, or the reloaded page shows no plan and a run is refused."""
+    import io
+    import subprocess
+
+    from batchphone.ui.tasks import Task, Tasks
+
+    process = subprocess.Popen(["true"])
+    task = Task(id="t1", job_id="j", kind="check", out=None, process=process)
+    seen: list[str] = []
+    summary = '{"event": "summary", "step": 1, "summary": {"counts": {}, "exit_code": 0}}\n'
+    Tasks({}, None)._follow(task, io.StringIO(summary), lambda t: seen.append(t.state))
+    assert seen == ["running"]
+    assert task.state == "done" and task.exit_code == 0

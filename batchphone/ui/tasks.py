@@ -174,13 +174,15 @@ class Tasks:
         assert task.process is not None
         code = task.process.wait()
         task.exit_code = code if task.exit_code is None else task.exit_code
-        task.state = "failed" if task.error or code not in (0, 1, 130) else "done"
+        failed = bool(task.error) or code not in (0, 1, 130)
         if task.error is None and code not in (0, 1, 130):
             task.error = _stopped(task.summaries, code)
         task.pause_until = None
         try:
             on_end(task)
         finally:
+            # only now: a page that sees the task ended reloads, and must find its notes written
+            task.state = "failed" if failed else "done"
             log.info("ui_task_ended", task=task.id, kind=task.kind, exit_code=code)
 
 
