@@ -444,3 +444,271 @@ def test_a_task_shows_counts_budget_eta_the_429_countdown_and_the_canary() -> No
     assert view["canary"] == "passed: the first 5 updates stuck"
     _apply(task, {"event": "log", "name": "canary_failed", "rows": 5, "mismatches": 2})
     assert task.view()["canary"] == ("failed: 2 of 5 updates did not stick; nothing more was sent")
+
+
+async def _uploaded(client: httpx.AsyncClient, keys: Keys, text: str) -> str:
+    headers = {"X-Filename": "fix.csv", "X-CSRF-Token": keys.csrf}
+    job: str = (await client.post("/upload", content=text.encode(), headers=headers)).json()["job"]
+    return job
+
+
+def _noted_run(folder: Path, counts: dict[str, int], exit_code: int) -> None:
+    """The page's notes of a checked and run job, as a worker leaves them."""
+    from batchphone.ui import files
+
+    record = files.load_job(folder)
+    plan = {"counts": {"change": sum(counts.values())}, "planned_calls": 3, "planned_s": 0.0}
+    record["settings"] = {"api": "update", "login_id_column": "loginId", "phone_column": "phone"}
+    record["check"] = {"summaries": [plan], "plan": plan}
+    summary = {"counts": counts, "exit_code": exit_code, "requests": 3, "elapsed_s": 1.0,
+               "stopped_reason": "interrupted"}  # fmt: skip
+    record["run"] = {"options": {}, "summaries": [summary], "error": None, "exit_code": exit_code}
+    files.save_job(folder, record)
+
+
+def _result_xlsx(path: Path, statuses: list[str], reasons: list[str] | None = None) -> None:
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["row", "line", "loginId", "status", "reason"])
+    for row, status in enumerate(statuses, start=1):
+        reason = reasons[row - 1] if reasons else None
+        sheet.append([row, row + 2, f"u{row}@example.com", status, reason])
+    book.save(path)
+
+
+@pytest.mark.anyio
+async def test_unsettled_rows_are_explained_and_resume_is_offered(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        _noted_run(tmp_path / job, {"updated": 1, "unsettled": 2}, 130)
+        html = (await client.get(f"/jobs/{job}")).text
+        assert '<li class="status-unsettled"><b>2</b> unsettled</li>' in html
+        unsettled = r'id="unsettled"><b>2</b> rows are <b>unsettled</b>: the call went out'
+        assert re.search(unsettled, html)
+        assert "Resume reads those users back first" in html
+        assert 'id="resume"' in html  # no row is not_attempted: the unsettled ones call for it
+        # the rows themselves, with their reason in the page's words and the sheet's row number
+        statuses, reasons = ["updated", "unsettled", "unsettled"], ["", "ANSWER_LOST", "IN_FLIGHT"]
+        _result_xlsx(tmp_path / job / "result.xlsx", statuses, reasons)
+        html = (await client.get(f"/jobs/{job}")).text
+        attention = re.search(r'<details id="attention".*?</details>', html, re.S)
+        assert attention is not None and "Rows to look at: 2" in attention.group(0)
+        cells = re.findall(r'<td class="num">(\d+)</td>\s*<td>([^<]*)</td>', attention.group(0))
+        assert cells == [("4", "u2@example.com"), ("5", "u3@example.com")]
+        assert "answer lost: may have been applied" in attention.group(0)
+        assert "Resume reads the user back and settles the row" in attention.group(0)
+        # a run of the CLI in the work folder, left with unsettled rows, in the history
+        (tmp_path / "cli.csv").write_text("row,status\n1,updated\n2,unsettled\n")
+        (tmp_path / "cli.csv.journal").write_bytes(b"")
+        index = (await client.get("/")).text
+    assert re.search(r"<td>cli.csv</td>\s*<td>cli</td>\s*<td>.*unsettled: resume</span>", index)
+
+
+@pytest.mark.anyio
+async def test_the_result_shown_is_the_result_file_as_the_cli_left_it(tmp_path: Path) -> None:
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        _noted_run(tmp_path / job, {"updated": 1, "unsettled": 2}, 130)
+        # the CLI resumed the page's run since: its rows are settled, undone by the CLI too
+        _result_xlsx(tmp_path / job / "result.xlsx", ["updated", "updated", "updated"])
+        html = (await client.get(f"/jobs/{job}")).text
+        assert '<li class="status-updated"><b>3</b> updated</li>' in html
+        assert 'id="run-changed"' in html
+        assert 'id="unsettled"' not in html and 'id="resume"' not in html
+        _result_xlsx(tmp_path / job / "undo.xlsx", ["updated", "updated", "unchanged"])
+        html = (await client.get(f"/jobs/{job}")).text
+    assert "This run was undone by another process (the CLI)" in html
+    assert 'id="undo-check"' not in html
+
+
+def test_the_page_explains_a_reason_in_its_own_words_not_the_cli_s_flags() -> None:
+    from batchphone.models import Reason
+    from batchphone.prepare import EXPLANATIONS
+    from batchphone.ui.app import _explain
+
+    cli_words = ("--allow-remove", "--default-region", "--retry-failed", "rerun the same command")
+    named = [r for r, text in EXPLANATIONS.items() if any(w in text for w in cli_words)]
+    assert {Reason.MISSING_REGION, Reason.EMPTY_PHONE, Reason.ANSWER_LOST} <= set(named)
+    for reason in named:
+        text = _explain(reason.value, None)
+        assert text and not any(w in text for w in cli_words), (reason, text)
+    assert "Resume reads the user back" in _explain("ANSWER_LOST", None)
+    assert "had no phone before the run" in _explain("EMPTY_PHONE", None, True)
+    for reason in ("INTERRUPTED", "REMOVE_PHONE"):  # no sentence of the CLI's: one of the page's
+        assert _explain(reason, None), reason
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_check_that_cannot_reach_the_api_says_why_not_an_exit_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DESCOPE_MANAGEMENT_KEY", KEY)
+    flags = {"project_id": "P2abcdefghijklmnopqrstuvwxyz0123", "base_url": "http://127.0.0.1:1"}
+    page = _page(tmp_path, limit=10**6, live=True, emulator_state=None, flags=flags)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        check = await _post(client, keys, f"/jobs/{job}/check")
+        view = await _finished(client, check.json()["task"])
+        assert view["exit_code"] == 3
+        assert str(view["error"]).startswith("stopped: cannot reach http://127.0.0.1:1")
+        html = (await client.get(f"/jobs/{job}")).text
+    assert "stopped: cannot reach http://127.0.0.1:1" in html and "unexpectedly" not in html
+    assert "The check did not finish" in html and "Nothing to change" not in html
+    assert KEY not in html
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_undo_can_remove_the_phones_a_run_gave_to_users_who_had_none(
+    tmp_path: Path,
+) -> None:
+    from batchphone.emulator.statefile import load_state
+
+    seed = tmp_path / "users.csv"
+    seed.write_text("loginId\na@example.com\nb@example.com\n")  # no phone yet
+    state = tmp_path / "state.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    page = _page(work, limit=10**6, emulator_state=state, emulator_users=seed)
+    keys = Keys()
+    async with _signed_in(page, keys) as client:
+        text = "loginId,phone\na@example.com,+14155550101\nb@example.com,+14155550102\n"
+        job = await _uploaded(client, keys, text)
+        check = await _post(client, keys, f"/jobs/{job}/check")
+        await _finished(client, check.json()["task"])
+        run = await _post(client, keys, f"/jobs/{job}/run", confirm="2")
+        assert (await _finished(client, run.json()["task"]))["state"] == "done"
+        html = (await client.get(f"/jobs/{job}")).text
+        assert "Also remove the phones this run gave to users who had none" in html
+        checked = await _post(client, keys, f"/jobs/{job}/undo-check", allow_remove=True)
+        await _finished(client, checked.json()["task"])
+        html = (await client.get(f"/jobs/{job}")).text
+        assert 'Undo would restore <b id="restores">2</b>' in html
+        undo = await _post(client, keys, f"/jobs/{job}/undo", confirm="2")
+        assert (await _finished(client, undo.json()["task"]))["state"] == "done"
+    assert [u.get("phone", "") for u in load_state(state)] == ["", ""]
+
+
+@pytest.mark.anyio
+async def test_the_history_counts_a_cli_run_going_on_from_its_journal(tmp_path: Path) -> None:
+    import batchphone
+
+    sheet = tmp_path / "cli.csv"
+    sheet.write_text("loginId,phone\na@example.com,+14155550101\nb@example.com,12\n")
+    out = tmp_path / "cli-result.csv"
+    await anyio.to_thread.run_sync(
+        lambda: batchphone.run(sheet, out=out, target=batchphone.Target.emulator())
+    )
+    out.unlink()  # as while the run goes on: its result file is written when it ends
+    lock = RunLock(out)
+    lock.acquire()
+    try:
+        async with _signed_in(_page(tmp_path), Keys()) as client:
+            index = (await client.get("/")).text
+    finally:
+        lock.release()
+    row = re.search(r"<td>cli-result.csv</td>(.*?)</tr>", index, re.S)
+    assert row is not None
+    assert "<td>run</td>" in row.group(1)  # the command, as its journal names it
+    assert re.search(rf"running \(pid {os.getpid()} on [^)]+\)", row.group(1))
+    assert "invalid 1" in row.group(1) and "updated 1" in row.group(1)
+
+
+@pytest.mark.anyio
+async def test_the_downloads_keep_a_formula_like_login_id_exact(tmp_path: Path) -> None:
+    import csv
+    import io
+
+    from openpyxl import load_workbook
+
+    import batchphone
+    from batchphone.writer import defuse
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        sheet = tmp_path / "in.csv"
+        ids = ["'=1+2@example.com", "=SUM(A1)@example.com", "'plain@example.com"]
+        rows = "".join(f'"{i}",+1415555010{n}\n' for n, i in enumerate(ids))
+        sheet.write_text("loginId,phone\n" + rows)
+        result = tmp_path / job / "result.xlsx"
+        await anyio.to_thread.run_sync(
+            lambda: batchphone.run(sheet, out=result, target=batchphone.Target.emulator())
+        )
+        text = (await client.get(f"/jobs/{job}/files/result.csv")).text
+        short = (await client.get(f"/jobs/{job}/files/short.xlsx")).content
+    # as the CLI's CSV results: undo takes the one ' it added off again
+    assert [r["loginId"] for r in csv.DictReader(io.StringIO(text))] == [defuse(i) for i in ids]
+    assert defuse(ids[0]) == "''=1+2@example.com"
+    book = tmp_path / "short.xlsx"
+    book.write_bytes(short)
+    rows = list(load_workbook(book, read_only=True).active.iter_rows(values_only=True))
+    assert rows[0][:3] == ("line", "row", "loginId")
+    assert [r[:3] for r in rows[1:]] == [(n + 2, n + 1, i) for n, i in enumerate(ids)]
+
+
+@pytest.mark.anyio
+async def test_an_undo_left_unsettled_offers_to_resume_it(tmp_path: Path) -> None:
+    from batchphone.ui import files
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        folder = tmp_path / job
+        _noted_run(folder, {"updated": 2}, 0)
+        _result_xlsx(folder / "result.xlsx", ["updated", "updated"])
+        record = files.load_job(folder)
+        checked = {"counts": {"change": 2}, "exit_code": 0}
+        record["undo_check"] = {"summaries": [checked]}
+        record["undo"] = {"summaries": [{"counts": {"updated": 1, "unsettled": 1}, "exit_code": 1}]}
+        files.save_job(folder, record)
+        _result_xlsx(folder / "undo.xlsx", ["updated", "unsettled"])
+        html = (await client.get(f"/jobs/{job}")).text
+    assert '<p id="undo-done">Undo stopped:</p>' in html
+    assert 'id="undo-unsettled"><b>1</b> unsettled' in html
+    assert 'id="resume-undo"' in html and '{"confirm": "2"}' in html
+
+
+@pytest.mark.anyio
+async def test_undo_s_rows_are_shown_by_the_sheet_s_row_number(tmp_path: Path) -> None:
+    from batchphone.ui import files
+
+    keys = Keys()
+    async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        folder = tmp_path / job
+        _noted_run(folder, {"updated": 2}, 0)
+        _result_xlsx(folder / "result.xlsx", ["updated", "updated"])  # lines 3 and 4
+        _result_xlsx(folder / "undo-check.xlsx", ["change", "change"])  # its own lines
+        record = files.load_job(folder)
+        record["undo_check"] = {"summaries": [{"counts": {"change": 2}, "exit_code": 0}]}
+        files.save_job(folder, record)
+        html = (await client.get(f"/jobs/{job}")).text
+    table = html[html.index('id="restores"') :]
+    assert "<th>sheet row</th>" in table
+    cells = re.findall(r'<td class="num">(\d+)</td>\s*<td>([^<]*)</td>', table)
+    assert cells == [("3", "u1@example.com"), ("4", "u2@example.com")]
+
+
+def test_a_task_is_seen_ended_only_once_its_notes_are_written() -> None:
+    """The page reloads when a task ends: the job's notes (the plan, the run's summary) must be
+    there by then, or the reloaded page shows no plan and a run is refused."""
+    import io
+    import subprocess
+
+    from batchphone.ui.tasks import Task, Tasks
+
+    process = subprocess.Popen(["true"])
+    task = Task(id="t1", job_id="j", kind="check", out=None, process=process)
+    seen: list[str] = []
+    summary = '{"event": "summary", "step": 1, "summary": {"counts": {}, "exit_code": 0}}\n'
+    Tasks({}, None)._follow(task, io.StringIO(summary), lambda t: seen.append(t.state))
+    assert seen == ["running"]
+    assert task.state == "done" and task.exit_code == 0

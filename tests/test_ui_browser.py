@@ -208,6 +208,10 @@ def test_the_whole_fix_in_a_browser(server: dict[str, Any], tmp_path: Path) -> N
         assert stopped.get("not_attempted", 0) > 0, stopped
         assert 4 <= stopped["updated"] < CHANGES
         assert "Canary passed" in page.inner_text("#canary-verdict")
+        # the rows not sent yet, by the sheet's row, with what to do in the page's words
+        attention = page.locator("#attention tbody tr")
+        assert attention.count() == stopped["not_attempted"]
+        assert "Resume sends it" in attention.first.inner_text()
         shot(page, "06-stopped")
 
         # resume: the rows already final are not sent again

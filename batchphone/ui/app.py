@@ -38,7 +38,31 @@ MEANING = {
     "skipped": "left as is",
     "updated": "updated",
     "not_attempted": "not sent yet",
+    "unsettled": "answer lost: may have been applied",
 }
+#: The reasons whose explanation names a flag of the command line, in the words of the page.
+PAGE_EXPLANATIONS = {
+    "MISSING_REGION": "national number without a country: choose a default region, add a "
+    "region column, or write it as +<country code>...",
+    "EMPTY_PHONE": "empty phone: not sent (tick 'An empty phone removes the user's phone' to "
+    "remove it)",
+    "IN_FLIGHT": "the call was on its way when the run ended: Resume reads the user back and "
+    "settles the row",
+    "ANSWER_LOST": "the call was sent but its answer was lost (timeout, dropped connection, "
+    "server error), so it may have been applied: Resume reads the user back and settles the "
+    "row; undo restores it if it was applied",
+    "NOT_APPLIED": "the call's answer was lost and reading the user back showed the update was "
+    "not applied: drop the file again to send it",
+    "INTERRUPTED": "the run was stopped before this row was sent: Resume sends it",
+    "REMOVE_PHONE": "the user's phone is removed: the phone to set is empty, and removing is "
+    "allowed (the user had none before the run, for an undo)",
+    "UNREACHABLE": "not sent: nothing answered at the API base URL (connection refused or no "
+    "such host); start batchphone ui with the right --base-url, then Resume",
+}
+#: a result's statuses that call for a look: not final yet, or not changed as asked
+ATTENTION = ("unsettled", "failed", "not_attempted")
+#: the same for a run's result
+RESULT_MEANING = {**MEANING, "failed": "not changed"}
 #: the same for an undo's check (a plan of the restore)
 UNDO_MEANING = {**MEANING, "change": "will be restored", "unchanged": "left as is"}
 
@@ -70,7 +94,11 @@ class _Server:
     # -- helpers -------------------------------------------------------------------------
     def render(self, request: Request, name: str, **context: Any) -> Response:
         context.update(
-            page=self.page, csrf=self.keys.csrf, meaning=MEANING, undo_meaning=UNDO_MEANING
+            page=self.page,
+            csrf=self.keys.csrf,
+            meaning=MEANING,
+            undo_meaning=UNDO_MEANING,
+            result_meaning=RESULT_MEANING,
         )
         return self.templates.TemplateResponse(request, name, context)
 
@@ -186,6 +214,17 @@ class _Server:
         check_path = folder / files.OUTPUTS["undo-check"]
         if (record.get("undo_check") or {}).get("summaries") and check_path.is_file():
             undo_rows = files.read_rows(check_path, None, ROWS_SHOWN)
+        result = folder / files.OUTPUTS["result"]
+        holder = files.lock_holder(result)
+        result_counts = _file_counts(result, holder)
+        attention = None
+        if result_counts and any(result_counts.get(s) for s in ATTENTION):
+            attention = files.read_rows(result, ATTENTION, ROWS_SHOWN)
+        sheet_lines: dict[str | None, str | None] = {}
+        if undo_rows is not None and result_counts:
+            # undo's row N is the result file's row N: the sheet's row number is that one's line
+            shown = files.read_rows(result, None, ROWS_SHOWN).rows
+            sheet_lines = {r.get("row"): r.get("line") for r in shown if r.get("line")}
         return {
             "job": record,
             "settings": settings,
@@ -196,9 +235,13 @@ class _Server:
             "status": status,
             "plan_rows": plan_rows,
             "undo_rows": undo_rows,
+            "sheet_lines": sheet_lines,
             "explain": _explain,
             "outputs": {k: (folder / v).is_file() for k, v in files.OUTPUTS.items()},
-            "holder": files.lock_holder(folder / files.OUTPUTS["result"]),
+            "holder": holder,
+            "result_counts": result_counts,
+            "attention_rows": attention,
+            "undo_counts": _file_counts(folder / files.OUTPUTS["undo"], holder),
         }
 
     # -- actions -------------------------------------------------------------------------
@@ -293,16 +336,22 @@ class _Server:
         result = folder / files.OUTPUTS["result"]
         if not result.is_file():
             return _error(409, "no run to undo")
-        options: dict[str, Any] = {"allow_remove": bool(record["settings"].get("allow_remove"))}
+        checking = record.get("undo_check") or {}
+        if dry:
+            remove = bool(body.get("allow_remove")) or bool(record["settings"].get("allow_remove"))
+        else:
+            remove = bool(checking.get("allow_remove"))
+        options: dict[str, Any] = {"allow_remove": remove}
         if dry:
             options["dry_run"] = True
         else:
-            checked = ((record.get("undo_check") or {}).get("summaries") or [{}])[-1]
+            checked = (checking.get("summaries") or [{}])[-1]
             counts = checked.get("counts") or {}
             restores = int(counts.get("change", 0)) + int(counts.get("would_update", 0))
             if str(body.get("confirm")) != str(restores):
                 return _error(409, f"confirm the undo of {restores} users first")
         kind = "undo-check" if dry else "undo"
+        base = {"allow_remove": remove} if dry else None
         steps = [
             {
                 "command": "undo",
@@ -311,7 +360,7 @@ class _Server:
                 "options": options,
             }
         ]
-        started = self.start(folder, kind, steps)
+        started = self.start(folder, kind, steps, base=base)
         return started if isinstance(started, Response) else JSONResponse({"task": started.id})
 
     async def task(self, request: Request) -> Response:
@@ -369,6 +418,17 @@ def _outcome(task: Task) -> dict[str, Any]:
         for number, summary in enumerate(task.summaries):
             outcome[by_step.get(number, str(number))] = summary
     return outcome
+
+
+def _file_counts(path: Path, holder: str | None) -> dict[str, int] | None:
+    """A result file's rows by status, as it is now (the CLI may have resumed the page's run
+    since); ``None`` while a process writes it, or when it is not there or cannot be read."""
+    if holder is not None or not path.is_file():
+        return None
+    try:
+        return files.status_counts(path)
+    except (InputError, OSError):
+        return None
 
 
 def _row_options(settings: dict[str, Any]) -> dict[str, Any]:
@@ -431,12 +491,19 @@ def _regions() -> list[tuple[str, str]]:
         return _REGIONS
 
 
-def _explain(reason: str | None, message: str | None) -> str:
+def _explain(reason: str | None, message: str | None, undo: bool = False) -> str:
     if not reason:
         return ""
+    if undo and reason == "EMPTY_PHONE":
+        return (
+            "the user had no phone before the run: left as is (tick 'Also remove the phones this "
+            "run gave to users who had none' to remove it)"
+        )
     from batchphone.models import Reason
     from batchphone.prepare import EXPLANATIONS
 
+    if reason in PAGE_EXPLANATIONS:
+        return PAGE_EXPLANATIONS[reason]
     try:
         text = EXPLANATIONS.get(Reason(reason))
     except ValueError:

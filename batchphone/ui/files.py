@@ -14,13 +14,16 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batchphone.atomic import write_private
 from batchphone.errors import InputError
+
+if TYPE_CHECKING:
+    from batchphone.status import RunStatus
 
 __all__ = [
     "OUTPUTS",
@@ -165,12 +168,13 @@ class Rows:
     matching: int
 
 
-_READ: dict[tuple[Path, str | None, int], tuple[tuple[int, int], Rows]] = {}
+_READ: dict[tuple[Path, str | tuple[str, ...] | None, int], tuple[tuple[int, int], Rows]] = {}
 
 
-def read_rows(path: Path, status: str | None, most: int) -> Rows:
-    """The first ``most`` rows of a result file (of ``status`` only, when given); read once
-    per version of the file, since a page shows them again after each step."""
+def read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
+    """The first ``most`` rows of a result file (of ``status`` only, or of these statuses,
+    when given); read once per version of the file, since a page shows them again after each
+    step."""
     stat = path.stat()
     version = (stat.st_mtime_ns, stat.st_size)
     key = (path, status, most)
@@ -184,17 +188,18 @@ def read_rows(path: Path, status: str | None, most: int) -> Rows:
     return rows
 
 
-def _read_rows(path: Path, status: str | None, most: int) -> Rows:
+def _read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
     from batchphone.reader import open_table
 
     table = open_table(path)
     columns = list(table.columns)
     rows: list[dict[str, str | None]] = []
     matching = 0
+    wanted = (status,) if isinstance(status, str) else status
     for batch in table.rows(columns, batch_size=5000):
         for values in batch:
             record = dict(zip(columns, values, strict=True))
-            if status and record.get("status") != status:
+            if wanted and record.get("status") not in wanted:
                 continue
             matching += 1
             if len(rows) < most:
@@ -205,13 +210,14 @@ def _read_rows(path: Path, status: str | None, most: int) -> Rows:
 def converted(path: Path, fmt: str, short: bool) -> bytes:
     """A result file as CSV or XLSX, whole or as the short sheet to send back.
 
-    Every cell stays text; in CSV a cell a spreadsheet could run as a formula starts with ``'``
-    (as the CLI's CSV results do).
+    Every cell stays text but the row numbers (numbers, as in the CLI's XLSX results); in CSV a
+    cell a spreadsheet could run as a formula starts with ``'`` (as the CLI's CSV results do).
     """
     from batchphone.reader import open_table
     from batchphone.writer import defuse
 
     table = open_table(path)
+    exact = _exact_text(path)
     columns = [c for c in SHORT_COLUMNS if c in table.columns] if short else list(table.columns)
     rows = (row for batch in table.rows(columns, batch_size=5000) for row in batch)
     if fmt == "csv":
@@ -222,9 +228,8 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(columns)
         for row in rows:
-            writer.writerow(
-                ["" if v is None else (v if v.startswith("'") else defuse(v)) for v in row]
-            )
+            # an older XLSX result holds its formula-like cells quoted already
+            writer.writerow(["" if v is None else _csv_cell(v, exact, defuse) for v in row])
         return buffer.getvalue().encode("utf-8")
     import io
 
@@ -244,14 +249,40 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
     bold = workbook.add_format({"bold": True})
     for col, name in enumerate(columns):
         sheet.write_string(0, col, name, bold)
+    numbers = {col for col, name in enumerate(columns) if name in _NUMBER_COLUMNS}
     for number, row in enumerate(rows, start=1):
         for col, value in enumerate(row):
-            if value is not None:
+            if value is None:
+                continue
+            if col in numbers and value.isdigit():
+                sheet.write_number(number, col, int(value))
+            else:
                 sheet.write_string(number, col, value)
     sheet.autofilter(0, 0, 0, max(len(columns) - 1, 0))
     sheet.freeze_panes(1, 0)
     workbook.close()
     return data.getvalue()
+
+
+_NUMBER_COLUMNS = frozenset({"row", "line"})
+
+
+def _csv_cell(value: str, exact: bool, defuse: Callable[[str], str]) -> str:
+    return value if value.startswith("'") and not exact else defuse(value)
+
+
+def _exact_text(path: Path) -> bool:
+    """Whether ``path`` is an XLSX result that holds its text exactly (no ``'`` added)."""
+    import zipfile
+
+    from batchphone.writer import XLSX_EXACT_TEXT
+
+    try:
+        with zipfile.ZipFile(path) as workbook:
+            properties = workbook.read("docProps/custom.xml")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return False
+    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
 
 
 def lock_holder(out: Path) -> str | None:
@@ -310,6 +341,8 @@ class FoundRun:
     holder: str | None
     modified: float
     error: str | None = None
+    #: the command that wrote it, as its journal names it (``run``, ``plan``, ``undo``)
+    command: str | None = None
 
 
 def find_runs(work: Path, depth: int = 2) -> list[FoundRun]:
@@ -321,13 +354,23 @@ def find_runs(work: Path, depth: int = 2) -> list[FoundRun]:
         holder = lock_holder(out)
         counts: dict[str, int] = {}
         error = None
-        if out.is_file():
+        command = None
+        try:
+            journaled = journal_status(journal)
+            command = journaled.command
+        except InputError as exc:
+            journaled, error = None, exc.message
+        if holder is not None or not out.is_file():
+            # a run going on (or ended before writing it): the result file is not there yet,
+            # or is an earlier run's; its journal has the rows so far
+            counts = journaled.counts if journaled is not None else {}
+        else:
             try:
-                counts = status_counts(out)
+                counts, error = status_counts(out), None
             except InputError as exc:
                 error = exc.message
         modified = max(p.stat().st_mtime for p in (journal, out) if p.exists())
-        found.append(FoundRun(out, job_id, counts, holder, modified, error))
+        found.append(FoundRun(out, job_id, counts, holder, modified, error, command))
     found.sort(key=lambda run: run.modified, reverse=True)
     return found
 
@@ -344,6 +387,26 @@ def _journals(folder: Path, depth: int) -> Iterator[Path]:
             yield entry
         elif entry.is_dir() and depth > 1 and not entry.name.startswith("."):
             yield from _journals(entry, depth - 1)
+
+
+_JOURNALED: dict[Path, tuple[tuple[int, int], RunStatus]] = {}
+
+
+def journal_status(journal: Path) -> RunStatus:
+    """What ``batchphone status`` reads from a run's journal (once per version of it): the
+    command that wrote it and its rows by their last status."""
+    from batchphone.status import read_status
+
+    stat = journal.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    cached = _JOURNALED.get(journal)
+    if cached is not None and cached[0] == version:
+        return cached[1]
+    status = read_status(journal)
+    if len(_JOURNALED) > 256:
+        _JOURNALED.clear()
+    _JOURNALED[journal] = (version, status)
+    return status
 
 
 _COUNTED: dict[Path, tuple[tuple[int, int], dict[str, int]]] = {}

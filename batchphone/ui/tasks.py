@@ -174,13 +174,15 @@ class Tasks:
         assert task.process is not None
         code = task.process.wait()
         task.exit_code = code if task.exit_code is None else task.exit_code
-        task.state = "failed" if task.error or code not in (0, 1, 130) else "done"
+        failed = bool(task.error) or code not in (0, 1, 130)
         if task.error is None and code not in (0, 1, 130):
-            task.error = f"the task ended unexpectedly (exit {code})"
+            task.error = _stopped(task.summaries, code)
         task.pause_until = None
         try:
             on_end(task)
         finally:
+            # only now: a page that sees the task ended reloads, and must find its notes written
+            task.state = "failed" if failed else "done"
             log.info("ui_task_ended", task=task.id, kind=task.kind, exit_code=code)
 
 
@@ -214,3 +216,12 @@ def _apply(task: Task, event: dict[str, Any]) -> None:
     elif name == "error":
         task.error = str(event.get("message"))
         task.exit_code = int(event.get("exit_code", 1))
+
+
+def _stopped(summaries: list[dict[str, Any]], code: int) -> str:
+    """Why a task ended with ``code``: the stop its last summary gives (a run that stopped at an
+    unreachable API, a 401, a full disk ends with a summary and exit 3 or 4), else exit code."""
+    last = summaries[-1] if summaries else {}
+    if last.get("exit_code") == code and last.get("stopped_reason"):
+        return f"stopped: {last['stopped_reason']}"
+    return f"the task ended unexpectedly (exit {code})"
