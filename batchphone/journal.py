@@ -69,6 +69,7 @@ __all__ = [
     "RunIdentity",
     "RunLock",
     "iter_records",
+    "journal_identity",
     "journal_path",
     "lock_path",
     "refuse_link",
@@ -268,6 +269,20 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
         record = _loads(line)
         if "row" in record:
             yield record
+
+
+def journal_identity(out_path: Path) -> dict[str, Any]:
+    """The run identity in the header of ``out_path``'s journal, as written (``{}`` when there
+    is no journal or its first line is not a header). Read-only."""
+    try:
+        for _, line, complete in _read_lines(journal_path(out_path)):
+            header = _loads(line) if complete else None
+            if isinstance(header, dict) and header.get("format") == FORMAT:
+                return dict(header.get("identity") or {})
+            break
+    except (OSError, ValueError):
+        pass
+    return {}
 
 
 class Journal:

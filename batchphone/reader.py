@@ -240,6 +240,18 @@ class InputSource:
         self._text_count: tuple[int | None, int] | None = None
         self._stamp = _stamp(self.path)
 
+    def sheet_name(self, wanted: str | None) -> str | None:
+        """The workbook's own name of the sheet ``wanted`` (as ``--sheet`` takes it: a name in
+        any case, or a number) picks, when that is the sheet read; else ``None``."""
+        sheets = self._opened.sheets
+        if wanted is None or not sheets:
+            return None
+        try:
+            index = _sheet_index(self.path, wanted, sheets)
+        except InputError:
+            return None
+        return sheets[index] if index == self.sheet else None
+
     def check_unchanged(self) -> None:
         """Raise ``InputError`` when the file changed since it was opened (checked, hashed):
         rows read after a change would not be the rows the run's identity names."""

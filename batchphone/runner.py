@@ -47,7 +47,7 @@ from batchphone.errors import (
     UsageError,
 )
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
-from batchphone.journal import Journal, RunIdentity, RunLock, iter_records
+from batchphone.journal import Journal, RunIdentity, RunLock, iter_records, journal_identity
 from batchphone.logs import get_logger
 from batchphone.lookup import Lookup
 from batchphone.models import (
@@ -109,9 +109,24 @@ def _identity(
         no_lookup=settings.no_lookup,
         api=job.api,
         batch_size=job.batch_size if job.api == "batch" else None,
-        sheet=settings.sheet,
+        sheet=_sheet(job, settings, source),
         emulated=target.emulated if target is not None else None,
     )
+
+
+def _sheet(job: Job, settings: Settings, source: InputSource | UndoSource) -> str | None:
+    """The sheet in the run's identity: its name as the workbook spells it, so that every way
+    ``--sheet`` can name it (any case, its number) resumes the same run. A journal that names
+    the same sheet another way (written before names were spelled so) keeps its spelling."""
+    if not isinstance(source, InputSource):
+        return settings.sheet
+    name = source.sheet_name(settings.sheet)
+    if name is None:
+        return settings.sheet
+    old = journal_identity(job.out_path).get("sheet") if job.out_path is not None else None
+    if isinstance(old, str) and old != name and source.sheet_name(old) == name:
+        return old
+    return name
 
 
 @dataclass(frozen=True, slots=True)
