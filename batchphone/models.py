@@ -495,6 +495,14 @@ def next_step(
         return "fix the base URL (--base-url, DESCOPE_BASE_URI), then rerun the same command"
     if exit_code == 4:
         return "fix the local cause (disk space, the input file), then " + RESUME_HINT
+    if stopped is Reason.CIRCUIT_OPEN:
+        unsettled_too = (
+            f" (it reads the {unsettled} unsettled rows' users back first)" if unsettled else ""
+        )
+        return (
+            "find why the calls failed (error_code and error_message in the result file), then "
+            f"rerun the same command to resume{unsettled_too}"
+        )
     if unsettled and resumable:
         return (
             f"{unsettled} rows are unsettled (their call's answer was lost): rerun the same "

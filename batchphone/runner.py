@@ -1008,8 +1008,7 @@ class _Faults:
             where = self.where or f"every row is in {out_path}"
             self.stop.fatal = LocalFaultError(
                 f"{local.message}; the run stopped after updates were sent (the calls in "
-                f"flight finished): {where}; fix the cause, then rerun the same command to "
-                "resume",
+                f"flight finished): {where}",
                 cause=local,
             )
         return str(written.path) if written.path is not None else None

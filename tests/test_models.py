@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchphone.models import User
+from batchphone.models import Reason, User, next_step
 
 
 def test_a_user_reads_the_fields_batchphone_uses_and_keeps_the_rest() -> None:
@@ -26,3 +26,13 @@ def test_fields_of_the_wrong_type_count_as_absent() -> None:
     assert (user.user_id, user.login_ids, user.phone) == (None, ("a",), "")
     assert user.verified_phone is None and user.verified is False
     assert User.from_api({}).login_ids == ()
+
+
+def test_after_too_many_failed_calls_the_next_step_is_to_find_why() -> None:
+    """A bare "rerun" after a run stopped by failing calls would fail the same way."""
+    step = next_step(3, resumable=True, stopped=Reason.CIRCUIT_OPEN)
+    assert step is not None and step.startswith("find why the calls failed (error_code")
+    assert "unsettled" not in step
+    with_unsettled = next_step(3, resumable=True, stopped=Reason.CIRCUIT_OPEN, unsettled=20)
+    assert with_unsettled is not None and with_unsettled.startswith("find why the calls failed")
+    assert "the 20 unsettled rows' users back first" in with_unsettled
