@@ -408,6 +408,8 @@ class Summary:
     next_step: str | None = None
     #: an emulator target: how many users it had, and where they came from
     emulator_users: str | None = None
+    #: the short sheet (``--columns``, ``--short-out``) written with the result file, if any
+    short_path: str | None = None
     #: ``validate`` without ``out``: the first rows that are not valid (``None``: not kept)
     not_valid: tuple[NotValidRow, ...] | None = None
     #: when the command ended (epoch seconds)
@@ -450,6 +452,8 @@ class Summary:
             document["moved_aside"] = list(self.moved_aside)
         if self.emulator_users is not None:
             document["emulator_users"] = self.emulator_users
+        if self.short_path is not None:
+            document["short_path"] = self.short_path
         if self.not_valid is not None:
             document["not_valid"] = [dataclasses.asdict(row) for row in self.not_valid]
         return document

@@ -802,6 +802,8 @@ async def _execute_locked(
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
         sent_now=recorder.sent,
+        # written with the result file at --out (a copy in the temp folder has none)
+        short_path=str(short.path) if short and written.path == out_path else None,
         next_step=next_step(
             exit_code,
             resumable=mode is not Mode.VALIDATE,  # as Journal.open resumes

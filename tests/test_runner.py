@@ -686,3 +686,23 @@ async def test_a_sheet_named_in_another_way_resumes_the_same_run(tmp_path: Path)
     assert again.resumed_rows == 2 and again.sent_now == 0
     with pytest.raises(ResumeError, match="option sheet changed"):
         await run_job(emulator, "run", source, out, sheet="Notes")
+
+
+async def test_the_summary_names_the_short_sheet_it_wrote(tmp_path: Path) -> None:
+    """``--columns`` writes ``<name>.short<ext>`` beside the result file: the summary (and its
+    table, and --summary-json) says where, so a support person finds the sheet to send back."""
+    from batchphone.render import summary_lines
+
+    emulator = make_emulator(phone_users(2))
+    source = write_input(tmp_path / "in.csv", new_phones(2))
+    out = tmp_path / "done.xlsx"
+    summary = await run_job(emulator, "run", source, out, columns=("loginId", "status"))
+    short = tmp_path / "done.short.xlsx"
+    assert short.exists() and summary.short_path == str(short)
+    assert summary.to_json()["short_path"] == str(short)
+    assert f"  short sheet: {short}" in summary_lines(summary, "run", "500/60")
+    named = tmp_path / "check-short.csv"
+    report = await run_job(emulator, "validate", source, tmp_path / "check.csv", short_out=named)
+    assert named.exists() and report.short_path == str(named)
+    plain = await run_job(emulator, "run", source, tmp_path / "plain.csv")
+    assert plain.short_path is None and "short_path" not in plain.to_json()
