@@ -709,7 +709,10 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     help="The run's input, to count its rows for the ETA (default: the journal's input name "
     "beside OUT or here, when its content matches).",
 )
-@click.option("--rate", help="Budget of the ETA as N/SECONDS (default: the settings', 500/60).")
+@click.option(
+    "--rate",
+    help="Budget of the ETA as N/SECONDS (default: the run's own, else the settings', 500/60).",
+)
 @click.option(
     "--config",
     "config_path",
@@ -733,8 +736,9 @@ def status(
 
     output = Output(json_mode=_early_json({}))
     try:
-        settings = load_settings({"rate": rate}, config_path=config_path)
         found = read_status(out)
+        # the ETA at the run's own budget (a nightly sync's --rate 300/60), unless asked
+        settings = load_settings({"rate": rate or found.run_rate}, config_path=config_path)
         name = found.input_name or ""
         candidates = [input_path] if input_path is not None else []
         if name and input_path is None:

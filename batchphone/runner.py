@@ -710,6 +710,7 @@ async def _execute_locked(
         restart=settings.restart,
         replaceable=mode is not Mode.RUN,
         resume=mode is not Mode.VALIDATE,  # validate has nothing to resume
+        rate=f"{settings.rate_calls}/{settings.rate_period:g}",
     )
     journal.on_failure = _journal_failed(journal, stop)
     prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)

@@ -62,6 +62,8 @@ class RunStatus:
     rate: str | None = None
     #: the journal header's run identity, as written
     identity: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: the budget the run was started with (``N/SECONDS``; ``None`` in older journals)
+    run_rate: str | None = dataclasses.field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The ``status --json`` document."""
@@ -152,6 +154,7 @@ def read_status(out: Path) -> RunStatus:
         locked=locked,
         holder=holder,
         identity=dict(identity),
+        run_rate=header.get("rate") if isinstance(header.get("rate"), str) else None,
     )
 
 

@@ -258,3 +258,28 @@ def test_a_stopped_run_counts_the_rows_it_never_reached_as_its_result_file_does(
         assert live.counts.get("not_attempted", 0) < 9
     finally:
         lock.release()
+
+
+def test_the_eta_is_at_the_rate_the_run_was_started_with(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nightly sync runs with ``--rate 300/60``; support asks ``status`` without knowing it:
+    the ETA is at the run's own rate, not at the default 500/60 (``--rate`` still decides)."""
+    out = tmp_path / "results.csv"
+    phones = samples / "phones.csv"
+    batchphone.run(phones, out=out, target=batchphone.Target.emulator(), rate="30/60")
+    monkeypatch.setenv("BATCHPHONE_RATE", "400/60")  # the asker's own settings
+    document = json.loads(
+        CliRunner().invoke(main, ["status", str(out), "--json", "--input", str(phones)]).stdout
+    )
+    assert document["rate"] == "30/60"
+    asked = CliRunner().invoke(
+        main, ["status", str(out), "--rate", "10/60", "--input", str(phones)]
+    )
+    assert "at a budget of 10/60" in asked.stdout or "none: every row is final" in asked.stdout
+    assert (
+        json.loads(
+            CliRunner().invoke(main, ["status", str(out), "--json", "--rate", "10/60"]).stdout
+        )["rate"]
+        == "10/60"
+    )
