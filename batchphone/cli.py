@@ -430,6 +430,8 @@ def _run(
     sides = {option: getattr(settings, name) for option, name in _side_options().items()}
     sides[_METRICS_OPTION] = metrics
     check_side_paths(sides, input_path, out)
+    # the short sheet against the files above (the runner checks it against its own files)
+    check_side_paths({**sides, "--short-out": settings.short_out}, input_path, None)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
     # without --out no file is written: there is no result path to show
