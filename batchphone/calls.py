@@ -143,8 +143,7 @@ class Circuit:
             self.stop.request(
                 Reason.CIRCUIT_OPEN,
                 fatal=FatalRemoteError(
-                    f"stopped: {failed} of the last {len(recent)} calls failed "
-                    f"(last: {self._last}); fix the cause, then rerun to resume"
+                    f"{failed} of the last {len(recent)} calls failed (last: {self._last})"
                 ),
             )
             log.error("circuit_open", failed=failed, calls=len(recent))

@@ -430,6 +430,8 @@ def _run(
     sides = {option: getattr(settings, name) for option, name in _side_options().items()}
     sides[_METRICS_OPTION] = metrics
     check_side_paths(sides, input_path, out)
+    # the short sheet against the files above (the runner checks it against its own files)
+    check_side_paths({**sides, "--short-out": settings.short_out}, input_path, None)
     output.json_mode = json_logs(settings.log_format)
     output.quiet = settings.quiet
     # without --out no file is written: there is no result path to show
@@ -709,7 +711,10 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     help="The run's input, to count its rows for the ETA (default: the journal's input name "
     "beside OUT or here, when its content matches).",
 )
-@click.option("--rate", help="Budget of the ETA as N/SECONDS (default: the settings', 500/60).")
+@click.option(
+    "--rate",
+    help="Budget of the ETA as N/SECONDS (default: the run's own, else the settings', 500/60).",
+)
 @click.option(
     "--config",
     "config_path",
@@ -733,8 +738,9 @@ def status(
 
     output = Output(json_mode=_early_json({}))
     try:
-        settings = load_settings({"rate": rate}, config_path=config_path)
         found = read_status(out)
+        # the ETA at the run's own budget (a nightly sync's --rate 300/60), unless asked
+        settings = load_settings({"rate": rate or found.run_rate}, config_path=config_path)
         name = found.input_name or ""
         candidates = [input_path] if input_path is not None else []
         if name and input_path is None:

@@ -371,8 +371,8 @@ class DescopeClient:
             url = url.copy_with(username=None, password=None)
         shown = self._scrub(str(url))
         return UnreachableError(
-            f"cannot reach {shown}: {self._why_unreachable(exc)}; no row was sent: check the "
-            "base URL (--base-url, DESCOPE_BASE_URI) and rerun",
+            # what to do is the summary's next step (models.next_step), said once
+            f"cannot reach {shown}: {self._why_unreachable(exc)}; no row was sent",
             base_url=shown,
         )
 

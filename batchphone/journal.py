@@ -69,6 +69,7 @@ __all__ = [
     "RunIdentity",
     "RunLock",
     "iter_records",
+    "journal_identity",
     "journal_path",
     "lock_path",
     "refuse_link",
@@ -270,6 +271,20 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
             yield record
 
 
+def journal_identity(out_path: Path) -> dict[str, Any]:
+    """The run identity in the header of ``out_path``'s journal, as written (``{}`` when there
+    is no journal or its first line is not a header). Read-only."""
+    try:
+        for _, line, complete in _read_lines(journal_path(out_path)):
+            header = _loads(line) if complete else None
+            if isinstance(header, dict) and header.get("format") == FORMAT:
+                return dict(header.get("identity") or {})
+            break
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
 class Journal:
     """An open journal, appended to by the one writer task of a run."""
 
@@ -301,6 +316,7 @@ class Journal:
         restart: bool = False,
         replaceable: bool = False,
         resume: bool = True,
+        rate: str | None = None,
     ) -> Journal:
         """Open the journal of ``out_path`` for ``identity``, resuming it when it matches.
 
@@ -311,7 +327,9 @@ class Journal:
         be discarded (this command sends nothing), or it came from a dry run, or no server ever
         answered its calls and only the base URL differs (the URL was wrong). ``resume=False``
         (validate: nothing to resume) never resumes. Every check runs before anything is
-        written, so a refused journal and its result file stay byte-identical.
+        written, so a refused journal and its result file stay byte-identical. ``rate``: the
+        budget the run starts with (``N/SECONDS``), for ``status``'s ETA; not part of the
+        identity (a resumed run may take another).
         """
         path = journal_path(out_path)
         refuse_link(path)
@@ -347,6 +365,8 @@ class Journal:
             "identity": new,
             "created": time.time(),
         }
+        if rate is not None:
+            header["rate"] = rate
         fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             os.write(fd, _dumps(header) + b"\n")

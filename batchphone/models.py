@@ -408,6 +408,8 @@ class Summary:
     next_step: str | None = None
     #: an emulator target: how many users it had, and where they came from
     emulator_users: str | None = None
+    #: the short sheet (``--columns``, ``--short-out``) written with the result file, if any
+    short_path: str | None = None
     #: ``validate`` without ``out``: the first rows that are not valid (``None``: not kept)
     not_valid: tuple[NotValidRow, ...] | None = None
     #: when the command ended (epoch seconds)
@@ -453,6 +455,8 @@ class Summary:
             document["moved_aside"] = list(self.moved_aside)
         if self.emulator_users is not None:
             document["emulator_users"] = self.emulator_users
+        if self.short_path is not None:
+            document["short_path"] = self.short_path
         if self.not_valid is not None:
             document["not_valid"] = [dataclasses.asdict(row) for row in self.not_valid]
         return document
@@ -502,6 +506,14 @@ def next_step(
         return "fix the base URL (--base-url, DESCOPE_BASE_URI), then rerun the same command"
     if exit_code == 4:
         return "fix the local cause (disk space, the input file), then " + RESUME_HINT
+    if stopped is Reason.CIRCUIT_OPEN:
+        unsettled_too = (
+            f" (it reads the {unsettled} unsettled rows' users back first)" if unsettled else ""
+        )
+        return (
+            "find why the calls failed (error_code and error_message in the result file), then "
+            f"rerun the same command to resume{unsettled_too}"
+        )
     if unsettled and resumable:
         return (
             (f"{unsettled} rows are" if unsettled > 1 else "1 row is")

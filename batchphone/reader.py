@@ -58,6 +58,7 @@ _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 csv.field_size_limit(1 << 30)
 _JSON_SAMPLE_LINES = 100
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
+_TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
 _HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
@@ -128,6 +129,15 @@ def open_input(spec: InputSpec) -> InputSource:
     required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
     for name, flag in required.items():
         if name not in columns:
+            below = _header_below(path, opened, tuple(required)) if fmt == "xlsx" else None
+            if below is not None:
+                both = " and ".join(f'"{column}"' for column in required)
+                raise _error(
+                    path,
+                    f'the header row of sheet "{sheets[sheet]}" is its row {below} (it has '
+                    f"{both}), not row {opened.header_line}: delete the rows above the header "
+                    "(the first filled row is the header)",
+                )
             raise _error(path, _missing_column(name, columns, flag, sheet=sheet, sheets=sheets))
     used = {spec.login_id_column, spec.phone_column, spec.verified_column, spec.region_column}
     doubled = ", ".join(sorted({f'"{c}"' for c in columns if c in used and columns.count(c) > 1}))
@@ -239,6 +249,18 @@ class InputSource:
         self._excel: pl.DataFrame | None = None
         self._text_count: tuple[int | None, int] | None = None
         self._stamp = _stamp(self.path)
+
+    def sheet_name(self, wanted: str | None) -> str | None:
+        """The workbook's own name of the sheet ``wanted`` (as ``--sheet`` takes it: a name in
+        any case, or a number) picks, when that is the sheet read; else ``None``."""
+        sheets = self._opened.sheets
+        if wanted is None or not sheets:
+            return None
+        try:
+            index = _sheet_index(self.path, wanted, sheets)
+        except InputError:
+            return None
+        return sheets[index] if index == self.sheet else None
 
     def check_unchanged(self) -> None:
         """Raise ``InputError`` when the file changed since it was opened (checked, hashed):
@@ -882,6 +904,29 @@ def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[tupl
             break
         skipped += _HEADER_PROBE_ROWS
     return tuple("" if value is None else str(value) for value in header.row(0)), line
+
+
+def _header_below(path: Path, opened: _Opened, wanted: tuple[str, ...]) -> int | None:
+    """The sheet's row number of a row under the header that holds every ``wanted`` column
+    name (a title above the header is common in sheets people make), else ``None``."""
+    try:
+        top = (
+            fastexcel.read_excel(path)
+            .load_sheet(
+                opened.sheet,
+                header_row=None,
+                skip_rows=opened.header_line,
+                n_rows=_TITLE_ROWS,
+                dtypes="string",
+            )
+            .to_polars()
+        )
+    except _POLARS_ERRORS:
+        return None
+    for index, row in enumerate(top.iter_rows()):
+        if set(wanted) <= {str(value) for value in row if value is not None}:
+            return opened.header_line + 1 + index
+    return None
 
 
 def _missing_column(

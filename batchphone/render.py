@@ -230,6 +230,8 @@ def summary_lines(summary: Summary, command: str, budget: str) -> list[str]:
         )
     if summary.result_path:
         lines.append(f"  results: {summary.result_path}")
+        if summary.short_path:
+            lines.append(f"  short sheet: {summary.short_path}")
     elif summary.not_valid is not None:
         lines.extend(_not_valid_lines(summary))
     lines.extend(f"  moved aside: {path}" for path in summary.moved_aside)

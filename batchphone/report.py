@@ -244,6 +244,7 @@ async def write_report(
         result_path=str(out_path) if written and out_path is not None else None,
         stopped_reason=None if written else "interrupted",
         moved_aside=tuple(str(path) for path in moved),
+        short_path=str(short.path) if written and short is not None else None,
         next_step=next_step(exit_code, resumable=False),  # nothing was sent, nothing kept
         not_valid=tuple(not_valid) if not_valid is not None else None,
     )

@@ -115,7 +115,10 @@ def open_results(path: Path) -> UndoSource:
             "file is a short sheet (--columns): there is nothing to restore them to",
             path=str(path),
         )
-    return UndoSource(table)
+    results = UndoSource(table)
+    # a file a spreadsheet re-saved is so from its first rows: refused before any call
+    results.check_phones(limit=_BATCH_ROWS)
+    return results
 
 
 def _older_than_journal(path: Path, journal: Path) -> bool:
@@ -176,6 +179,20 @@ class UndoSource:
         """Rows of the result file (at most ``limit``)."""
         return self._table.count_rows(limit)
 
+    def check_phones(self, limit: int | None = None) -> None:
+        """``InputError`` for the first row (of ``limit``) whose phone is not E.164."""
+        lines = self._table.lines()
+        done = 0
+        try:
+            columns = (_PHONE, _STATUS)
+            for rows in self._table.rows(columns, batch_size=_BATCH_ROWS, limit=limit):
+                for phone, status in rows:
+                    done += 1
+                    line = next(lines, None)
+                    _check_phone(self.path, phone, status, line if line is not None else done)
+        finally:
+            lines.close()
+
     def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
         """What undo does with each row, in batches: a request back, or a result at once."""
         defused = self.format in _DEFUSED_FORMATS or (
@@ -191,10 +208,24 @@ class UndoSource:
                 for row in rows:
                     done += 1
                     line = next(lines, None)
+                    _check_phone(self.path, row[1], row[2], line if line is not None else done)
                     batch.append(_undo_row(done, *row, allow_remove=allow_remove, line=line))
                 yield batch
         finally:
             lines.close()
+
+
+def _check_phone(path: Path, phone: str | None, status: str | None, line: int) -> None:
+    """Refuse a row whose ``phone`` is not the E.164 a run sends (always ``+`` and digits): a
+    spreadsheet that re-saved the file turned it into a number (``14155550000``,
+    ``4.41556E+10``), so nothing tells whether the user still holds what the run set."""
+    if status in _MAY_HAVE_CHANGED and phone and not phone.startswith("+"):
+        raise InputError(
+            f"{path}: line {line}: the phone the run set is not in E.164 (no leading +): the "
+            "file was re-saved by a spreadsheet, which turns phones into numbers; undo the "
+            "result file as batchphone wrote it (or an .xlsx result, whose cells are text)",
+            path=str(path),
+        )
 
 
 def _undo_row(

@@ -47,7 +47,7 @@ from batchphone.errors import (
     UsageError,
 )
 from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
-from batchphone.journal import Journal, RunIdentity, RunLock, iter_records
+from batchphone.journal import Journal, RunIdentity, RunLock, iter_records, journal_identity
 from batchphone.logs import get_logger
 from batchphone.lookup import Lookup
 from batchphone.models import (
@@ -109,9 +109,24 @@ def _identity(
         no_lookup=settings.no_lookup,
         api=job.api,
         batch_size=job.batch_size if job.api == "batch" else None,
-        sheet=settings.sheet,
+        sheet=_sheet(job, settings, source),
         emulated=target.emulated if target is not None else None,
     )
+
+
+def _sheet(job: Job, settings: Settings, source: InputSource | UndoSource) -> str | None:
+    """The sheet in the run's identity: its name as the workbook spells it, so that every way
+    ``--sheet`` can name it (any case, its number) resumes the same run. A journal that names
+    the same sheet another way (written before names were spelled so) keeps its spelling."""
+    if not isinstance(source, InputSource):
+        return settings.sheet
+    name = source.sheet_name(settings.sheet)
+    if name is None:
+        return settings.sheet
+    old = journal_identity(job.out_path).get("sheet") if job.out_path is not None else None
+    if isinstance(old, str) and old != name and source.sheet_name(old) == name:
+        return old
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,6 +719,7 @@ async def _execute_locked(
         restart=settings.restart,
         replaceable=mode is not Mode.RUN,
         resume=mode is not Mode.VALIDATE,  # validate has nothing to resume
+        rate=f"{settings.rate_calls}/{settings.rate_period:g}",
     )
     journal.on_failure = _journal_failed(journal, stop)
     prepared, total = await anyio.to_thread.run_sync(prepared_batches, source, settings, mode)
@@ -798,6 +814,8 @@ async def _execute_locked(
         planned_s=planned_s,
         moved_aside=tuple(str(path) for path in journal.moved),
         sent_now=recorder.sent,
+        # written with the result file at --out (a copy in the temp folder has none)
+        short_path=str(short.path) if short and written.path == out_path else None,
         next_step=next_step(
             exit_code,
             resumable=mode is not Mode.VALIDATE,  # as Journal.open resumes
@@ -1007,8 +1025,7 @@ class _Faults:
             where = self.where or f"every row is in {out_path}"
             self.stop.fatal = LocalFaultError(
                 f"{local.message}; the run stopped after updates were sent (the calls in "
-                f"flight finished): {where}; fix the cause, then rerun the same command to "
-                "resume",
+                f"flight finished): {where}",
                 cause=local,
             )
         return str(written.path) if written.path is not None else None

@@ -25,11 +25,12 @@ import orjson
 
 from batchphone.errors import InputError
 from batchphone.journal import FORMAT, journal_path, lock_path, open_nofollow
-from batchphone.models import FINAL_STATUSES
+from batchphone.models import FINAL_STATUSES, Status
 
 __all__ = ["RunStatus", "count_input", "lock_holder", "read_status", "with_eta"]
 
 _FINAL = frozenset(status.value for status in FINAL_STATUSES)
+_NOT_ATTEMPTED = Status.NOT_ATTEMPTED.value
 #: Linux lists every file lock here, with the inode it is on: no need to touch the lock at all.
 PROC_LOCKS = Path("/proc/locks")
 
@@ -61,6 +62,8 @@ class RunStatus:
     rate: str | None = None
     #: the journal header's run identity, as written
     identity: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+    #: the budget the run was started with (``N/SECONDS``; ``None`` in older journals)
+    run_rate: str | None = dataclasses.field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         """The ``status --json`` document."""
@@ -151,6 +154,7 @@ def read_status(out: Path) -> RunStatus:
         locked=locked,
         holder=holder,
         identity=dict(identity),
+        run_rate=header.get("rate") if isinstance(header.get("rate"), str) else None,
     )
 
 
@@ -243,11 +247,18 @@ def with_eta(
     """``status`` with the rows of its input and the time the rows left take at the rate.
 
     The calls a row costs are those the run made so far per final row (reads and batches
-    make it far less than one), or one before any row is final: the bar's estimate.
+    make it far less than one), or one before any row is final: the bar's estimate. A run that
+    no process holds journaled only the rows that reached a worker; the others count as
+    ``not_attempted``, as its result file lists them (a live run has yet to reach them).
     """
     rate = f"{rate_calls}/{rate_period:g}"
     if input_rows is None:
         return dataclasses.replace(status, rate=rate)
+    counts = dict(status.counts)
+    unreached = input_rows - sum(counts.values())
+    if unreached > 0 and not status.locked:
+        counts[_NOT_ATTEMPTED] = counts.get(_NOT_ATTEMPTED, 0) + unreached
+    status = dataclasses.replace(status, counts=counts)
     left = max(input_rows - status.rows_final, 0)
     per_row = status.calls / status.rows_final if status.rows_final and status.calls else 1.0
     eta = math.ceil(left * per_row) * rate_period / rate_calls

@@ -398,6 +398,7 @@ async def test_nothing_listening_on_the_first_call_is_unreachable() -> None:
     assert error.exit_code == 3
     assert isinstance(error, FatalRemoteError)
     assert str(error).startswith(f"cannot reach {url}: connection refused")
+    assert "rerun" not in str(error)  # the summary's next step says what to do, once
     assert error.base_url == url
     assert "\n" not in str(error)
 

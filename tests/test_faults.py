@@ -168,6 +168,9 @@ async def test_circuit_breaker_stops_a_run_that_mostly_fails(tmp_path: Path) -> 
     summary = await run(emulator, source, out, max_attempts=1, concurrency=4)
     assert summary.exit_code == 3
     assert summary.stopped_reason and "calls failed" in summary.stopped_reason
+    # what to do is said once, in the next step, and it is not a bare "rerun"
+    assert "rerun" not in summary.stopped_reason
+    assert summary.next_step and summary.next_step.startswith("find why the calls failed")
     rows = read(out)
     assert len(rows) == 60
     # a 500 says nothing of whether the update was applied: those rows are unsettled
@@ -341,6 +344,8 @@ async def test_a_full_disk_under_the_journal_keeps_the_calls_in_flight_and_exits
     assert summary.stopped_reason is not None
     assert "cannot write the journal" in summary.stopped_reason
     assert "No space left on device" in summary.stopped_reason
+    assert "rerun" not in summary.stopped_reason  # the next step says it, once
+    assert summary.next_step and summary.next_step.startswith("fix the local cause")
     assert summary.result_path == str(out)
     changed = changed_users(emulator, rows)
     assert len(changed) >= 10  # the calls in flight were answered, not dropped

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchphone.models import User, next_step
+from batchphone.models import Reason, User, next_step
 
 
 def test_a_user_reads_the_fields_batchphone_uses_and_keeps_the_rest() -> None:
@@ -33,3 +33,13 @@ def test_the_next_step_counts_unsettled_rows_in_words() -> None:
     assert one is not None and one.startswith("1 row is unsettled (the call's answer was lost)")
     many = next_step(1, resumable=True, unsettled=7)
     assert many is not None and many.startswith("7 rows are unsettled")
+
+
+def test_after_too_many_failed_calls_the_next_step_is_to_find_why() -> None:
+    """A bare "rerun" after a run stopped by failing calls would fail the same way."""
+    step = next_step(3, resumable=True, stopped=Reason.CIRCUIT_OPEN)
+    assert step is not None and step.startswith("find why the calls failed (error_code")
+    assert "unsettled" not in step
+    with_unsettled = next_step(3, resumable=True, stopped=Reason.CIRCUIT_OPEN, unsettled=20)
+    assert with_unsettled is not None and with_unsettled.startswith("find why the calls failed")
+    assert "the 20 unsettled rows' users back first" in with_unsettled

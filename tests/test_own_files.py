@@ -4,6 +4,7 @@ the result columns are chosen with --columns, and it all runs where ``fcntl`` do
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -310,6 +311,26 @@ def test_the_summary_and_the_state_on_one_file_are_refused(
     assert result.exit_code == 2
     assert f"--emulator-state {both}: is --summary-json" in result.stderr
     assert not both.exists()
+
+
+@pytest.mark.parametrize("other", ["--summary-json", "--emulator-state"])
+def test_the_short_sheet_on_another_options_file_is_refused(
+    finished_run: tuple[Path, Path], other: str
+) -> None:
+    """The short sheet, the summary and the emulator's state each write their file at the end:
+    on one path, one would silently replace the other (the state holds the rehearsal's users)."""
+    source, out = finished_run
+    both = out.parent / "both.jsonl"
+    result = invoke(
+        "run", str(source), "--emulator", "--out", str(out), other, str(both),
+        "--short-out", str(both),
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert f"--short-out {both}: is {other}, which it would overwrite" in result.stderr
+    if other == "--summary-json":  # what it was asked for: the summary of the refusal
+        assert json.loads(both.read_text())["exit_code"] == 2
+    else:
+        assert not both.exists()
 
 
 def test_a_smaller_limit_on_a_resumed_run_is_refused(finished_run: tuple[Path, Path]) -> None:

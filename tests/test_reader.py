@@ -584,3 +584,24 @@ def test_a_real_workbook_named_csv_says_so(tmp_path: Path) -> None:
     assert str(_error(path)) == (
         f"{path}: is a ZIP archive or Excel workbook, not text: rename it to .xlsx if a workbook"
     )
+
+
+def test_a_title_above_the_header_is_named_with_the_row_of_the_header(tmp_path: Path) -> None:
+    """A sheet people make often has a title (and a blank row) above the header: the error
+    names the row the header is on, as Excel numbers it, instead of the title as columns."""
+    path = _xlsx(
+        tmp_path / "fix.xlsx",
+        [
+            ["Phone fixes requested by support"],
+            [None],
+            ["loginId", "phone"],
+            ["a@example.com", "+14155550100"],
+        ],
+    )
+    assert str(_error(path)) == (
+        f'{path}: the header row of sheet "Sheet1" is its row 3 (it has "loginId" and "phone"), '
+        "not row 1: delete the rows above the header (the first filled row is the header)"
+    )
+    # a sheet whose rows never hold both names keeps the error that lists the columns found
+    other = _xlsx(tmp_path / "other.xlsx", [["Title"], ["loginId", "mobile"], ["a", "+1"]])
+    assert 'no column "loginId" on sheet "Sheet1" (columns found: Title' in str(_error(other))

@@ -383,3 +383,29 @@ def test_a_journal_is_read_as_the_rows_to_undo(tmp_path: Path) -> None:
         assert not isinstance(d, UpdateRequest) and d.status.value == "unchanged"
     with pytest.raises(InputError, match="no such file"):
         open_results(tmp_path / "other.csv")
+
+
+async def test_a_result_file_whose_phones_a_spreadsheet_turned_into_numbers_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Excel opens ``+14155550000`` as the number 14155550000 and saves it so (or as
+    4.41556E+10): the phones the run set are gone from the file, so undo cannot tell who still
+    holds them. It stops before any call with one line naming the row and what to undo instead,
+    rather than reading every user and skipping each one as changed since."""
+    emulator = make_emulator(phone_users(3))
+    source = write_input(tmp_path / "in.csv", new_phones(3), ["true"] * 3)
+    out = tmp_path / "run.csv"
+    assert (await run_job(emulator, "run", source, out)).counts == {"updated": 3}
+    frame = pl.read_csv(out, infer_schema=False)
+    resaved = tmp_path / "resaved.csv"
+    frame.with_columns(pl.col("phone", "phone_before").str.strip_prefix("+")).write_csv(
+        resaved, separator=";"
+    )
+    before = calls(emulator)
+    with pytest.raises(InputError) as caught:
+        await run_job(emulator, "undo", resaved, tmp_path / "undo.csv")
+    message = str(caught.value)
+    assert message.startswith(f"{resaved}: line 2: the phone the run set is not in E.164")
+    assert "re-saved by a spreadsheet" in message and "\n" not in message
+    assert "4155550000" not in message  # no phone in a message (it is logged)
+    assert calls(emulator) == before

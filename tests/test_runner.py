@@ -18,7 +18,7 @@ import structlog
 
 from batchphone.config import Secret
 from batchphone.emulator import Emulator, Faults, load_users
-from batchphone.errors import InputError
+from batchphone.errors import InputError, ResumeError
 from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
 from batchphone.runner import Job, execute
@@ -652,3 +652,57 @@ async def test_every_file_gives_the_row_number_the_sheet_shows(tmp_path: Path) -
     undone = tmp_path / "undo.csv"
     await run_job(emulator, "undo", out, undone)  # RESULTS is a CSV: its lines
     assert numbers(undone) == [("1", "2"), ("2", "3"), ("3", "4")]
+
+
+async def test_a_sheet_named_in_another_way_resumes_the_same_run(tmp_path: Path) -> None:
+    """``--sheet`` takes a name in any case or a number: every spelling of the sheet a run read
+    resumes that run (its journal names the sheet as the workbook does), another sheet does not."""
+    import xlsxwriter
+
+    emulator = make_emulator(phone_users(2))
+    source = tmp_path / "fix.xlsx"
+    workbook = xlsxwriter.Workbook(source)
+    notes = workbook.add_worksheet("Notes")
+    notes.write_row(0, 0, ["loginId", "phone"])
+    notes.write_row(1, 0, ["user0@example.com", "+14156660009"])
+    sheet = workbook.add_worksheet("Users")
+    sheet.write_row(0, 0, ["loginId", "phone"])
+    sheet.write_row(1, 0, ["user0@example.com", "+14156660000"])
+    sheet.write_row(2, 0, ["user1@example.com", "+14156660001"])
+    workbook.close()
+    out = tmp_path / "done.csv"
+    first = await run_job(emulator, "run", source, out, sheet="users")
+    assert first.counts == {"updated": 2}
+    for spelling in ("Users", "USERS", "2"):
+        again = await run_job(emulator, "run", source, out, sheet=spelling)
+        assert again.resumed_rows == 2 and again.sent_now == 0, spelling
+    # a journal of an older batchphone holds --sheet as it was typed: it still resumes
+    lines = journal_path(out).read_bytes().split(b"\n", 1)
+    header = json.loads(lines[0])
+    assert header["identity"]["sheet"] == "Users"
+    header["identity"]["sheet"] = "2"
+    journal_path(out).write_bytes(json.dumps(header).encode() + b"\n" + lines[1])
+    again = await run_job(emulator, "run", source, out, sheet="users")
+    assert again.resumed_rows == 2 and again.sent_now == 0
+    with pytest.raises(ResumeError, match="option sheet changed"):
+        await run_job(emulator, "run", source, out, sheet="Notes")
+
+
+async def test_the_summary_names_the_short_sheet_it_wrote(tmp_path: Path) -> None:
+    """``--columns`` writes ``<name>.short<ext>`` beside the result file: the summary (and its
+    table, and --summary-json) says where, so a support person finds the sheet to send back."""
+    from batchphone.render import summary_lines
+
+    emulator = make_emulator(phone_users(2))
+    source = write_input(tmp_path / "in.csv", new_phones(2))
+    out = tmp_path / "done.xlsx"
+    summary = await run_job(emulator, "run", source, out, columns=("loginId", "status"))
+    short = tmp_path / "done.short.xlsx"
+    assert short.exists() and summary.short_path == str(short)
+    assert summary.to_json()["short_path"] == str(short)
+    assert f"  short sheet: {short}" in summary_lines(summary, "run", "500/60")
+    named = tmp_path / "check-short.csv"
+    report = await run_job(emulator, "validate", source, tmp_path / "check.csv", short_out=named)
+    assert named.exists() and report.short_path == str(named)
+    plain = await run_job(emulator, "run", source, tmp_path / "plain.csv")
+    assert plain.short_path is None and "short_path" not in plain.to_json()

@@ -20,6 +20,7 @@ import batchphone
 from batchphone import status as status_module
 from batchphone.cli import main
 from batchphone.journal import RunLock
+from batchphone.render import status_lines
 from batchphone.status import lock_holder, read_status, with_eta
 
 HOLDER = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -247,3 +248,60 @@ def test_a_free_lock_is_not_even_tried_on_linux(
 
     monkeypatch.setattr(status_module, "_held_by_trying", tried)
     assert lock_holder(lock.path) == (False, None)
+
+
+def test_a_stopped_run_counts_the_rows_it_never_reached_as_its_result_file_does(
+    tmp_path: Path,
+) -> None:
+    """A run that stopped journals only the rows that reached a worker; the result file lists
+    every other row ``not_attempted`` too, and so does ``status`` once the input is counted."""
+    source = tmp_path / "in.csv"
+    source.write_text(
+        "loginId,phone\n" + "".join(f"u{i}@x.org,+1415555{i:04d}\n" for i in range(9))
+    )
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    target = batchphone.Target(
+        project_id="P2abcdefghijklmnopqrstuvwxyz",
+        management_key=batchphone.Secret("K"),
+        base_url=f"http://127.0.0.1:{port}",
+    )
+    out = tmp_path / "results.csv"
+    summary = batchphone.run(source, out=out, target=target)
+    assert summary.exit_code == 3 and summary.counts == {"not_attempted": 9}
+    found = with_eta(read_status(out), 9, rate_calls=60, rate_period=60.0)
+    assert found.counts == summary.counts and found.rows_final == 0
+    assert "    not_attempted          9" in status_lines(found)
+    lock = RunLock(out)
+    lock.acquire()
+    try:  # a live run has not reached them yet: they are not counted as stopped
+        live = with_eta(read_status(out), 9, rate_calls=60, rate_period=60.0)
+        assert live.counts.get("not_attempted", 0) < 9
+    finally:
+        lock.release()
+
+
+def test_the_eta_is_at_the_rate_the_run_was_started_with(
+    samples: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nightly sync runs with ``--rate 300/60``; support asks ``status`` without knowing it:
+    the ETA is at the run's own rate, not at the default 500/60 (``--rate`` still decides)."""
+    out = tmp_path / "results.csv"
+    phones = samples / "phones.csv"
+    batchphone.run(phones, out=out, target=batchphone.Target.emulator(), rate="30/60")
+    monkeypatch.setenv("BATCHPHONE_RATE", "400/60")  # the asker's own settings
+    document = json.loads(
+        CliRunner().invoke(main, ["status", str(out), "--json", "--input", str(phones)]).stdout
+    )
+    assert document["rate"] == "30/60"
+    asked = CliRunner().invoke(
+        main, ["status", str(out), "--rate", "10/60", "--input", str(phones)]
+    )
+    assert "at a budget of 10/60" in asked.stdout or "none: every row is final" in asked.stdout
+    assert (
+        json.loads(
+            CliRunner().invoke(main, ["status", str(out), "--json", "--rate", "10/60"]).stdout
+        )["rate"]
+        == "10/60"
+    )
