@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = "P2batchphoneWriteAheadKill00000"
 KEY = "K2-write-ahead-kill-key-00000000"
-ROWS = 240
+ROWS = 150
 PATCH = "/v1/mgmt/user/patch/batch"
 UPDATE = "/v1/mgmt/user/update/phone"
 
@@ -57,7 +57,7 @@ def served() -> Iterator[tuple[Emulator, str]]:
                 rate_window=1.0,
             )
         ],
-        faults=Faults(seed=5, latency=0.01, write_latency=0.25),
+        faults=Faults(seed=5, latency=0.01, write_latency=0.15),
     )
     with ServerThread(emulator, port=0) as base_url:
         yield emulator, base_url
@@ -141,7 +141,7 @@ def test_kill_9_with_calls_in_flight_then_resume_then_undo(
     command = ["run", str(source), "--out", str(out), *MODES[mode]]
     rng = random.Random(seed)
     kills = 0
-    for _ in range(4):
+    for _ in range(3):
         sent = writes(emulator)
         process = batchphone(base_url, *command)
         wait_for(sending(emulator, process, sent))
