@@ -114,7 +114,7 @@ def test_every_emulator_run_says_where_its_users_came_from(workdir: Path) -> Non
 
 
 def test_undo_takes_emulator_and_seeds_from_what_the_run_set(workdir: Path) -> None:
-    run = invoke(["run", "samples/phones.csv", "--out", "r.csv", "--emulator", "--skip-unchanged"])
+    run = invoke(["run", "samples/phones.csv", "--out", "r.csv", "--emulator"])
     assert run.exit_code == 1, run.stderr
     undo = invoke(["undo", "r.csv", "--out", "u.csv", "--emulator", "--allow-remove"])
     assert undo.stderr.splitlines()[0] == (
