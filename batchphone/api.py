@@ -30,7 +30,6 @@ from batchphone.config import (
     Secret,
     Settings,
     _choice,
-    _parse_bool,
     _positive_int,
     _text,
     _url,
@@ -69,7 +68,6 @@ OTHER_OPTIONS: Mapping[str, str] = {
 
 #: Keywords that describe the job (``runner.Job``) rather than settings.
 _JOB_PARSERS = {
-    "skip_unchanged": _parse_bool,
     "api": _choice("update", "batch"),
     "batch_size": _positive_int,
     "canary": _positive_int,
@@ -267,7 +265,6 @@ def run(
     dry_run: bool | None = None,
     restart: bool | None = None,
     retry_failed: bool | None = None,
-    skip_unchanged: bool | None = None,
     no_lookup: bool | None = None,
     api: str | None = None,
     batch_size: int | None = None,

@@ -42,6 +42,17 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _removed_flag(message: str) -> Callable[[click.Context, click.Parameter, bool], None]:
+    """A click callback for a flag that was removed: an old script that passes it stops with
+    one line (exit 2, as any usage error) instead of running with a meaning it no longer has."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            raise click.UsageError(message, ctx=ctx)
+
+    return refuse
+
+
 def _options(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
     def decorate(func: F) -> F:
         for option in reversed(options):
@@ -209,7 +220,7 @@ _SENDING_OPTIONS = [
     ),
 ]
 #: Flags that describe the job (``runner.Job``), not settings.
-_JOB_FLAGS = ("skip_unchanged", "api", "batch_size", "canary")
+_JOB_FLAGS = ("api", "batch_size", "canary")
 
 
 _EXIT_CODES: dict[int | str, str] = {
@@ -572,8 +583,12 @@ def main() -> None:
 @click.option(
     "--skip-unchanged",
     is_flag=True,
-    default=None,
-    help="Accepted for old scripts: reading the users first is now the default.",
+    hidden=True,
+    expose_value=False,
+    callback=_removed_flag(
+        "--skip-unchanged was removed: every run reads the users first now "
+        "(--no-lookup turns that off)"
+    ),
 )
 @click.option(
     "--no-lookup",

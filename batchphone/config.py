@@ -390,6 +390,12 @@ _SPECS: dict[str, _Spec] = {
     "delimiter": _Spec(_delimiter, "BATCHPHONE_DELIMITER"),
 }
 
+#: Keys an older config.toml may hold, and why they are refused now.
+_REMOVED = {
+    "skip_unchanged": "was removed: every run reads the users first now "
+    "(no_lookup = true turns that off)",
+}
+
 #: Settings that only flags set (they describe one invocation, not a project).
 _FLAG_ONLY = {
     "dry_run",
@@ -513,6 +519,9 @@ def _read_config(path: Path) -> dict[str, Any]:
             setting="management_key",
             source=str(path),
         )
+    for name, why in _REMOVED.items():
+        if name in section:
+            raise UsageError(f"config file {path}: {name} {why}", setting=name, source=str(path))
     unknown = sorted(set(section) - set(_SPECS))
     if unknown:
         known = ", ".join(sorted(_SPECS))

@@ -40,8 +40,8 @@ class Job:
     ``command`` is a ``Command`` (``run``, ``validate``, ``plan`` or ``undo``, whose input is a
     result file); a string is taken only when it is one of them exactly (``"Validate"`` is
     refused: a typo must never run an update).
-    ``skip_unchanged`` is accepted and changes nothing: every run reads the users first and
-    sends only rows that change, unless the settings say ``no_lookup``. ``api`` is
+    Every run reads the users first and sends only rows that change, unless the settings
+    say ``no_lookup``. ``api`` is
     ``update`` (a call per row) or ``batch`` (``batch_size`` rows per patch call); ``canary``
     sends the first N updates, reads them back and goes on only if every one stuck.
     """
@@ -49,7 +49,6 @@ class Job:
     command: Command
     input_path: Path
     out_path: Path | None
-    skip_unchanged: bool = False
     api: str = "update"
     batch_size: int = MAX_BATCH
     canary: int = 0

@@ -1,14 +1,14 @@
 """Reads of users' current state, batched and paced by the run's limiter like every update.
 
-A run that compares before it sends (``--skip-unchanged``, ``plan``, ``undo``) reads users with
-``POST /v2/mgmt/user/search`` by ``loginIds``, 100 ids per call: a call per 100 rows instead of a
-call per row. The same search finds the owners of new phones (a phone that is another user's
-login id is the case where Descope merges users); since few phones are anyone's login id, that
-search asks for up to 1000 phones at once and pages through the (usually empty) answer. How many
-filter values the API takes is not published: should it refuse a long list, the run asks for
-100 at a time from then on. ``--canary`` reads single users back with ``GET /v1/mgmt/user``.
-Every read goes through the run's call stack (``batchphone.calls``), so reads and updates share
-one stop, one budget and one circuit breaker, and a 429 pauses them all.
+A run that compares before it sends (every ``run`` but ``--no-lookup``, ``plan``, ``undo``) reads
+users with ``POST /v2/mgmt/user/search`` by ``loginIds``, 100 ids per call: a call per 100 rows
+instead of a call per row. The same search finds the owners of new phones (a phone that is
+another user's login id is the case where Descope merges users); since few phones are anyone's
+login id, that search asks for up to 1000 phones at once and pages through the (usually empty)
+answer. How many filter values the API takes is not published: should it refuse a long list, the
+run asks for 100 at a time from then on. ``--canary`` reads single users back with
+``GET /v1/mgmt/user``. Every read goes through the run's call stack (``batchphone.calls``), so
+reads and updates share one stop, one budget and one circuit breaker, and a 429 pauses them all.
 """
 
 from __future__ import annotations

@@ -619,7 +619,7 @@ def _write_xlsx(
             if value is None:
                 continue
             if isinstance(value, bool):
-                # text, as in CSV and as verified_before: what the README promises
+                # text, as in CSV and as verified_before: what docs/results.md promises
                 sheet.write_string(count, col, "true" if value else "false")
                 continue
             if isinstance(value, int):

@@ -1,4 +1,4 @@
 """Benchmarks of batchphone against what users would run instead (``python -m bench.run``).
 
-See the "Benchmarks" section of README.md; the last full run is in ``bench/results.md``.
+See the "Benchmarks" section of docs/development.md; the last full run is in ``bench/results.md``.
 """

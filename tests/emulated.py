@@ -1,4 +1,4 @@
-"""Helpers for the end-to-end tests of plan, skip-unchanged, undo, batch mode and canary.
+"""Helpers for the end-to-end tests of plan, read-before-write, undo, batch mode and canary.
 
 Every run goes to an in-process emulator (``Emulator(...).transport()``): no socket, no port.
 """

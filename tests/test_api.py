@@ -77,6 +77,13 @@ def test_a_typod_keyword_is_a_type_error_and_no_call(
         batchphone.run(  # type: ignore[call-arg]
             samples / "phones.csv", out=tmp_path / "r.csv", target=target(base_url), no_lookups=True
         )
+    with pytest.raises(TypeError, match="skip_unchanged"):  # removed: reads are the default
+        batchphone.run(  # type: ignore[call-arg]
+            samples / "phones.csv",
+            out=tmp_path / "r.csv",
+            target=target(base_url),
+            skip_unchanged=True,
+        )
     with pytest.raises(TypeError, match="canary"):  # plan has no --canary
         batchphone.plan(samples / "phones.csv", out=tmp_path / "p.csv", canary=2)  # type: ignore[call-arg]
     assert calls(emulator) == 0
@@ -126,7 +133,9 @@ def test_every_cli_option_is_a_keyword_or_says_where_it_went() -> None:
     }
     for name, function in functions.items():
         command = main.commands[name]
-        options = {p.name for p in command.params if p.name not in ("input_path", "results")}
+        # a hidden option is a removed one, kept only to refuse it with a reason
+        shown = [p for p in command.params if not getattr(p, "hidden", False)]
+        options = {p.name for p in shown if p.name not in ("input_path", "results")}
         parameters = inspect.signature(function).parameters
         keywords = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         missing = sorted(o for o in options if o not in keywords and o not in OTHER_OPTIONS)

@@ -276,6 +276,22 @@ def test_a_command_line_click_refuses_is_one_line_too(
     assert not Path("in.csv").exists() and not list(Path().iterdir())
 
 
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_the_removed_skip_unchanged_flag_is_one_line_saying_reads_are_the_default(
+    samples: Path, log_format: str
+) -> None:
+    """An old cron line that passes --skip-unchanged stops before any call, saying why."""
+    old = ["run", str(samples / "phones.csv"), "--out", "r.csv", "--emulator", "--skip-unchanged"]
+    result = invoke([*old, "--log-format", log_format])
+    assert result.exit_code == 2
+    [line] = result.stderr.splitlines()
+    text = json.loads(line)["message"] if log_format == "json" else line
+    assert "--skip-unchanged was removed: every run reads the users first now" in text
+    assert "(--no-lookup turns that off)" in text
+    assert not Path("r.csv").exists()
+    assert "--skip-unchanged" not in invoke(["run", "--help"]).stdout
+
+
 def test_a_closed_output_pipe_exits_1_without_a_traceback(
     samples: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -68,6 +68,13 @@ def test_default_config_file_is_read_from_cwd(
         ({}, {"BATCHPHONE_CONCURRENCY": "0"}, "", "environment variable BATCHPHONE_CONCURRENCY"),
         ({}, {}, "[batchphone]\ntimeout = -1\n", "config.toml"),
         ({}, {}, "[batchphone]\nrate_limit = 3\n", "unknown setting 'rate_limit'"),
+        (
+            {},
+            {},
+            "[batchphone]\nskip_unchanged = true\n",
+            "skip_unchanged was removed: every run reads the users first now "
+            "(no_lookup = true turns that off)",
+        ),
         ({}, {}, "[batchphone\n", "is not valid TOML"),
         ({}, {"DESCOPE_BASE_URI": "ftp://x"}, "", "base_url: bad value 'ftp://x'"),
         (

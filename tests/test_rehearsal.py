@@ -28,9 +28,11 @@ REAL_TARGET = {
 
 
 def readme_commands(section: str) -> list[list[str]]:
-    """The command lines of the first bash block of a README section, as argv lists."""
-    body = README.read_text(encoding="utf-8").split(f"\n## {section}\n", 1)[1]
-    body = body.split("\n## ", 1)[0]
+    """The command lines of the first bash block of a README section (## or ###), as argv lists."""
+    text = README.read_text(encoding="utf-8")
+    level = "###" if f"\n### {section}\n" in text else "##"
+    body = text.split(f"\n{level} {section}\n", 1)[1]
+    body = body.split(f"\n{level} ", 1)[0]
     block = body.split("```bash\n", 1)[1].split("```", 1)[0]
     return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
 
@@ -114,7 +116,7 @@ def test_every_emulator_run_says_where_its_users_came_from(workdir: Path) -> Non
 
 
 def test_undo_takes_emulator_and_seeds_from_what_the_run_set(workdir: Path) -> None:
-    run = invoke(["run", "samples/phones.csv", "--out", "r.csv", "--emulator", "--skip-unchanged"])
+    run = invoke(["run", "samples/phones.csv", "--out", "r.csv", "--emulator"])
     assert run.exit_code == 1, run.stderr
     undo = invoke(["undo", "r.csv", "--out", "u.csv", "--emulator", "--allow-remove"])
     assert undo.stderr.splitlines()[0] == (

@@ -485,7 +485,7 @@ async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
     source = write_input(tmp_path / "in.csv", new_phones(150))
     out = tmp_path / "r.csv"
     summary = await execute(
-        Job(command="run", input_path=source, out_path=out, skip_unchanged=True),
+        Job(command="run", input_path=source, out_path=out),
         settings(),
         transport=spy,
     )

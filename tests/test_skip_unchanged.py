@@ -1,6 +1,5 @@
 """Read before write, the default of every run: read users 100 per call, send only the rows
-that change. ``--skip-unchanged`` is still accepted and changes nothing; ``--no-lookup`` sends
-every row unread."""
+that change. ``--no-lookup`` sends every row unread."""
 
 from __future__ import annotations
 
@@ -33,8 +32,6 @@ from tests.emulated import (
 from tests.virtual import VirtualClock
 
 pytestmark = pytest.mark.anyio
-
-SKIP = {"skip_unchanged": True}
 
 
 def sync_rows(count: int, changed: set[int]) -> list[tuple[str, str]]:
@@ -164,18 +161,6 @@ async def test_batch_mode_keeps_the_flag_of_a_row_without_a_value(tmp_path: Path
     assert emulator.user(PROJECT, "user0@example.com")["verifiedPhone"] is True
 
 
-async def test_skip_unchanged_changes_nothing(tmp_path: Path) -> None:
-    rows = sync_rows(150, {3, 120})
-    plain, skipping = make_emulator(phone_users(150)), make_emulator(phone_users(150))
-    source = write_input(tmp_path / "in.csv", rows, ["true"] * 150)
-    first = await run_job(plain, "run", source, tmp_path / "a.csv")
-    second = await run_job(skipping, "run", source, tmp_path / "b.csv", job=SKIP)
-    assert first.counts == second.counts == {"unchanged": 148, "updated": 2}
-    assert read(tmp_path / "a.csv")[0].keys() == read(tmp_path / "b.csv")[0].keys()
-    assert by_row(tmp_path / "a.csv") == by_row(tmp_path / "b.csv")
-    assert plain.stats(PROJECT).requests == skipping.stats(PROJECT).requests
-
-
 async def test_no_lookup_sends_every_row_unread(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(150))
     source = write_input(tmp_path / "in.csv", sync_rows(150, {3, 120}), ["true"] * 150)
@@ -229,8 +214,7 @@ async def test_no_lookup_is_part_of_the_run_identity(tmp_path: Path) -> None:
     await run_job(emulator, "run", source, out, limit=1, no_lookup=True)
     with pytest.raises(ResumeError, match="option no_lookup changed"):
         await run_job(emulator, "run", source, out)
-    # --skip-unchanged is not: it changes nothing
-    await run_job(emulator, "run", source, out, limit=1, no_lookup=True, job=SKIP)
+    await run_job(emulator, "run", source, out, limit=1, no_lookup=True)  # the same resumes
 
 
 async def test_with_allow_merge_the_phone_check_is_left_to_the_caller(tmp_path: Path) -> None:
@@ -305,7 +289,7 @@ async def test_a_429_during_the_reads_pauses_and_every_row_still_ends(
     source = write_input(tmp_path / "in.csv", sync_rows(120, {3, 110}), ["true"] * 120)
     out = tmp_path / "r.csv"
     summary = await execute(
-        Job(command="run", input_path=source, out_path=out, skip_unchanged=True),
+        Job(command="run", input_path=source, out_path=out),
         settings(),
         transport=emulator.transport(),
     )

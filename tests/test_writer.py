@@ -150,7 +150,7 @@ def test_xlsx_cells_are_text_header_bold_frozen_filtered_and_fitted(tmp_path: Pa
     # a string cell is never a formula: the value as it is, no quote for a person to copy
     assert (cells["loginId"].data_type, cells["loginId"].value) == ("s", "=HYPERLINK(1)")
     assert (cells["row"].data_type, cells["row"].value) == ("n", 1)
-    # booleans are text, as in CSV and as verified_before: what the README says
+    # booleans are text, as in CSV and as verified_before: what docs/results.md says
     assert (cells["verified_phone"].data_type, cells["verified_phone"].value) == ("s", "true")
     assert sheet.cell(row=3, column=column["verified_phone"]).value == "false"
     assert cells["reason"].value is None
