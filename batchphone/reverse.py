@@ -26,7 +26,6 @@ order; a journal a live run is writing is refused (its rows are not final yet).
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateR
 from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
 from batchphone.reader import Table, file_sha256, open_table
 from batchphone.status import lock_holder
-from batchphone.writer import RESULT_FORMATS, XLSX_EXACT_TEXT
+from batchphone.writer import RESULT_FORMATS, holds_exact_text
 
 __all__ = ["UndoSource", "open_results"]
 
@@ -153,16 +152,6 @@ def _undefuse(cell: pl.Expr) -> pl.Expr:
     return pl.when(quoted).then(cell.str.slice(1)).otherwise(cell)
 
 
-def _exact_text(path: Path) -> bool:
-    """Whether an XLSX result holds its text exactly (no quote before a formula-like value)."""
-    try:
-        with zipfile.ZipFile(path) as workbook:
-            properties = workbook.read("docProps/custom.xml")
-    except (KeyError, OSError, zipfile.BadZipFile):
-        return False
-    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
-
-
 class UndoSource:
     """A result file read as the rows of an undo run."""
 
@@ -196,7 +185,7 @@ class UndoSource:
     def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
         """What undo does with each row, in batches: a request back, or a result at once."""
         defused = self.format in _DEFUSED_FORMATS or (
-            self.format == "xlsx" and not _exact_text(self.path)
+            self.format == "xlsx" and not holds_exact_text(self.path)
         )
         cells = _undefuse if defused else None
         done = 0

@@ -34,6 +34,7 @@ import pickle
 import re
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ __all__ = [
     "check_sheet_rows",
     "check_side_paths",
     "defuse",
+    "holds_exact_text",
     "needs_quote",
     "short_sheet",
     "write_results",
@@ -73,6 +75,18 @@ XLSX_MAX_ROWS = 1_048_575
 SHORT_COLUMNS = ("row", "line", "loginId", "phone", "status", "reason", "error_message")
 #: The custom document property of an XLSX result whose text cells hold their values exactly.
 XLSX_EXACT_TEXT = "batchphone_exact_text"
+
+
+def holds_exact_text(path: Path) -> bool:
+    """Whether ``path`` is an XLSX result that holds its text exactly (no ``'`` added before a
+    formula-like value: the document property ``XLSX_EXACT_TEXT`` says so)."""
+    try:
+        with zipfile.ZipFile(path) as workbook:
+            properties = workbook.read("docProps/custom.xml")
+    except (KeyError, OSError, zipfile.BadZipFile):
+        return False
+    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
+
 
 _INT_COLUMNS = frozenset({"row", "line", "http_status", "attempts"})
 _BOOL_COLUMNS = frozenset({"verified_phone"})

@@ -214,10 +214,10 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
     cell a spreadsheet could run as a formula starts with ``'`` (as the CLI's CSV results do).
     """
     from batchphone.reader import open_table
-    from batchphone.writer import defuse
+    from batchphone.writer import defuse, holds_exact_text
 
     table = open_table(path)
-    exact = _exact_text(path)
+    exact = holds_exact_text(path)
     columns = [c for c in SHORT_COLUMNS if c in table.columns] if short else list(table.columns)
     rows = (row for batch in table.rows(columns, batch_size=5000) for row in batch)
     if fmt == "csv":
@@ -269,20 +269,6 @@ _NUMBER_COLUMNS = frozenset({"row", "line"})
 
 def _csv_cell(value: str, exact: bool, defuse: Callable[[str], str]) -> str:
     return value if value.startswith("'") and not exact else defuse(value)
-
-
-def _exact_text(path: Path) -> bool:
-    """Whether ``path`` is an XLSX result that holds its text exactly (no ``'`` added)."""
-    import zipfile
-
-    from batchphone.writer import XLSX_EXACT_TEXT
-
-    try:
-        with zipfile.ZipFile(path) as workbook:
-            properties = workbook.read("docProps/custom.xml")
-    except (KeyError, OSError, zipfile.BadZipFile):
-        return False
-    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
 
 
 def lock_holder(out: Path) -> str | None:
