@@ -41,11 +41,9 @@ async def read_back(lookup: Lookup, requests: Sequence[UpdateRequest], *, last: 
     settled = Settled()
     try:
         users = await lookup.by_login_id(r.login_id for r in requests)
-    except FatalRemoteError:
-        return settled  # the stack stopped the run: the rows keep their unsettled records
-    except LookupFailed:
-        # the rows keep the unsettled records their calls left (attempts, the call's error):
-        # a new record would say 0 attempts, as if nothing had gone out
+    except (FatalRemoteError, LookupFailed):
+        # a failed read, or the stack stopped the run: the rows keep the unsettled records
+        # their calls left (attempts, the call's error); a new record would say 0 attempts
         return settled
     for request in requests:
         user = users.get(request.login_id)
