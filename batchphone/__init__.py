@@ -27,9 +27,9 @@ from batchphone.errors import (
 from batchphone.models import Command, InputRow, Normalized, Reason, RowResult, Status, Summary
 
 if TYPE_CHECKING:
-    from batchphone.runner import Job, execute, run_sync
+    from batchphone.modes.runner import Job, execute, run_sync
 
-__version__ = "0.1.0"
+from batchphone.version import __version__
 
 __all__ = [
     "BatchphoneError",
@@ -68,7 +68,7 @@ _LAZY = {"Job", "execute", "run_sync"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from batchphone import runner
+        from batchphone.modes import runner
 
         return getattr(runner, name)
     raise AttributeError(f"module 'batchphone' has no attribute {name!r}")

@@ -41,8 +41,8 @@ from batchphone.errors import UsageError
 from batchphone.models import Command, Summary
 
 if TYPE_CHECKING:
+    from batchphone.modes.rehearsal import Rehearsal
     from batchphone.progress import Progress
-    from batchphone.rehearsal import Rehearsal
 
 __all__ = ["OTHER_OPTIONS", "Target", "plan", "run", "undo", "validate"]
 
@@ -63,7 +63,7 @@ OTHER_OPTIONS: Mapping[str, str] = {
     "quiet": "the CLI's output: a library call prints nothing",
     "debug": "the CLI's output: a library call raises, with its traceback",
     "summary_json": "the CLI's output: write summary.to_json() yourself",
-    "metrics_file": "the CLI's output: batchphone.metrics.write_metrics(PATH, summary, ...)",
+    "metrics_file": "the CLI's output: batchphone.files.metrics.write_metrics(PATH, summary, ...)",
 }
 
 #: Keywords that describe the job (``runner.Job``) rather than settings.
@@ -94,7 +94,7 @@ class _Embedded:
 
     def open(self, input_path: Path, command: Command, settings: Settings) -> Rehearsal:
         from batchphone.logs import get_logger
-        from batchphone.rehearsal import embedded_target
+        from batchphone.modes.rehearsal import embedded_target
 
         with self._lock:
             if self._rehearsal is None:
@@ -156,7 +156,7 @@ class Target:
             )
         key = check_key(self.management_key.reveal(), "Target")
         if base_url is None:
-            from batchphone.client import derive_base_url
+            from batchphone.remote.client import derive_base_url
 
             base_url = derive_base_url(project_id)
         check_plain_http(base_url, allowed=self.allow_insecure_http)
@@ -201,7 +201,7 @@ class Target:
         """
         import secrets
 
-        from batchphone.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
+        from batchphone.modes.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
 
         seed: Path | Sequence[Mapping[str, Any]] | None
         seed = Path(users) if isinstance(users, str | os.PathLike) else users
@@ -411,7 +411,7 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
             )  # fmt: skip
     target = _resolve_target(target, settings, from_settings=base is not None)
     if target._embedded is not None and target._embedded.state is not None:
-        from batchphone.writer import check_side_paths
+        from batchphone.files.writer import check_side_paths
 
         # written back after the command: never over the input or the command's own files
         state = {"Target.emulator(state=...)": target._embedded.state}
@@ -493,7 +493,7 @@ def _execute(
     progress: Progress | None,
     handle_signals: bool,
 ) -> Summary:
-    from batchphone import runner  # looked up at call time: tests replace runner.run_sync
+    from batchphone.modes import runner  # looked up at call time: tests replace runner.run_sync
 
     job = runner.Job(command=command, input_path=input_path, out_path=out, **job_options)
     if target is None:

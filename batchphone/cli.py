@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
-from batchphone import __version__
 from batchphone.errors import BatchphoneError
 from batchphone.models import Summary
+from batchphone.version import __version__
 
 if TYPE_CHECKING:
     from batchphone.config import Settings
@@ -392,7 +392,7 @@ class _Ends:
             except OSError as exc:
                 failure = f"cannot write --summary-json {self.summary_json}: {exc.strerror or exc}"
         if self.metrics is not None:
-            from batchphone.metrics import write_metrics
+            from batchphone.files.metrics import write_metrics
 
             try:
                 write_metrics(self.metrics, summary, command=self.command, exit_code=code or None)
@@ -436,7 +436,7 @@ def _run(
     config_path = flags.pop("config_path", None)
     job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
     settings = load_settings(flags, config_path=config_path)
-    from batchphone.writer import check_side_paths
+    from batchphone.files.writer import check_side_paths
 
     sides = {option: getattr(settings, name) for option, name in _side_options().items()}
     sides[_METRICS_OPTION] = metrics
@@ -748,8 +748,8 @@ def status(
     import json
 
     from batchphone.config import load_settings
+    from batchphone.modes.status import count_input, read_status, with_eta
     from batchphone.render import Output, status_lines
-    from batchphone.status import count_input, read_status, with_eta
 
     output = Output(json_mode=_early_json({}))
     try:

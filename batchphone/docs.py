@@ -18,7 +18,7 @@ import click
 
 from batchphone import config
 from batchphone.cli import main
-from batchphone.job import Job
+from batchphone.modes.job import Job
 
 #: Where the page lives in the repository, and the command that writes it.
 OPTIONS_PAGE = Path("docs/options.md")

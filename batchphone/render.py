@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchphone.atomic import write_private
+from batchphone.files.atomic import write_private
 from batchphone.models import FINAL_STATUSES, RESUME_HINT, RowResult, Status, Summary
 
 __all__ = [

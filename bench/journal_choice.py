@@ -1,4 +1,4 @@
-"""11. The journal: JSONL (``batchphone.journal``) against a sqlite3 prototype (issue 10).
+"""11. The journal: JSONL (``batchphone.files.journal``) against a sqlite3 prototype (issue 10).
 
 Issue 10 asks whether stdlib sqlite3 (WAL, a commit per answered call) should replace the JSONL
 journal, and says to decide by measurement: ``kill -9`` must still lose nothing and ``validate``
@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 # the kill -9 and reopen children import this module: only what they need is imported here
-from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
+from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import (
     LOOKUP_COLUMNS,
     RESULT_COLUMNS,
@@ -366,7 +366,7 @@ def _child_reopen(fmt: str, out: Path, result_path: Path, total: int) -> dict[st
     Everything is imported first, so the peak RSS after the resume is the resume's (plus the
     imports, reported apart); the peak at the end is the write's when it is the higher.
     """
-    from batchphone.writer import write_results, write_rows
+    from batchphone.files.writer import write_results, write_rows
 
     doc: dict[str, Any] = {"rss_imports_mb": _rss_mb()}
     began, cpu = time.perf_counter(), _cpu_s()

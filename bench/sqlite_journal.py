@@ -1,6 +1,6 @@
 """A prototype journal in stdlib sqlite3, for scenario 11 only (issue 10): not batchphone's.
 
-It keeps what ``batchphone.journal.Journal`` keeps, with the durability issue 10 names:
+It keeps what ``batchphone.files.journal.Journal`` keeps, with the durability issue 10 names:
 ``journal_mode=WAL``, ``synchronous=NORMAL`` and one transaction per answered call (a per-row
 run commits every row; a batch call commits its rows at once). A committed transaction is in
 the WAL file in the page cache when ``COMMIT`` returns, so a ``kill -9`` of the process loses
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from batchphone.journal import JournalState
+from batchphone.files.journal import JournalState
 from batchphone.models import RowResult, Status
 
 __all__ = ["SqliteJournal"]

@@ -15,8 +15,8 @@ import time
 
 import anyio
 
-from batchphone.budget import open_budget
-from batchphone.ratelimit import RateLimiter
+from batchphone.remote.budget import open_budget
+from batchphone.remote.ratelimit import RateLimiter
 
 PROJECT = "Pshared"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from batchphone.budget import STATE_DIR_ENV
+from batchphone.remote.budget import STATE_DIR_ENV
 from tests.virtual import VirtualClock, install, virtual_backend
 
 ROOT = Path(__file__).resolve().parent.parent

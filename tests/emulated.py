@@ -18,7 +18,7 @@ import polars as pl
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, ProjectSettings
 from batchphone.models import Summary
-from batchphone.runner import Job, execute
+from batchphone.modes.runner import Job, execute
 
 PROJECT = "P2batchphoneIssue6Project000000"
 KEY = "K2-issue6-management-key-0123456789"
@@ -33,7 +33,7 @@ Handler = Callable[[httpx.Request], Awaitable[httpx.Response | None]]
 
 def journal_results(out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The row records of ``out``'s journal: (write-ahead intents, every other record)."""
-    from batchphone.journal import iter_records, journal_path
+    from batchphone.files.journal import iter_records, journal_path
 
     records = list(iter_records(journal_path(out)))
     intents = [r for r in records if r.get("reason") == "IN_FLIGHT"]

@@ -19,7 +19,7 @@ from batchphone import Command, InputError, Secret, Settings, Target, UsageError
 from batchphone.api import OTHER_OPTIONS
 from batchphone.emulator import Emulator, ProjectSettings, load_users
 from batchphone.emulator.server import ServerThread
-from batchphone.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
+from batchphone.modes.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
 
 PROJECT = "P2batchphoneApiProject0000000000"
 KEY = "K2-api-management-key-never-shown-7"

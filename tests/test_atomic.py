@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchphone.atomic import write_private
+from batchphone.files.atomic import write_private
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 

@@ -10,15 +10,15 @@ from typing import Any
 import httpx
 import pytest
 
-from batchphone.batch import BatchSender, patch_body
-from batchphone.calls import Calls, Circuit
-from batchphone.client import PatchAnswer
 from batchphone.emulator import load_users
 from batchphone.errors import ResumeError, UsageError
 from batchphone.models import Status, Summary, UpdateRequest
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy
-from batchphone.stop import Stop
+from batchphone.remote.batch import BatchSender, patch_body
+from batchphone.remote.calls import Calls, Circuit
+from batchphone.remote.client import PatchAnswer
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import RetryPolicy
+from batchphone.remote.stop import Stop
 from tests.emulated import (
     PATCH_BATCH,
     PROJECT,

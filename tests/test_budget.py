@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from batchphone.budget import FileBudget, RedisBudget, open_budget, redact
 from batchphone.errors import UsageError
+from batchphone.remote.budget import FileBudget, RedisBudget, open_budget, redact
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from batchphone.calls import Calls, Circuit, SlowDown, open_calls
 from batchphone.errors import FatalRemoteError, RateLimitedError, RemoteError, TransientError
 from batchphone.models import Reason
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import Attempted, RetryPolicy
-from batchphone.stop import Stop, Stopped
+from batchphone.remote.calls import Calls, Circuit, SlowDown, open_calls
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import Attempted, RetryPolicy
+from batchphone.remote.stop import Stop, Stopped
 from tests.emulated import CallTimes, endpoint, make_emulator, phone_users, settings
 from tests.virtual import SleptClock as FakeClock
 

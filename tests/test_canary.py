@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from batchphone.canary import mismatch
 from batchphone.cli import main
 from batchphone.emulator import Emulator, Faults
 from batchphone.emulator.server import ServerThread
 from batchphone.errors import UsageError
 from batchphone.models import UpdateRequest, User
+from batchphone.remote.canary import mismatch
 from tests.emulated import (
     KEY,
     LOAD,
@@ -57,7 +57,7 @@ async def test_a_canary_that_passes_lets_the_run_go_on(tmp_path: Path) -> None:
 async def test_a_run_the_canary_stopped_is_no_success_for_a_scheduler(tmp_path: Path) -> None:
     """Exit 1, but 17 rows never sent: ``completed`` (the Airflow example's check, the metrics'
     last success) must not call it a sync that went through, and the next step is named."""
-    from batchphone.metrics import LAST_SUCCESS, write_metrics
+    from batchphone.files.metrics import LAST_SUCCESS, write_metrics
 
     emulator = make_emulator(phone_users(20))
     emulator.set_faults(Faults(ignore_update=1.0))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from batchphone import writer
 from batchphone.cells import FALSE_WORDS, TRUE_WORDS, check_region, parse_flag
 from batchphone.config import load_settings
 from batchphone.emulator.users import load_users
 from batchphone.errors import UsageError
+from batchphone.files import writer
 from batchphone.models import InputRow, RowResult, UpdateRequest
-from batchphone.prepare import Preparer, RowRules
-from batchphone.reverse import _undo_row
+from batchphone.modes.reverse import _undo_row
+from batchphone.rows.prepare import Preparer, RowRules
 
 PACKAGE = Path(__file__).resolve().parents[1] / "batchphone"
 WORDS = sorted(TRUE_WORDS | FALSE_WORDS)

@@ -17,8 +17,6 @@ import httpx
 import pytest
 
 from batchphone import __version__
-from batchphone.calls import call_with_retry
-from batchphone.client import LICENSE_PATH, DescopeClient, derive_base_url
 from batchphone.config import Secret
 from batchphone.errors import (
     FatalRemoteError,
@@ -28,8 +26,10 @@ from batchphone.errors import (
     UnreachableError,
 )
 from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import Attempted, RetryPolicy
+from batchphone.remote.calls import call_with_retry
+from batchphone.remote.client import LICENSE_PATH, DescopeClient, derive_base_url
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import Attempted, RetryPolicy
 from tests.virtual import virtual_backend
 
 pytestmark = pytest.mark.anyio

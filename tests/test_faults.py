@@ -15,12 +15,12 @@ import httpx
 import polars as pl
 import pytest
 
-from batchphone import job as job_module
-from batchphone import journal as journal_module
-from batchphone import runner
 from batchphone.emulator import Emulator, Faults
 from batchphone.errors import OutputError
-from batchphone.journal import iter_records, journal_path
+from batchphone.files import journal as journal_module
+from batchphone.files.journal import iter_records, journal_path
+from batchphone.modes import job as job_module
+from batchphone.modes import runner
 from tests.emulated import Spy, journal_results, new_phones, phone_users, run_job, write_input
 from tests.test_runner import PROJECT, UPDATE, make_emulator, read, run, update_calls
 from tests.virtual import VirtualClock

@@ -10,12 +10,12 @@ import structlog
 
 from batchphone.config import Settings
 from batchphone.errors import UsageError
-from batchphone.job import Job, job_mode, prepared_batches, screen_rules
+from batchphone.files.reader import InputSpec, open_input
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import Mode
-from batchphone.reader import InputSpec, open_input
-from batchphone.reverse import open_results
-from batchphone.screen import ScreenRules
+from batchphone.modes.job import Job, job_mode, prepared_batches, screen_rules
+from batchphone.modes.reverse import open_results
+from batchphone.remote.screen import ScreenRules
+from batchphone.rows.prepare import Mode
 from tests.emulated import write_input
 
 SETTINGS = Settings()

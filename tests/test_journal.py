@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from batchphone.errors import OutputError, ResumeError
-from batchphone.journal import (
+from batchphone.files.journal import (
     Journal,
     RunIdentity,
     RunLock,
@@ -139,7 +139,7 @@ _LOCKER = """
 import sys, time
 from pathlib import Path
 from batchphone.errors import OutputError
-from batchphone.journal import RunLock
+from batchphone.files.journal import RunLock
 assert ("fcntl" in sys.modules and sys.modules["fcntl"] is None) == (sys.argv[2] == "nofcntl")
 lock = RunLock(Path(sys.argv[1]))
 try:

@@ -12,15 +12,15 @@ import anyio
 import httpx
 import pytest
 
-from batchphone.calls import Calls
-from batchphone.client import DescopeClient
 from batchphone.config import Secret
 from batchphone.errors import FatalRemoteError
-from batchphone.lookup import PAGE, Lookup, LookupFailed
 from batchphone.models import Reason
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy
-from batchphone.stop import Stop
+from batchphone.remote.calls import Calls
+from batchphone.remote.client import DescopeClient
+from batchphone.remote.lookup import PAGE, Lookup, LookupFailed
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import RetryPolicy
+from batchphone.remote.stop import Stop
 from tests.emulated import (
     KEY,
     LOAD,

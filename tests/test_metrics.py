@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 from prometheus_client.parser import text_string_to_metric_families
 
 from batchphone.cli import main
-from batchphone.metrics import LAST_SUCCESS, write_metrics
+from batchphone.files.metrics import LAST_SUCCESS, write_metrics
 from batchphone.models import Summary
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from batchphone.errors import UsageError
 from batchphone.models import Normalized, Reason
-from batchphone.normalize import (
+from batchphone.rows.normalize import (
     _NOT_DIGIT,
     E164_PATTERN,
     _cached,

@@ -15,10 +15,10 @@ import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
-from batchphone import writer
 from batchphone.cli import main
 from batchphone.errors import OutputError, ResumeError
-from batchphone.journal import journal_path, lock_path
+from batchphone.files import writer
+from batchphone.files.journal import journal_path, lock_path
 from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 from tests.emulated import by_row, calls, make_emulator, new_phones, phone_users, write_input
 from tests.emulated import run_job as run_emulated
@@ -236,7 +236,9 @@ def test_an_end_to_end_run_without_fcntl(samples: Path, tmp_path: Path) -> None:
         env.pop(name, None)
     argv = [sys.executable, "-m", "batchphone", "run", str(samples / "phones.csv")]
     argv += ["--emulator", "--out", str(out), "--quiet"]
-    probe = "import sys; import batchphone.cli, batchphone.runner; print(sys.modules['fcntl'])"
+    probe = (
+        "import sys; import batchphone.cli, batchphone.modes.runner; print(sys.modules['fcntl'])"
+    )
     shown = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from anyio.abc import ObjectSendStream
 
-from batchphone.pool import run_pool
+from batchphone.remote.pool import run_pool
 
 pytestmark = pytest.mark.anyio
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from batchphone.models import InputRow, Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import Mode, Preparer, RowRules
+from batchphone.rows.prepare import Mode, Preparer, RowRules
 
 
 def _rows(*cells: tuple[str | None, str | None]) -> list[InputRow]:

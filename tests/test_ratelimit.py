@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from batchphone.ratelimit import DEFAULT_MARGIN, RateLimiter, SystemClock
+from batchphone.remote.ratelimit import DEFAULT_MARGIN, RateLimiter, SystemClock
 
 
 class RecordingClock(SystemClock):

@@ -13,8 +13,8 @@ import pytest
 import xlsxwriter
 
 from batchphone.errors import InputError
+from batchphone.files.reader import InputSource, InputSpec, open_input, open_table
 from batchphone.models import InputRow
-from batchphone.reader import InputSource, InputSpec, open_input, open_table
 
 
 def _open(path: Path, **columns: str) -> InputSource:

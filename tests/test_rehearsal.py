@@ -172,7 +172,7 @@ def test_a_command_that_fails_before_its_first_call_leaves_the_state_alone(
         assert len(failed.stderr.splitlines()) == 2  # where the users came from; the error
         assert (state.read_bytes(), os.stat(state).st_ino, os.stat(state).st_mtime_ns) == before
 
-    from batchphone import runner
+    from batchphone.modes import runner
 
     real_run = runner.run_sync
 
@@ -181,7 +181,7 @@ def test_a_command_that_fails_before_its_first_call_leaves_the_state_alone(
         raise KeyboardInterrupt
 
     # Ctrl-C after calls were made: the users they changed are written back
-    monkeypatch.setattr("batchphone.runner.run_sync", interrupted_after_its_calls)
+    monkeypatch.setattr("batchphone.modes.runner.run_sync", interrupted_after_its_calls)
     stopped = invoke([*args, "--summary-json", "sum.json"])
     assert stopped.exit_code == 130
     assert json.loads((workdir / "sum.json").read_text())["exit_code"] == 130
@@ -229,7 +229,7 @@ def test_a_rehearsal_never_resumes_the_record_of_another_target(workdir: Path) -
 
 
 def test_two_commands_on_one_state_file_take_turns(workdir: Path) -> None:
-    from batchphone.rehearsal import embedded_target
+    from batchphone.modes.rehearsal import embedded_target
 
     state = workdir / "s.json"
     holder = embedded_target(workdir / "samples" / "phones.csv", None, state_path=state)

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
-from batchphone.metrics import LAST_SUCCESS
-from batchphone.runner import Job, run_sync
+from batchphone.files.metrics import LAST_SUCCESS
+from batchphone.modes.runner import Job, run_sync
 
 pytestmark = pytest.mark.slow
 

@@ -203,8 +203,8 @@ class _FrozenClock:
 def test_after_a_429_the_eta_uses_the_lowered_budget(
     clock: FakeClock, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from batchphone.calls import SlowDown
-    from batchphone.ratelimit import RateLimiter
+    from batchphone.remote.calls import SlowDown
+    from batchphone.remote.ratelimit import RateLimiter
 
     limiter = RateLimiter(100, 20.0, clock=_FrozenClock())  # 5 calls/s
     bar = TqdmProgress()

@@ -10,15 +10,15 @@ from typing import Any
 import polars as pl
 import pytest
 
-import batchphone.prepare
-import batchphone.report
-import batchphone.runner
+import batchphone.modes.report
+import batchphone.modes.runner
+import batchphone.rows.prepare
 from batchphone.emulator import Emulator
-from batchphone.journal import journal_path
+from batchphone.files.journal import journal_path
+from batchphone.files.reader import InputSpec, open_input
 from batchphone.models import RESULT_COLUMNS, Reason, RowResult, Status, Summary
-from batchphone.prepare import Mode, Preparer, RowRules
-from batchphone.reader import InputSpec, open_input
-from batchphone.report import report_rows
+from batchphone.modes.report import report_rows
+from batchphone.rows.prepare import Mode, Preparer, RowRules
 from tests.emulated import make_emulator, run_job
 
 pytestmark = pytest.mark.anyio
@@ -66,8 +66,8 @@ def _input(tmp_path: Path) -> Path:
 @pytest.fixture
 def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both paths stamp ``finished_at`` alike, so the files can be compared byte for byte."""
-    monkeypatch.setattr(batchphone.prepare, "now_iso", lambda: STAMP)
-    monkeypatch.setattr(batchphone.report, "now_iso", lambda: STAMP)
+    monkeypatch.setattr(batchphone.rows.prepare, "now_iso", lambda: STAMP)
+    monkeypatch.setattr(batchphone.modes.report, "now_iso", lambda: STAMP)
 
 
 def _content(path: Path) -> Any:
@@ -93,7 +93,7 @@ async def _both(
     new, old = out_dir / f"new.{ext}", out_dir / f"old.{ext}"
     fast = await run_job(emulator, command, source, new, **overrides)
     with monkeypatch.context() as patch:  # the row-by-row path: judge, journal, sort, write
-        patch.setattr(batchphone.runner, "local_report", lambda mode, source: False)
+        patch.setattr(batchphone.modes.runner, "local_report", lambda mode, source: False)
         slow = await run_job(emulator, command, source, old, **overrides)
     return new, old, fast, slow
 
@@ -173,7 +173,7 @@ async def test_an_old_journal_at_the_result_path_is_replaced_as_before(tmp_path:
     source = _input(tmp_path)
     out = tmp_path / "r.csv"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(batchphone.runner, "local_report", lambda mode, source: False)
+        patch.setattr(batchphone.modes.runner, "local_report", lambda mode, source: False)
         await run_job(emulator, "run", source, out, dry_run=True)
     assert journal_path(out).exists()  # the row-by-row path keeps it
     summary = await run_job(emulator, "run", source, out, dry_run=True)
@@ -198,7 +198,7 @@ async def test_progress_sees_every_row(tmp_path: Path) -> None:
         def close(self) -> None:
             seen.append(None)  # type: ignore[arg-type]
 
-    from batchphone.runner import Job, execute
+    from batchphone.modes.runner import Job, execute
     from tests.emulated import settings
 
     out = tmp_path / "r.csv"
@@ -216,8 +216,8 @@ async def test_without_a_listener_no_row_result_is_built(
 ) -> None:
     """No bar (``--quiet``, JSON logs): no result object per row is built (a million of them
     cost validate a fifth of its time), also when the summary lists the rows not valid."""
-    from batchphone import report
-    from batchphone.runner import Job, execute
+    from batchphone.modes import report
+    from batchphone.modes.runner import Job, execute
     from tests.emulated import settings
 
     def refuse(values: object) -> RowResult:

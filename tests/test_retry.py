@@ -10,10 +10,10 @@ from typing import Any
 import anyio
 import pytest
 
-from batchphone.calls import call_with_retry
 from batchphone.errors import FatalRemoteError, RateLimitedError, TransientError
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import Attempted, RetryPolicy
+from batchphone.remote.calls import call_with_retry
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import Attempted, RetryPolicy
 from tests.test_ratelimit import RecordingClock
 
 pytestmark = [pytest.mark.anyio, pytest.mark.virtual_time]

@@ -331,7 +331,7 @@ def _write_journal(path: Path, records: list[dict[str, object]]) -> None:
 def test_a_journal_is_read_as_the_rows_to_undo(tmp_path: Path) -> None:
     """``undo OUT.journal``, or ``undo OUT`` with no OUT (a run killed before it wrote it)."""
     from batchphone.models import UpdateRequest
-    from batchphone.reverse import open_results
+    from batchphone.modes.reverse import open_results
 
     out = tmp_path / "r.csv"
     common = {"phone_input": "+14155550100", "phone": "+14155550100"}

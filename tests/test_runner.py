@@ -19,9 +19,9 @@ import structlog
 from batchphone.config import Secret
 from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.errors import InputError, ResumeError
-from batchphone.journal import Journal, RunIdentity, iter_records, journal_path
+from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
-from batchphone.runner import Job, execute
+from batchphone.modes.runner import Job, execute
 from tests.emulated import (
     KEY,
     LICENSE,

@@ -10,10 +10,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from batchphone.calls import open_calls
 from batchphone.cli import main
 from batchphone.emulator import load_users
-from batchphone.lookup import Lookup
 from batchphone.models import (
     LOOKUP_COLUMNS,
     PLAN_COLUMNS,
@@ -23,8 +21,10 @@ from batchphone.models import (
     Status,
     UpdateRequest,
 )
-from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
-from batchphone.stop import Stop
+from batchphone.remote.calls import open_calls
+from batchphone.remote.lookup import Lookup
+from batchphone.remote.screen import Screen, ScreenRules, budget_seconds, planned_calls
+from batchphone.remote.stop import Stop
 from tests.emulated import (
     PATCH_BATCH,
     PROJECT,

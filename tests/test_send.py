@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from batchphone.batch import BatchSender
-from batchphone.calls import Calls, open_calls
 from batchphone.models import Reason, Status, UpdateRequest
-from batchphone.send import RowSender, fetch_license
-from batchphone.stop import Stop
+from batchphone.remote.batch import BatchSender
+from batchphone.remote.calls import Calls, open_calls
+from batchphone.remote.send import RowSender, fetch_license
+from batchphone.remote.stop import Stop
 from tests.emulated import (
     KEY,
     LICENSE,

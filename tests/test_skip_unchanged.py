@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from batchphone.errors import ResumeError
 from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
-from batchphone.runner import Job, execute
+from batchphone.modes.runner import Job, execute
 from tests.emulated import (
     LICENSE,
     PATCH_BATCH,

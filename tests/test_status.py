@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 import batchphone
-from batchphone import status as status_module
 from batchphone.cli import main
-from batchphone.journal import RunLock
+from batchphone.files.journal import RunLock
+from batchphone.modes import status as status_module
+from batchphone.modes.status import lock_holder, read_status, with_eta
 from batchphone.render import status_lines
-from batchphone.status import lock_holder, read_status, with_eta
 
 HOLDER = f"pid {os.getpid()} on {socket.gethostname()}"
 

@@ -8,11 +8,11 @@ from typing import Any
 import anyio
 import pytest
 
-from batchphone.calls import call_with_retry
 from batchphone.models import Reason
-from batchphone.ratelimit import RateLimiter
-from batchphone.retry import RetryPolicy
-from batchphone.stop import Stop, Stopped
+from batchphone.remote.calls import call_with_retry
+from batchphone.remote.ratelimit import RateLimiter
+from batchphone.remote.retry import RetryPolicy
+from batchphone.remote.stop import Stop, Stopped
 from tests.emulated import CallTimes
 from tests.test_retry import Script, limited, transient
 

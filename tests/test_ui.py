@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from batchphone.errors import UsageError
-from batchphone.journal import RunLock
+from batchphone.files.journal import RunLock
 from batchphone.ui import UiOptions, _banner
 from batchphone.ui.app import Page, build_app
 from batchphone.ui.security import Keys, cookie_name
@@ -528,7 +528,7 @@ async def test_the_result_shown_is_the_result_file_as_the_cli_left_it(tmp_path: 
 
 def test_the_page_explains_a_reason_in_its_own_words_not_the_cli_s_flags() -> None:
     from batchphone.models import Reason
-    from batchphone.prepare import EXPLANATIONS
+    from batchphone.rows.prepare import EXPLANATIONS
     from batchphone.ui.app import _explain
 
     cli_words = ("--allow-remove", "--default-region", "--retry-failed", "rerun the same command")
@@ -629,7 +629,7 @@ async def test_the_downloads_keep_a_formula_like_login_id_exact(tmp_path: Path) 
     from openpyxl import load_workbook
 
     import batchphone
-    from batchphone.writer import defuse
+    from batchphone.files.writer import defuse
 
     keys = Keys()
     async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:

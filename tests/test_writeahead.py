@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from batchphone.emulator import Emulator, Faults
-from batchphone.journal import iter_records, journal_path
+from batchphone.files.journal import iter_records, journal_path
 from batchphone.models import Summary
 from tests.emulated import (
     PATCH_BATCH,
@@ -366,7 +366,7 @@ async def test_no_call_leaves_once_its_record_cannot_be_written(
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr("batchphone.journal.os.write", write)
+    monkeypatch.setattr("batchphone.files.journal.os.write", write)
     spy = Spy(emulator)
     summary = await run_job(emulator, "run", source, out, transport=spy, concurrency=1)
     assert summary.exit_code == 4

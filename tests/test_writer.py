@@ -16,10 +16,10 @@ import openpyxl  # type: ignore[import-untyped]
 import polars as pl
 import pytest
 
-from batchphone import writer
 from batchphone.errors import OutputError
+from batchphone.files import writer
+from batchphone.files.writer import check_output_path, write_results
 from batchphone.models import RESULT_COLUMNS, Reason, RowResult, Status
-from batchphone.writer import check_output_path, write_results
 
 FORMATS = ["csv", "tsv", "jsonl", "ndjson", "parquet", "xlsx"]
 
@@ -423,7 +423,7 @@ def test_defuse_is_undone_by_undos_reader(tmp_path: Path) -> None:
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from batchphone.reverse import _undefuse
+    from batchphone.modes.reverse import _undefuse
 
     alphabet = st.sampled_from(list("'=+-@\t\r0123456789 ().-/aZ|!\"&"))
 

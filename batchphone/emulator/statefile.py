@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from batchphone.atomic import write_private
 from batchphone.emulator.users import SeedFileError, complete_user
+from batchphone.files.atomic import write_private
 
 __all__ = ["Seed", "State", "load_state", "read_state", "save_state", "seed_digest"]
 

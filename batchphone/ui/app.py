@@ -500,7 +500,7 @@ def _explain(reason: str | None, message: str | None, undo: bool = False) -> str
             "run gave to users who had none' to remove it)"
         )
     from batchphone.models import Reason
-    from batchphone.prepare import EXPLANATIONS
+    from batchphone.rows.prepare import EXPLANATIONS
 
     if reason in PAGE_EXPLANATIONS:
         return PAGE_EXPLANATIONS[reason]

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchphone.atomic import write_private
 from batchphone.errors import InputError
+from batchphone.files.atomic import write_private
 
 if TYPE_CHECKING:
-    from batchphone.status import RunStatus
+    from batchphone.modes.status import RunStatus
 
 __all__ = [
     "OUTPUTS",
@@ -128,7 +128,7 @@ def save_job(folder: Path, record: dict[str, Any]) -> None:
 
 def sheet_headers(path: Path, sheet: str | None) -> tuple[list[str], str | None, list[str]]:
     """(sheet names, the sheet read, its header) of an input; ``InputError`` as the CLI's."""
-    from batchphone.reader import open_table
+    from batchphone.files.reader import open_table
 
     if path.suffix.lower() != ".xlsx":
         return [], None, list(open_table(path).columns)
@@ -189,7 +189,7 @@ def read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Ro
 
 
 def _read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
-    from batchphone.reader import open_table
+    from batchphone.files.reader import open_table
 
     table = open_table(path)
     columns = list(table.columns)
@@ -213,8 +213,8 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
     Every cell stays text but the row numbers (numbers, as in the CLI's XLSX results); in CSV a
     cell a spreadsheet could run as a formula starts with ``'`` (as the CLI's CSV results do).
     """
-    from batchphone.reader import open_table
-    from batchphone.writer import defuse, holds_exact_text
+    from batchphone.files.reader import open_table
+    from batchphone.files.writer import defuse, holds_exact_text
 
     table = open_table(path)
     exact = holds_exact_text(path)
@@ -278,7 +278,7 @@ def lock_holder(out: Path) -> str | None:
     """
     import socket
 
-    from batchphone.journal import lock_path
+    from batchphone.files.journal import lock_path
 
     try:
         text = lock_path(out).read_bytes()[1:512].decode("utf-8", "replace").strip()
@@ -381,7 +381,7 @@ _JOURNALED: dict[Path, tuple[tuple[int, int], RunStatus]] = {}
 def journal_status(journal: Path) -> RunStatus:
     """What ``batchphone status`` reads from a run's journal (once per version of it): the
     command that wrote it and its rows by their last status."""
-    from batchphone.status import read_status
+    from batchphone.modes.status import read_status
 
     stat = journal.stat()
     version = (stat.st_mtime_ns, stat.st_size)
@@ -411,7 +411,7 @@ def status_counts(out: Path) -> dict[str, int]:
 
 
 def _count_statuses(out: Path) -> dict[str, int]:
-    from batchphone.reader import open_table
+    from batchphone.files.reader import open_table
 
     table = open_table(out)
     counts: dict[str, int] = {}

@@ -9,9 +9,9 @@ import dataclasses
 import re
 from pathlib import Path
 
-from batchphone.journal import Journal, iter_records, journal_path
+from batchphone.files.journal import Journal, iter_records, journal_path
+from batchphone.files.writer import write_results, write_rows
 from batchphone.models import Reason, Status
-from batchphone.writer import write_results, write_rows
 from bench.context import Bench, Plan
 from bench.journal_choice import (
     COLUMNS,

@@ -35,9 +35,6 @@ import anyio
 import httpx
 from anyio.abc import ObjectSendStream
 
-from batchphone.batch import BatchSender
-from batchphone.calls import Calls, open_calls
-from batchphone.canary import Canary
 from batchphone.config import Endpoint, Settings, check_plain_http
 from batchphone.errors import (
     BatchphoneError,
@@ -46,10 +43,16 @@ from batchphone.errors import (
     RemoteError,
     UsageError,
 )
-from batchphone.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
-from batchphone.journal import Journal, RunIdentity, RunLock, iter_records, journal_identity
+from batchphone.files.journal import Journal, RunIdentity, RunLock, iter_records, journal_identity
+from batchphone.files.reader import InputSource, InputSpec, open_input
+from batchphone.files.writer import (
+    ShortSheet,
+    check_output_path,
+    check_sheet_rows,
+    short_sheet,
+    write_results,
+)
 from batchphone.logs import get_logger
-from batchphone.lookup import Lookup
 from batchphone.models import (
     RESULT_COLUMNS,
     SUCCESS_STATUSES,
@@ -62,23 +65,20 @@ from batchphone.models import (
     UpdateRequest,
     next_step,
 )
-from batchphone.pool import run_pool
-from batchphone.prepare import EXPLANATIONS, Mode, Prepared, now_iso
+from batchphone.modes.job import BATCH_ROWS, Job, job_mode, prepared_batches, screen_rules
+from batchphone.modes.report import local_report, write_report
+from batchphone.modes.reverse import UndoSource, open_results
 from batchphone.progress import NullProgress, Progress
-from batchphone.reader import InputSource, InputSpec, open_input
-from batchphone.report import local_report, write_report
-from batchphone.reverse import UndoSource, open_results
-from batchphone.screen import Screen, ScreenRules, budget_seconds, planned_calls
-from batchphone.send import RowSender, fetch_license
-from batchphone.settle import read_back
-from batchphone.stop import STOP_SIGNALS, Stop, Stopped
-from batchphone.writer import (
-    ShortSheet,
-    check_output_path,
-    check_sheet_rows,
-    short_sheet,
-    write_results,
-)
+from batchphone.remote.batch import BatchSender
+from batchphone.remote.calls import Calls, open_calls
+from batchphone.remote.canary import Canary
+from batchphone.remote.lookup import Lookup
+from batchphone.remote.pool import run_pool
+from batchphone.remote.screen import Screen, ScreenRules, budget_seconds, planned_calls
+from batchphone.remote.send import RowSender, fetch_license
+from batchphone.remote.settle import read_back
+from batchphone.remote.stop import STOP_SIGNALS, Stop, Stopped
+from batchphone.rows.prepare import EXPLANATIONS, Mode, Prepared, now_iso
 
 __all__ = ["EXIT_INTERRUPTED", "Job", "execute", "run_sync"]
 
@@ -611,7 +611,7 @@ def _target(settings: Settings) -> Endpoint:
             "no management key: set DESCOPE_MANAGEMENT_KEY or use --management-key-file PATH",
             setting="management_key",
         )
-    from batchphone.client import derive_base_url
+    from batchphone.remote.client import derive_base_url
 
     base_url = settings.base_url or derive_base_url(settings.project_id)
     check_plain_http(base_url, allowed=settings.allow_insecure_http)

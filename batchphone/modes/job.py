@@ -12,15 +12,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchphone.batch import MAX_BATCH
 from batchphone.config import Settings
 from batchphone.errors import UsageError
+from batchphone.files.reader import InputSource
 from batchphone.logs import get_logger
 from batchphone.models import Command
-from batchphone.prepare import Mode, Prepared, Preparer, RowRules
-from batchphone.reader import InputSource
-from batchphone.reverse import UndoSource
-from batchphone.screen import ScreenRules
+from batchphone.modes.reverse import UndoSource
+from batchphone.remote.batch import MAX_BATCH
+from batchphone.remote.screen import ScreenRules
+from batchphone.rows.prepare import Mode, Prepared, Preparer, RowRules
 
 __all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
 

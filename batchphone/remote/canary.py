@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from batchphone.errors import FatalRemoteError
-from batchphone.lookup import LookupFailed
 from batchphone.models import Reason, RowResult, Status, UpdateRequest, User
-from batchphone.prepare import result_for, user_fields
-from batchphone.screen import target_verified
+from batchphone.remote.lookup import LookupFailed
+from batchphone.remote.screen import target_verified
+from batchphone.rows.prepare import result_for, user_fields
 
 __all__ = ["Canary", "mismatch"]
 

@@ -28,8 +28,6 @@ from typing import Any, Protocol, TypeVar
 
 import httpx
 
-from batchphone.budget import open_budget
-from batchphone.client import DescopeClient
 from batchphone.config import Endpoint, Settings
 from batchphone.errors import (
     BatchphoneError,
@@ -41,9 +39,11 @@ from batchphone.errors import (
 from batchphone.logs import get_logger
 from batchphone.models import Reason
 from batchphone.progress import NullProgress, Progress
-from batchphone.ratelimit import Clock, RateLimiter
-from batchphone.retry import Attempted, RetryPolicy, retried
-from batchphone.stop import Stop, Stopped
+from batchphone.remote.budget import open_budget
+from batchphone.remote.client import DescopeClient
+from batchphone.remote.ratelimit import Clock, RateLimiter
+from batchphone.remote.retry import Attempted, RetryPolicy, retried
+from batchphone.remote.stop import Stop, Stopped
 
 __all__ = [
     "CallCount",

@@ -26,7 +26,7 @@ from batchphone.models import (
     UpdateRequest,
     User,
 )
-from batchphone.normalize import normalize
+from batchphone.rows.normalize import normalize
 
 __all__ = [
     "EXPLANATIONS",

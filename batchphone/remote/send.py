@@ -1,6 +1,6 @@
 """Sending rows: what the pool's workers do with an update request (or a batch of them).
 
-Every call goes through the run's call stack (``batchphone.calls``: stop -> circuit -> retry ->
+Every call goes through the run's call stack (``remote.calls``: stop -> circuit -> retry ->
 limiter -> HTTP); this module only turns what the stack says into one result per row:
 
 * ``RowSender.process``: one ``update/phone`` call per row (``--api update``);
@@ -17,14 +17,14 @@ A 200 whose returned user does not hold what was sent is ``failed``/``ANSWER_MIS
 
 from __future__ import annotations
 
-from batchphone.batch import BatchSender
-from batchphone.calls import Calls, failure_label, fatal_reason
-from batchphone.canary import mismatch
 from batchphone.errors import FatalRemoteError
 from batchphone.models import ApiOutcome, Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import Intend, result_for, unsettled, user_fields
-from batchphone.retry import Attempted
-from batchphone.stop import Stopped
+from batchphone.remote.batch import BatchSender
+from batchphone.remote.calls import Calls, failure_label, fatal_reason
+from batchphone.remote.canary import mismatch
+from batchphone.remote.retry import Attempted
+from batchphone.remote.stop import Stopped
+from batchphone.rows.prepare import Intend, result_for, unsettled, user_fields
 
 __all__ = ["RowSender", "fetch_license", "not_attempted", "stopped_result"]
 

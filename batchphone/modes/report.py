@@ -31,8 +31,9 @@ import anyio
 import anyio.from_thread
 
 from batchphone.config import Settings
-from batchphone.job import BATCH_ROWS, Job
-from batchphone.journal import Journal, RunIdentity
+from batchphone.files.journal import Journal, RunIdentity
+from batchphone.files.reader import InputSource
+from batchphone.files.writer import ShortSheet, short_sheet, write_rows
 from batchphone.logs import get_logger
 from batchphone.models import (
     RESULT_COLUMNS,
@@ -44,12 +45,11 @@ from batchphone.models import (
     Summary,
     next_step,
 )
-from batchphone.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
+from batchphone.modes.job import BATCH_ROWS, Job
+from batchphone.modes.reverse import UndoSource
 from batchphone.progress import NullProgress, Progress
-from batchphone.reader import InputSource
-from batchphone.reverse import UndoSource
-from batchphone.stop import STOP_SIGNALS
-from batchphone.writer import ShortSheet, short_sheet, write_rows
+from batchphone.remote.stop import STOP_SIGNALS
+from batchphone.rows.prepare import EXPLANATIONS, Mode, Outcome, Preparer, RowRules, now_iso
 
 __all__ = ["local_report", "report_rows", "write_report"]
 

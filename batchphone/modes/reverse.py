@@ -35,13 +35,13 @@ import polars as pl
 
 from batchphone.cells import parse_flag
 from batchphone.errors import InputError
-from batchphone.journal import FORMAT, iter_records, journal_path, lock_path, open_nofollow
+from batchphone.files.journal import FORMAT, iter_records, journal_path, lock_path, open_nofollow
+from batchphone.files.reader import Table, file_sha256, open_table
+from batchphone.files.writer import RESULT_FORMATS, holds_exact_text
 from batchphone.logs import get_logger
 from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import EXPLANATIONS, Prepared, now_iso
-from batchphone.reader import Table, file_sha256, open_table
-from batchphone.status import lock_holder
-from batchphone.writer import RESULT_FORMATS, holds_exact_text
+from batchphone.modes.status import lock_holder
+from batchphone.rows.prepare import EXPLANATIONS, Prepared, now_iso
 
 __all__ = ["UndoSource", "open_results"]
 

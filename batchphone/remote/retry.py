@@ -5,7 +5,7 @@ the pool (concurrency: N workers) and this loop (how often one row is tried agai
 the limiter's business, not the row's: it pauses every worker sharing the limiter and the same
 call is sent again, without counting an attempt, so a 429 never makes a row fail.
 
-This is the retry layer of the stack in ``batchphone.calls`` (stop check -> circuit -> retry ->
+This is the retry layer of the stack in ``remote.calls`` (stop check -> circuit -> retry ->
 limiter -> HTTP): 429s are handled below it, by the limiter layer, so only transient errors
 (5xx, timeouts, dropped connections) reach this loop.
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from batchphone.errors import TransientError
-from batchphone.ratelimit import Clock
-from batchphone.stop import Stop, Stopped
+from batchphone.remote.ratelimit import Clock
+from batchphone.remote.stop import Stop, Stopped
 
 __all__ = ["Attempted", "RetryPolicy", "retried"]
 

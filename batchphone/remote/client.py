@@ -31,7 +31,6 @@ from typing import Any, Final, Self, TypedDict, TypeVar
 
 import httpx
 
-from batchphone import __version__
 from batchphone.config import Secret
 from batchphone.errors import (
     FatalRemoteError,
@@ -42,6 +41,7 @@ from batchphone.errors import (
 )
 from batchphone.logs import get_logger
 from batchphone.models import ApiOutcome, Reason, Status, UpdateRequest, User
+from batchphone.version import __version__
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -140,7 +140,7 @@ def _tls_context() -> ssl.SSLContext:
 class DescopeClient:
     """One connection pool to one project's management API.
 
-    It counts nothing: the run's call stack (``batchphone.calls``) counts the calls it sends.
+    It counts nothing: the run's call stack (``batchphone.remote.calls``) counts the calls it sends.
     """
 
     def __init__(

@@ -46,7 +46,7 @@ from polars.io.plugins import register_io_source
 
 from batchphone.cells import parse_flag
 from batchphone.errors import OutputError, UsageError
-from batchphone.journal import journal_path, lock_path, refuse_link
+from batchphone.files.journal import journal_path, lock_path, refuse_link
 from batchphone.models import RESULT_COLUMNS
 
 __all__ = [

@@ -24,15 +24,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from batchphone.calls import Calls, failure_label
-from batchphone.client import PatchAnswer, UserPatch
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import RowResult, Status, UpdateRequest, User
-from batchphone.prepare import Intend, result_for, unsettled, user_fields
-from batchphone.retry import Attempted
-from batchphone.screen import target_verified
-from batchphone.stop import Stopped
+from batchphone.remote.calls import Calls, failure_label
+from batchphone.remote.client import PatchAnswer, UserPatch
+from batchphone.remote.retry import Attempted
+from batchphone.remote.screen import target_verified
+from batchphone.remote.stop import Stopped
+from batchphone.rows.prepare import Intend, result_for, unsettled, user_fields
 
 __all__ = ["MAX_BATCH", "BatchSender", "Batched", "patch_body"]
 

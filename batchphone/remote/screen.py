@@ -27,7 +27,6 @@ from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from batchphone.errors import FatalRemoteError
-from batchphone.lookup import OWNER_IDS, PAGE, Lookup, LookupFailed, ReadFailure, owner_checks
 from batchphone.models import (
     LOOKUP_COLUMNS,
     PLAN_COLUMNS,
@@ -38,8 +37,17 @@ from batchphone.models import (
     UpdateRequest,
     User,
 )
-from batchphone.normalize import E164_PATTERN, normalize
-from batchphone.prepare import (
+from batchphone.remote.lookup import (
+    OWNER_IDS,
+    PAGE,
+    Lookup,
+    LookupFailed,
+    ReadFailure,
+    owner_checks,
+)
+from batchphone.remote.stop import Stop
+from batchphone.rows.normalize import E164_PATTERN, normalize
+from batchphone.rows.prepare import (
     EXPLANATIONS,
     Prepared,
     UserFields,
@@ -47,7 +55,6 @@ from batchphone.prepare import (
     unsettled,
     user_fields,
 )
-from batchphone.stop import Stop
 
 __all__ = [
     "Screen",

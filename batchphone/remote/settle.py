@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from batchphone.canary import mismatch
 from batchphone.errors import FatalRemoteError
-from batchphone.lookup import Lookup, LookupFailed
 from batchphone.models import Reason, RowResult, Status, UpdateRequest
-from batchphone.prepare import result_for, user_fields
+from batchphone.remote.canary import mismatch
+from batchphone.remote.lookup import Lookup, LookupFailed
+from batchphone.rows.prepare import result_for, user_fields
 
 __all__ = ["Settled", "read_back"]
 

@@ -24,7 +24,7 @@ or to ``time.monotonic``, and none takes an injectable clock that works under bo
 backends.
 
 Runs that share a project share its budget through a :class:`SharedBudget` (a file or Redis,
-see ``batchphone.budget``): the limiter then takes each slot from the shared log as well. When
+see ``remote.budget``): the limiter then takes each slot from the shared log as well. When
 the store fails (its disk is full) while a call is on the wire, the call's answer is kept: the
 failure is raised by the next ``acquire``, before anything more is sent.
 """
@@ -77,7 +77,7 @@ class Clock(Protocol):
 
 
 class SharedBudget(Protocol):
-    """A budget log shared by every run on one project (``batchphone.budget`` has the stores).
+    """A budget log shared by every run on one project (``remote.budget`` has the stores).
 
     Its methods are quick and synchronous (a locked file, one Redis script), so that a slot can
     be given back from a ``finally`` block even while the task is being cancelled.

@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from batchphone.errors import InputError
-from batchphone.journal import FORMAT, journal_path, lock_path, open_nofollow
+from batchphone.files.journal import FORMAT, journal_path, lock_path, open_nofollow
 from batchphone.models import FINAL_STATUSES, Status
 
 __all__ = ["RunStatus", "count_input", "lock_holder", "read_status", "with_eta"]
@@ -218,7 +218,7 @@ def count_input(status: RunStatus, candidates: list[Path]) -> int | None:
     """The rows of the run's input: the first candidate whose content is the journal's input
     (same SHA-256: never another file of the same name). ``None`` when none is."""
     from batchphone.errors import BatchphoneError
-    from batchphone.reader import InputSpec, file_sha256, open_input
+    from batchphone.files.reader import InputSpec, file_sha256, open_input
 
     header = status.identity
     for candidate in candidates:
@@ -226,7 +226,7 @@ def count_input(status: RunStatus, candidates: list[Path]) -> int | None:
             if not candidate.is_file() or file_sha256(candidate) != status.input_sha256:
                 continue
             if status.command == "undo":
-                from batchphone.reverse import open_results
+                from batchphone.modes.reverse import open_results
 
                 return open_results(candidate).count_rows()
             spec = InputSpec(

@@ -1,7 +1,7 @@
 """One budget for every run on a project: a shared sliding log in a file or in Redis.
 
 ``--rate`` is the project's total. Each run's limiter takes every slot from the shared log as
-well as from its own, under the same rule (``batchphone.ratelimit``): a slot is held from before
+well as from its own, under the same rule (``remote.ratelimit``): a slot is held from before
 the call until its answer, and frees one window after that. The log holds, per slot, the run
 that took it and the time it was given back (empty while held); per run, its last heartbeat and
 the last time it asked for a slot.
@@ -45,7 +45,7 @@ from filelock import FileLock
 
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.logs import get_logger
-from batchphone.ratelimit import SharedBudget
+from batchphone.remote.ratelimit import SharedBudget
 
 __all__ = [
     "STATE_DIR_ENV",

@@ -7,7 +7,7 @@ another user's login id is the case where Descope merges users); since few phone
 login id, that search asks for up to 1000 phones at once and pages through the (usually empty)
 answer. How many filter values the API takes is not published: should it refuse a long list, the
 run asks for 100 at a time from then on. ``--canary`` reads single users back with
-``GET /v1/mgmt/user``. Every read goes through the run's call stack (``batchphone.calls``), so
+``GET /v1/mgmt/user``. Every read goes through the run's call stack (``remote.calls``), so
 reads and updates share one stop, one budget and one circuit breaker, and a 429 pauses them all.
 """
 
@@ -18,12 +18,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar, cast
 
-from batchphone.calls import Calls, failures_only
-from batchphone.client import DescopeClient
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import Reason, User
-from batchphone.stop import Stopped
+from batchphone.remote.calls import Calls, failures_only
+from batchphone.remote.client import DescopeClient
+from batchphone.remote.stop import Stopped
 
 __all__ = ["OWNER_IDS", "PAGE", "Lookup", "LookupFailed", "ReadFailure", "owner_checks"]
 

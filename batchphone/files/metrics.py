@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from batchphone.atomic import write_atomic
+from batchphone.files.atomic import write_atomic
 from batchphone.models import Status, Summary
 
 __all__ = ["LAST_SUCCESS", "previous_success", "render_metrics", "write_metrics"]

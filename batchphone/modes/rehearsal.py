@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 from batchphone.config import Endpoint, Secret
 from batchphone.errors import BatchphoneError, InputError, OutputError, UsageError
-from batchphone.journal import RunLock
+from batchphone.files.journal import RunLock
 
 __all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
 
@@ -114,7 +114,7 @@ def _users_from_input(
     delimiter: str | None = None,
 ) -> list[dict[str, Any]]:
     """One user per distinct login id of the input, with no phone: 'everyone exists'."""
-    from batchphone.reader import InputSpec, open_input
+    from batchphone.files.reader import InputSpec, open_input
 
     spec = InputSpec(
         path=input_path,
@@ -134,7 +134,7 @@ def _users_from_input(
 def _users_from_results(results_path: Path) -> list[dict[str, Any]]:
     """One user per row the run updated, with the phone the run set: what undo expects."""
     from batchphone.models import UpdateRequest
-    from batchphone.reverse import open_results
+    from batchphone.modes.reverse import open_results
 
     seen: dict[str, dict[str, Any]] = {}
     for items in open_results(results_path).prepared(allow_remove=True, limit=None):

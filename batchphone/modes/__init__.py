@@ -1,0 +1,1 @@
+"""Modes: one module per command, wiring files, rows and remote together."""

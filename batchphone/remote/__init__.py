@@ -1,0 +1,4 @@
+"""Remote: everything that talks to the management API.
+
+The client, the call stack, the limiter, the shared budget, lookups and batches.
+"""

@@ -1,0 +1,1 @@
+"""Rows: pure rules on one input row (phone normalization, the row's preparation)."""
