@@ -25,6 +25,8 @@ __all__ = [
     "ApiError",
     "Code",
     "error_body",
+    "field_of",
+    "malformed",
 ]
 
 
@@ -134,6 +136,20 @@ class ApiError(Exception):
         self.code = code
         self.description = description
         self.message = message or description
+
+
+def malformed(field: str, expected: str) -> ApiError:
+    """The 400 of a field of the wrong JSON type (assumed ``type-errors``)."""
+    return ApiError(400, Code.MALFORMED, f"{field} must be {expected}")
+
+
+def field_of(body: Mapping[str, Any], field: str, kind: type | tuple[type, ...], name: str) -> Any:
+    """``body[field]``, or ``None`` when absent or null; :func:`malformed` when it is not a
+    ``kind`` (``name``: the type in words, "a string")."""
+    value = body.get(field)
+    if value is not None and not isinstance(value, kind):
+        raise malformed(field, name)
+    return value
 
 
 def error_body(code: str, description: str, message: str = "") -> bytes:
