@@ -7,6 +7,7 @@ flag or seed file ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,93 @@ class _OneLineErrors(click.Command):
             raise  # unreachable: _fail exits
 
 
-def _fault_options(function: Any) -> Any:
-    for name in reversed(_FAULT_RATES):
-        flag = "--" + name.replace("_", "-")
-        function = click.option(
-            flag, name, type=_RATE, default=0.0, help=f"Rate of {_FAULT_HELP[name]}"
-        )(function)
-    return function
+def _options(*decorators: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Several click options as one decorator, listed by ``--help`` in the order given."""
+
+    def apply(function: Any) -> Any:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+#: One project from the command line: who it is, its users, its budget.
+_PROJECT_OPTIONS = _options(
+    click.option("--project-id", default="P2batchphoneemulator0000000000", show_default=True),
+    click.option(
+        "--management-key",
+        envvar="BATCHPHONE_EMULATOR_KEY",
+        help="[required unless --projects-file] The emulator's own fake key, not a Descope one "
+        "(or BATCHPHONE_EMULATOR_KEY).",
+    ),
+    click.option("--users", type=click.Path(path_type=Path), help="Seed file: JSON list or CSV."),
+    click.option("--generate", type=int, help="Generate N users user0@example.com..."),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="Seed of users and faults."
+    ),
+    click.option("--rate-limit", default="500/60", show_default=True, help="Budget as N/SECONDS."),
+    click.option(
+        "--penalty", type=_SECONDS, default=60.0, show_default=True, help="Block, seconds."
+    ),
+    click.option(
+        "--rate-algorithm",
+        type=click.Choice(["sliding", "fixed"]),
+        default="sliding",
+        show_default=True,
+    ),
+    click.option(
+        "--license-tier",
+        type=click.Choice(["tier1", "tier2", "tier3", "tier4"]),
+        default="tier1",
+        show_default=True,
+    ),
+)
+#: The faults: latency, the rate of each fault kind, and how long the held answers wait.
+_FAULT_OPTIONS = _options(
+    click.option(
+        "--latency", type=_SECONDS, default=0.0, show_default=True, help="Seconds per call."
+    ),
+    click.option("--jitter", type=_SECONDS, default=0.0, show_default=True, help="Up to +seconds."),
+    click.option(
+        "--arrival-jitter",
+        type=_SECONDS,
+        default=0.0,
+        show_default=True,
+        help="Delay each call by random 0..SECONDS before the budget counts it (a CDN in front).",
+    ),
+    *(
+        click.option(
+            "--" + name.replace("_", "-"),
+            name,
+            type=_RATE,
+            default=0.0,
+            help=f"Rate of {_FAULT_HELP[name]}",
+        )
+        for name in _FAULT_RATES
+    ),
+    click.option(
+        "--timeout-delay",
+        type=_SECONDS,
+        default=65.0,
+        show_default=True,
+        help="Seconds a timeout answer is held.",
+    ),
+    click.option(
+        "--write-latency",
+        type=_SECONDS,
+        default=0.0,
+        show_default=True,
+        help="Seconds added to each write's answer, after it is applied (a slow patch).",
+    ),
+    click.option(
+        "--fault-writes-only",
+        "writes_only",
+        is_flag=True,
+        help="Fault kinds hit only update/patch calls; loads and searches answer normally "
+        "(--latency still applies).",
+    ),
+)
 
 
 _EPILOG = """Required: --management-key (or BATCHPHONE_EMULATOR_KEY), unless --projects-file
@@ -100,61 +181,8 @@ Environment:
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Loopback address.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--project-id", default="P2batchphoneemulator0000000000", show_default=True)
-@click.option(
-    "--management-key",
-    envvar="BATCHPHONE_EMULATOR_KEY",
-    help="[required unless --projects-file] The emulator's own fake key, not a Descope one "
-    "(or BATCHPHONE_EMULATOR_KEY).",
-)
-@click.option("--users", type=click.Path(path_type=Path), help="Seed file: JSON list or CSV.")
-@click.option("--generate", type=int, help="Generate N users user0@example.com...")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of users and faults.")
-@click.option("--rate-limit", default="500/60", show_default=True, help="Budget as N/SECONDS.")
-@click.option("--penalty", type=_SECONDS, default=60.0, show_default=True, help="Block, seconds.")
-@click.option(
-    "--rate-algorithm",
-    type=click.Choice(["sliding", "fixed"]),
-    default="sliding",
-    show_default=True,
-)
-@click.option(
-    "--license-tier",
-    type=click.Choice(["tier1", "tier2", "tier3", "tier4"]),
-    default="tier1",
-    show_default=True,
-)
-@click.option("--latency", type=_SECONDS, default=0.0, show_default=True, help="Seconds per call.")
-@click.option("--jitter", type=_SECONDS, default=0.0, show_default=True, help="Up to +seconds.")
-@click.option(
-    "--arrival-jitter",
-    type=_SECONDS,
-    default=0.0,
-    show_default=True,
-    help="Delay each call by random 0..SECONDS before the budget counts it (a CDN in front).",
-)
-@_fault_options
-@click.option(
-    "--timeout-delay",
-    type=_SECONDS,
-    default=65.0,
-    show_default=True,
-    help="Seconds a timeout answer is held.",
-)
-@click.option(
-    "--write-latency",
-    type=_SECONDS,
-    default=0.0,
-    show_default=True,
-    help="Seconds added to each write's answer, after it is applied (a slow patch).",
-)
-@click.option(
-    "--fault-writes-only",
-    "writes_only",
-    is_flag=True,
-    help="Fault kinds hit only update/patch calls; loads and searches answer normally "
-    "(--latency still applies).",
-)
+@_PROJECT_OPTIONS
+@_FAULT_OPTIONS
 @click.option(
     "--projects-file", type=click.Path(path_type=Path), help="TOML or JSON list of projects."
 )
@@ -185,13 +213,18 @@ def emulator_command(**options: Any) -> None:
     except BatchphoneError as exc:
         _fail(str(exc))
     if not quiet:
-        for project_id in emulator.project_ids:
-            stats = emulator.stats(project_id)
-            click.echo(
-                f"{_PREFIX} stopped: project={project_id} calls={stats.total_requests} "
-                f"429={stats.rate_limited} blocks={stats.blocks} "
-                f"max_window_calls={stats.max_window_calls}"
-            )
+        _report(emulator)
+
+
+def _report(emulator: Emulator) -> None:
+    """One line per project: what it received until the stop."""
+    for project_id in emulator.project_ids:
+        stats = emulator.stats(project_id)
+        click.echo(
+            f"{_PREFIX} stopped: project={project_id} calls={stats.total_requests} "
+            f"429={stats.rate_limited} blocks={stats.blocks} "
+            f"max_window_calls={stats.max_window_calls}"
+        )
 
 
 def _projects(options: dict[str, Any]) -> list[Any]:
