@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
+    from batchphone.emulator import Emulator
     from batchphone.emulator.statefile import Seed
 
 from batchphone.config import Endpoint, Secret
@@ -276,19 +277,9 @@ def _embedded(
     sheet: str | None,
     delimiter: str | None = None,
 ) -> Rehearsal:
-    from batchphone.emulator import Emulator, Faults, ProjectSettings
-    from batchphone.emulator.statefile import read_state
-
     seed: Seed | None
     if state_path is not None and state_path.exists():
-        try:
-            state = read_state(state_path)
-        except (OSError, ValueError) as exc:
-            message = f"--emulator-state {state_path}: {exc}"
-            raise InputError(message, path=str(state_path)) from None
-        if users_path is not None:
-            _same_seed(state.seed, users_path, state_path)
-        users, seed, where = state.users, state.seed, f"from state {state_path}"
+        users, where, seed = _from_state(state_path, users_path)
     else:
         users, where, seed = _seed(
             input_path,
@@ -300,19 +291,7 @@ def _embedded(
             delimiter=delimiter,
         )
     key = management_key or secrets.token_urlsafe(24)
-    emulator = Emulator(
-        projects=[
-            ProjectSettings(
-                project_id=EMULATOR_PROJECT_ID,
-                management_key=key,
-                rate_limit=500,
-                rate_window=60.0,
-                penalty=60.0,
-                users=users,
-            )
-        ],
-        faults=Faults(latency=_LATENCY_S),
-    )
+    emulator = _emulator(users, key)
     # the state it names is part of the run's identity: one rehearsal never resumes another's
     emulated = str(state_path.resolve()) if state_path is not None else "memory"
     target = Endpoint(EMULATOR_PROJECT_ID, EMULATOR_BASE_URL, Secret(key), emulated=emulated)
@@ -327,3 +306,35 @@ def _embedded(
         _seed=seed,
         _lock=lock,
     )
+
+
+def _from_state(
+    state_path: Path, users_path: Path | Sequence[Mapping[str, Any]] | None
+) -> tuple[list[dict[str, Any]], str, Seed | None]:
+    """The users of an existing state file, where they come from, and its seed; users to seed
+    with are refused unless they are that seed."""
+    from batchphone.emulator.statefile import read_state
+
+    try:
+        state = read_state(state_path)
+    except (OSError, ValueError) as exc:
+        message = f"--emulator-state {state_path}: {exc}"
+        raise InputError(message, path=str(state_path)) from None
+    if users_path is not None:
+        _same_seed(state.seed, users_path, state_path)
+    return state.users, f"from state {state_path}", state.seed
+
+
+def _emulator(users: list[dict[str, Any]], key: str) -> Emulator:
+    """The emulator of a rehearsal: one project at the published budget, a little latency."""
+    from batchphone.emulator import Emulator, Faults, ProjectSettings
+
+    settings = ProjectSettings(
+        project_id=EMULATOR_PROJECT_ID,
+        management_key=key,
+        rate_limit=500,
+        rate_window=60.0,
+        penalty=60.0,
+        users=users,
+    )
+    return Emulator(projects=[settings], faults=Faults(latency=_LATENCY_S))
