@@ -20,7 +20,8 @@ import pytest
 from batchphone.errors import UsageError
 from batchphone.files.journal import RunLock
 from batchphone.ui import UiOptions, _banner
-from batchphone.ui.app import Page, build_app
+from batchphone.ui.app import build_app
+from batchphone.ui.jobs import Page
 from batchphone.ui.security import Keys, cookie_name
 
 PORT = 8123

@@ -67,32 +67,13 @@ def serve(
     """Serve the page until interrupted; ``ready(url)`` gets the URL with its one-time token."""
     import uvicorn
 
-    from batchphone.ui.app import Page, build_app
+    from batchphone.ui.app import build_app
+    from batchphone.ui.jobs import Page
     from batchphone.ui.security import Keys
 
     banner, live, state, users = _banner(options)  # no project: nothing created
-    work = options.work_dir.resolve()
-    try:
-        work.mkdir(mode=0o700, parents=True, exist_ok=True)  # it will hold personal data
-    except OSError as exc:
-        raise UsageError(f"--work-dir {work}: {exc.strerror}", setting="work_dir") from None
-    if not work.is_dir():
-        raise UsageError(f"--work-dir {work}: not a folder", setting="work_dir")
-    flags = {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in (options.flags or {}).items()
-        if v is not None and k not in ("emulator", "emulator_state", "emulator_users")
-    }
-    config = options.config_path
-    if config is None and Path("config.toml").is_file():
-        config = Path("config.toml").resolve()  # the tasks read the same file as this process
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((HOST, options.port))
-    except OSError as exc:
-        sock.close()
-        raise UsageError(f"--port {options.port}: {exc.strerror}", setting="port") from None
+    work = _work_folder(options.work_dir)
+    sock = _bind(options.port)
     port = sock.getsockname()[1]
     page = Page(
         work=work,
@@ -100,18 +81,18 @@ def serve(
         banner=banner,
         live=live,
         upload_limit=options.upload_limit,
-        flags=flags,
-        config_path=config,
+        flags=_task_flags(options.flags),
+        config_path=_config_path(options.config_path),
         emulator_state=state,
         emulator_users=Path(users).resolve() if users is not None else None,
     )
     keys = Keys()
     app, tasks = build_app(page, keys)
     url = f"http://{HOST}:{port}/?token={keys.url_token}"
-    config_ = uvicorn.Config(
+    config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="off", server_header=False
     )
-    server = uvicorn.Server(config_)
+    server = uvicorn.Server(config)
     if ready is not None:
         ready(url)
     try:
@@ -120,3 +101,42 @@ def serve(
         tasks.stop_all()
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _work_folder(work_dir: Path) -> Path:
+    """The work folder, made private if it is new (it will hold personal data)."""
+    work = work_dir.resolve()
+    try:
+        work.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--work-dir {work}: {exc.strerror}", setting="work_dir") from None
+    if not work.is_dir():
+        raise UsageError(f"--work-dir {work}: not a folder", setting="work_dir")
+    return work
+
+
+def _task_flags(flags: dict[str, Any] | None) -> dict[str, Any]:
+    """The CLI flags every task gets (the emulator's are the page's to give, per task)."""
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in (flags or {}).items()
+        if v is not None and k not in ("emulator", "emulator_state", "emulator_users")
+    }
+
+
+def _config_path(given: Path | None) -> Path | None:
+    if given is None and Path("config.toml").is_file():
+        return Path("config.toml").resolve()  # the tasks read the same file as this process
+    return given
+
+
+def _bind(port: int) -> socket.socket:
+    """A loopback socket on ``port`` (0: any free port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((HOST, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"--port {port}: {exc.strerror}", setting="port") from None
+    return sock
