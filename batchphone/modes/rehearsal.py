@@ -246,50 +246,36 @@ def embedded_target(
     if lock is not None:
         lock.acquire()
     try:
-        return _embedded(
-            input_path,
-            users_path,
-            state_path,
-            lock,
-            management_key=management_key,
-            undo=undo,
-            login_id_column=login_id_column,
-            phone_column=phone_column,
-            sheet=sheet,
-            delimiter=delimiter,
-        )
+        seed: Seed | None
+        if state_path is not None and state_path.exists():
+            users, where, seed = _from_state(state_path, users_path)
+        else:
+            users, where, seed = _seed(
+                input_path,
+                users_path,
+                undo=undo,
+                login_id_column=login_id_column,
+                phone_column=phone_column,
+                sheet=sheet,
+                delimiter=delimiter,
+            )
+        return _rehearsal(users, where, seed, state_path, lock, management_key=management_key)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
 
 
-def _embedded(
-    input_path: Path,
-    users_path: Path | Sequence[Mapping[str, Any]] | None,
+def _rehearsal(
+    users: list[dict[str, Any]],
+    where: str,
+    seed: Seed | None,
     state_path: Path | None,
     lock: RunLock | None,
     *,
     management_key: str | None,
-    undo: bool,
-    login_id_column: str,
-    phone_column: str,
-    sheet: str | None,
-    delimiter: str | None = None,
 ) -> Rehearsal:
-    seed: Seed | None
-    if state_path is not None and state_path.exists():
-        users, where, seed = _from_state(state_path, users_path)
-    else:
-        users, where, seed = _seed(
-            input_path,
-            users_path,
-            undo=undo,
-            login_id_column=login_id_column,
-            phone_column=phone_column,
-            sheet=sheet,
-            delimiter=delimiter,
-        )
+    """An emulator with ``users`` (from ``where``), and the target that reaches it."""
     key = management_key or secrets.token_urlsafe(24)
     emulator = _emulator(users, key)
     # the state it names is part of the run's identity: one rehearsal never resumes another's

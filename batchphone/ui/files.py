@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from batchphone.errors import InputError
 from batchphone.files.atomic import write_private
@@ -50,6 +50,8 @@ SHORT_COLUMNS = ("line", "row", "loginId", "phone_input", "phone", "status", "re
 _ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _SAFE = re.compile(r"[^A-Za-z0-9._ -]+")
 _CHUNK = 1 << 16
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 #: header names (lower case, without spaces, ``_`` and ``-``) that name a column's meaning
 _GUESSES = {
@@ -168,24 +170,36 @@ class Rows:
     matching: int
 
 
-_READ: dict[tuple[Path, str | tuple[str, ...] | None, int], tuple[tuple[int, int], Rows]] = {}
+class _ByVersion(Generic[_K, _V]):
+    """Values read from files, each kept while its file keeps its size and time; past ``most``
+    entries all are forgotten (a few jobs' pages: personal data is not hoarded in memory)."""
+
+    def __init__(self, most: int | None = None) -> None:
+        self._most = most
+        self._kept: dict[_K, tuple[tuple[int, int], _V]] = {}
+
+    def get(self, key: _K, path: Path, read: Callable[[], _V]) -> _V:
+        """The value kept for ``key`` if ``path`` has not changed since, else ``read()``."""
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = self._kept.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        value = read()
+        if self._most is not None and len(self._kept) > self._most:
+            self._kept.clear()
+        self._kept[key] = (version, value)
+        return value
+
+
+_READ: _ByVersion[tuple[Path, str | tuple[str, ...] | None, int], Rows] = _ByVersion(most=64)
 
 
 def read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
     """The first ``most`` rows of a result file (of ``status`` only, or of these statuses,
     when given); read once per version of the file, since a page shows them again after each
     step."""
-    stat = path.stat()
-    version = (stat.st_mtime_ns, stat.st_size)
-    key = (path, status, most)
-    cached = _READ.get(key)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    rows = _read_rows(path, status, most)
-    if len(_READ) > 64:  # a few jobs' pages: personal data is not hoarded in memory
-        _READ.clear()
-    _READ[key] = (version, rows)
-    return rows
+    return _READ.get((path, status, most), path, lambda: _read_rows(path, status, most))
 
 
 def _read_rows(path: Path, status: str | tuple[str, ...] | None, most: int) -> Rows:
@@ -375,7 +389,7 @@ def _journals(folder: Path, depth: int) -> Iterator[Path]:
             yield from _journals(entry, depth - 1)
 
 
-_JOURNALED: dict[Path, tuple[tuple[int, int], RunStatus]] = {}
+_JOURNALED: _ByVersion[Path, RunStatus] = _ByVersion(most=256)
 
 
 def journal_status(journal: Path) -> RunStatus:
@@ -383,31 +397,15 @@ def journal_status(journal: Path) -> RunStatus:
     command that wrote it and its rows by their last status."""
     from batchphone.modes.status import read_status
 
-    stat = journal.stat()
-    version = (stat.st_mtime_ns, stat.st_size)
-    cached = _JOURNALED.get(journal)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    status = read_status(journal)
-    if len(_JOURNALED) > 256:
-        _JOURNALED.clear()
-    _JOURNALED[journal] = (version, status)
-    return status
+    return _JOURNALED.get(journal, journal, lambda: read_status(journal))
 
 
-_COUNTED: dict[Path, tuple[tuple[int, int], dict[str, int]]] = {}
+_COUNTED: _ByVersion[Path, dict[str, int]] = _ByVersion()
 
 
 def status_counts(out: Path) -> dict[str, int]:
     """Rows of a result file by status, read with the CLI's reader (once per version)."""
-    stat = out.stat()
-    version = (stat.st_mtime_ns, stat.st_size)
-    cached = _COUNTED.get(out)
-    if cached is not None and cached[0] == version:
-        return cached[1]
-    counts = _count_statuses(out)
-    _COUNTED[out] = (version, counts)
-    return counts
+    return _COUNTED.get(out, out, lambda: _count_statuses(out))
 
 
 def _count_statuses(out: Path) -> dict[str, int]:
