@@ -100,7 +100,7 @@ class _StateLock(RunLock):
     def _busy(self, holder: str) -> None:
         state = self.path.with_name(self.path.name[: -len(".lock")])
         raise OutputError(
-            f"--emulator-state {state}: another batchphone command is using it "
+            f"emulator_state={state}: another batchphone command is using it "
             f"({holder or 'another process'}); one command at a time per state file: "
             "wait for it to end"
         )
@@ -181,7 +181,7 @@ def _users_file(path: Path) -> list[dict[str, Any]]:
     try:
         return load_users(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--emulator-users {path}: {exc}", setting="emulator_users") from None
+        raise UsageError(f"emulator_users={path}: {exc}", setting="emulator_users") from None
 
 
 def _given_users(users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -208,8 +208,8 @@ def _same_seed(
         return
     made_from = seed.source if seed is not None else "a seed it does not record"
     raise UsageError(
-        f"--emulator-users {given}: the state file {state_path} was made from another seed "
-        f"({made_from}); drop --emulator-users, or delete the state file to seed it again",
+        f"emulator_users={given}: the state file {state_path} was made from another seed "
+        f"({made_from}); drop emulator_users=..., or delete the state file to seed it again",
         setting="emulator_users",
     )
 
@@ -284,7 +284,7 @@ def _embedded(
         try:
             state = read_state(state_path)
         except (OSError, ValueError) as exc:
-            message = f"--emulator-state {state_path}: {exc}"
+            message = f"emulator_state={state_path}: {exc}"
             raise InputError(message, path=str(state_path)) from None
         if users_path is not None:
             _same_seed(state.seed, users_path, state_path)
