@@ -21,8 +21,8 @@ The library raises these and never prints or exits; ``cli.py`` turns them into o
 exit code. A message names an option as the API's keyword does, ``name=VALUE`` (``restart=True``,
 ``limit=5``, ``sheet=...``), never as a flag: ``cli.py`` shows each such name as its flag
 (``--restart``, ``--limit 5``, ``--sheet``) from the one option declaration (``config.OPTIONS``),
-and ``UsageError.setting`` says which option is wrong. No message may contain the management key: messages are built from the fields below,
-never from request headers.
+and ``UsageError.setting`` says which option is wrong. No message may contain the management
+key: messages are built from the fields below, never from request headers.
 
 A local error met before the first update was sent keeps its own class (exit 2: nothing was
 sent); the same error after it is wrapped in ``LocalFaultError`` (exit 4: see the result file).
