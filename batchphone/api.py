@@ -5,7 +5,7 @@ keyword argument of the same name (``--no-lookup`` -> ``no_lookup=True``, ``--ra
 ``rate="500/60"``); the rest map as ``OTHER_OPTIONS`` says (the project and the emulator are the
 ``target``; the output options are the CLI's own). The keywords are written out here, so that a
 typo stays a ``TypeError`` and type checkers see them; each is the option of that name in
-``config.OPTIONS``, with its type and a ``None`` default (tests/test_options.py checks every
+``options.OPTIONS``, with its type and a ``None`` default (tests/test_options.py checks every
 signature against that declaration). Keywords are checked with the parsers ``load_settings``
 uses: a bad value raises ``UsageError`` before any call. Errors are ``batchphone.errors``
 classes, never an ``ExceptionGroup``; they name options as keywords (``restart=True``).
@@ -29,19 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batchphone.config import (
-    OPTIONS,
     Endpoint,
-    Goes,
     Secret,
     Settings,
-    _text,
-    _url,
     check_key,
     check_plain_http,
     parse_options,
 )
 from batchphone.errors import UsageError
 from batchphone.models import Command, Summary
+from batchphone.options import OPTIONS, Goes, _text, _url
 
 if TYPE_CHECKING:
     from batchphone.modes.rehearsal import Rehearsal

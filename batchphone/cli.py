@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
-from batchphone.config import OPTION, OPTIONS, Goes, Kind, LogFormat, Option
 from batchphone.errors import BatchphoneError
 from batchphone.models import Summary
+from batchphone.options import OPTION, OPTIONS, Goes, Kind, LogFormat, Option
 from batchphone.version import __version__
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """``python -m batchphone.docs`` writes ``docs/options.md`` from the one option declaration.
 
-Every option of batchphone's commands is declared once, in ``config.OPTIONS`` (its flag, help,
+Every option of batchphone's commands is declared once, in ``options.OPTIONS`` (its flag, help,
 type, default, config key, environment variable and commands): the page is derived from it,
 never written by hand, and a test fails when it is stale. The emulator's own options are read
 from its click command. Nothing on the CLI's path imports this module.
@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from batchphone.config import OPTIONS, Kind, Option
 from batchphone.emulator.cli import emulator_command
+from batchphone.options import OPTIONS, Kind, Option
 
 #: Where the page lives in the repository, and the command that writes it.
 OPTIONS_PAGE = Path("docs/options.md")

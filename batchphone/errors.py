@@ -20,7 +20,7 @@
 The library raises these and never prints or exits; ``cli.py`` turns them into one line and an
 exit code. A message names an option as the API's keyword does, ``name=VALUE`` (``restart=True``,
 ``limit=5``, ``sheet=...``), never as a flag: ``cli.py`` shows each such name as its flag
-(``--restart``, ``--limit 5``, ``--sheet``) from the one option declaration (``config.OPTIONS``),
+(``--restart``, ``--limit 5``, ``--sheet``) from the one option declaration (``options.OPTIONS``),
 and ``UsageError.setting`` says which option is wrong. No message may contain the management
 key: messages are built from the fields below, never from request headers.
 

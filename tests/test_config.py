@@ -15,9 +15,9 @@ from batchphone.config import (
     Settings,
     check_plain_http,
     load_settings,
-    parse_rate,
 )
 from batchphone.errors import UsageError
+from batchphone.options import parse_rate
 
 
 def _config(tmp_path: Path, body: str) -> Path:

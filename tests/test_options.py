@@ -1,4 +1,4 @@
-"""Each option is declared once (``config.OPTIONS``): the CLI, the API's signatures, config.toml,
+"""Each option is declared once (``options.OPTIONS``): the CLI, the API's signatures, config.toml,
 the environment, ``Settings`` and ``Job`` agree with that declaration."""
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ import pytest
 
 import batchphone
 from batchphone.cli import flagged, main
-from batchphone.config import (
+from batchphone.config import Settings, load_settings
+from batchphone.errors import UsageError
+from batchphone.modes.job import Job
+from batchphone.options import (
     API_COMMANDS,
     OPTION,
     OPTIONS,
@@ -20,12 +23,8 @@ from batchphone.config import (
     Goes,
     LogFormat,
     Sending,
-    Settings,
-    load_settings,
     parse_rate,
 )
-from batchphone.errors import UsageError
-from batchphone.modes.job import Job
 
 #: Keywords of the API functions that are no option of a command.
 CALL_KEYWORDS = {"target", "settings", "progress", "handle_signals"}

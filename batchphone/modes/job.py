@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchphone.config import Sending, Settings
+from batchphone.config import Settings
 from batchphone.errors import UsageError
 from batchphone.files.reader import InputSource
 from batchphone.logs import get_logger
 from batchphone.models import Command
 from batchphone.modes.reverse import UndoSource
+from batchphone.options import Sending
 from batchphone.remote.batch import MAX_BATCH
 from batchphone.remote.screen import ScreenRules
 from batchphone.rows.prepare import Mode, Prepared, Preparer, RowRules
