@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import importlib
 import os
-import re
 import signal
 import sys
 import threading
@@ -23,7 +22,7 @@ import click
 
 from batchphone.errors import BatchphoneError
 from batchphone.models import Summary
-from batchphone.options import OPTION, OPTIONS, Goes, Kind, LogFormat, Option
+from batchphone.options import OPTION, OPTIONS, Goes, Kind, LogFormat, Option, flagged
 from batchphone.version import __version__
 
 if TYPE_CHECKING:
@@ -36,7 +35,7 @@ EXIT_USAGE = 2
 #: command's own files before anything is written (``writer.check_side_paths``).
 _SIDE_PATHS = ("summary_json", "emulator_state")
 #: --metrics-file is not a setting (the CLI writes it), but it is checked as the others are
-_METRICS_OPTION = "--metrics-file"
+_METRICS_OPTION = OPTION["metrics_file"].flags
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -103,27 +102,6 @@ def _declared(command: str) -> Callable[[F], F]:
     return decorate
 
 
-def flagged(message: str) -> str:
-    """A library message with each option it names (``restart=True``, ``limit=5``, ``sheet=...``)
-    written as the command line's flag (``--restart``, ``--limit 5``, ``--sheet``)."""
-    return _NAMED.sub(_as_flag, message)
-
-
-def _as_flag(match: re.Match[str]) -> str:
-    flag = OPTION[match.group(1)].flags.partition("/")[0]
-    value_follows = match.group(2) is None and match.string[match.end() : match.end() + 1]
-    if value_follows and value_follows not in " ,;:)]":
-        return flag + " "
-    return flag
-
-
-#: An option named in a library message: ``name=True``, ``name=...`` or ``name=VALUE`` (not a
-#: keyword of a call written out, ``Target(project_id=...)``).
-_NAMED = re.compile(
-    r"(?<![\w.-])(?<!\w\()("
-    + "|".join(sorted(OPTION, key=len, reverse=True))
-    + r")=(True\b|\.\.\.)?"
-)
 _LOG_FORMAT_ENV = OPTION["log_format"].env or ""
 #: Options of the job (``Job``): not settings.
 _JOB_OPTIONS = tuple(option.name for option in OPTIONS if option.goes is Goes.JOB)
@@ -269,7 +247,7 @@ def _sigterm_as_sigint() -> Iterator[None]:
 
 def _side_options() -> dict[str, str]:
     """``--option`` of each setting in ``_SIDE_PATHS``."""
-    return {"--" + name.replace("_", "-"): name for name in _SIDE_PATHS}
+    return {OPTION[name].flags: name for name in _SIDE_PATHS}
 
 
 class _Ends:

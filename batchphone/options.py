@@ -32,6 +32,7 @@ __all__ = [
     "LogFormat",
     "Option",
     "Sending",
+    "flagged",
     "parse_rate",
 ]
 
@@ -450,3 +451,27 @@ OPTIONS: tuple[Option, ...] = (
 )  # fmt: skip
 #: Each option by its name.
 OPTION: Mapping[str, Option] = {option.name: option for option in OPTIONS}
+
+
+def flagged(message: str) -> str:
+    """A library message with each option it names (``restart=True``, ``limit=5``, ``sheet=...``)
+    written as the command line's flag (``--restart``, ``--limit 5``, ``--sheet``): for a front
+    end that shows the library's errors to people who type flags (the CLI, the page)."""
+    return _NAMED.sub(_as_flag, message)
+
+
+def _as_flag(match: re.Match[str]) -> str:
+    flag = OPTION[match.group(1)].flags.partition("/")[0]
+    value_follows = match.group(2) is None and match.string[match.end() : match.end() + 1]
+    if value_follows and value_follows not in " ,;:)]":
+        return flag + " "
+    return flag
+
+
+#: An option named in a library message: ``name=True``, ``name=...`` or ``name=VALUE`` (not a
+#: keyword of a call written out, ``Target(project_id=...)``).
+_NAMED = re.compile(
+    r"(?<![\w.-])(?<!\w\()("
+    + "|".join(sorted(OPTION, key=len, reverse=True))
+    + r")=(True\b|\.\.\.)?"
+)

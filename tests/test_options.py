@@ -11,7 +11,7 @@ import click
 import pytest
 
 import batchphone
-from batchphone.cli import flagged, main
+from batchphone.cli import main
 from batchphone.config import Settings, load_settings
 from batchphone.errors import UsageError
 from batchphone.modes.job import Job
@@ -23,6 +23,7 @@ from batchphone.options import (
     Goes,
     LogFormat,
     Sending,
+    flagged,
     parse_rate,
 )
 
