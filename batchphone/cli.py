@@ -40,7 +40,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int) -> None:
-    """An error before the output mode is known: one line (used for flag refusals)."""
+    """An error before the output mode is known: one line (``ui``'s errors)."""
     click.echo(f"batchphone: error: {message}", err=True)
     sys.exit(code)
 
@@ -57,7 +57,7 @@ def _refuse(message: str) -> Callable[[click.Context, click.Parameter, Any], Non
 
 
 def _click_type(option: Option) -> Any:
-    """click's type for the option's ``kind`` (its parser in config.py checks the value again)."""
+    """click's type for the option's ``kind`` (its parser in options.py checks the value again)."""
     if option.kind is Kind.INT and (option.low, option.high) != (None, None):
         return click.IntRange(option.low, option.high)
     if option.kind is Kind.CHOICE:
