@@ -1,14 +1,13 @@
 """batchphone: update the phone numbers of many Descope users at once.
 
 The public API is ``run``, ``validate``, ``plan`` and ``undo`` on a ``Target`` (see
-``batchphone.api``), each returning a ``Summary``. The light parts (the API's signatures,
-models, errors, settings) are imported eagerly; the pipeline, which pulls in polars, httpx and
-phonenumbers, is imported on first use so that ``batchphone --help`` starts fast.
+``batchphone.api``), each returning a ``Summary``, with the settings, models and errors they
+take and raise: ``__all__`` is that pinned API and nothing else (the stages, ``Job`` and the
+runner are internal). The pipeline, which pulls in polars, httpx and phonenumbers, is imported
+on first use so that ``batchphone --help`` starts fast.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from batchphone.api import Target, plan, run, undo, validate
 from batchphone.config import Secret, Settings, load_settings
@@ -25,10 +24,6 @@ from batchphone.errors import (
     UsageError,
 )
 from batchphone.models import Command, InputRow, Normalized, Reason, RowResult, Status, Summary
-
-if TYPE_CHECKING:
-    from batchphone.modes.runner import Job, execute, run_sync
-
 from batchphone.version import __version__
 
 __all__ = [
@@ -37,7 +32,6 @@ __all__ = [
     "FatalRemoteError",
     "InputError",
     "InputRow",
-    "Job",
     "Normalized",
     "OutputError",
     "RateLimitedError",
@@ -54,21 +48,9 @@ __all__ = [
     "UnreachableError",
     "UsageError",
     "__version__",
-    "execute",
     "load_settings",
     "plan",
     "run",
-    "run_sync",
     "undo",
     "validate",
 ]
-
-_LAZY = {"Job", "execute", "run_sync"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from batchphone.modes import runner
-
-        return getattr(runner, name)
-    raise AttributeError(f"module 'batchphone' has no attribute {name!r}")

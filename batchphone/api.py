@@ -3,9 +3,12 @@
 Each function is one CLI command. Every option of that command that describes the job is a
 keyword argument of the same name (``--no-lookup`` -> ``no_lookup=True``, ``--rate 500/60`` ->
 ``rate="500/60"``); the rest map as ``OTHER_OPTIONS`` says (the project and the emulator are the
-``target``; the output options are the CLI's own). Keywords are checked with the parsers
-``load_settings`` uses: a bad value raises ``UsageError`` before any call, an unknown keyword is a
-``TypeError``. Errors are ``batchphone.errors`` classes, never an ``ExceptionGroup``.
+``target``; the output options are the CLI's own). The keywords are written out here, so that a
+typo stays a ``TypeError`` and type checkers see them; each is the option of that name in
+``options.OPTIONS``, with its type and a ``None`` default (tests/test_options.py checks every
+signature against that declaration). Keywords are checked with the parsers ``load_settings``
+uses: a bad value raises ``UsageError`` before any call. Errors are ``batchphone.errors``
+classes, never an ``ExceptionGroup``; they name options as keywords (``restart=True``).
 
 A library call is quiet and explicit: it reads no ``config.toml`` and no ``BATCHPHONE_*`` (pass
 ``settings=batchphone.load_settings()`` for that), installs no signal handler unless
@@ -29,16 +32,13 @@ from batchphone.config import (
     Endpoint,
     Secret,
     Settings,
-    _choice,
-    _positive_int,
-    _text,
-    _url,
     check_key,
     check_plain_http,
     parse_options,
 )
 from batchphone.errors import UsageError
 from batchphone.models import Command, Summary
+from batchphone.options import OPTIONS, Goes, _text, _url
 
 if TYPE_CHECKING:
     from batchphone.modes.rehearsal import Rehearsal
@@ -49,29 +49,10 @@ __all__ = ["OTHER_OPTIONS", "Target", "plan", "run", "undo", "validate"]
 PathLike = str | os.PathLike[str]
 
 #: CLI options that are not keywords of the functions, and where each one went.
-OTHER_OPTIONS: Mapping[str, str] = {
-    "project_id": "target=Target(project_id=...)",
-    "base_url": "target=Target(base_url=...)",
-    "allow_insecure_http": "target=Target(allow_insecure_http=True)",
-    "management_key_file": "target=Target(management_key=Secret(...))",
-    "management_key": "target=Target(management_key=Secret(...))",
-    "emulator": "target=Target.emulator()",
-    "emulator_users": "target=Target.emulator(users=...)",
-    "emulator_state": "target=Target.emulator(state=...)",
-    "config_path": "settings=batchphone.load_settings(config_path=...)",
-    "log_format": "the CLI's output: a library call configures no logging",
-    "quiet": "the CLI's output: a library call prints nothing",
-    "debug": "the CLI's output: a library call raises, with its traceback",
-    "summary_json": "the CLI's output: write summary.to_json() yourself",
-    "metrics_file": "the CLI's output: batchphone.files.metrics.write_metrics(PATH, summary, ...)",
-}
+OTHER_OPTIONS: Mapping[str, str] = {o.name: o.library for o in OPTIONS if o.library}
 
-#: Keywords that describe the job (``runner.Job``) rather than settings.
-_JOB_PARSERS = {
-    "api": _choice("update", "batch"),
-    "batch_size": _positive_int,
-    "canary": _positive_int,
-}
+#: Keywords that describe the job (``Job``) rather than settings.
+_JOB_OPTIONS = tuple(option for option in OPTIONS if option.goes is Goes.JOB)
 
 
 class _Embedded:
@@ -222,7 +203,7 @@ class Target:
             return None
         if settings.management_key is None:
             raise UsageError(
-                "no management key: set DESCOPE_MANAGEMENT_KEY or use --management-key-file PATH",
+                "no management key: set DESCOPE_MANAGEMENT_KEY or use management_key_file=PATH",
                 setting="management_key",
             )
         return cls(
@@ -426,13 +407,14 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
 def _job_options(arguments: dict[str, Any]) -> dict[str, Any]:
     """Take the job's keywords out of ``arguments``, checked."""
     options: dict[str, Any] = {}
-    for name, parse in _JOB_PARSERS.items():
-        value = arguments.pop(name, None)
+    for option in _JOB_OPTIONS:
+        value = arguments.pop(option.name, None)
         if value is None:
             continue
         try:
-            options[name] = parse(value)
+            options[option.name] = option.check(value)
         except (ValueError, TypeError) as exc:
+            name = option.name
             raise UsageError(
                 f"{name}: bad value {str(value)!r} (keyword {name}=): {exc}", setting=name
             ) from None
@@ -445,7 +427,8 @@ def _resolve_target(target: Target | None, settings: Settings, *, from_settings:
         resolved = Target.from_settings(settings)
         if resolved is None and from_settings:  # the CLI's case: say where a project id goes
             raise UsageError(
-                "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id",
+                "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or "
+                "project_id=...",
                 setting="project_id",
             )
         if resolved is None:

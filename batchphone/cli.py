@@ -6,6 +6,7 @@ Only this module imports click and tqdm, prints, and exits.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import signal
@@ -21,10 +22,12 @@ import click
 
 from batchphone.errors import BatchphoneError
 from batchphone.models import Summary
+from batchphone.options import OPTION, OPTIONS, Goes, Kind, LogFormat, Option, flagged
 from batchphone.version import __version__
 
 if TYPE_CHECKING:
     from batchphone.config import Settings
+    from batchphone.modes.status import RunStatus
     from batchphone.render import Output
 
 EXIT_USAGE = 2
@@ -32,28 +35,65 @@ EXIT_USAGE = 2
 #: command's own files before anything is written (``writer.check_side_paths``).
 _SIDE_PATHS = ("summary_json", "emulator_state")
 #: --metrics-file is not a setting (the CLI writes it), but it is checked as the others are
-_METRICS_OPTION = "--metrics-file"
+_METRICS_OPTION = OPTION["metrics_file"].flags
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int) -> None:
-    """An error before the output mode is known: one line (used for flag refusals)."""
+    """An error before the output mode is known: one line (``ui``'s errors)."""
     click.echo(f"batchphone: error: {message}", err=True)
     sys.exit(code)
 
 
-def _removed_flag(message: str) -> Callable[[click.Context, click.Parameter, bool], None]:
-    """A click callback for a flag that was removed: an old script that passes it stops with
-    one line (exit 2, as any usage error) instead of running with a meaning it no longer has."""
+def _refuse(message: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    """A click callback for an option kept only to refuse it (removed, or unsafe): an old script
+    that passes it stops with one line (exit 2, as any usage error)."""
 
-    def refuse(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    def refuse(ctx: click.Context, param: click.Parameter, value: Any) -> None:
         if value:
-            raise click.UsageError(message, ctx=ctx)
+            raise click.UsageError(flagged(message), ctx=ctx)
 
     return refuse
 
 
-def _options(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
+def _click_type(option: Option) -> Any:
+    """click's type for the option's ``kind`` (its parser in options.py checks the value again)."""
+    if option.kind is Kind.INT and (option.low, option.high) != (None, None):
+        return click.IntRange(option.low, option.high)
+    if option.kind is Kind.CHOICE:
+        return click.Choice([str(choice) for choice in option.choices], case_sensitive=False)
+    paths = {Kind.PATH: {}, Kind.FILE: {"dir_okay": False}, Kind.FOLDER: {"file_okay": False}}
+    if option.kind in paths:
+        return click.Path(path_type=Path, **paths[option.kind])
+    return {Kind.INT: int, Kind.FLOAT: float}.get(option.kind)
+
+
+def _click_option(option: Option, command: str) -> Callable[[F], F]:
+    """The click option of ``option`` on ``command``: a setting's is ``None`` when not given, so
+    that config.toml and the environment fill it (``load_settings``)."""
+    flag = option.kind in (Kind.FLAG, Kind.SWITCH)
+    own = option.goes is Goes.CLI
+    settings: dict[str, Any] = {
+        "help": option.help_for(command),
+        "metavar": option.metavar,
+        "required": command in option.required,
+        "default": option.default if own else None,
+        "show_default": own and not flag and option.default is not None,
+    }
+    if option.kind is Kind.FLAG:
+        settings["is_flag"] = True
+    if option.refused:
+        settings.update(hidden=True, expose_value=False, callback=_refuse(option.refused))
+    elif not flag:
+        settings["type"] = _click_type(option)
+    decorate: Callable[[F], F] = click.option(option.flags, option.name, **settings)
+    return decorate
+
+
+def _declared(command: str) -> Callable[[F], F]:
+    """Every option ``command`` takes, in the order of ``OPTIONS``."""
+    options = [_click_option(option, command) for option in OPTIONS if command in option.commands]
+
     def decorate(func: F) -> F:
         for option in reversed(options):
             func = option(func)
@@ -62,165 +102,9 @@ def _options(options: list[Callable[[Any], Any]]) -> Callable[[F], F]:
     return decorate
 
 
-_ROW_OPTIONS = [
-    click.option("--login-id-column", help="Column of login ids (default loginId)."),
-    click.option("--phone-column", help="Column of phones (default phone)."),
-    click.option("--default-region", help="ISO country for national numbers, e.g. US."),
-    click.option(
-        "--verified/--no-verified",
-        default=None,
-        help="verified for rows without their own value (unset: the user's flag is kept "
-        "when the phone is the same; a new phone is sent unverified).",
-    ),
-    click.option(
-        "--sheet", help="Excel input: the sheet to read, by name (any case) or number (default 1)."
-    ),
-    click.option(
-        "--delimiter",
-        help="CSV/TSV input: , ; | or tab (default: the one that splits the header into the "
-        "login id and phone columns).",
-    ),
-]
-_REMOVE_AND_LIMIT = [
-    click.option(
-        "--allow-remove",
-        is_flag=True,
-        default=None,
-        help="An empty phone cell removes the user's phone (otherwise EMPTY_PHONE).",
-    ),
-    click.option("--limit", type=int, help="Process only the first N rows."),
-]
-_UNDO_REMOVE_AND_LIMIT = [
-    click.option(
-        "--allow-remove",
-        is_flag=True,
-        default=None,
-        help="Restore 'no phone' for users who had none before the run: removes the phone the "
-        "run set (otherwise those rows end skipped/EMPTY_PHONE).",
-    ),
-    click.option("--limit", type=int, help="Restore only the first N rows of RESULTS."),
-]
-_OUTPUT_OPTIONS = [
-    click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path),
-        help="Config file (default ./config.toml when present).",
-    ),
-    click.option(
-        "--log-format",
-        type=click.Choice(["auto", "console", "json"], case_sensitive=False),
-        help="json: only JSON lines on stderr (no bar); auto (default): json off a terminal.",
-    ),
-    click.option("--quiet", is_flag=True, default=None, help="No progress bar, warnings only."),
-    click.option(
-        "--summary-json",
-        type=click.Path(path_type=Path),
-        help="Write the summary here on every exit (JSON, mode 0600), for schedulers.",
-    ),
-    click.option(
-        "--metrics-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Write Prometheus metrics here on every exit (mode 0644), for node_exporter's "
-        "textfile collector: name it *.prom in its folder.",
-    ),
-    click.option("--debug", is_flag=True, default=None, help="Show tracebacks."),
-    click.option(
-        "--columns",
-        metavar="LIST",
-        help="Columns of a short sheet, in order, e.g. row,line,loginId,phone,status,reason: "
-        "written beside the result as NAME.short.EXT (the result keeps every column).",
-    ),
-    click.option(
-        "--short-out",
-        type=click.Path(path_type=Path),
-        help="Also write the rows, with --columns (default row,line,loginId,phone,status,"
-        "reason,error_message), to this file (any result format).",
-    ),
-]
-_common_options = _options(_ROW_OPTIONS + _REMOVE_AND_LIMIT + _OUTPUT_OPTIONS)
-_API_OPTIONS = [
-    click.option("--project-id", help="Descope project id (or DESCOPE_PROJECT_ID)."),
-    click.option(
-        "--base-url", help="API base URL (or DESCOPE_BASE_URI; default from the project id)."
-    ),
-    click.option(
-        "--allow-insecure-http",
-        is_flag=True,
-        default=None,
-        help="Allow a plain http:// --base-url to a host that is not this machine "
-        "(the key crosses the network unencrypted).",
-    ),
-    click.option(
-        "--management-key-file",
-        type=click.Path(path_type=Path),
-        help="File holding the management key (or set DESCOPE_MANAGEMENT_KEY).",
-    ),
-    click.option("--management-key", hidden=True, help="Refused: the key would show in ps."),
-    click.option("--rate", help="Budget as N/SECONDS (default 500/60)."),
-    click.option(
-        "--budget-store",
-        help="Where runs on one project share its budget: file (default), none, "
-        "or redis://host:6379/0 for several machines.",
-    ),
-    click.option("--concurrency", type=int, help="Calls in flight at once (default 8)."),
-    click.option("--timeout", type=float, help="Seconds to wait for one answer (default 30)."),
-    click.option("--max-attempts", type=int, help="Attempts per row on 5xx/timeouts (default 5)."),
-    click.option("--max-error-rate", type=float, help="Stop when this share of calls fails (0.5)."),
-]
-_api_options = _options(_API_OPTIONS)
-_EMULATOR = click.option(
-    "--emulator", is_flag=True, default=None, help="Rehearse on the embedded emulator."
-)
-_EMULATOR_STATE = click.option(
-    "--emulator-state",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Implies --emulator: its users are read from FILE if it exists (else seeded), "
-    "and written back at exit, so plan, run and undo see one project.",
-)
-_EMULATOR_OPTIONS = [
-    _EMULATOR,
-    click.option(
-        "--emulator-users",
-        type=click.Path(path_type=Path),
-        help="Seed file for --emulator (default users.csv beside INPUT, else the input's ids).",
-    ),
-    _EMULATOR_STATE,
-]
-_UNDO_EMULATOR_OPTIONS = [
-    _EMULATOR,
-    click.option(
-        "--emulator-users",
-        type=click.Path(path_type=Path),
-        help="Seed file for --emulator: the users as they are now (default users.csv beside "
-        "RESULTS, else each user the run updated, with the phone the run set).",
-    ),
-    _EMULATOR_STATE,
-]
-_RESTART = click.option(
-    "--restart",
-    is_flag=True,
-    default=None,
-    help="Start over: moves the previous result and journal aside (a journal of a command "
-    "that changed no user is replaced).",
-)
-_RETRY_FAILED = click.option(
-    "--retry-failed", is_flag=True, default=None, help="Resend rows that failed."
-)
-_SENDING_OPTIONS = [
-    click.option(
-        "--api",
-        type=click.Choice(["update", "batch"]),
-        help="update: a call per row (default); batch: up to --batch-size rows per patch call.",
-    ),
-    click.option(
-        "--batch-size",
-        type=click.IntRange(1, 100),
-        help="Rows per patch call with --api batch (default 100).",
-    ),
-]
-#: Flags that describe the job (``runner.Job``), not settings.
-_JOB_FLAGS = ("api", "batch_size", "canary")
+_LOG_FORMAT_ENV = OPTION["log_format"].env or ""
+#: Options of the job (``Job``): not settings.
+_JOB_OPTIONS = tuple(option.name for option in OPTIONS if option.goes is Goes.JOB)
 
 
 _EXIT_CODES: dict[int | str, str] = {
@@ -256,21 +140,12 @@ _API_ENV = [
 ]
 
 
-def _refuse_key(management_key: str | None) -> None:
-    if management_key is not None:
-        _fail(
-            "--management-key is not accepted: a key on the command line shows in ps and shell "
-            "history; set DESCOPE_MANAGEMENT_KEY or use --management-key-file",
-            EXIT_USAGE,
-        )
-
-
 def _early_json(flags: dict[str, Any]) -> bool:
     """Whether errors must be JSON, before the settings are loaded (they may be what is wrong)."""
     from batchphone.render import json_logs
 
-    chosen = flags.get("log_format") or os.environ.get("BATCHPHONE_LOG_FORMAT", "").strip()
-    return json_logs((chosen or "auto").lower())
+    chosen = flags.get("log_format") or os.environ.get(_LOG_FORMAT_ENV, "").strip()
+    return json_logs((chosen or LogFormat.AUTO).lower())
 
 
 def _option_value(argv: list[str], option: str) -> str | None:
@@ -291,20 +166,21 @@ def _usage_output(argv: list[str]) -> Output:
     from batchphone.render import Output
 
     chosen = _option_value(argv, "--log-format")
-    if chosen is not None and chosen.lower() not in ("auto", "console", "json"):
+    if chosen is not None and chosen.lower() not in tuple(LogFormat):
         chosen = None  # the bad value may be this one: the environment or auto decides
     return Output(json_mode=_early_json({"log_format": chosen}))
 
 
-def _execute(command: str, input_path: Path, out: Path | None, flags: dict[str, Any]) -> None:
+def _execute(command: str, input_path: Path, flags: dict[str, Any]) -> None:
     """One command, every way out: an exit code, a summary (or error), --summary-json and
     --metrics-file.
 
-    ``out`` is ``None`` only for ``validate`` without ``--out`` (no report file is kept).
+    ``--out`` is ``None`` only for ``validate`` without it (no report file is kept).
     """
     from batchphone.render import Output
 
     flags = dict(flags)
+    out: Path | None = flags.pop("out")
     ends = _Ends(command, flags.get("summary_json"), flags.pop("metrics_file", None))
     output = Output(json_mode=_early_json(flags), debug=bool(flags.get("debug")))
     with _sigterm_as_sigint():
@@ -326,7 +202,7 @@ def _finish(
             traceback.print_exc()
         if getattr(exc, "setting", None) in (*_side_options(), _METRICS_OPTION):
             ends = _Ends(command, None, None)  # it may be the very file the check protects
-        _end_with_error(output, ends, exc.message, exc.exit_code)
+        _end_with_error(output, ends, flagged(exc.message), exc.exit_code)
         return
     except KeyboardInterrupt:
         _end_with_error(output, ends, "interrupted", 130)
@@ -337,6 +213,8 @@ def _finish(
         message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
         _end_with_error(output, ends, message, 1)
         return
+    if summary.stopped_reason:  # a library reason names options: show their flags
+        summary = dataclasses.replace(summary, stopped_reason=flagged(summary.stopped_reason))
     failure = ends.write(summary)
     output.summary(summary, command, _budget(settings))
     if failure is not None:
@@ -369,7 +247,7 @@ def _sigterm_as_sigint() -> Iterator[None]:
 
 def _side_options() -> dict[str, str]:
     """``--option`` of each setting in ``_SIDE_PATHS``."""
-    return {"--" + name.replace("_", "-"): name for name in _SIDE_PATHS}
+    return {OPTION[name].flags: name for name in _SIDE_PATHS}
 
 
 class _Ends:
@@ -434,7 +312,7 @@ def _run(
 
     flags = dict(flags)
     config_path = flags.pop("config_path", None)
-    job_flags = {name: flags.pop(name) for name in _JOB_FLAGS if flags.get(name) is not None}
+    job_flags = {name: flags.pop(name) for name in _JOB_OPTIONS if flags.get(name) is not None}
     settings = load_settings(flags, config_path=config_path)
     from batchphone.files.writer import check_side_paths
 
@@ -562,55 +440,15 @@ def main() -> None:
     )
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Result file.")
-@_common_options
-@_api_options
-@click.option(
-    "--allow-merge",
-    is_flag=True,
-    default=None,
-    help="Send failOnConflict=false: Descope may MERGE and DELETE users. Dangerous.",
-)
-@click.option(
-    "--dry-run",
-    is_flag=True,
-    default=None,
-    help="No API call: sendable rows end would_update (plan shows what the reads decide).",
-)
-@_RESTART
-@_RETRY_FAILED
-@_options(_EMULATOR_OPTIONS)
-@click.option(
-    "--skip-unchanged",
-    is_flag=True,
-    hidden=True,
-    expose_value=False,
-    callback=_removed_flag(
-        "--skip-unchanged was removed: every run reads the users first now "
-        "(--no-lookup turns that off)"
-    ),
-)
-@click.option(
-    "--no-lookup",
-    is_flag=True,
-    default=None,
-    help="Do not read the users first: send every row (no unchanged rows, no undo data).",
-)
-@_options(_SENDING_OPTIONS)
-@click.option(
-    "--canary",
-    type=click.IntRange(min=1),
-    help="Send the first N updates, read them back, go on only if all stuck.",
-)
-def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
+@_declared("run")
+def run(input_path: Path, **flags: Any) -> None:
     """Update the phones of the users in INPUT; write one result row per input row to --out.
 
     Reads the users first (a call per 100 rows) and sends only the rows that change something;
     --no-lookup sends every row without reading. Rerunning the same command resumes: rows
     already final are not sent again.
     """
-    _refuse_key(management_key)
-    _execute("run", input_path, out, flags)
+    _execute("run", input_path, flags)
 
 
 @main.command(
@@ -625,13 +463,8 @@ def run(input_path: Path, out: Path, management_key: str | None, **flags: Any) -
     )
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Plan file.")
-@_common_options
-@_api_options
-@_RESTART
-@_options(_EMULATOR_OPTIONS)
-@_options(_SENDING_OPTIONS)
-def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) -> None:
+@_declared("plan")
+def plan(input_path: Path, **flags: Any) -> None:
     """Show what run would change, and what it would cost; update nothing.
 
     Reads the users (a call per 100 rows). Each row ends change (phone_before -> phone),
@@ -639,8 +472,7 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
     duplicate; the verified column shows the flag a run would send. The summary says how
     many calls and how long a run needs at the budget.
     """
-    _refuse_key(management_key)
-    _execute("plan", input_path, out, flags)
+    _execute("plan", input_path, flags)
 
 
 @main.command(
@@ -655,24 +487,15 @@ def plan(input_path: Path, out: Path, management_key: str | None, **flags: Any) 
     )
 )
 @click.argument("results", metavar="RESULTS", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Undo result file.")
-@_options(_UNDO_REMOVE_AND_LIMIT)
-@_options(_OUTPUT_OPTIONS)
-@_api_options
-@click.option("--dry-run", is_flag=True, default=None, help="Read the users; change nothing.")
-@_RESTART
-@_RETRY_FAILED
-@_options(_UNDO_EMULATOR_OPTIONS)
-@_options(_SENDING_OPTIONS)
-def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> None:
+@_declared("undo")
+def undo(results: Path, **flags: Any) -> None:
     """Restore the phones a run updated, from its result file RESULTS.
 
     Needs the phone_before/verified_before columns (every run without --no-lookup writes them).
     A user whose phone is no longer the one the run set is skipped (CHANGED_SINCE); restoring
     an empty phone needs --allow-remove. Rerunning the same command resumes.
     """
-    _refuse_key(management_key)
-    _execute("undo", results, out, flags)
+    _execute("undo", results, flags)
 
 
 @main.command(
@@ -690,17 +513,11 @@ def undo(results: Path, out: Path, management_key: str | None, **flags: Any) -> 
     )
 )
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    help="Report file, same columns as run (optional: without it no file is written, and the "
-    "counts and the first 20 rows that are not valid are printed).",
-)
-@_common_options
-def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
+@_declared("validate")
+def validate(input_path: Path, **flags: Any) -> None:
     """Normalize INPUT only and report what run would send. Never calls the API."""
     # without --out nothing is written: the rows are judged and counted, the first 20 shown
-    _execute("validate", input_path, out, flags)
+    _execute("validate", input_path, flags)
 
 
 @main.command(
@@ -718,24 +535,7 @@ def validate(input_path: Path, out: Path | None, **flags: Any) -> None:
     )
 )
 @click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout, for scripts.")
-@click.option(
-    "--input",
-    "input_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The run's input, to count its rows for the ETA (default: the journal's input name "
-    "beside OUT or here, when its content matches).",
-)
-@click.option(
-    "--rate",
-    help="Budget of the ETA as N/SECONDS (default: the run's own, else the settings', 500/60).",
-)
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    help="Config file (default ./config.toml when present).",
-)
+@_declared("status")
 def status(
     out: Path, as_json: bool, input_path: Path | None, rate: str | None, config_path: Path | None
 ) -> None:
@@ -747,29 +547,36 @@ def status(
     """
     import json
 
-    from batchphone.config import load_settings
-    from batchphone.modes.status import count_input, read_status, with_eta
     from batchphone.render import Output, status_lines
 
     output = Output(json_mode=_early_json({}))
     try:
-        found = read_status(out)
-        # the ETA at the run's own budget (a nightly sync's --rate 300/60), unless asked
-        settings = load_settings({"rate": rate or found.run_rate}, config_path=config_path)
-        name = found.input_name or ""
-        candidates = [input_path] if input_path is not None else []
-        if name and input_path is None:
-            candidates += [out.parent / name, Path(name)]
-        found = with_eta(
-            found, count_input(found, candidates), settings.rate_calls, settings.rate_period
-        )
+        found = _status(out, input_path, rate, config_path)
     except BatchphoneError as exc:
-        output.error(exc.message, exc.exit_code)
+        output.error(flagged(exc.message), exc.exit_code)
         sys.exit(exc.exit_code)
     if as_json:
         click.echo(json.dumps(found.to_json(), indent=2))
     else:
         click.echo("\n".join(status_lines(found)))
+
+
+def _status(
+    out: Path, input_path: Path | None, rate: str | None, config_path: Path | None
+) -> RunStatus:
+    """The status of the run writing ``out``, with its ETA at the run's own budget (a nightly
+    sync's ``--rate 300/60``) unless ``rate`` says another."""
+    from batchphone.config import load_settings
+    from batchphone.modes.status import count_input, read_status, with_eta
+
+    found = read_status(out)
+    settings = load_settings({"rate": rate or found.run_rate}, config_path=config_path)
+    name = found.input_name or ""
+    candidates = [input_path] if input_path is not None else []
+    if name and input_path is None:
+        candidates += [out.parent / name, Path(name)]
+    rows = count_input(found, candidates)
+    return with_eta(found, rows, settings.rate_calls, settings.rate_period)
 
 
 @main.command(
@@ -782,44 +589,19 @@ def status(
         _API_ENV,
     )
 )
-@click.option(
-    "--work-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("."),
-    show_default=True,
-    help="Folder for uploads, results and journals.",
-)
-@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free).")
-@click.option("--no-browser", is_flag=True, help="Print the URL; do not open a browser.")
-@click.option(
-    "--upload-limit",
-    type=click.IntRange(min=1),
-    default=200,
-    show_default=True,
-    help="Largest upload, in MB.",
-)
-@click.option("--config", "config_path", type=click.Path(path_type=Path), help="config.toml.")
-@_api_options
-@_options(_EMULATOR_OPTIONS)
-def ui(
-    work_dir: Path,
-    port: int,
-    no_browser: bool,
-    upload_limit: int,
-    management_key: str | None,
-    **flags: Any,
-) -> None:
+@_declared("ui")
+def ui(work_dir: Path, port: int, no_browser: bool, upload_limit: int, **flags: Any) -> None:
     """A local page for support staff: drop a sheet, check, approve, watch, download, undo.
 
     Serves on 127.0.0.1 only; open the printed URL (its token is one-time). Runs, plans and
     undos started there are ordinary runs in --work-dir: the CLI can resume or undo them.
     """
-    _refuse_key(management_key)
     from batchphone.render import configure_logging
     from batchphone.ui import UiOptions, serve
 
     config_path = flags.pop("config_path", None)
-    configure_logging(os.environ.get("BATCHPHONE_LOG_FORMAT", "console") or "console", False)
+    chosen = os.environ.get(_LOG_FORMAT_ENV, LogFormat.CONSOLE) or LogFormat.CONSOLE
+    configure_logging(chosen, False)
 
     def ready(url: str) -> None:
         click.echo(f"batchphone ui: open {url}", err=True)
@@ -828,14 +610,9 @@ def ui(
 
             webbrowser.open(url)
 
-    options = UiOptions(
-        work_dir=work_dir,
-        port=port,
-        flags=flags,
-        config_path=config_path,
-        upload_limit=upload_limit * 1_000_000,
-    )
+    limit = upload_limit * 1_000_000
+    options = UiOptions(work_dir, port, flags, config_path=config_path, upload_limit=limit)
     try:
         serve(options, ready=ready)
     except BatchphoneError as exc:
-        _fail(exc.message, exc.exit_code)
+        _fail(flagged(exc.message), exc.exit_code)

@@ -1,17 +1,18 @@
 """Settings: defaults < ``config.toml`` < environment < flags, validated once, frozen.
 
-Every setting is declared once in ``_SPECS`` with its parser, its environment variable and its
-config key, so an error can always name the setting and the source of the bad value.
+Which settings there are, and how each value is checked, is declared once in
+``options.OPTIONS``; this module merges the sources by that declaration. An error can always name
+the option and the source of the bad value; a library error names an option as ``name=VALUE``
+(``restart=True``), which the command line shows as its flag.
 The management key is special: it is read only from ``DESCOPE_MANAGEMENT_KEY`` or from a file,
 never from ``config.toml`` or a flag value (flags show in ``ps`` and shell history).
-A leaf: it imports only the other leaves (``cells``, ``errors``, ``models``).
+A leaf: it imports only the other leaves (``errors``, ``options``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -19,9 +20,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batchphone.cells import check_region, parse_flag
 from batchphone.errors import UsageError
-from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
+from batchphone.options import (
+    OPTION,
+    OPTIONS,
+    BudgetStore,
+    Goes,
+    LogFormat,
+    _non_negative_float,
+    _positive_float,
+    _positive_int,
+)
 
 __all__ = [
     "Endpoint",
@@ -31,7 +40,6 @@ __all__ = [
     "check_plain_http",
     "load_settings",
     "parse_options",
-    "parse_rate",
 ]
 
 CONFIG_SECTION = "batchphone"
@@ -111,7 +119,7 @@ class Settings:
     #: clock skew against the server, as a fraction of the period (ratelimit.DEFAULT_MARGIN)
     rate_margin: float = 0.0005
     #: where runs on one project share its budget: "file", "none" or "redis://host:port/db"
-    budget_store: str = "file"
+    budget_store: BudgetStore | str = BudgetStore.FILE
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
@@ -121,7 +129,7 @@ class Settings:
     max_error_rate: float = 0.5
     dry_run: bool = False
     limit: int | None = None
-    log_format: str = "auto"
+    log_format: LogFormat = LogFormat.AUTO
     quiet: bool = False
     summary_json: Path | None = None
     emulator: bool = False
@@ -159,114 +167,6 @@ class Settings:
                 object.__setattr__(self, name, checked)
 
 
-def parse_rate(text: str) -> tuple[int, float]:
-    """``"500/60"`` -> ``(500, 60.0)``: N calls per SECONDS, both positive."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)\s*(?:s)?\s*", text)
-    if not match:
-        raise ValueError("expected N/SECONDS, e.g. 500/60")
-    calls, period = int(match.group(1)), float(match.group(2))
-    if calls < 1 or period <= 0:
-        raise ValueError("N and SECONDS must be positive")
-    return calls, period
-
-
-def _parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    flag = parse_flag(str(value))
-    if flag is None:
-        raise ValueError("expected true or false")
-    return flag
-
-
-def _positive_int(value: Any) -> int:
-    number = int(str(value).strip()) if not isinstance(value, int) else value
-    if isinstance(value, bool) or number < 1:
-        raise ValueError("expected a whole number >= 1")
-    return number
-
-
-def _positive_float(value: Any) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("expected a number > 0")
-    return number
-
-
-def _fraction(value: Any) -> float:
-    number = float(value)
-    if not 0 < number <= 1:
-        raise ValueError("expected a fraction in (0, 1]")
-    return number
-
-
-def _margin(value: Any) -> float:
-    number = float(value)
-    if not 0 <= number < 1:
-        raise ValueError("expected a fraction in [0, 1)")
-    return number
-
-
-def _budget_store(value: Any) -> str:
-    text = _text(value)
-    if text.lower() in ("file", "none"):
-        return text.lower()
-    if not re.match(r"^(rediss?|unix)://", text):
-        raise ValueError("expected file, none or redis://host:port/db")
-    return text
-
-
-def _region(value: Any) -> str:
-    return check_region(str(value))
-
-
-def _choice(*choices: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        text = str(value).strip().lower()
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
-def _text(value: Any) -> str:
-    text = str(value).strip()
-    if not text:
-        raise ValueError("must not be empty")
-    return text
-
-
-def _columns(value: Any) -> tuple[str, ...]:
-    names = value if isinstance(value, list | tuple) else str(value).split(",")
-    columns = tuple(str(name).strip() for name in names if str(name).strip())
-    valid = RESULT_COLUMNS + LOOKUP_COLUMNS + PLAN_COLUMNS
-    unknown = [name for name in columns if name not in valid]
-    if unknown or not columns:
-        what = f"unknown column {unknown[0]!r}" if unknown else "no column named"
-        raise ValueError(f"{what}; valid: {','.join(valid)}")
-    repeated = [name for name in columns if columns.count(name) > 1]
-    if repeated:
-        raise ValueError(f"column {repeated[0]!r} is named twice")
-    return columns
-
-
-def _delimiter(value: Any) -> str:
-    text = str(value)
-    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
-    text = named.get(text.strip().lower(), text if text == "\t" else text.strip())
-    if len(text) != 1 or text in '"\r\n' or text.isalnum():
-        raise ValueError("expected one character such as , ; | or the word tab")
-    return text
-
-
-def _url(value: Any) -> str:
-    text = _text(value).rstrip("/")
-    if not re.match(r"^https?://[^\s/]+", text):
-        raise ValueError("expected an http(s):// URL")
-    return text
-
-
 def _loopback(host: str) -> bool:
     """Whether ``host`` names this machine without a lookup (a name could resolve anywhere)."""
     if host.lower() == "localhost":
@@ -293,8 +193,8 @@ def check_plain_http(base_url: str, *, allowed: bool) -> None:
     where = parts.netloc.rpartition("@")[2]  # never a user:password written into the URL
     raise UsageError(
         f"base URL http://{where} is plain http to another machine: the management key would "
-        "cross the network unencrypted; use https://, or add --allow-insecure-http "
-        "(allow_insecure_http) if you must",
+        "cross the network unencrypted; use https://, or add allow_insecure_http=True if you "
+        "must",
         setting="base_url",
     )
 
@@ -325,19 +225,6 @@ def _one_line(key: str) -> bool:
     return all("!" <= char <= "~" for char in key)
 
 
-def _non_negative_float(value: Any) -> float:
-    number = float(value)
-    if not number >= 0:
-        raise ValueError("expected a number >= 0")
-    return number
-
-
-def _path(value: Any) -> Path:
-    if not isinstance(value, str | os.PathLike) or not str(value).strip():
-        raise ValueError("expected a path")
-    return Path(value)
-
-
 def _secret(value: Any) -> Secret:
     if not isinstance(value, Secret):
         # the message never shows the value: it may be the key itself
@@ -360,110 +247,26 @@ def _same_if_equal(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return checked
 
 
-@dataclass(frozen=True, slots=True)
-class _Spec:
-    parse: Callable[[Any], Any]
-    env: str | None = None
-
-
-_SPECS: dict[str, _Spec] = {
-    "project_id": _Spec(_text, "DESCOPE_PROJECT_ID"),
-    "base_url": _Spec(_url, "DESCOPE_BASE_URI"),
-    "management_key_file": _Spec(_text, "BATCHPHONE_MANAGEMENT_KEY_FILE"),
-    "login_id_column": _Spec(_text, "BATCHPHONE_LOGIN_ID_COLUMN"),
-    "phone_column": _Spec(_text, "BATCHPHONE_PHONE_COLUMN"),
-    "default_region": _Spec(_region, "BATCHPHONE_DEFAULT_REGION"),
-    "verified": _Spec(_parse_bool, "BATCHPHONE_VERIFIED"),
-    "allow_merge": _Spec(_parse_bool, "BATCHPHONE_ALLOW_MERGE"),
-    "allow_remove": _Spec(_parse_bool, "BATCHPHONE_ALLOW_REMOVE"),
-    "allow_insecure_http": _Spec(_parse_bool, "BATCHPHONE_ALLOW_INSECURE_HTTP"),
-    "no_lookup": _Spec(_parse_bool, "BATCHPHONE_NO_LOOKUP"),
-    "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
-    "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
-    "budget_store": _Spec(_budget_store, "BATCHPHONE_BUDGET_STORE"),
-    "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
-    "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
-    "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),
-    "max_error_rate": _Spec(_fraction, "BATCHPHONE_MAX_ERROR_RATE"),
-    "log_format": _Spec(_choice("auto", "console", "json"), "BATCHPHONE_LOG_FORMAT"),
-    "columns": _Spec(_columns, "BATCHPHONE_COLUMNS"),
-    "delimiter": _Spec(_delimiter, "BATCHPHONE_DELIMITER"),
-}
-
 #: Keys an older config.toml may hold, and why they are refused now.
 _REMOVED = {
     "skip_unchanged": "was removed: every run reads the users first now "
     "(no_lookup = true turns that off)",
 }
-
-#: Settings that only flags set (they describe one invocation, not a project).
-_FLAG_ONLY = {
-    "dry_run",
-    "limit",
-    "quiet",
-    "summary_json",
-    "short_out",
-    "emulator",
-    "emulator_users",
-    "emulator_state",
-    "sheet",
-    "restart",
-    "retry_failed",
-    "debug",
-}
-
-
+#: What config.toml and the environment may set: each setting with an environment variable.
+_STORED = {option.name: option for option in OPTIONS if option.env}
 _SETTINGS_FIELDS = {f.name for f in fields(Settings)}
 #: Settings fields that may be ``None`` (unset).
-_OPTIONAL = {
-    "project_id",
-    "base_url",
-    "management_key",
-    "default_region",
-    "verified",
-    "limit",
-    "summary_json",
-    "short_out",
-    "emulator_users",
-    "emulator_state",
-    "sheet",
-    "columns",
-    "delimiter",
-}
-_BOOLS = (
-    "allow_merge",
-    "allow_remove",
-    "allow_insecure_http",
-    "no_lookup",
-    "dry_run",
-    "quiet",
-    "emulator",
-    "restart",
-    "retry_failed",
-    "debug",
-    "verified",
-)
-#: How each Settings field is checked: the parsers of ``_SPECS`` where the field has one.
+_OPTIONAL = {f.name for f in fields(Settings) if f.default is None}
+#: How each Settings field is checked: by its option, or (no option) here.
 _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
     name: _same_if_equal(parse)
     for name, parse in {
-        **{
-            name: _SPECS[name].parse
-            for name in _SPECS
-            if name not in ("rate", "management_key_file")
-        },
-        **dict.fromkeys(_BOOLS, _parse_bool),
+        **{o.name: o.check for o in OPTIONS if o.name in _SETTINGS_FIELDS},
         "management_key": _secret,
         "rate_calls": _positive_int,
         "rate_period": _positive_float,
         "retry_wait_initial": _non_negative_float,
         "retry_wait_max": _non_negative_float,
-        "limit": _positive_int,
-        "summary_json": _path,
-        "short_out": _path,
-        "emulator_users": _path,
-        "emulator_state": _path,
-        "sheet": _text,
     }.items()
 }
 
@@ -471,26 +274,26 @@ _FIELD_PARSERS: dict[str, Callable[[Any], Any]] = {
 def parse_options(options: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     """Settings values from named options (``rate="500/60"``, ``columns="row,status"``), checked.
 
-    Names are those of ``load_settings``'s flags; ``None`` values are left out. ``source`` says
-    where they came from in an error (``"keyword"`` -> ``keyword rate=``).
+    Names are those of ``OPTIONS``; ``None`` values are left out. ``source`` says where they came
+    from in an error (``"keyword"`` -> ``keyword rate=``).
     """
     values: dict[str, Any] = {}
     for name, value in options.items():
-        if value is None:
-            continue
-        parse = _FIELD_PARSERS.get(name) or (_SPECS[name].parse if name in _SPECS else None)
-        values[name] = _parsed(name, value, f"{source} {name}=", parse)
+        if value is not None:
+            values[name] = _parsed(name, value, f"{source} {name}=")
     if "rate" in values:
         values["rate_calls"], values["rate_period"] = values.pop("rate")
     return values
 
 
-def _parsed(name: str, value: Any, where: str, parse: Callable[[Any], Any] | None) -> Any:
-    """``parse(value)``, or a one-line ``UsageError`` naming the setting and where it came from."""
-    if parse is None:
+def _parsed(name: str, value: Any, where: str) -> Any:
+    """The option ``name``'s value checked, or a one-line ``UsageError`` naming the option and
+    where the value came from."""
+    option = OPTION.get(name)
+    if option is None or option.goes is not Goes.SETTINGS:
         raise UsageError(f"unknown setting {name!r} ({where})", setting=name, source=where)
     try:
-        return parse(value)
+        return option.check(value)
     except (ValueError, TypeError, UsageError) as exc:
         raise UsageError(
             f"{name}: bad value {str(value)!r} ({where}): {exc}", setting=name, source=where
@@ -522,9 +325,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     for name, why in _REMOVED.items():
         if name in section:
             raise UsageError(f"config file {path}: {name} {why}", setting=name, source=str(path))
-    unknown = sorted(set(section) - set(_SPECS))
+    unknown = sorted(set(section) - set(_STORED))
     if unknown:
-        known = ", ".join(sorted(_SPECS))
+        known = ", ".join(sorted(_STORED))
         raise UsageError(
             f"config file {path}: unknown setting {unknown[0]!r} (known: {known})",
             setting=unknown[0],
@@ -565,27 +368,18 @@ def load_settings(
     ``config_path`` is the ``--config`` value; without it ``./config.toml`` is read when present.
     """
     env = os.environ if env is None else env
-    flags = flags or {}
     raw: dict[str, tuple[Any, str]] = {}
     path = config_path if config_path is not None else DEFAULT_CONFIG
     if config_path is not None or path.is_file():
         for name, value in _read_config(path).items():
             raw[name] = (value, f"{path}")
-    for name, spec in _SPECS.items():
-        if spec.env and env.get(spec.env, "").strip():
-            raw[name] = (env[spec.env], f"environment variable {spec.env}")
-    for name, value in flags.items():
+    for name, option in _STORED.items():
+        if option.env and env.get(option.env, "").strip():
+            raw[name] = (env[option.env], f"environment variable {option.env}")
+    for name, value in (flags or {}).items():
         if value is not None:
-            raw[name] = (value, f"flag --{name.replace('_', '-')}")
-
-    values: dict[str, Any] = {}
-    for name, (value, source) in raw.items():
-        if name in _FLAG_ONLY:
-            values[name] = value
-            continue
-        spec_of = _SPECS.get(name)
-        values[name] = _parsed(name, value, source, spec_of.parse if spec_of is not None else None)
-
+            raw[name] = (value, f"flag {name}=...")
+    values = {name: _parsed(name, value, source) for name, (value, source) in raw.items()}
     if "rate" in values:
         values["rate_calls"], values["rate_period"] = values.pop("rate")
     key_file = values.pop("management_key_file", None)
@@ -594,7 +388,4 @@ def load_settings(
     elif env.get("DESCOPE_MANAGEMENT_KEY", "").strip():
         key = env["DESCOPE_MANAGEMENT_KEY"]
         values["management_key"] = check_key(key, "environment variable DESCOPE_MANAGEMENT_KEY")
-    if values.get("limit") is not None and values["limit"] < 1:
-        raise UsageError("limit: must be >= 1 (flag --limit)", setting="limit")
-    known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known})
+    return Settings(**values)

@@ -1,30 +1,35 @@
-"""``python -m batchphone.docs`` writes ``docs/options.md`` from the click commands' parameters.
+"""``python -m batchphone.docs`` writes ``docs/options.md`` from the one option declaration.
 
-The click options are where each option is declared (flags, help, default, environment
-variable where click reads one); ``config.py`` adds the config.toml key and ``BATCHPHONE_*``
-name of each setting, and ``Settings`` and ``Job`` the defaults the options leave to them. The
-page is derived from them, never written by hand, and a test fails when it is stale. Nothing on
-the CLI's path imports this module.
+Every option of batchphone's commands is declared once, in ``options.OPTIONS`` (its flag, help,
+type, default, config key, environment variable and commands): the page is derived from it,
+never written by hand, and a test fails when it is stale. The emulator's own options are read
+from its click command. Nothing on the CLI's path imports this module.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from batchphone import config
-from batchphone.cli import main
-from batchphone.modes.job import Job
+from batchphone.emulator.cli import emulator_command
+from batchphone.options import OPTIONS, Kind, Option
 
 #: Where the page lives in the repository, and the command that writes it.
 OPTIONS_PAGE = Path("docs/options.md")
 REGENERATE = "python -m batchphone.docs"
-#: The emulator has options of its own (``--timeout`` is a fault there, not a wait).
-_OWN_TABLE = ("emulator",)
+#: How ``--help`` names the value of each kind of option (click's names).
+_METAVARS = {
+    Kind.TEXT: "TEXT",
+    Kind.INT: "INTEGER",
+    Kind.FLOAT: "FLOAT",
+    Kind.PATH: "PATH",
+    Kind.FILE: "FILE",
+    Kind.FOLDER: "DIRECTORY",
+}
 
 
 @dataclass(frozen=True)
@@ -36,21 +41,8 @@ class _Row:
     env: str
 
 
-def _default(param: click.Option, of_settings: bool) -> str:
-    """What the option means when it is not given: click's own default, else the setting's."""
-    if param.default is not None and not _unset(param.default) and param.default is not False:
-        return f"`{param.default}`"
-    if not of_settings:
-        return "off" if param.is_flag else ""
-    settings = {
-        f.name: f.default
-        for kind in (config.Settings, Job)
-        for f in fields(kind)
-        if f.default is not MISSING
-    }
-    if param.name == "rate":
-        return f"`{settings['rate_calls']}/{settings['rate_period']:g}`"
-    value = settings.get(param.name or "")
+def _shown(value: Any) -> str:
+    """A default as the page shows it: on/off, a value in backticks, or nothing (unset)."""
     if value is None or value == "":
         return ""
     if isinstance(value, bool):
@@ -58,18 +50,15 @@ def _default(param: click.Option, of_settings: bool) -> str:
     return f"`{value}`"
 
 
-def _unset(value: Any) -> bool:
-    """click 8.2+ marks an option with no default by a sentinel of its own."""
-    return type(value).__name__ == "Sentinel"
-
-
-def _flags(param: click.Option) -> str:
-    names = " / ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
-    if param.is_flag:
+def _flags(option: Option) -> str:
+    names = " / ".join(f"`{flag}`" for flag in option.flags.split("/"))
+    if option.kind in (Kind.FLAG, Kind.SWITCH):
         return names
-    metavar = param.metavar or param.type.name.upper()
-    if isinstance(param.type, click.Choice):
-        metavar = "\\|".join(str(choice) for choice in param.type.choices)
+    if option.kind is Kind.CHOICE:
+        return f"{names} " + "\\|".join(str(choice) for choice in option.choices)
+    metavar = option.metavar or _METAVARS[option.kind]
+    if option.kind is Kind.INT and (option.low, option.high) != (None, None):
+        metavar += " RANGE"
     return f"{names} {metavar}"
 
 
@@ -77,24 +66,20 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def _row(param: click.Option, of_settings: bool = True) -> _Row:
-    """``of_settings``: the option is one of batchphone's settings (the emulator's are not)."""
-    spec = config._SPECS.get(param.name or "") if of_settings else None
-    envs = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
-    if spec is not None and spec.env:
-        envs.append(spec.env)
-    return _Row(
-        flags=_flags(param),
-        help=_cell(param.help or ""),
-        default=_default(param, of_settings),
-        config_key=f"`{param.name}`" if spec is not None else "",
-        env=", ".join(f"`{env}`" for env in envs),
+def _rows(option: Option) -> list[tuple[_Row, list[str]]]:
+    """One row per help text the option has, with the commands that show it."""
+    by_help: dict[str, list[str]] = {}
+    for command in option.commands:
+        by_help.setdefault(option.help_for(command), []).append(command)
+    row = _Row(
+        flags=_flags(option),
+        help="",
+        default=_shown(option.default),
+        config_key=f"`{option.name}`" if option.env else "",
+        env=f"`{option.env}`" if option.env else "",
     )
-
-
-def _options(command: click.Command) -> list[click.Option]:
-    # a hidden option is a removed one, kept only to refuse it with a reason
-    return [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+    return [(_Row(**{**row.__dict__, "help": _cell(text)}), sorted(commands))
+            for text, commands in by_help.items()]  # fmt: skip
 
 
 def _table(rows: list[tuple[_Row, list[str]]], with_commands: bool) -> list[str]:
@@ -110,48 +95,62 @@ def _table(rows: list[tuple[_Row, list[str]]], with_commands: bool) -> list[str]
     return lines
 
 
+def _emulator_rows() -> list[tuple[_Row, list[str]]]:
+    """The emulator's options, from its click command (they are no settings of batchphone)."""
+    rows = []
+    for param in emulator_command.params:
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        names = " / ".join(f"`{flag}`" for flag in [*param.opts, *param.secondary_opts])
+        metavar = "" if param.is_flag else " " + (param.metavar or param.type.name.upper())
+        if isinstance(param.type, click.Choice):
+            metavar = " " + "\\|".join(str(choice) for choice in param.type.choices)
+        envs = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or [])
+        # click 8.2+ marks an option with no default by a sentinel of its own
+        unset = param.default is None or type(param.default).__name__ == "Sentinel"
+        default = f"`{param.default}`" if not unset and param.default is not False else ""
+        default = default or ("off" if param.is_flag else "")
+        row = _Row(names + metavar, _cell(param.help or ""), default, "",
+                   ", ".join(f"`{env}`" for env in envs))  # fmt: skip
+        rows.append((row, ["emulator"]))
+    return rows
+
+
 def render() -> str:
     """The text of ``docs/options.md``."""
-    ctx = click.Context(main)
-    names = main.list_commands(ctx)
-    commands = {name: main.get_command(ctx, name) for name in names}
-    shared: dict[_Row, list[str]] = {}
-    for name, command in commands.items():
-        if name in _OWN_TABLE or command is None:
-            continue
-        for param in _options(command):
-            shared.setdefault(_row(param), []).append(name)
-    declared = {param.name for command in commands.values() if command for param in command.params}
+    shown = [option for option in OPTIONS if option.commands and not option.refused]
+    rows = sorted((row for option in shown for row in _rows(option)), key=lambda r: r[0].flags)
+    commands = sorted({command for option in shown for command in option.commands})
     lines = [
         "# Options",
         "",
-        f"<!-- generated by `{REGENERATE}` from the click commands: do not edit by hand -->",
+        f"<!-- generated by `{REGENERATE}` from the option declaration: do not edit by hand -->",
         "",
         "Every option of every command, as `--help` shows it. Precedence: defaults < "
         "`config.toml` (the `[batchphone]` table) < environment < flags. The management key is "
         "read only from `DESCOPE_MANAGEMENT_KEY` or `--management-key-file`, never from a flag "
-        "value or `config.toml`.",
+        "value or `config.toml`. The Python API takes each option of `run`, `plan`, `undo` and "
+        "`validate` as a keyword of the same name (`--no-lookup` -> `no_lookup=True`), except "
+        "those `batchphone.api.OTHER_OPTIONS` sends elsewhere.",
         "",
-        "## batchphone " + ", ".join(n for n in names if n not in _OWN_TABLE),
+        "## batchphone " + ", ".join(commands),
         "",
-        *_table(sorted(shared.items(), key=lambda item: item[0].flags), with_commands=True),
+        *_table(rows, with_commands=True),
         "",
         "## Settings with no flag",
         "",
-        "| config.toml | environment |",
-        "| --- | --- |",
+        "| config.toml | environment | what it does | default |",
+        "| --- | --- | --- | --- |",
         *(
-            f"| `{name}` | `{spec.env}` |"
-            for name, spec in sorted(config._SPECS.items())
-            if name not in declared
+            f"| `{o.name}` | `{o.env}` | {_cell(o.help)} | {_shown(o.default)} |"
+            for o in OPTIONS
+            if not o.commands and o.env
         ),
+        "",
+        "## batchphone emulator",
+        "",
+        *_table(_emulator_rows(), with_commands=False),
     ]
-    for name in _OWN_TABLE:
-        command = commands[name]
-        if command is None:
-            continue
-        rows = [(_row(param, of_settings=False), [name]) for param in _options(command)]
-        lines += ["", f"## batchphone {name}", "", *_table(rows, with_commands=False)]
     return "\n".join(lines) + "\n"
 
 

@@ -18,8 +18,11 @@
             └── UnreachableError    3  no call of the run reached a server (refused, no such host)
 
 The library raises these and never prints or exits; ``cli.py`` turns them into one line and an
-exit code. No message may contain the management key: messages are built from the fields below,
-never from request headers.
+exit code. A message names an option as the API's keyword does, ``name=VALUE`` (``restart=True``,
+``limit=5``, ``sheet=...``), never as a flag: ``cli.py`` shows each such name as its flag
+(``--restart``, ``--limit 5``, ``--sheet``) from the one option declaration (``options.OPTIONS``),
+and ``UsageError.setting`` says which option is wrong. No message may contain the management
+key: messages are built from the fields below, never from request headers.
 
 A local error met before the first update was sent keeps its own class (exit 2: nothing was
 sent); the same error after it is wrapped in ``LocalFaultError`` (exit 4: see the result file).
@@ -84,7 +87,7 @@ class OutputError(BatchphoneError):
 
 
 class ResumeError(BatchphoneError):
-    """The journal beside ``--out`` was written by a run with other input, target or options."""
+    """The journal beside ``out`` was written by a run with other input, target or options."""
 
     exit_code = 2
 
@@ -93,7 +96,7 @@ class LocalFaultError(BatchphoneError):
     """A local error stopped the run after updates were sent; ``cause`` is that error.
 
     The run stopped as for Ctrl-C (no new call, the calls in flight finished and were recorded)
-    and wrote its result file, or a copy of it elsewhere when ``--out`` could not be written.
+    and wrote its result file, or a copy of it elsewhere when ``out`` could not be written.
     """
 
     exit_code = 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 from collections.abc import Iterator
@@ -16,9 +15,9 @@ import structlog
 
 import batchphone
 from batchphone import Command, InputError, Secret, Settings, Target, UsageError
-from batchphone.api import OTHER_OPTIONS
 from batchphone.emulator import Emulator, ProjectSettings, load_users
 from batchphone.emulator.server import ServerThread
+from batchphone.modes import runner
 from batchphone.modes.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
 
 PROJECT = "P2batchphoneApiProject0000000000"
@@ -120,28 +119,6 @@ def test_a_bad_value_is_a_usage_error_before_any_call(
     assert message in caught.value.message
     assert calls(emulator) == 0
     assert list(tmp_path.iterdir()) == []
-
-
-def test_every_cli_option_is_a_keyword_or_says_where_it_went() -> None:
-    from batchphone.cli import main
-
-    functions = {
-        "run": batchphone.run,
-        "plan": batchphone.plan,
-        "undo": batchphone.undo,
-        "validate": batchphone.validate,
-    }
-    for name, function in functions.items():
-        command = main.commands[name]
-        # a hidden option is a removed one, kept only to refuse it with a reason
-        shown = [p for p in command.params if not getattr(p, "hidden", False)]
-        options = {p.name for p in shown if p.name not in ("input_path", "results")}
-        parameters = inspect.signature(function).parameters
-        keywords = {n for n, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-        missing = sorted(o for o in options if o not in keywords and o not in OTHER_OPTIONS)
-        assert missing == [], f"{name}: CLI options that are not keywords: {missing}"
-        extra = keywords - options - {"target", "settings", "progress", "handle_signals"}
-        assert extra == set(), f"{name}: keywords that are no option of the CLI command"
 
 
 def test_target_emulator_never_reaches_descope_base_uri(
@@ -277,10 +254,10 @@ def test_validate_needs_no_target_and_keeps_no_file_without_out(
 
 def test_a_typo_in_a_command_is_refused(samples: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="did you mean 'validate'"):
-        batchphone.Job(command="Validate", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+        runner.Job(command="Validate", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="unknown command 'update'"):
-        batchphone.Job(command="update", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
-    job = batchphone.Job(command="plan", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+        runner.Job(command="update", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+    job = runner.Job(command="plan", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
     assert job.command is Command.PLAN
 
 
@@ -292,17 +269,17 @@ async def test_execute_refuses_emulator_settings_it_cannot_honour(
     settings = Settings(
         project_id=PROJECT, management_key=Secret(KEY), base_url=base_url, emulator=True
     )
-    job = batchphone.Job(
+    job = runner.Job(
         command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
     )
     with pytest.raises(UsageError, match="ask for the emulator"):
-        await batchphone.execute(job, settings)
+        await runner.execute(job, settings)
     assert calls(emulator) == 0
 
 
 @pytest.mark.anyio
 async def test_execute_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
-    job = batchphone.Job(
+    job = runner.Job(
         command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
     )
     # the dict execute once took: refused before anything is opened, the key never shown
@@ -310,7 +287,7 @@ async def test_execute_takes_its_target_as_an_endpoint_only(samples: Path, tmp_p
     with pytest.raises(
         UsageError, match=r"target: expected a batchphone\.config\.Endpoint"
     ) as caught:
-        await batchphone.execute(job, Settings(), target=plain)  # type: ignore[arg-type]
+        await runner.execute(job, Settings(), target=plain)  # type: ignore[arg-type]
     assert KEY not in str(caught.value)
     assert not (tmp_path / "r.csv.lock").exists()  # not even the lock was taken
 
@@ -334,11 +311,11 @@ def test_emulator_settings_never_reach_the_settings_project(
             target=target(base_url),
         )
     # run_sync, the old entry point, refuses too
-    job = batchphone.Job(
+    job = runner.Job(
         command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r3.csv"
     )
     with pytest.raises(UsageError, match="ask for the emulator"):
-        batchphone.run_sync(job, settings)
+        runner.run_sync(job, settings)
     assert calls(emulator) == 0
 
 
@@ -385,6 +362,8 @@ def test_the_api_is_exported_and_sorted() -> None:
     assert batchphone.__all__ == sorted(batchphone.__all__)
     for name in ("run", "validate", "plan", "undo", "Target", "Secret", "Summary", "Command"):
         assert name in batchphone.__all__ and getattr(batchphone, name) is not None
+    for internal in ("Job", "execute", "run_sync"):  # the runner's: not the pinned API
+        assert internal not in batchphone.__all__ and not hasattr(batchphone, internal)
 
 
 @pytest.mark.anyio

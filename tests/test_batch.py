@@ -192,7 +192,7 @@ async def test_options_that_change_what_is_sent_guard_the_journal(tmp_path: Path
 async def test_batch_mode_refuses_allow_merge(tmp_path: Path) -> None:
     emulator = make_emulator(phone_users(1))
     source = write_input(tmp_path / "in.csv", new_phones(1))
-    with pytest.raises(UsageError, match="--allow-merge cannot be used with --api batch"):
+    with pytest.raises(UsageError, match="allow_merge=True cannot be used with api=batch"):
         await send(emulator, "run", source, tmp_path / "r.csv", job=BATCH, allow_merge=True)
     assert calls(emulator) == 0
 

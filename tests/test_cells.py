@@ -91,7 +91,8 @@ def _batchphone_imports(module: Path) -> set[str]:
 @pytest.mark.parametrize(
     ("leaf", "allowed"),
     [
-        ("config", {"batchphone.cells", "batchphone.errors", "batchphone.models"}),
+        ("config", {"batchphone.errors", "batchphone.options"}),
+        ("options", {"batchphone.cells", "batchphone.models"}),
         ("cells", {"batchphone.errors"}),
         ("models", set()),
         ("errors", set()),

@@ -566,7 +566,7 @@ def test_plain_http_to_another_machine_is_refused_before_any_connection(
     assert result.stderr == (
         "batchphone: error: base URL http://203.0.113.7:8080 is plain http to another machine: "
         "the management key would cross the network unencrypted; use https://, or add "
-        "--allow-insecure-http (allow_insecure_http) if you must\n"
+        "--allow-insecure-http if you must\n"
     )
     assert no_connection == [] and list(tmp_path.iterdir()) == []
     assert KEY not in result.stderr

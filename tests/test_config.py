@@ -15,9 +15,9 @@ from batchphone.config import (
     Settings,
     check_plain_http,
     load_settings,
-    parse_rate,
 )
 from batchphone.errors import UsageError
+from batchphone.options import parse_rate
 
 
 def _config(tmp_path: Path, body: str) -> Path:
@@ -64,7 +64,7 @@ def test_default_config_file_is_read_from_cwd(
 @pytest.mark.parametrize(
     ("flags", "env", "config", "expected"),
     [
-        ({"rate": "fast"}, {}, "", "rate: bad value 'fast' (flag --rate): expected N/SECONDS"),
+        ({"rate": "fast"}, {}, "", "rate: bad value 'fast' (flag rate=...): expected N/SECONDS"),
         ({}, {"BATCHPHONE_CONCURRENCY": "0"}, "", "environment variable BATCHPHONE_CONCURRENCY"),
         ({}, {}, "[batchphone]\ntimeout = -1\n", "config.toml"),
         ({}, {}, "[batchphone]\nrate_limit = 3\n", "unknown setting 'rate_limit'"),
@@ -81,7 +81,7 @@ def test_default_config_file_is_read_from_cwd(
             {"default_region": "XX"},
             {},
             "",
-            "default_region: bad value 'XX' (flag --default-region)",
+            "default_region: bad value 'XX' (flag default_region=...)",
         ),
     ],
 )
@@ -230,7 +230,7 @@ def test_plain_http_to_another_machine_needs_allow_insecure_http(tmp_path: Path,
     with pytest.raises(UsageError) as caught:
         Target("P2abc", Secret("K2x"), url)
     message = caught.value.message
-    assert message.startswith("base URL http://") and "--allow-insecure-http" in message
+    assert message.startswith("base URL http://") and "allow_insecure_http=True" in message
     assert "pw" not in message and caught.value.setting == "base_url"
     assert Target("P2abc", Secret("K2x"), url, allow_insecure_http=True).base_url == url
     # the setting, from each of its sources

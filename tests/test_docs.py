@@ -1,4 +1,4 @@
-"""docs/options.md is generated from the click commands, and kept so."""
+"""docs/options.md is generated from the one option declaration (options.OPTIONS), and kept so."""
 
 from __future__ import annotations
 

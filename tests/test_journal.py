@@ -118,7 +118,7 @@ def test_another_runs_journal_is_refused(
     Journal.open(out, IDENTITY).close()
     with pytest.raises(ResumeError) as caught:
         Journal.open(out, replace(IDENTITY, **change))
-    assert words in str(caught.value) and "--restart" in str(caught.value)
+    assert words in str(caught.value) and "restart=True" in str(caught.value)
     restarted = Journal.open(out, replace(IDENTITY, **change), restart=True)
     assert not restarted.resumed and restarted.state.records == 0
     restarted.close()
@@ -251,7 +251,7 @@ def test_a_journal_that_changed_users_is_never_replaced(
     message = str(caught.value)
     assert "\n" not in message
     assert "is the record of a 'run' of users.csv that changed users" in message
-    assert "--restart" in message
+    assert "restart=True" in message
     assert _digest(out, journal_path(out)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.csv.journal"]
 

@@ -34,7 +34,7 @@ LAYERS: dict[str, int] = {
     "__main__": 8,
     "docs": 8,
 }
-LEAVES = {"errors", "models", "cells", "config", "logs", "progress", "version"}
+LEAVES = {"errors", "models", "cells", "config", "options", "logs", "progress", "version"}
 
 #: How long a function or a class may grow, in lines (decorators and docstrings included).
 MAX_FUNCTION_LINES = 60

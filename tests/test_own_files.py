@@ -363,7 +363,7 @@ async def test_an_xlsx_result_too_long_for_a_sheet_is_refused_before_any_call(
         await run_emulated(emulator, "run", source, out)
     assert str(caught.value) == (
         f"{out}: 8 rows do not fit in an Excel sheet (at most 7 below the header): "
-        "use --out r.csv (or .parquet)"
+        "use out=r.csv (or .parquet)"
     )
     assert calls(emulator) == 0 and not out.exists() and not journal_path(out).exists()
     assert (await run_emulated(emulator, "run", source, out, limit=7)).counts == {"updated": 7}

@@ -219,13 +219,13 @@ def test_a_10_mb_cell_is_just_a_long_cell(tmp_path: Path) -> None:
             "users.csv",
             b"loginId,phone_number\na,1\n",
             'no column "phone" (columns found: loginId, phone_number; '
-            'did you mean "phone_number"? use --phone-column)',
+            'did you mean "phone_number"? use phone_column=...)',
         ),
         (
             "users.csv",
             b"LoginID,phone\na,1\n",
             'no column "loginId" (columns found: LoginID, phone; did you mean "LoginID"? '
-            "use --login-id-column)",
+            "use login_id_column=...)",
         ),
         (
             "users.csv",
@@ -242,7 +242,7 @@ def test_a_10_mb_cell_is_just_a_long_cell(tmp_path: Path) -> None:
             "users.csv",
             b"loginId|phone\na|1\n",
             'has a single column "loginId|phone": its values seem to be separated by "|", '
-            "not by \",\" (use --delimiter '|')",
+            "not by \",\" (use delimiter='|')",
         ),
         ("users.tsv", b"loginId|phone\na|1\n", 'separated by "|", not by tab'),
         ("users.csv", b"loginId,phone\r\na,\xff1\r\n", "is not UTF-8 (line 2, byte offset 17)"),
@@ -342,7 +342,7 @@ def test_xlsx_header_checks(tmp_path: Path) -> None:
     doubled = _xlsx(tmp_path / "doubled.xlsx", [["loginId", "phone", "phone"], ["a", "+1", "+2"]])
     assert 'column "phone" appears more than once' in str(_error(doubled))
     missing = _xlsx(tmp_path / "missing.xlsx", [["loginId", "Phone Number"], ["a", "+1"]])
-    assert 'did you mean "Phone Number"? use --phone-column' in str(_error(missing))
+    assert 'did you mean "Phone Number"? use phone_column=...' in str(_error(missing))
 
 
 def test_an_unused_doubled_column_is_harmless(tmp_path: Path) -> None:
@@ -397,18 +397,18 @@ def test_xlsx_columns_on_another_sheet_name_the_sheets_in_one_line(tmp_path: Pat
     message = str(_error(path))
     assert message == (
         f'{path}: no column "loginId" on sheet "Notes" (columns found: who, what; '
-        'use --login-id-column; sheets in the workbook: "Notes", "Users": '
-        "pick one with --sheet NAME|NUMBER)"
+        'use login_id_column=...; sheets in the workbook: "Notes", "Users": '
+        "pick one with sheet=NAME|NUMBER)"
     )
     assert "\n" not in message
     with pytest.raises(InputError) as missing:
         open_input(InputSpec(path=path, sheet="Sheet9"))
     assert str(missing.value) == (
         f'{path}: has no sheet "Sheet9" (sheets in the workbook: "Notes", "Users"; '
-        "--sheet takes a name or a number from 1)"
+        "sheet=... takes a name or a number from 1)"
     )
     csv_path = _write(tmp_path, "users.csv", "loginId,phone\na,+1\n")
-    with pytest.raises(InputError, match="--sheet applies to Excel workbooks"):
+    with pytest.raises(InputError, match=r"sheet=\.\.\. applies to Excel workbooks"):
         open_input(InputSpec(path=csv_path, sheet="1"))
 
 
@@ -472,12 +472,13 @@ def test_delimiter_decides_where_the_header_does_not(tmp_path: Path) -> None:
     path = _write(tmp_path, "users.csv", "loginId;phone;x\ty\tloginId\tphone\na;+1;z\tq\tb\t+2\n")
     message = str(_error(path))
     assert message == (
-        f'{path}: its header splits into the columns by ";" and tab: use --delimiter'
+        f'{path}: its header splits into the columns by ";" and tab: use delimiter=...'
     )
     assert _rows(open_input(InputSpec(path, delimiter=";"))) == [InputRow(1, "a", "+1")]
     piped = _write(tmp_path, "piped.csv", "loginId|phone\na|+1\n")
     assert _rows(open_input(InputSpec(piped, delimiter="|"))) == [InputRow(1, "a", "+1")]
-    with pytest.raises(InputError, match="--delimiter applies to CSV and TSV files, not to JSONL"):
+    refused = r"delimiter=\.\.\. applies to CSV and TSV files, not to JSONL"
+    with pytest.raises(InputError, match=refused):
         open_input(InputSpec(_write(tmp_path, "u.jsonl", "{}\n"), delimiter=";"))
 
 
@@ -548,7 +549,7 @@ def test_sheet_names_match_in_any_case_but_only_one(tmp_path: Path) -> None:
     with pytest.raises(InputError) as info:
         open_input(InputSpec(path=twins, sheet="users"))
     assert str(info.value) == (
-        f'{twins}: has sheets "Users", "USERS", which differ only by case: --sheet "users" '
+        f'{twins}: has sheets "Users", "USERS", which differ only by case: sheet="users" '
         "matches each (give the exact name or the sheet's number from 1)"
     )
 

@@ -201,7 +201,7 @@ def refuse_link(path: Path) -> None:
     if path.is_symlink():
         raise OutputError(
             f"{path}: is a symbolic link: batchphone never writes its files through a link; "
-            "remove the link or choose another --out"
+            "remove the link or choose another out=..."
         )
 
 
@@ -341,7 +341,7 @@ class Journal:
             if header is None and not restart:
                 raise ResumeError(
                     f"{path} is not a batchphone journal, or is damaged: move it away, "
-                    "or add --restart to move it aside"
+                    "or add restart=True to move it aside"
                 )
             old = header.get("identity", {}) if header else {}
             if header and old == new and resume and not restart:
@@ -539,7 +539,7 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
             if record is None:
                 if complete and end != path.stat().st_size:
                     raise ResumeError(
-                        f"{path}: line {number} is damaged; run with --restart to start over"
+                        f"{path}: line {number} is damaged; run with restart=True to start over"
                     )
                 break  # a torn last line: the crash happened while writing it
             good_end = end
@@ -559,7 +559,7 @@ def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
     except OSError as exc:
         raise OutputError(f"cannot read journal {path}: {exc.strerror}") from None
     if header is None:
-        raise ResumeError(f"{path} is empty or damaged; run with --restart to start over")
+        raise ResumeError(f"{path} is empty or damaged; run with restart=True to start over")
     if calls.seen:  # every call has its record: row times would count the updates twice
         state.call_times = calls.times()
     if good_end < path.stat().st_size:
@@ -738,7 +738,7 @@ def _target(identity: Mapping[str, Any], other: Mapping[str, Any]) -> str:
     ``other``'s is the same)."""
     emulated = identity.get("emulated")
     if emulated == "memory":
-        return "the in-memory emulator (--emulator)"
+        return "the in-memory emulator (emulator=True)"
     if emulated:
         shown = Path(emulated).name
         theirs = other.get("emulated")
@@ -755,8 +755,8 @@ def _kept(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     why = "" if old == new else f" ({_why(old, new)})"
     return (
         f"{path} is the record of a {what} that changed users{why}: it is kept as it is; "
-        f"rerun that {command} to resume it, add --restart to move it and its result file "
-        "aside, or choose another --out"
+        f"rerun that {command} to resume it, add restart=True to move it and its result file "
+        "aside, or choose another out=..."
     )
 
 
@@ -764,7 +764,7 @@ def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str
     why = _why(old, new)
     return (
         f"{path} belongs to another run ({why}); "
-        "rerun with --restart to start over, or choose another --out"
+        "rerun with restart=True to start over, or choose another out=..."
     )
 
 

@@ -126,7 +126,7 @@ def open_input(spec: InputSpec) -> InputSource:
         wanted=(spec.login_id_column, spec.phone_column),
     )
     columns, sheet, sheets = opened.columns, opened.sheet, opened.sheets
-    required = {spec.login_id_column: "--login-id-column", spec.phone_column: "--phone-column"}
+    required = {spec.login_id_column: "login_id_column=...", spec.phone_column: "phone_column=..."}
     for name, flag in required.items():
         if name not in columns:
             below = _header_below(path, opened, tuple(required)) if fmt == "xlsx" else None
@@ -187,9 +187,9 @@ def _open(
     _check_readable(path)
     digest = _check_text(path) if fmt in ("csv", "tsv", "jsonl") else None
     if wanted_sheet is not None and fmt != "xlsx":
-        raise _error(path, f"--sheet applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
+        raise _error(path, f"sheet=... applies to Excel workbooks (.xlsx), not to {fmt.upper()}")
     if delimiter is not None and fmt not in ("csv", "tsv"):
-        raise _error(path, f"--delimiter applies to CSV and TSV files, not to {fmt.upper()}")
+        raise _error(path, f"delimiter=... applies to CSV and TSV files, not to {fmt.upper()}")
     if fmt in _BINARY_MAGIC:
         _check_binary(path, fmt)
     try:
@@ -754,7 +754,7 @@ def _detect_delimiter(path: Path, fmt: str, wanted: tuple[str, ...]) -> str:
     fitting = [d for d, header in headers.items() if wanted and set(wanted) <= set(header)]
     if len(fitting) > 1 and default not in fitting:
         shown = " and ".join(_delimiter_name(d) for d in fitting)
-        raise _error(path, f"its header splits into the columns by {shown}: use --delimiter")
+        raise _error(path, f"its header splits into the columns by {shown}: use delimiter=...")
     if fitting:
         return default if default in fitting else fitting[0]
     widths = {d: len(header) for d, header in headers.items()}
@@ -794,7 +794,7 @@ def _csv_header(path: Path, delimiter: str, *, every_row: bool = False) -> tuple
         shown = _delimiter_name(found[0])
         problem = f"seem to be separated by {shown}, not by {_delimiter_name(delimiter)}"
         single = f'has a single column "{header[0][:80]}"'
-        fix = f"--delimiter '{found[0]}'" if found[0] != "\t" else "--delimiter tab"
+        fix = f"delimiter='{found[0]}'" if found[0] != "\t" else "delimiter=tab"
         raise _error(path, f"{single}: its values {problem} (use {fix})")
     return tuple(header)
 
@@ -868,7 +868,7 @@ def _sheet_index(path: Path, wanted: str | None, sheets: tuple[str, ...]) -> int
         both = _names(tuple(sheets[i] for i in folded))
         raise _error(
             path,
-            f'has sheets {both}, which differ only by case: --sheet "{wanted}" matches each '
+            f'has sheets {both}, which differ only by case: sheet="{wanted}" matches each '
             "(give the exact name or the sheet's number from 1)",
         )
     text = wanted.strip()
@@ -877,7 +877,7 @@ def _sheet_index(path: Path, wanted: str | None, sheets: tuple[str, ...]) -> int
     raise _error(
         path,
         f'has no sheet "{wanted}" (sheets in the workbook: {_names(sheets)}; '
-        "--sheet takes a name or a number from 1)",
+        "sheet=... takes a name or a number from 1)",
     )
 
 
@@ -948,7 +948,7 @@ def _missing_column(
         return f'no column "{name}" (columns found: {shown}; {hint}use {flag})'
     return (
         f'no column "{name}" on sheet "{sheets[sheet]}" (columns found: {shown}; {hint}use {flag}; '
-        f"sheets in the workbook: {_names(sheets)}: pick one with --sheet NAME|NUMBER)"
+        f"sheets in the workbook: {_names(sheets)}: pick one with sheet=NAME|NUMBER)"
     )
 
 

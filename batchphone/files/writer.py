@@ -140,12 +140,12 @@ def short_sheet(
         return None
     if out_path is None:
         if short_out is not None:
-            raise UsageError("--short-out needs --out: it holds the rows of the result file")
+            raise UsageError("short_out=... needs out=...: it holds the rows of the result file")
         return None
     path = short_out or out_path.with_name(f"{out_path.stem}.short{out_path.suffix}")
     if _same_file(path, out_path):
         raise UsageError(
-            f"--short-out {path}: is the result file, which keeps every column: choose another"
+            f"short_out={path}: is the result file, which keeps every column: choose another"
         )
     return ShortSheet(path, tuple(columns or SHORT_COLUMNS))
 
@@ -182,7 +182,7 @@ def check_sheet_rows(out_path: Path, rows: int) -> None:
     if _format(out_path) == "xlsx" and rows > XLSX_MAX_ROWS:
         raise OutputError(
             f"{out_path}: {rows:,} rows do not fit in an Excel sheet (at most {XLSX_MAX_ROWS:,} "
-            f"below the header): use --out {out_path.with_suffix('.csv').name} (or .parquet)"
+            f"below the header): use out={out_path.with_suffix('.csv').name} (or .parquet)"
         )
 
 

@@ -18,6 +18,7 @@ from batchphone.files.reader import InputSource
 from batchphone.logs import get_logger
 from batchphone.models import Command
 from batchphone.modes.reverse import UndoSource
+from batchphone.options import Sending
 from batchphone.remote.batch import MAX_BATCH
 from batchphone.remote.screen import ScreenRules
 from batchphone.rows.prepare import Mode, Prepared, Preparer, RowRules
@@ -49,7 +50,7 @@ class Job:
     command: Command
     input_path: Path
     out_path: Path | None
-    api: str = "update"
+    api: Sending = Sending.UPDATE
     batch_size: int = MAX_BATCH
     canary: int = 0
 
@@ -63,8 +64,9 @@ class Job:
             object.__setattr__(self, "out_path", Path(self.out_path))
         elif self.command is not Command.VALIDATE:
             raise UsageError("out: the result file is required", setting="out")
-        if self.api not in ("update", "batch"):
+        if self.api not in tuple(Sending):
             raise UsageError(f"api: expected update or batch, not {self.api!r}", setting="api")
+        object.__setattr__(self, "api", Sending(self.api))
         if not 1 <= self.batch_size <= MAX_BATCH:
             raise UsageError(
                 f"batch_size: expected 1..{MAX_BATCH}, not {self.batch_size}", setting="batch_size"
@@ -83,13 +85,13 @@ def job_mode(job: Job, settings: Settings) -> Mode:
         mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
     if job.api == "batch" and settings.allow_merge and mode is Mode.RUN:
         raise UsageError(
-            "--allow-merge cannot be used with --api batch: a batch patch has no failOnConflict, "
+            "allow_merge=True cannot be used with api=batch: a batch patch has no failOnConflict, "
             "so batchphone refuses every phone that is another user's login id there",
             setting="allow_merge",
         )
     if job.canary and mode is not Mode.RUN:
         raise UsageError(
-            "--canary reads back the updates it sent: it cannot be used with --dry-run",
+            "canary=... reads back the updates it sent: it cannot be used with dry_run=True",
             setting="canary",
         )
     return mode

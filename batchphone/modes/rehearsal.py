@@ -101,7 +101,7 @@ class _StateLock(RunLock):
     def _busy(self, holder: str) -> None:
         state = self.path.with_name(self.path.name[: -len(".lock")])
         raise OutputError(
-            f"--emulator-state {state}: another batchphone command is using it "
+            f"emulator_state={state}: another batchphone command is using it "
             f"({holder or 'another process'}); one command at a time per state file: "
             "wait for it to end"
         )
@@ -182,7 +182,7 @@ def _users_file(path: Path) -> list[dict[str, Any]]:
     try:
         return load_users(path)
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--emulator-users {path}: {exc}", setting="emulator_users") from None
+        raise UsageError(f"emulator_users={path}: {exc}", setting="emulator_users") from None
 
 
 def _given_users(users: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -209,8 +209,8 @@ def _same_seed(
         return
     made_from = seed.source if seed is not None else "a seed it does not record"
     raise UsageError(
-        f"--emulator-users {given}: the state file {state_path} was made from another seed "
-        f"({made_from}); drop --emulator-users, or delete the state file to seed it again",
+        f"emulator_users={given}: the state file {state_path} was made from another seed "
+        f"({made_from}); drop emulator_users=..., or delete the state file to seed it again",
         setting="emulator_users",
     )
 
@@ -275,7 +275,33 @@ def _rehearsal(
     *,
     management_key: str | None,
 ) -> Rehearsal:
+<<<<<<< HEAD
     """An emulator with ``users`` (from ``where``), and the target that reaches it."""
+=======
+    from batchphone.emulator import Emulator, Faults, ProjectSettings
+    from batchphone.emulator.statefile import read_state
+
+    seed: Seed | None
+    if state_path is not None and state_path.exists():
+        try:
+            state = read_state(state_path)
+        except (OSError, ValueError) as exc:
+            message = f"emulator_state={state_path}: {exc}"
+            raise InputError(message, path=str(state_path)) from None
+        if users_path is not None:
+            _same_seed(state.seed, users_path, state_path)
+        users, seed, where = state.users, state.seed, f"from state {state_path}"
+    else:
+        users, where, seed = _seed(
+            input_path,
+            users_path,
+            undo=undo,
+            login_id_column=login_id_column,
+            phone_column=phone_column,
+            sheet=sheet,
+            delimiter=delimiter,
+        )
+>>>>>>> options
     key = management_key or secrets.token_urlsafe(24)
     emulator = _emulator(users, key)
     # the state it names is part of the run's identity: one rehearsal never resumes another's

@@ -98,7 +98,7 @@ def open_results(path: Path) -> UndoSource:
     missing = [name for name in (_LOGIN, _PHONE, _STATUS) if name not in columns]
     if missing and "row" in columns:
         raise InputError(
-            f"{path}: has no column {missing[0]!r}: a short sheet (--columns, --short-out) "
+            f"{path}: has no column {missing[0]!r}: a short sheet (columns=..., short_out=...) "
             f"cannot be undone: undo the result file of that run (undo needs "
             f"{', '.join(_COLUMNS)})",
             path=str(path),
@@ -110,8 +110,8 @@ def open_results(path: Path) -> UndoSource:
     if _PHONE_BEFORE not in columns or _VERIFIED_BEFORE not in columns:
         raise InputError(
             f"{path}: has no {_PHONE_BEFORE}/{_VERIFIED_BEFORE} columns: that run did not read "
-            "the users before updating them (every run records it unless --no-lookup), or the "
-            "file is a short sheet (--columns): there is nothing to restore them to",
+            "the users before updating them (every run records it unless no_lookup=True), or the "
+            "file is a short sheet (columns=...): there is nothing to restore them to",
             path=str(path),
         )
     results = UndoSource(table)

@@ -603,12 +603,12 @@ def _target(settings: Settings) -> Endpoint:
     """The project the settings name, for a job that calls the API (``UsageError`` if none)."""
     if not settings.project_id:
         raise UsageError(
-            "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id",
+            "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or project_id=...",
             setting="project_id",
         )
     if settings.management_key is None:
         raise UsageError(
-            "no management key: set DESCOPE_MANAGEMENT_KEY or use --management-key-file PATH",
+            "no management key: set DESCOPE_MANAGEMENT_KEY or use management_key_file=PATH",
             setting="management_key",
         )
     from batchphone.remote.client import derive_base_url
@@ -1096,8 +1096,8 @@ def _refuse_shrinking(journal: Journal, settings: Settings, total: int, out_path
     if held > total:
         journal.close()
         raise UsageError(
-            f"--limit {settings.limit}: the journal of {out_path} holds rows up to {held}, "
-            f"which its result file keeps: give --limit {held} or more, or no --limit",
+            f"limit={settings.limit}: the journal of {out_path} holds rows up to {held}, "
+            f"which its result file keeps: give limit={held} or more, or no limit=...",
             setting="limit",
         )
 

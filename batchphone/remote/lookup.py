@@ -148,7 +148,7 @@ class Lookup:
         log.error("search_filter_ignored", sign=sign)
         error = FatalRemoteError(
             f"search users: the server ignored the login id filter ({what}): its answers "
-            "cannot be trusted; the run stopped (check --base-url)"
+            "cannot be trusted; the run stopped (check base_url=...)"
         )
         self.calls.stop.request(Reason.STOPPED, fatal=error)
         return error

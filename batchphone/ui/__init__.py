@@ -52,8 +52,8 @@ def _banner(options: UiOptions) -> tuple[str, bool, Path | None, Path | None]:
     target = Target.from_settings(settings)
     if target is None:
         raise UsageError(
-            "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id "
-            "(or rehearse with --emulator-state FILE)",
+            "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or project_id=... "
+            "(or rehearse with emulator_state=FILE)",
             setting="project_id",
         )
     return f"LIVE project {target.project_id[:4]}…", True, None, None
@@ -109,9 +109,9 @@ def _work_folder(work_dir: Path) -> Path:
     try:
         work.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise UsageError(f"--work-dir {work}: {exc.strerror}", setting="work_dir") from None
+        raise UsageError(f"work_dir={work}: {exc.strerror}", setting="work_dir") from None
     if not work.is_dir():
-        raise UsageError(f"--work-dir {work}: not a folder", setting="work_dir")
+        raise UsageError(f"work_dir={work}: not a folder", setting="work_dir")
     return work
 
 
@@ -138,5 +138,5 @@ def _bind(port: int) -> socket.socket:
         sock.bind((HOST, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"--port {port}: {exc.strerror}", setting="port") from None
+        raise UsageError(f"port={port}: {exc.strerror}", setting="port") from None
     return sock
