@@ -275,33 +275,7 @@ def _rehearsal(
     *,
     management_key: str | None,
 ) -> Rehearsal:
-<<<<<<< HEAD
     """An emulator with ``users`` (from ``where``), and the target that reaches it."""
-=======
-    from batchphone.emulator import Emulator, Faults, ProjectSettings
-    from batchphone.emulator.statefile import read_state
-
-    seed: Seed | None
-    if state_path is not None and state_path.exists():
-        try:
-            state = read_state(state_path)
-        except (OSError, ValueError) as exc:
-            message = f"emulator_state={state_path}: {exc}"
-            raise InputError(message, path=str(state_path)) from None
-        if users_path is not None:
-            _same_seed(state.seed, users_path, state_path)
-        users, seed, where = state.users, state.seed, f"from state {state_path}"
-    else:
-        users, where, seed = _seed(
-            input_path,
-            users_path,
-            undo=undo,
-            login_id_column=login_id_column,
-            phone_column=phone_column,
-            sheet=sheet,
-            delimiter=delimiter,
-        )
->>>>>>> options
     key = management_key or secrets.token_urlsafe(24)
     emulator = _emulator(users, key)
     # the state it names is part of the run's identity: one rehearsal never resumes another's
@@ -330,7 +304,7 @@ def _from_state(
     try:
         state = read_state(state_path)
     except (OSError, ValueError) as exc:
-        message = f"--emulator-state {state_path}: {exc}"
+        message = f"emulator_state={state_path}: {exc}"
         raise InputError(message, path=str(state_path)) from None
     if users_path is not None:
         _same_seed(state.seed, users_path, state_path)
