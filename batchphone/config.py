@@ -112,6 +112,8 @@ class Settings:
     rate_margin: float = 0.0005
     #: where runs on one project share its budget: "file", "none" or "redis://host:port/db"
     budget_store: str = "file"
+    #: the folder of the ``file`` budget store (``None``: the user's state folder, platformdirs)
+    state_dir: Path | None = None
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5
@@ -381,6 +383,7 @@ _SPECS: dict[str, _Spec] = {
     "rate": _Spec(parse_rate, "BATCHPHONE_RATE"),
     "rate_margin": _Spec(_margin, "BATCHPHONE_RATE_MARGIN"),
     "budget_store": _Spec(_budget_store, "BATCHPHONE_BUDGET_STORE"),
+    "state_dir": _Spec(_path, "BATCHPHONE_STATE_DIR"),
     "concurrency": _Spec(_positive_int, "BATCHPHONE_CONCURRENCY"),
     "timeout": _Spec(_positive_float, "BATCHPHONE_TIMEOUT"),
     "max_attempts": _Spec(_positive_int, "BATCHPHONE_MAX_ATTEMPTS"),
@@ -429,6 +432,7 @@ _OPTIONAL = {
     "sheet",
     "columns",
     "delimiter",
+    "state_dir",
 }
 _BOOLS = (
     "allow_merge",

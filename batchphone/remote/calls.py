@@ -388,7 +388,9 @@ def open_calls(
         settings.rate_calls,
         settings.rate_period,
         margin=settings.rate_margin,
-        shared=open_budget(store, target.project_id, period=settings.rate_period),
+        shared=open_budget(
+            store, target.project_id, period=settings.rate_period, state_dir=settings.state_dir
+        ),
     )
     # a restarted run must not spend again the window its predecessor spent just before
     limiter.seed(call_times)
