@@ -160,7 +160,7 @@ class SlowDown:
     def __call__(self, retry_after: float) -> None:
         now = self.limiter.clock.now()  # the clock of the limiter's pause
         if now >= self._paused_until:  # a new block, not one more answer from the same one
-            calls = self.limiter.slow_down(_SLOW_DOWN)
+            calls = self.limiter.log.slow_down(_SLOW_DOWN)
             log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)
             self.progress.paused(retry_after, calls_per_second=calls / self.limiter.period)
         self._paused_until = max(self._paused_until, now + retry_after)
