@@ -460,7 +460,7 @@ async def test_once_a_call_reached_the_server_a_refused_connection_is_transient(
     async with client_for(handler) as client:
         with contextlib.suppress(RemoteError):
             await client.update_phone(REQUEST)
-        assert client.reached
+        assert client.lanes.reached
         with pytest.raises(TransientError) as caught:
             await client.update_phone(REQUEST)
     assert not isinstance(caught.value, UnreachableError)
@@ -627,7 +627,7 @@ async def test_the_key_never_appears_in_errors_or_reprs(status: int) -> None:
             outcome: object = await client.update_phone(REQUEST)
         except RemoteError as exc:
             outcome = exc
-        lanes = client._lanes
+        lanes = client.lanes._lanes
         assert lanes
         assert_no_key(outcome, client, *lanes, *(lane.headers for lane in lanes))
     if isinstance(outcome, ApiOutcome):
@@ -642,7 +642,7 @@ async def test_the_key_never_appears_in_transport_errors() -> None:
     async with client_for(handler) as client:
         with pytest.raises(UnreachableError) as first:  # no call has reached the server
             await client.update_phone(REQUEST)
-        client.reached = True
+        client.lanes.reached = True
         with pytest.raises(TransientError) as caught:
             await client.update_phone(REQUEST)
     for error in (first.value, caught.value):
@@ -692,13 +692,13 @@ async def test_one_lane_per_call_in_flight_reused_and_closed() -> None:
         async with anyio.create_task_group() as group:
             for _ in range(5):
                 group.start_soon(client.update_phone, REQUEST)
-        lanes = list(client._lanes)
+        lanes = list(client.lanes._lanes)
         assert len(lanes) == 5  # one single-connection client per call in flight
-        assert len(client._idle) == 5
+        assert len(client.lanes._idle) == 5
         await client.update_phone(REQUEST)
-        assert len(client._lanes) == 5  # a warm lane was reused, none created
+        assert len(client.lanes._lanes) == 5  # a warm lane was reused, none created
     assert all(lane.is_closed for lane in lanes)
-    assert client._lanes == [] and client._idle == []
+    assert client.lanes._lanes == [] and client.lanes._idle == []
     await client.aclose()  # idempotent
 
 
