@@ -374,6 +374,12 @@ def open_calls(
     ``target`` is the project called (its key a ``Secret`` until the client builds the header);
     ``call_times`` are the wall times of the calls a previous run of this journal made.
     """
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        wait_initial=settings.retry_wait_initial,
+        wait_max=settings.retry_wait_max,
+        wait_jitter=settings.retry_wait_initial,
+    )
     client = DescopeClient(
         project_id=target.project_id,
         management_key=target.management_key,
@@ -382,7 +388,8 @@ def open_calls(
         max_connections=settings.concurrency,
         transport=transport,
     )
-    # runs on one project share its budget; the embedded emulator is not that project
+    # runs on one project share its budget; the embedded emulator is not that project. Opened
+    # last: a store holds a heartbeat thread until the stack is closed
     store = "none" if settings.emulator else settings.budget_store
     limiter = RateLimiter(
         settings.rate_calls,
@@ -394,12 +401,6 @@ def open_calls(
     )
     # a restarted run must not spend again the window its predecessor spent just before
     limiter.seed(call_times)
-    policy = RetryPolicy(
-        max_attempts=settings.max_attempts,
-        wait_initial=settings.retry_wait_initial,
-        wait_max=settings.retry_wait_max,
-        wait_jitter=settings.retry_wait_initial,
-    )
     return Calls(
         client,
         limiter,
