@@ -15,9 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import batchphone
 from batchphone import Secret, Target
+from batchphone.cli import main
 from batchphone.config import Settings, load_settings
 from batchphone.emulator import Emulator, ProjectSettings, load_users
 from batchphone.emulator.server import ServerThread
@@ -334,28 +336,53 @@ class _Threads(NullProgress):
         self.seen.update(thread.name for thread in threading.enumerate())
 
 
-def test_no_thread_outlives_a_run_that_used_the_file_store(samples: Path, tmp_path: Path) -> None:
-    project, key = "P2batchphoneThreadsProject000000", "K2-threads-management-key-0000"
-    emulator = Emulator(
-        projects=[ProjectSettings(project, key, users=load_users(samples / "users.csv"))]
-    )
-    with ServerThread(emulator, port=0) as base_url:
-        target = Target(project_id=project, management_key=Secret(key), base_url=base_url)
-        during = _Threads()
-        before = set(threading.enumerate())
-        summaries = []
-        for _ in range(3):  # a thread that ends a moment after the call would show in one of them
-            summary = batchphone.run(
-                samples / "phones.csv",
-                out=tmp_path / "r.csv",
-                target=target,
-                rate="10000/1",
-                concurrency=4,
-                restart=True,
-                progress=during,
-            )
-            assert set(threading.enumerate()) - before == set()
-            summaries.append(summary)
+PROJECT, KEY = "P2batchphoneThreadsProject000000", "K2-threads-management-key-0000"
+
+
+@pytest.fixture
+def served(samples: Path) -> Iterator[str]:
+    """The emulator on a loopback socket: a real target, whose runs use the file store."""
+    users = load_users(samples / "users.csv")
+    with ServerThread(Emulator(projects=[ProjectSettings(PROJECT, KEY, users=users)])) as url:
+        yield url
+
+
+def test_no_thread_outlives_a_run_that_used_the_file_store(
+    served: str, samples: Path, tmp_path: Path
+) -> None:
+    target = Target(project_id=PROJECT, management_key=Secret(KEY), base_url=served)
+    during = _Threads()
+    before = set(threading.enumerate())
+    summaries = []
+    for _ in range(3):  # a thread that ends a moment after the call would show in one of them
+        summary = batchphone.run(
+            samples / "phones.csv",
+            out=tmp_path / "r.csv",
+            target=target,
+            rate="10000/1",
+            concurrency=4,
+            restart=True,
+            progress=during,
+        )
+        assert set(threading.enumerate()) - before == set()
+        summaries.append(summary)
     assert [s.counts.get("updated", 0) for s in summaries] == [10, 0, 0]
     assert "budget-heartbeat" in during.seen  # the file store (the default) was beating
-    assert (default_state_dir() / "budget" / f"{project}.json").is_file()
+    assert (default_state_dir() / "budget" / f"{PROJECT}.json").is_file()
+
+
+def test_the_cli_keeps_the_file_store_in_batchphone_state_dir(
+    served: str, samples: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cli-state"
+    env = {
+        "DESCOPE_PROJECT_ID": PROJECT,
+        "DESCOPE_MANAGEMENT_KEY": KEY,
+        "DESCOPE_BASE_URI": served,
+        "BATCHPHONE_STATE_DIR": str(folder),
+    }
+    args = ["run", str(samples / "phones.csv"), "--out", str(tmp_path / "r.csv")]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # the samples hold invalid rows
+    assert (folder / "budget" / f"{PROJECT}.json").is_file()
+    assert not (default_state_dir() / "budget").exists()
