@@ -11,7 +11,8 @@ back after ``t - window``. Every call's arrival lies between its start and its a
 ``calls + 1`` arrivals can fall within one window, whatever the delay (proof: the last of them
 to start saw all the others held or given back less than a window before).
 
-The log is the give-back times of the last ``calls`` calls, plus a count of the slots held.
+The log (``SlidingLog``) is the give-back times of the last ``calls`` calls, plus a count of
+the slots held; ``RateLimiter`` queues the callers on it, first come, first served.
 A fractional ``margin`` (default 0.05%, the most an NTP-disciplined clock's rate may differ from
 the server's: 30 ms at 60 s) covers clock skew; at 60 s windows and 100 ms latency 99.8% of
 the budget stays usable.
@@ -24,9 +25,9 @@ or to ``time.monotonic``, and none takes an injectable clock that works under bo
 backends.
 
 Runs that share a project share its budget through a :class:`SharedBudget` (a file or Redis,
-see ``remote.budget``): the limiter then takes each slot from the shared log as well. When
-the store fails (its disk is full) while a call is on the wire, the call's answer is kept: the
-failure is raised by the next ``acquire``, before anything more is sent.
+see ``remote.budget``): the limiter then takes each slot from the shared log as well (its
+``SharedLeg``). When the store fails (its disk is full) while a call is on the wire, the call's
+answer is kept: the failure is raised by the next ``acquire``, before anything more is sent.
 """
 
 from __future__ import annotations
