@@ -120,6 +120,8 @@ class Settings:
     rate_margin: float = 0.0005
     #: where runs on one project share its budget: "file", "none" or "redis://host:port/db"
     budget_store: BudgetStore | str = BudgetStore.FILE
+    #: the folder of the ``file`` budget store (``None``: the user's state folder, platformdirs)
+    state_dir: Path | None = None
     concurrency: int = 8
     timeout: float = 30.0
     max_attempts: int = 5

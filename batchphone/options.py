@@ -391,6 +391,8 @@ OPTIONS: tuple[Option, ...] = (
     _P("budget_store", "Where runs on one project share its budget: file (default), none, or "
        "redis://host:6379/0 for several machines.", _CALLS, parse=_budget_store,
        default=BudgetStore.FILE, env="BATCHPHONE_BUDGET_STORE"),
+    _P("state_dir", "Folder of the file budget store (default: the user's state folder, "
+       "platformdirs).", (), Kind.FOLDER, env="BATCHPHONE_STATE_DIR"),
     _P("concurrency", "Calls in flight at once (default 8).", _CALLS, Kind.INT, default=8,
        env="BATCHPHONE_CONCURRENCY", python="int"),
     _P("timeout", "Seconds to wait for one answer (default 30).", _CALLS, Kind.FLOAT,

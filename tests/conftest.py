@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from batchphone.remote.budget import STATE_DIR_ENV
 from tests.virtual import VirtualClock, install, virtual_backend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,10 +22,14 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     """Each test's own state dir: no shared budget file between tests or with real runs.
 
     Nothing a test runs (in-process or a subprocess, which inherits the environment) writes
-    into the user's ~/.local/state.
+    into the user's ~/.local/state: a library call's default (platformdirs: the user's state
+    folder, under ``XDG_STATE_HOME``) and the CLI's ``BATCHPHONE_STATE_DIR`` are one temporary
+    folder.
     """
-    path = tmp_path_factory.mktemp("state")
-    monkeypatch.setenv(STATE_DIR_ENV, str(path))
+    home = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("XDG_STATE_HOME", str(home))
+    path = home / "batchphone"
+    monkeypatch.setenv("BATCHPHONE_STATE_DIR", str(path))
     return path
 
 

@@ -13,9 +13,9 @@ import pytest
 from batchphone.emulator import load_users
 from batchphone.errors import ResumeError, UsageError
 from batchphone.models import Status, Summary, UpdateRequest
+from batchphone.remote.answers import PatchAnswer
 from batchphone.remote.batch import BatchSender, patch_body
 from batchphone.remote.calls import Calls, Circuit
-from batchphone.remote.client import PatchAnswer
 from batchphone.remote.ratelimit import RateLimiter
 from batchphone.remote.retry import RetryPolicy
 from batchphone.remote.stop import Stop

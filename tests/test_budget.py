@@ -9,14 +9,30 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+import batchphone
+from batchphone import Secret, Target
+from batchphone.cli import main
+from batchphone.config import Settings, load_settings
+from batchphone.emulator import Emulator, ProjectSettings, load_users
+from batchphone.emulator.server import ServerThread
 from batchphone.errors import UsageError
-from batchphone.remote.budget import FileBudget, RedisBudget, open_budget, redact
+from batchphone.models import RowResult
+from batchphone.progress import NullProgress
+from batchphone.remote.budget import (
+    FileBudget,
+    RedisBudget,
+    default_state_dir,
+    open_budget,
+    redact,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,15 +121,46 @@ def test_the_file_is_private_and_named_after_the_project(tmp_path: Path) -> None
     assert (tmp_path / "P1.lock").exists()
 
 
-def test_open_budget_chooses_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_open_budget_chooses_the_store(tmp_path: Path, state_dir: Path) -> None:
     assert open_budget("none", "P1", period=60.0) is None
+    budget = open_budget("file", "P1", period=60.0, state_dir=tmp_path / "mine")
+    assert isinstance(budget, FileBudget)
+    assert budget.path.parent == tmp_path / "mine" / "budget"
+    budget.close()
+    # no folder given: the user's state folder (conftest points XDG_STATE_HOME at a temporary one)
     budget = open_budget("file", "P1", period=60.0)
     assert isinstance(budget, FileBudget)
-    assert budget.path.parent == Path(os.environ["BATCHPHONE_STATE_DIR"]) / "budget"
+    assert budget.path.parent == default_state_dir() / "budget" == state_dir / "budget"
     budget.close()
     with pytest.raises(UsageError, match=r"budget_store: cannot reach redis://127\.0\.0\.1:1/0"):
         open_budget("redis://user:s3cret@127.0.0.1:1/0", "P1", period=60.0)
     assert redact("redis://:s3cret@host:6379/0") == "redis://host:6379/0"
+
+
+def test_the_library_reads_no_state_dir_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHPHONE_STATE_DIR", str(tmp_path / "from-env"))
+    budget = open_budget("file", "P1", period=60.0)
+    assert isinstance(budget, FileBudget)
+    budget.close()
+    assert budget.path.parent == default_state_dir() / "budget"
+    assert not (tmp_path / "from-env").exists()
+
+
+def test_the_cli_settings_read_the_state_dir_and_a_library_default_has_none() -> None:
+    assert Settings().state_dir is None
+    assert load_settings({}, env={}).state_dir is None
+    env = {"BATCHPHONE_STATE_DIR": "/srv/batchphone-state"}
+    assert load_settings({}, env=env).state_dir == Path("/srv/batchphone-state")
+
+
+def test_closing_a_store_ends_its_heartbeat_thread(tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    budget = FileBudget(tmp_path, "P1", period=0.5)
+    assert {t.name for t in set(threading.enumerate()) - before} == {"budget-heartbeat"}
+    budget.close()
+    assert set(threading.enumerate()) <= before
 
 
 # -- real processes -----------------------------------------------------------------------------
@@ -274,3 +321,68 @@ def test_redis_store_a_killed_holder_frees_its_slots_within_a_window(redis_url: 
 
     redis.Redis.from_url(redis_url).flushdb()
     killed_holder(redis_url)
+
+
+# -- a library call -----------------------------------------------------------------------------
+
+
+class _Threads(NullProgress):
+    """Notes the names of the threads alive while rows finish."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def advance(self, result: RowResult) -> None:
+        self.seen.update(thread.name for thread in threading.enumerate())
+
+
+PROJECT, KEY = "P2batchphoneThreadsProject000000", "K2-threads-management-key-0000"
+
+
+@pytest.fixture
+def served(samples: Path) -> Iterator[str]:
+    """The emulator on a loopback socket: a real target, whose runs use the file store."""
+    users = load_users(samples / "users.csv")
+    with ServerThread(Emulator(projects=[ProjectSettings(PROJECT, KEY, users=users)])) as url:
+        yield url
+
+
+def test_no_thread_outlives_a_run_that_used_the_file_store(
+    served: str, samples: Path, tmp_path: Path
+) -> None:
+    target = Target(project_id=PROJECT, management_key=Secret(KEY), base_url=served)
+    during = _Threads()
+    before = set(threading.enumerate())
+    summaries = []
+    for _ in range(3):  # a thread that ends a moment after the call would show in one of them
+        summary = batchphone.run(
+            samples / "phones.csv",
+            out=tmp_path / "r.csv",
+            target=target,
+            rate="10000/1",
+            concurrency=4,
+            restart=True,
+            progress=during,
+        )
+        assert set(threading.enumerate()) - before == set()
+        summaries.append(summary)
+    assert [s.counts.get("updated", 0) for s in summaries] == [10, 0, 0]
+    assert "budget-heartbeat" in during.seen  # the file store (the default) was beating
+    assert (default_state_dir() / "budget" / f"{PROJECT}.json").is_file()
+
+
+def test_the_cli_keeps_the_file_store_in_batchphone_state_dir(
+    served: str, samples: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "cli-state"
+    env = {
+        "DESCOPE_PROJECT_ID": PROJECT,
+        "DESCOPE_MANAGEMENT_KEY": KEY,
+        "DESCOPE_BASE_URI": served,
+        "BATCHPHONE_STATE_DIR": str(folder),
+    }
+    args = ["run", str(samples / "phones.csv"), "--out", str(tmp_path / "r.csv")]
+    result = CliRunner().invoke(main, args, env=env, catch_exceptions=False)
+    assert result.exit_code == 1, result.output  # the samples hold invalid rows
+    assert (folder / "budget" / f"{PROJECT}.json").is_file()
+    assert not (default_state_dir() / "budget").exists()

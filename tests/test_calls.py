@@ -149,10 +149,10 @@ def test_slow_down_lowers_the_budget_once_per_block() -> None:
     slow(30.0)
     clock.t = 29.0
     slow(30.0)  # one more answer from the same block
-    assert limiter.calls == 90 and paused == [30.0]
+    assert limiter.log.calls == 90 and paused == [30.0]
     clock.t = 60.0  # the limiter's clock says the block is over: a 429 now is a new block
     slow(30.0)
-    assert limiter.calls == 81 and paused == [30.0, 30.0]
+    assert limiter.log.calls == 81 and paused == [30.0, 30.0]
 
 
 async def test_open_calls_builds_the_runs_stack_over_the_emulator() -> None:

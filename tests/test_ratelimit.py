@@ -85,7 +85,7 @@ async def test_n_calls_start_at_once_then_the_window_decides() -> None:
 
 async def test_margin_widens_the_window_by_a_fraction_and_seconds() -> None:
     limiter = RateLimiter(2, 10.0, margin=0.1, margin_s=0.5)
-    assert limiter.window == pytest.approx(11.5)
+    assert limiter.log.window == pytest.approx(11.5)
     t0 = anyio.current_time()
     starts = await run_acquirers(limiter, 3)
     assert starts[2] - t0 == pytest.approx(11.5)
@@ -130,7 +130,7 @@ async def test_pause_holds_back_every_waiter() -> None:
     await instant_call(limiter)
     t0 = anyio.current_time()
     limiter.pause(30.0)
-    assert limiter.paused_until == t0 + 30.0
+    assert limiter.log.paused_until == t0 + 30.0
     starts = await run_acquirers(limiter, 5)
     assert all(s >= t0 + 30.0 for s in starts)
     assert limiter.stats.pauses == 1
@@ -141,11 +141,11 @@ async def test_pause_extends_but_never_shortens() -> None:
     t0 = anyio.current_time()
     limiter.pause(30.0)
     limiter.pause(5.0)
-    assert limiter.paused_until == t0 + 30.0
+    assert limiter.log.paused_until == t0 + 30.0
     limiter.pause(45.0)
-    assert limiter.paused_until == t0 + 45.0
+    assert limiter.log.paused_until == t0 + 45.0
     limiter.pause(-3.0)
-    assert limiter.paused_until == t0 + 45.0
+    assert limiter.log.paused_until == t0 + 45.0
 
 
 async def test_a_pause_arriving_while_waiting_is_honoured() -> None:
@@ -304,8 +304,8 @@ async def test_never_more_than_n_starts_in_any_window(
     assert len(starts) == len(arrivals)
     times = [t for _, t in starts]
     assert most_before(times, previous, period) <= calls
-    assert most_before(times, previous, limiter.window) <= calls
-    assert max_in_any_window(times, limiter.window) <= calls
+    assert most_before(times, previous, limiter.log.window) <= calls
+    assert max_in_any_window(times, limiter.log.window) <= calls
     for pause_seq, until in paused:
         assert all(t >= until for seq, t in starts if seq > pause_seq)
 
@@ -331,14 +331,15 @@ async def test_an_injected_clock_is_the_one_slept_on() -> None:
 def test_slow_down_keeps_the_newest_starts_and_never_reaches_zero() -> None:
     limiter = RateLimiter(10, 1.0, clock=_StillClock())
     limiter.seed([100.0 + i / 100 for i in range(10)], wall_now=100.1)
-    assert limiter.slow_down(0.5) == 5
-    assert limiter.calls == 5 and len(limiter._log) == 5
-    assert limiter.next_start() == pytest.approx(limiter._log[0] + limiter.window)
+    log = limiter.log
+    assert log.slow_down(0.5) == 5
+    assert log.calls == 5 and len(log._given_back) == 5
+    assert log.next_start() == pytest.approx(log._given_back[0] + log.window)
     for _ in range(10):
-        limiter.slow_down(0.5)
-    assert limiter.calls == 1
+        log.slow_down(0.5)
+    assert log.calls == 1
     with pytest.raises(ValueError):
-        limiter.slow_down(0)
+        log.slow_down(0)
 
 
 class _StillClock:
@@ -366,7 +367,7 @@ async def test_while_every_slot_is_held_the_next_call_waits_for_an_answer() -> N
     # calls slower than the window: the third may start only 1 s after the first answer
     starts = await run_acquirers(limiter, 3, latency=50.0)
     assert [s - t0 for s in starts] == [0.0, 0.0, 51.0]
-    assert limiter.held == 0
+    assert limiter.log.held == 0
 
 
 async def test_a_failed_or_cancelled_call_gives_its_slot_back_when_given_up() -> None:
@@ -376,13 +377,13 @@ async def test_a_failed_or_cancelled_call_gives_its_slot_back_when_given_up() ->
         async with limiter.slot():
             await anyio.sleep(2.0)
             raise RuntimeError("a bug")
-    assert limiter.next_start() == t0 + 12.0
+    assert limiter.log.next_start() == t0 + 12.0
     await anyio.sleep(10.0)
     with anyio.move_on_after(3.0):  # a timeout: started at t0 + 12, given up at t0 + 15
         async with limiter.slot():
             await anyio.sleep(100.0)
-    assert limiter.held == 0
-    assert limiter.next_start() == t0 + 25.0
+    assert limiter.log.held == 0
+    assert limiter.log.next_start() == t0 + 25.0
 
 
 async def test_a_slot_is_given_back_once() -> None:
@@ -390,7 +391,7 @@ async def test_a_slot_is_given_back_once() -> None:
     slot = await limiter.acquire()
     limiter.release(slot)
     limiter.release(slot)
-    assert limiter.held == 0 and len(limiter._log) == 1
+    assert limiter.log.held == 0 and len(limiter.log._given_back) == 1
 
 
 async def test_budget_use_at_a_5_s_window_and_20_ms_latency_is_at_least_98_percent() -> None:

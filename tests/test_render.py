@@ -208,11 +208,11 @@ def test_after_a_429_the_eta_uses_the_lowered_budget(
 
     limiter = RateLimiter(100, 20.0, clock=_FrozenClock())  # 5 calls/s
     bar = TqdmProgress()
-    bar.start(600, done=0, calls_per_second=limiter.calls / limiter.period)
+    bar.start(600, done=0, calls_per_second=limiter.log.calls / limiter.period)
     for n in range(100):
         bar.advance(_row(n, attempts=n % 2))
     SlowDown(limiter, bar)(0.0)  # a 429 (no wait, to keep the pause out of the sum)
-    assert limiter.calls == 90
+    assert limiter.log.calls == 90
     bar.close()
     assert _eta(capsys.readouterr().err) == "0m55s"  # 250 calls at 4.5 per s
 

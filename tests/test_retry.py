@@ -162,7 +162,7 @@ async def test_the_slot_is_held_until_the_answer_and_frees_one_window_later() ->
     await call_with_retry(script, limiter=limiter, policy=NO_JITTER)
     # the first answer came at t0 + 4: the retry waits until t0 + 14, not t0 + 10
     assert [t - t0 for t in script.times] == [0.0, 14.0]
-    assert limiter.held == 0 and limiter.next_start() == t0 + 28.0
+    assert limiter.log.held == 0 and limiter.log.next_start() == t0 + 28.0
 
 
 @pytest.mark.parametrize("how", ["cancelled", "fatal"])
@@ -176,8 +176,8 @@ async def test_a_call_given_up_gives_its_slot_back_at_that_moment(how: str) -> N
         error = FatalRemoteError("HTTP 401", http_status=401)
         with pytest.raises(FatalRemoteError):
             await call_with_retry(SlowScript([error], 3.0), limiter=limiter, policy=NO_JITTER)
-    assert limiter.held == 0
-    assert limiter.next_start() == t0 + 13.0
+    assert limiter.log.held == 0
+    assert limiter.log.next_start() == t0 + 13.0
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ reads and sends through it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import os
@@ -1124,6 +1125,26 @@ async def _watching_signals(
     return summary
 
 
+def _run_joined(main: Callable[[], Awaitable[Summary]]) -> Summary:
+    """``main`` on a fresh asyncio loop; then wait for the worker threads it started.
+
+    anyio tells its worker threads (``to_thread``) to stop when the loop's main task ends, but
+    does not wait for them: a library call must leave no thread behind.
+    """
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def on_loop() -> Summary:
+        loops.append(asyncio.get_running_loop())
+        return await main()
+
+    try:
+        return anyio.run(on_loop, backend="asyncio")
+    finally:
+        for thread in threading.enumerate():
+            if loops and getattr(thread, "loop", None) is loops[0]:  # anyio's WorkerThread
+                thread.join(timeout=15)
+
+
 def run_sync(
     job: Job,
     settings: Settings,
@@ -1151,11 +1172,11 @@ def run_sync(
         )
 
     if not (handle_signals and threading.current_thread() is threading.main_thread()):
-        return anyio.run(main, backend="asyncio")
+        return _run_joined(main)
     # the event loop resets the signals it handled to their defaults (SIGTERM: kill) on exit
     handlers = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     try:
-        return anyio.run(main, backend="asyncio")
+        return _run_joined(main)
     finally:
         for signum, handler in handlers.items():
             if handler is not None:

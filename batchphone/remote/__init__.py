@@ -1,4 +1,5 @@
 """Remote: everything that talks to the management API.
 
-The client, the call stack, the limiter, the shared budget, lookups and batches.
+The client (its lanes and answers), the call stack, the limiter, the shared budget, lookups
+and batches.
 """

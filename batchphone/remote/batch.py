@@ -27,8 +27,9 @@ from dataclasses import dataclass, replace
 from batchphone.errors import FatalRemoteError, RemoteError
 from batchphone.logs import get_logger
 from batchphone.models import RowResult, Status, UpdateRequest, User
+from batchphone.remote.answers import PatchAnswer
 from batchphone.remote.calls import Calls, failure_label
-from batchphone.remote.client import PatchAnswer, UserPatch
+from batchphone.remote.client import UserPatch
 from batchphone.remote.retry import Attempted
 from batchphone.remote.screen import target_verified
 from batchphone.remote.stop import Stopped

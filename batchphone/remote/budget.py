@@ -15,8 +15,10 @@ window. A run that ends normally leaves at once (``close``).
 Stores:
 
 * ``file`` (default): ``<state dir>/budget/<project id>.json`` under a ``filelock`` lock, on
-  the wall clock that every process of the machine shares. The state dir is
-  ``platformdirs.user_state_path("batchphone")``, or ``$BATCHPHONE_STATE_DIR``.
+  the wall clock that every process of the machine shares. The state dir is the one the caller
+  passes (``Settings.state_dir``: the CLI reads ``BATCHPHONE_STATE_DIR`` into it), else the
+  user's state folder (``platformdirs.user_state_path("batchphone")``,
+  ``~/.local/state/batchphone`` on Linux). Nothing here reads the environment.
 * ``redis://host:port/db`` (``pip install batchphone[redis]``): one Lua script does each
   check-and-take atomically on the server, on the server's clock (``TIME``), so machines whose
   clocks differ still share one log.
@@ -48,16 +50,12 @@ from batchphone.logs import get_logger
 from batchphone.remote.ratelimit import SharedBudget
 
 __all__ = [
-    "STATE_DIR_ENV",
     "BudgetStoreError",
     "FileBudget",
     "RedisBudget",
+    "default_state_dir",
     "open_budget",
-    "state_dir",
 ]
-
-#: Where the file store (and only it) keeps its files; tests point it at a temporary folder.
-STATE_DIR_ENV = "BATCHPHONE_STATE_DIR"
 
 log = get_logger()
 
@@ -71,11 +69,9 @@ class BudgetStoreError(BatchphoneError):
     exit_code = 2  # before the first update; after it the run ends with LocalFaultError (4)
 
 
-def state_dir() -> Path:
-    """``$BATCHPHONE_STATE_DIR``, else the user's state directory (``platformdirs``)."""
-    override = os.environ.get(STATE_DIR_ENV, "").strip()
-    if override:
-        return Path(override).expanduser()
+def default_state_dir() -> Path:
+    """The user's state folder (``platformdirs``): where the file store lives unless the caller
+    names another folder."""
     import platformdirs
 
     return platformdirs.user_state_path("batchphone", appauthor=False)
@@ -89,12 +85,19 @@ def redact(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-def open_budget(spec: str, project_id: str, *, period: float) -> SharedBudget | None:
-    """The shared budget named by ``--budget-store`` (``file``, ``none``, ``redis://...``)."""
+def open_budget(
+    spec: str, project_id: str, *, period: float, state_dir: Path | None = None
+) -> SharedBudget | None:
+    """The shared budget named by ``--budget-store`` (``file``, ``none``, ``redis://...``).
+
+    The file store lives in ``<state_dir>/budget`` (``None``: ``default_state_dir()``). A store
+    opened starts a heartbeat thread: ``close`` it, and the thread is joined.
+    """
     if spec == "none":
         return None
     if spec == "file":
-        return FileBudget(state_dir() / "budget", project_id, period=period)
+        folder = state_dir.expanduser() if state_dir is not None else default_state_dir()
+        return FileBudget(folder / "budget", project_id, period=period)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisBudget(spec, project_id, period=period)
     raise UsageError(
@@ -198,7 +201,8 @@ class _Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        # longer than a beat can take (Redis: a 10 s socket timeout): the thread ends with the run
+        self._thread.join(timeout=15)
 
 
 def _store_name(project_id: str) -> str:

@@ -160,7 +160,7 @@ class SlowDown:
     def __call__(self, retry_after: float) -> None:
         now = self.limiter.clock.now()  # the clock of the limiter's pause
         if now >= self._paused_until:  # a new block, not one more answer from the same one
-            calls = self.limiter.slow_down(_SLOW_DOWN)
+            calls = self.limiter.log.slow_down(_SLOW_DOWN)
             log.warning("rate_limited", retry_after=retry_after, calls_per_window=calls)
             self.progress.paused(retry_after, calls_per_second=calls / self.limiter.period)
         self._paused_until = max(self._paused_until, now + retry_after)
@@ -374,6 +374,12 @@ def open_calls(
     ``target`` is the project called (its key a ``Secret`` until the client builds the header);
     ``call_times`` are the wall times of the calls a previous run of this journal made.
     """
+    policy = RetryPolicy(
+        max_attempts=settings.max_attempts,
+        wait_initial=settings.retry_wait_initial,
+        wait_max=settings.retry_wait_max,
+        wait_jitter=settings.retry_wait_initial,
+    )
     client = DescopeClient(
         project_id=target.project_id,
         management_key=target.management_key,
@@ -382,22 +388,19 @@ def open_calls(
         max_connections=settings.concurrency,
         transport=transport,
     )
-    # runs on one project share its budget; the embedded emulator is not that project
+    # runs on one project share its budget; the embedded emulator is not that project. Opened
+    # last: a store holds a heartbeat thread until the stack is closed
     store = "none" if settings.emulator else settings.budget_store
     limiter = RateLimiter(
         settings.rate_calls,
         settings.rate_period,
         margin=settings.rate_margin,
-        shared=open_budget(store, target.project_id, period=settings.rate_period),
+        shared=open_budget(
+            store, target.project_id, period=settings.rate_period, state_dir=settings.state_dir
+        ),
     )
     # a restarted run must not spend again the window its predecessor spent just before
     limiter.seed(call_times)
-    policy = RetryPolicy(
-        max_attempts=settings.max_attempts,
-        wait_initial=settings.retry_wait_initial,
-        wait_max=settings.retry_wait_max,
-        wait_jitter=settings.retry_wait_initial,
-    )
     return Calls(
         client,
         limiter,

@@ -11,7 +11,8 @@ back after ``t - window``. Every call's arrival lies between its start and its a
 ``calls + 1`` arrivals can fall within one window, whatever the delay (proof: the last of them
 to start saw all the others held or given back less than a window before).
 
-The log is the give-back times of the last ``calls`` calls, plus a count of the slots held.
+The log (``SlidingLog``) is the give-back times of the last ``calls`` calls, plus a count of
+the slots held; ``RateLimiter`` queues the callers on it, first come, first served.
 A fractional ``margin`` (default 0.05%, the most an NTP-disciplined clock's rate may differ from
 the server's: 30 ms at 60 s) covers clock skew; at 60 s windows and 100 ms latency 99.8% of
 the budget stays usable.
@@ -24,9 +25,9 @@ or to ``time.monotonic``, and none takes an injectable clock that works under bo
 backends.
 
 Runs that share a project share its budget through a :class:`SharedBudget` (a file or Redis,
-see ``remote.budget``): the limiter then takes each slot from the shared log as well. When
-the store fails (its disk is full) while a call is on the wire, the call's answer is kept: the
-failure is raised by the next ``acquire``, before anything more is sent.
+see ``remote.budget``): the limiter then takes each slot from the shared log as well (its
+``SharedLeg``). When the store fails (its disk is full) while a call is on the wire, the call's
+answer is kept: the failure is raised by the next ``acquire``, before anything more is sent.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ __all__ = [
     "LimiterStats",
     "RateLimiter",
     "SharedBudget",
+    "SharedLeg",
+    "SlidingLog",
     "Slot",
     "SystemClock",
 ]
@@ -144,13 +147,130 @@ class Slot:
     released_at: float | None = None
 
 
+class SlidingLog:
+    """The limiter's own window: at most ``calls`` slots held or given back within ``window``.
+
+    Bookkeeping on clock times only (it never waits): the give-back times of the last
+    ``calls`` calls, the slots held, and the end of a pause.
+    """
+
+    def __init__(self, calls: int, window: float) -> None:
+        self.calls = calls
+        #: A slot given back at ``t`` is free again at ``t + window``.
+        self.window = window
+        #: Slots taken and not given back yet (calls in flight).
+        self.held = 0
+        #: Clock time before which no slot is taken (``-inf`` when never paused).
+        self.paused_until = float("-inf")
+        # give-back times, oldest first; only the last `calls` can matter
+        self._given_back: deque[float] = deque(maxlen=calls)
+
+    def next_start(self) -> float:
+        """The earliest clock time at which the next call may start (ignoring the queue).
+
+        ``inf`` while every slot is held: the next one is known only once a call is answered.
+        """
+        free = self.calls - self.held
+        if free <= 0:
+            return math.inf
+        earliest = self.paused_until
+        if len(self._given_back) >= free:
+            # `free` slots are not held; the oldest of the last `free` give-backs decides
+            earliest = max(earliest, self._given_back[-free] + self.window)
+        return earliest
+
+    def hold(self) -> None:
+        """A call starts now: one more slot held."""
+        self.held += 1
+
+    def give_back(self, now: float) -> None:
+        """A call was answered (or given up) at ``now``: its slot frees one window on."""
+        self.held -= 1
+        self._given_back.append(now)
+
+    def pause(self, until: float) -> None:
+        """No slot before ``until``; extends a pause, never shortens it."""
+        self.paused_until = max(self.paused_until, until)
+
+    def slow_down(self, factor: float = 0.9) -> int:
+        """Keep only ``factor`` of the calls per window from now on; return the new number.
+
+        A 429 although the limiter kept its budget means the budget is shared (the customer's
+        own traffic) or the server counts differently than we think. Another block would cost a
+        whole penalty of zero throughput for everyone, so the run settles for less, for good.
+        """
+        if not 0 < factor <= 1:
+            raise ValueError(f"factor must be in (0, 1], not {factor}")
+        calls = max(1, int(self.calls * factor))
+        if calls < self.calls:
+            self.calls = calls
+            self._given_back = deque(self._given_back, maxlen=calls)  # the newest `calls`
+        return self.calls
+
+    def seed(self, given_back: Iterable[float]) -> None:
+        """Add give-back times (clock times) of calls made before this log existed."""
+        merged = sorted([*self._given_back, *given_back])
+        self._given_back.clear()
+        self._given_back.extend(merged[-self.calls :])
+
+
+class SharedLeg:
+    """The limiter's leg in a budget shared with other runs (``remote.budget``): every slot is
+    taken from the store as well.
+
+    A store failure met by a give-back or a pause (while calls are on the wire) is kept and
+    raised by the next ``check``: the answer of a call on the wire matters more than the
+    store's record of it.
+    """
+
+    def __init__(self, store: SharedBudget) -> None:
+        self.store = store
+        self._failure: BatchphoneError | None = None
+
+    def check(self) -> None:
+        """Raise the store's failure met since, if any."""
+        if self._failure is not None:
+            raise self._failure
+
+    async def take(self, calls: int, window: float) -> tuple[str | None, float]:
+        """``SharedBudget.take``, off the event loop (a locked file or a Redis round trip),
+        and shielded, so that a slot taken in the thread is never lost to a cancel."""
+        with anyio.CancelScope(shield=True):
+            taken = await anyio.to_thread.run_sync(self.store.take, calls, window)
+        return taken
+
+    def release(self, slot_id: str) -> None:
+        """The call on ``slot_id`` was answered or given up now."""
+        self._keep_failure(self.store.release, slot_id)
+
+    def pause(self, seconds: float) -> None:
+        """Every run on the project waits ``seconds``."""
+        self._keep_failure(self.store.pause, seconds)
+
+    def _keep_failure(self, change: Callable[[Any], None], argument: Any) -> None:
+        try:
+            change(argument)
+        except BatchphoneError as exc:
+            self._failure = self._failure or exc
+
+    def close(self) -> None:
+        """Give this run's share back to the other runs.
+
+        A store that fails here is left as it is: the run is over, and a run that stopped
+        beating loses its share on its own.
+        """
+        with contextlib.suppress(BatchphoneError):
+            self.store.close()
+
+
 class RateLimiter:
     """At most ``calls`` slots held or given back within any ``window`` seconds.
 
     ``window`` is ``period * (1 + margin) + margin_s``: ``margin`` (a fraction, default
     :data:`DEFAULT_MARGIN`) and ``margin_s`` (seconds) cover clock skew against the server.
     Waiters are served first come, first served; ``pause`` holds them all back. Use
-    ``async with limiter.slot():`` around one call, or ``acquire`` and ``release``.
+    ``async with limiter.slot():`` around one call, or ``acquire`` and ``release``. The rule
+    is ``log`` (a ``SlidingLog``); a ``shared`` budget adds its own leg (``SharedLeg``).
     """
 
     def __init__(
@@ -169,16 +289,10 @@ class RateLimiter:
             raise ValueError(f"period must be positive, not {period}")
         if margin < 0 or margin_s < 0:
             raise ValueError("margin and margin_s must not be negative")
-        self.calls = calls
         self.period = period
-        #: A slot given back at ``t`` is free again at ``t + window``.
-        self.window = period * (1.0 + margin) + margin_s
+        self.log = SlidingLog(calls, period * (1.0 + margin) + margin_s)
         self.clock: Clock = clock if clock is not None else SystemClock()
-        self.shared = shared
-        # give-back times, oldest first; only the last `calls` can matter
-        self._log: deque[float] = deque(maxlen=calls)
-        self._held = 0
-        self._paused_until = float("-inf")
+        self.shared = SharedLeg(shared) if shared is not None else None
         # anyio.Lock is FIFO under both backends and hands over to the next waiter on release,
         # so the lock queue is the fairness queue; only its holder sleeps on the clock.
         self._lock = anyio.Lock()
@@ -187,43 +301,17 @@ class RateLimiter:
         self._acquired = 0
         self._waited = 0.0
         self._pauses = 0
-        #: the shared store's failure met by a release or pause, raised by the next acquire
-        self._store_error: BatchphoneError | None = None
 
     def __repr__(self) -> str:
         return (
-            f"RateLimiter(calls={self.calls}, period={self.period}, window={self.window:.3f}, "
-            f"clock={self.clock!r})"
+            f"RateLimiter(calls={self.log.calls}, period={self.period}, "
+            f"window={self.log.window:.3f}, clock={self.clock!r})"
         )
-
-    @property
-    def paused_until(self) -> float:
-        """Clock time before which no ``acquire`` returns (``-inf`` when never paused)."""
-        return self._paused_until
-
-    @property
-    def held(self) -> int:
-        """Slots taken and not given back yet (calls in flight)."""
-        return self._held
 
     @property
     def stats(self) -> LimiterStats:
         """Calls acquired, seconds waited for the window or a pause, pauses received."""
         return LimiterStats(calls=self._acquired, waited_s=self._waited, pauses=self._pauses)
-
-    def next_start(self) -> float:
-        """The earliest clock time at which the next call may start (ignoring the queue).
-
-        ``inf`` while every slot is held: the next one is known only once a call is answered.
-        """
-        free = self.calls - self._held
-        if free <= 0:
-            return math.inf
-        earliest = self._paused_until
-        if len(self._log) >= free:
-            # `free` slots are not held; the oldest of the last `free` give-backs decides
-            earliest = max(earliest, self._log[-free] + self.window)
-        return earliest
 
     async def acquire(self) -> Slot:
         """Return when one call may start now, holding a slot for it; ``release`` it after.
@@ -232,25 +320,20 @@ class RateLimiter:
         to the next in line and holds nothing.
         """
         async with self._lock:
-            clock = self.clock
+            clock, log = self.clock, self.log
             while True:
-                if self._store_error is not None:
-                    raise self._store_error
+                if self.shared is not None:
+                    self.shared.check()
                 now = clock.now()
                 # re-read after every wait: a pause may have been extended meanwhile
-                start = self.next_start()
+                start = log.next_start()
                 if start == math.inf:
                     given_back = self._given_back = anyio.Event()
                     await given_back.wait()
                 elif start > now:
                     await clock.sleep(max(start - now, _MIN_SLEEP))
                 elif self.shared is not None:
-                    # the store is a locked file or a Redis round trip: off the event loop, and
-                    # shielded, so that a slot taken in the thread is never lost to a cancel
-                    with anyio.CancelScope(shield=True):
-                        shared_id, wait = await anyio.to_thread.run_sync(
-                            self.shared.take, self.calls, self.window
-                        )
+                    shared_id, wait = await self.shared.take(log.calls, log.window)
                     if shared_id is not None:
                         return self._hold(now, shared_id)
                     await clock.sleep(max(wait, _MIN_SLEEP))
@@ -259,7 +342,7 @@ class RateLimiter:
                 self._waited += clock.now() - now
 
     def _hold(self, now: float, shared_id: str | None) -> Slot:
-        self._held += 1
+        self.log.hold()
         self._acquired += 1
         return Slot(taken_at=now, shared_id=shared_id)
 
@@ -273,20 +356,12 @@ class RateLimiter:
             return
         now = self.clock.now()
         slot.released_at = now
-        self._held -= 1
-        self._log.append(now)
+        self.log.give_back(now)
         if self._given_back is not None:
             self._given_back.set()
             self._given_back = None
         if self.shared is not None and slot.shared_id is not None:
-            self._to_store(self.shared.release, slot.shared_id)
-
-    def _to_store(self, change: Callable[[Any], None], argument: Any) -> None:
-        # the answer of a call on the wire matters more than the store's record of it
-        try:
-            change(argument)
-        except BatchphoneError as exc:
-            self._store_error = self._store_error or exc
+            self.shared.release(slot.shared_id)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[Slot]:
@@ -302,27 +377,10 @@ class RateLimiter:
 
         Extends an existing pause, never shortens it; a shared budget pauses every run.
         """
-        until = self.clock.now() + max(seconds, 0.0)
-        if until > self._paused_until:
-            self._paused_until = until
+        self.log.pause(self.clock.now() + max(seconds, 0.0))
         self._pauses += 1
         if self.shared is not None:
-            self._to_store(self.shared.pause, max(seconds, 0.0))
-
-    def slow_down(self, factor: float = 0.9) -> int:
-        """Keep only ``factor`` of the calls per window from now on; return the new number.
-
-        A 429 although this limiter kept its budget means the budget is shared (the customer's
-        own traffic) or the server counts differently than we think. Another block would cost a
-        whole penalty of zero throughput for everyone, so the run settles for less, for good.
-        """
-        if not 0 < factor <= 1:
-            raise ValueError(f"factor must be in (0, 1], not {factor}")
-        calls = max(1, int(self.calls * factor))
-        if calls < self.calls:
-            self.calls = calls
-            self._log = deque(self._log, maxlen=calls)  # the newest `calls` give-backs
-        return self.calls
+            self.shared.pause(max(seconds, 0.0))
 
     def seed(self, wall_timestamps: Iterable[float], *, wall_now: float | None = None) -> None:
         """Fill the log with answer times of a previous run (epoch seconds) after a restart.
@@ -336,18 +394,10 @@ class RateLimiter:
         """
         wall_now = time.time() if wall_now is None else wall_now
         now = self.clock.now()
-        recent = heapq.nlargest(self.calls, wall_timestamps)
-        converted = [now - max(wall_now - ts, 0.0) for ts in recent]
-        merged = sorted([*self._log, *converted])
-        self._log.clear()
-        self._log.extend(merged[-self.calls :])
+        recent = heapq.nlargest(self.log.calls, wall_timestamps)
+        self.log.seed(now - max(wall_now - ts, 0.0) for ts in recent)
 
     def close(self) -> None:
-        """Give this run's share of a shared budget back to the other runs.
-
-        A store that fails here is left as it is: the run is over, and a run that stopped
-        beating loses its share on its own.
-        """
+        """Give this run's share of a shared budget back to the other runs."""
         if self.shared is not None:
-            with contextlib.suppress(BatchphoneError):
-                self.shared.close()
+            self.shared.close()

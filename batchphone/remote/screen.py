@@ -138,12 +138,9 @@ def _unchanged_result(request: UpdateRequest, before: PhoneState, found: UserFie
     if request.phone == before.phone:
         return result_for(request, status=Status.UNCHANGED, **found)
     # an undo whose before-image is the number the user holds, in a legacy form: not sent back
-    return result_for(
-        replace(request, phone=before.phone),
-        status=Status.UNCHANGED,
-        reason=Reason.SAME_NUMBER,
-        error_message=EXPLANATIONS[Reason.SAME_NUMBER],
-        **found,
+    same = replace(request, phone=before.phone)
+    return _ended(
+        same, Status.UNCHANGED, Reason.SAME_NUMBER, EXPLANATIONS[Reason.SAME_NUMBER], found
     )
 
 
@@ -158,6 +155,43 @@ def _same_user(owner: User, request: UpdateRequest) -> bool:
     if request.before is not None and request.before.user_id is not None:
         return owner.user_id == request.before.user_id
     return request.login_id in owner.login_ids or owner.user_id == request.login_id
+
+
+def _ended(
+    request: UpdateRequest,
+    status: Status,
+    reason: Reason,
+    message: str,
+    found: UserFields | None = None,
+) -> RowResult:
+    """A row the screen ends unsent, and why (with the user it read, when there is one)."""
+    return result_for(request, status=status, reason=reason, error_message=message, **(found or {}))
+
+
+def _judge(request: UpdateRequest, user: User | None) -> RowResult | UpdateRequest:
+    """What the user's state says of ``request``: a result, or the request to send (with the
+    user's state as its before-image, its phone in E.164)."""
+    if user is None:
+        return _ended(request, Status.NOT_FOUND, Reason.USER_NOT_FOUND, "no user has this login id")
+    before = _state(user)
+    found = user_fields(user)
+    if request.prior is not None and request.held_by(user):
+        # an earlier call of this run (answer lost, or a kill) changed the user: its
+        # journaled before-image is the one to restore, not the state read now
+        confirmed = replace(request, before=request.prior)
+        return result_for(
+            confirmed, status=Status.UPDATED, reason=Reason.CONFIRMED_BY_READ, **found
+        )
+    request = replace(request, before=before)
+    if _unchanged(before, request):
+        return _unchanged_result(request, before, found)
+    if request.expect_phone is not None and before.phone != request.expect_phone:
+        message = (
+            f"the user's phone is now {before.phone or '(none)'}, not the "
+            f"{request.expect_phone or '(none)'} the run set: left as is"
+        )
+        return _ended(request, Status.SKIPPED, Reason.CHANGED_SINCE, message, found)
+    return _as_sent(request, before)
 
 
 class Screen:
@@ -214,48 +248,11 @@ class Screen:
         out: list[Prepared] = []
         sendable: list[UpdateRequest] = []
         for request in chunk:
-            user = users.get(request.login_id)
-            if user is None:
-                out.append(
-                    result_for(
-                        request,
-                        status=Status.NOT_FOUND,
-                        reason=Reason.USER_NOT_FOUND,
-                        error_message="no user has this login id",
-                    )
-                )
-                continue
-            before = _state(user)
-            found = user_fields(user)
-            if request.prior is not None and request.held_by(user):
-                # an earlier call of this run (answer lost, or a kill) changed the user: its
-                # journaled before-image is the one to restore, not the state read now
-                confirmed = replace(request, before=request.prior)
-                out.append(
-                    result_for(
-                        confirmed, status=Status.UPDATED, reason=Reason.CONFIRMED_BY_READ, **found
-                    )
-                )
-                continue
-            request = replace(request, before=before)
-            if _unchanged(before, request):
-                out.append(_unchanged_result(request, before, found))
-            elif request.expect_phone is not None and before.phone != request.expect_phone:
-                message = (
-                    f"the user's phone is now {before.phone or '(none)'}, not the "
-                    f"{request.expect_phone or '(none)'} the run set: left as is"
-                )
-                out.append(
-                    result_for(
-                        request,
-                        status=Status.SKIPPED,
-                        reason=Reason.CHANGED_SINCE,
-                        error_message=message,
-                        **found,
-                    )
-                )
+            judged = _judge(request, users.get(request.login_id))
+            if isinstance(judged, RowResult):
+                out.append(judged)
             else:
-                sendable.append(_as_sent(request, before))
+                sendable.append(judged)
         return out + self._hand_on(sendable, waiting)
 
     def _hand_on(
@@ -287,14 +284,7 @@ class Screen:
                 f"{request.phone} is the login id of another user ({owner.user_id}): "
                 "not sent, Descope would merge the two users"
             )
-            out.append(
-                result_for(
-                    request,
-                    status=Status.CONFLICT,
-                    reason=Reason.PHONE_CONFLICT,
-                    error_message=message,
-                )
-            )
+            out.append(_ended(request, Status.CONFLICT, Reason.PHONE_CONFLICT, message))
         return out
 
     async def _users(
