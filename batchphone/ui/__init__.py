@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from batchphone.errors import UsageError
+from batchphone.options import OPTION
 
 __all__ = ["DEFAULT_UPLOAD_LIMIT", "UiOptions", "serve"]
 
-DEFAULT_UPLOAD_LIMIT = 200_000_000
+#: in bytes (the option is in MB)
+DEFAULT_UPLOAD_LIMIT: int = OPTION["upload_limit"].default * 1_000_000
 HOST = "127.0.0.1"
 
 
