@@ -30,9 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import socket
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,11 +65,9 @@ __all__ = [
     "Journal",
     "JournalState",
     "RunIdentity",
-    "RunLock",
     "iter_records",
     "journal_identity",
     "journal_path",
-    "lock_path",
     "refuse_link",
 ]
 
@@ -188,11 +184,6 @@ class RunIdentity:
 def journal_path(out_path: Path) -> Path:
     """Where the journal of a result file lives."""
     return out_path.with_name(out_path.name + ".journal")
-
-
-def lock_path(out_path: Path) -> Path:
-    """Where the lock of a result file lives."""
-    return out_path.with_name(out_path.name + ".lock")
 
 
 def refuse_link(path: Path) -> None:
@@ -766,72 +757,3 @@ def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str
         f"{path} belongs to another run ({why}); "
         "rerun with --restart to start over, or choose another --out"
     )
-
-
-class RunLock:
-    """An exclusive lock on a result file, so two runs never write the same journal.
-
-    The OS lock is taken on a descriptor of ``<out>.lock`` that we open ourselves (without
-    following a link) through ``filelock.lock_descriptor``: ``flock`` on POSIX, ``LockFileEx``
-    on byte 0 on Windows. The kernel drops it when its process dies, so a lock left by a
-    ``kill -9`` is stale by construction and is simply taken over. The file is never unlinked:
-    unlinking a lock file lets a waiter lock the old inode while a third run creates a new one.
-    The holder writes ``pid N on HOST`` after byte 0 (readable while Windows locks byte 0).
-    Where the OS has no such lock (no ``fcntl``), filelock's soft lock on ``<out>.lock.soft``
-    stands in: it names its holder and takes over from a dead one the same way.
-    """
-
-    def __init__(self, out_path: Path) -> None:
-        self.path = lock_path(out_path)
-        self._fd = -1
-        self._soft: Any = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise ``OutputError`` naming the process holding it."""
-        with warnings.catch_warnings():  # "only soft file lock is available": handled below
-            warnings.simplefilter("ignore")
-            import filelock
-
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            locked = filelock.lock_descriptor(fd, blocking=False)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno != errno.ENOSYS:
-                raise OutputError(f"cannot lock {self.path}: {exc.strerror}") from None
-            self._acquire_soft(filelock)
-            return
-        if not locked:
-            os.lseek(fd, 1, os.SEEK_SET)
-            holder = os.read(fd, 512).decode("utf-8", "replace").strip()
-            os.close(fd)
-            self._busy(holder)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"\npid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
-
-    def _acquire_soft(self, filelock: Any) -> None:
-        soft_path = self.path.with_name(self.path.name + ".soft")
-        refuse_link(soft_path)
-        soft = filelock.SoftFileLock(str(soft_path), timeout=0)
-        try:
-            soft.acquire()
-        except filelock.Timeout:
-            pid = soft.pid
-            self._busy(f"pid {pid}" if pid else "")
-        self._soft = soft
-
-    def _busy(self, holder: str) -> None:
-        raise OutputError(
-            f"{self.path.name[: -len('.lock')]} is being written by another batchphone run "
-            f"({holder or 'another process'}); wait for it or stop it first"
-        )
-
-    def release(self) -> None:
-        """Release the lock; its file stays."""
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = -1
-        if self._soft is not None:
-            self._soft.release()
-            self._soft = None

@@ -37,10 +37,10 @@ import fastexcel
 import polars as pl
 
 from batchphone.errors import InputError
+from batchphone.files.formats import FORMATS, file_format
 from batchphone.models import InputRow
 
 __all__ = [
-    "FORMATS",
     "InputSource",
     "InputSpec",
     "Table",
@@ -49,9 +49,6 @@ __all__ = [
     "open_table",
 ]
 
-#: File extension (lower case) -> input format.
-FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "xlsx"}
-FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
 _CHUNK = 1 << 20
 _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 # a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
@@ -167,7 +164,7 @@ def open_table(path: Path, wanted: Sequence[str] = ()) -> Table:
 
 
 def _format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = file_format(path)
     if fmt is None:
         raise _error(
             path, f"unsupported file type {path.suffix or '(none)'!r}: use " + ", ".join(FORMATS)

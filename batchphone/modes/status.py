@@ -12,10 +12,8 @@ an error: a newer batchphone may be writing the journal.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +22,14 @@ from typing import Any
 import orjson
 
 from batchphone.errors import InputError
-from batchphone.files.journal import FORMAT, journal_path, lock_path, open_nofollow
+from batchphone.files.journal import FORMAT, journal_path, open_nofollow
+from batchphone.files.lock import lock_holder, lock_path
 from batchphone.models import FINAL_STATUSES, Status
 
-__all__ = ["RunStatus", "count_input", "lock_holder", "read_status", "with_eta"]
+__all__ = ["RunStatus", "count_input", "read_status", "with_eta"]
 
 _FINAL = frozenset(status.value for status in FINAL_STATUSES)
 _NOT_ATTEMPTED = Status.NOT_ATTEMPTED.value
-#: Linux lists every file lock here, with the inode it is on: no need to touch the lock at all.
-PROC_LOCKS = Path("/proc/locks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,62 +153,6 @@ def read_status(out: Path) -> RunStatus:
         identity=dict(identity),
         run_rate=header.get("rate") if isinstance(header.get("rate"), str) else None,
     )
-
-
-def lock_holder(path: Path) -> tuple[bool, str | None]:
-    """Whether a process holds the run lock at ``path``, and who (``pid N on HOST``).
-
-    A non-blocking try on a read-only descriptor, released at once: it takes nothing from a
-    lock that is held. On Linux it is made only when ``/proc/locks`` lists a lock on that inode,
-    so a lock that nobody holds is never touched (a run starting at that instant would find it
-    busy). The inode alone: some file systems (btrfs) show another device number there.
-    """
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return False, None
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return False, None
-        raise
-    try:
-        held = _listed_in_proc_locks(fd) is not False and _held_by_trying(fd)
-        if not held:
-            return False, None
-        os.lseek(fd, 1, os.SEEK_SET)  # the holder writes after byte 0 (Windows locks byte 0)
-        text = os.read(fd, 512).decode("utf-8", "replace").strip()
-        return True, text or None
-    finally:
-        os.close(fd)
-
-
-def _listed_in_proc_locks(fd: int) -> bool | None:
-    """Whether ``/proc/locks`` lists a lock on the file's inode; ``None`` where there is no
-    such file (not Linux)."""
-    try:
-        table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    inode = str(os.fstat(fd).st_ino)
-    # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131077 0 EOF": device major:minor (hex), inode
-    for line in table.splitlines():
-        for word in line.split():
-            parts = word.split(":")
-            if len(parts) == 3 and parts[2] == inode:
-                return True
-    return False
-
-
-def _held_by_trying(fd: int) -> bool:
-    with warnings.catch_warnings():  # "only soft file lock is available": no lock to test
-        warnings.simplefilter("ignore")
-        import filelock
-
-    try:
-        taken = filelock.lock_descriptor(fd, blocking=False)
-    except OSError:
-        return False
-    return not taken  # taken: released when the descriptor closes, a moment later
 
 
 def count_input(status: RunStatus, candidates: list[Path]) -> int | None:
