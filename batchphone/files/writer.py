@@ -42,6 +42,7 @@ from polars.io.plugins import register_io_source
 
 from batchphone.cells import parse_flag
 from batchphone.errors import OutputError, UsageError
+from batchphone.files.atomic import replacing
 from batchphone.files.formats import FORMATS, RISKY_FIRST, XLSX_EXACT_TEXT, defuse, file_format
 from batchphone.files.journal import journal_path, refuse_link
 from batchphone.files.lock import lock_path
@@ -457,37 +458,16 @@ def _to_text(value: Any) -> str | None:
 def _write_atomically(
     out_path: Path, fmt: str, columns: tuple[str, ...], rows: Iterator[Values], work: Path
 ) -> int:
-    temp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()  # left by a crashed writer of this same process id
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temp, flags | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        if hasattr(os, "fchmod"):  # not on Windows, where the mode bits mean little
-            os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
-        with open(fd, "wb") as file:
-            if fmt == "parquet":
-                count = _write_parquet(temp, columns, rows)
-            elif fmt == "xlsx":
-                count = _write_xlsx(file, columns, rows, work)
-            elif fmt == "jsonl":
-                count = _write_jsonl(file, columns, rows)
-            else:
-                count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
-            file.flush()
-            os.fsync(file.fileno())
+    with replacing(out_path) as (temp, file):
+        if fmt == "parquet":
+            count = _write_parquet(temp, columns, rows)
+        elif fmt == "xlsx":
+            count = _write_xlsx(file, columns, rows, work)
+        elif fmt == "jsonl":
+            count = _write_jsonl(file, columns, rows)
+        else:
+            count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
         refuse_link(out_path)  # os.replace would swap the link itself, but never write through one
-        os.replace(temp, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        directory = os.open(out_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
     return count
 
 
