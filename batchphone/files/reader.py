@@ -32,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fastexcel
 import polars as pl
@@ -54,6 +54,7 @@ _CHUNK = 1 << 20
 _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 # a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
 csv.field_size_limit(1 << 30)
+_T = TypeVar("_T")
 _JSON_SAMPLE_LINES = 100
 _COUNT_BATCH = 50_000  # CSV/TSV rows per batch when only counted or hashed
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
@@ -318,10 +319,8 @@ class _TextSource(InputSource):
         super().__init__(spec, fmt, opened)
         where = {name: index for index, name in reversed(list(enumerate(self.columns)))}
         self._login, self._phone = where[spec.login_id_column], where[spec.phone_column]
-        self._verified, self._region = (
-            where.get(spec.verified_column),
-            where.get(spec.region_column),
-        )
+        self._verified = where.get(spec.verified_column)
+        self._region = where.get(spec.region_column)
         self._count: tuple[int | None, int] | None = None  # (limit, rows) once counted
 
     def batches(
@@ -329,25 +328,20 @@ class _TextSource(InputSource):
     ) -> Iterator[list[InputRow]]:
         """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
         login, phone, verified, region = self._login, self._phone, self._verified, self._region
-        done = 0
-        for records in self._records(batch_size, limit):
-            rows: list[InputRow] = []
-            for start, cells in records:
-                width = len(cells)
-                done += 1
-                rows.append(
-                    InputRow(
-                        done,
-                        _login_cell(cells, login),
-                        (cells[phone] if phone < width else "") or None,
-                        (cells[verified] if verified is not None and verified < width else "")
-                        or None,
-                        (cells[region] if region is not None and region < width else "") or None,
-                        False,
-                        start,
-                    )
-                )
-            yield rows
+
+        def row(number: int, start: int, cells: list[str]) -> InputRow:
+            width = len(cells)
+            return InputRow(
+                number,
+                (cells[login].strip(_ASCII_WHITESPACE) if login < width else "") or None,
+                (cells[phone] if phone < width else "") or None,
+                (cells[verified] if verified is not None and verified < width else "") or None,
+                (cells[region] if region is not None and region < width else "") or None,
+                False,
+                start,
+            )
+
+        return self._records(row, batch_size, limit)
 
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows, on the csv module: polars'
@@ -383,36 +377,45 @@ class _TextSource(InputSource):
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
         if self._count is None or self._count[0] != limit:
-            self._count = (limit, sum(map(len, self._records(_COUNT_BATCH, limit))))
+            self._count = (limit, sum(map(len, self._records(_nothing, _COUNT_BATCH, limit))))
         return self._count[1]
 
     def _logins(self, limit: int | None) -> Iterator[list[str | None]]:
         """The login id of each row ``batches`` yields (same rows, same errors), alone."""
         login = self._login
-        for records in self._records(_COUNT_BATCH, limit):
-            yield [_login_cell(cells, login) for _, cells in records]
 
-    def _records(self, batch_size: int, limit: int | None) -> Iterator[list[tuple[int, list[str]]]]:
-        return _csv_records(self.path, self.delimiter, len(self.columns), batch_size, limit)
+        def login_id(number: int, start: int, cells: list[str]) -> str | None:
+            return (cells[login].strip(_ASCII_WHITESPACE) if login < len(cells) else "") or None
 
+        return self._records(login_id, _COUNT_BATCH, limit)
 
-def _login_cell(cells: list[str], index: int) -> str | None:
-    """A login id as read: surrounding ASCII whitespace stripped, empty or missing is ``None``."""
-    return (cells[index].strip(_ASCII_WHITESPACE) if index < len(cells) else "") or None
+    def _records(
+        self, pick: Callable[[int, int, list[str]], _T], batch_size: int, limit: int | None
+    ) -> Iterator[list[_T]]:
+        width = len(self.columns)
+        return _csv_records(self.path, self.delimiter, width, pick, batch_size, limit)
 
 
 def _csv_records(
-    path: Path, delimiter: str, width: int, batch_size: int, limit: int | None
-) -> Iterator[list[tuple[int, list[str]]]]:
-    """The data records of a CSV/TSV file in order, ``batch_size`` at a time: (the line where
-    the record starts, its cells); at most ``limit`` of them.
+    path: Path,
+    delimiter: str,
+    width: int,
+    pick: Callable[[int, int, list[str]], _T],
+    batch_size: int,
+    limit: int | None,
+) -> Iterator[list[_T]]:
+    """What ``pick`` makes of each data record of a CSV/TSV file, in order, ``batch_size`` at a
+    time; at most ``limit`` records. ``pick`` gets the record's number (1..), the line where it
+    starts, and its cells.
 
     The one walk over a CSV file's rows: blank records (every cell empty) are skipped and not
-    counted, and a record wider than the header (``width`` fields) or one the csv module cannot
-    read is an ``InputError`` naming its row and line. Reads only as fast as it is asked.
+    numbered, and a record wider than the header (``width`` fields) or one the csv module cannot
+    read is an ``InputError`` naming its row and line. Reads only as fast as it is asked, and
+    keeps only what ``pick`` returns (a batch of the csv module's lists would cost the garbage
+    collector several times the reading).
     """
     done = 0
-    batch: list[tuple[int, list[str]]] = []
+    batch: list[_T] = []
     with path.open(encoding="utf-8-sig", newline="") as file:
         reader = csv.reader(file, delimiter=delimiter)
         next(reader, None)
@@ -427,7 +430,7 @@ def _csv_records(
                     message = f"{problem} (an unquoted delimiter in a cell?)"
                     raise _error(path, message, row=done + 1, line=start)
                 done += 1
-                batch.append((start, cells))
+                batch.append(pick(done, start, cells))
                 if len(batch) >= batch_size:
                     yield batch
                     batch = []
@@ -437,6 +440,10 @@ def _csv_records(
             raise _error(path, f"is malformed ({exc})", row=done + 1, line=end + 1) from None
     if batch:
         yield batch
+
+
+def _nothing(number: int, start: int, cells: list[str]) -> None:
+    """A record only counted."""
 
 
 class _FrameSource(InputSource):
@@ -698,7 +705,7 @@ def _mid_stream_error(
     try:
         if fmt in ("csv", "tsv"):
             width = len(_csv_header(path, delimiter))
-            for _ in _csv_records(path, delimiter, width, _COUNT_BATCH, None):
+            for _ in _csv_records(path, delimiter, width, _nothing, _COUNT_BATCH, None):
                 pass
         elif fmt == "jsonl":
             _jsonl_keys(path, sample=None)
