@@ -91,21 +91,8 @@ def read_status(out: Path) -> RunStatus:
     """
     path = out if out.name.endswith(".journal") else journal_path(out)
     result = out.with_name(out.name[: -len(".journal")]) if path is out else out
-    header: dict[str, Any] | None = None
-    last: dict[int, str] = {}
-    calls = 0
-    last_call: float | None = None
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no journal: no run has written {result} (validate and dry runs keep "
-            "none), or it was moved aside",
-            path=str(path),
-        ) from None
-    except OSError as exc:
-        raise InputError(f"cannot read journal {path}: {exc.strerror}", path=str(path)) from None
-    with open(fd, "rb") as handle:
+    tally = _Tally(path)
+    with open(_open_journal(path, result), "rb") as handle:
         for line in handle:
             if not line.endswith(b"\n"):
                 break  # being written, or torn by a crash: not a record yet
@@ -113,28 +100,13 @@ def read_status(out: Path) -> RunStatus:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a damaged line: the others still tell
-            if not isinstance(record, dict):
-                continue
-            if header is None:
-                if record.get("format") != FORMAT:
-                    raise InputError(f"{path}: not a batchphone journal", path=str(path))
-                header = record
-                continue
-            call = record.get("call")
-            if isinstance(call, int | float) and "row" not in record:
-                calls += 1
-                last_call = max(last_call or 0.0, float(call))
-                continue
-            row, status = record.get("row"), record.get("status")
-            if isinstance(row, int) and isinstance(status, str) and "start" not in record:
-                last[row] = status
-                if record.get("attempts") and isinstance(record.get("ts"), int | float):
-                    last_call = max(last_call or 0.0, float(record["ts"]))
-            # any other kind (call starts, ...): not ours to count
+            if isinstance(record, dict):
+                tally.take(record)
+    header = tally.header
     if header is None:
         raise InputError(f"{path}: empty: not a batchphone journal yet", path=str(path))
     identity = header.get("identity") or {}
-    counts = Counter(last.values())
+    counts = Counter(tally.last.values())
     locked, holder = lock_holder(lock_path(result))
     return RunStatus(
         journal=str(path),
@@ -146,13 +118,58 @@ def read_status(out: Path) -> RunStatus:
         started_ts=header.get("created"),
         counts=dict(counts),
         rows_final=sum(n for status, n in counts.items() if status in _FINAL),
-        calls=calls,  # every call (reads, retries, 429s too) leaves one call record
-        last_call_ts=last_call,
+        calls=tally.calls,  # every call (reads, retries, 429s too) leaves one call record
+        last_call_ts=tally.last_call,
         locked=locked,
         holder=holder,
         identity=dict(identity),
         run_rate=header.get("rate") if isinstance(header.get("rate"), str) else None,
     )
+
+
+def _open_journal(path: Path, result: Path) -> int:
+    """A read-only descriptor of the journal ``path`` (never through a link), or
+    ``InputError`` saying why there is none."""
+    try:
+        return open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: no journal: no run has written {result} (validate and dry runs keep "
+            "none), or it was moved aside",
+            path=str(path),
+        ) from None
+    except OSError as exc:
+        raise InputError(f"cannot read journal {path}: {exc.strerror}", path=str(path)) from None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What a journal's records add up to: its header, each row's last status, the calls."""
+
+    path: Path
+    header: dict[str, Any] | None = None
+    last: dict[int, str] = dataclasses.field(default_factory=dict)
+    calls: int = 0
+    last_call: float | None = None
+
+    def take(self, record: dict[str, Any]) -> None:
+        """Count one record (the first must be the header: else ``InputError``)."""
+        if self.header is None:
+            if record.get("format") != FORMAT:
+                raise InputError(f"{self.path}: not a batchphone journal", path=str(self.path))
+            self.header = record
+            return
+        call = record.get("call")
+        if isinstance(call, int | float) and "row" not in record:
+            self.calls += 1
+            self.last_call = max(self.last_call or 0.0, float(call))
+            return
+        row, status = record.get("row"), record.get("status")
+        if isinstance(row, int) and isinstance(status, str) and "start" not in record:
+            self.last[row] = status
+            if record.get("attempts") and isinstance(record.get("ts"), int | float):
+                self.last_call = max(self.last_call or 0.0, float(record["ts"]))
+        # any other kind (call starts, ...): not ours to count
 
 
 def count_input(status: RunStatus, candidates: list[Path]) -> int | None:
