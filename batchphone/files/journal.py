@@ -68,6 +68,7 @@ __all__ = [
     "iter_records",
     "journal_identity",
     "journal_path",
+    "read_header",
     "refuse_link",
 ]
 
@@ -266,14 +267,22 @@ def journal_identity(out_path: Path) -> dict[str, Any]:
     """The run identity in the header of ``out_path``'s journal, as written (``{}`` when there
     is no journal or its first line is not a header). Read-only."""
     try:
-        for _, line, complete in _read_lines(journal_path(out_path)):
+        header = read_header(journal_path(out_path))
+    except OSError:
+        return {}
+    return dict(header.get("identity") or {}) if header else {}
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The header of the journal at ``path``, or ``None`` when its first line is not a whole
+    batchphone journal header. ``OSError`` when it cannot be read (never through a link)."""
+    for _, line, complete in _read_lines(path):
+        try:
             header = _loads(line) if complete else None
-            if isinstance(header, dict) and header.get("format") == FORMAT:
-                return dict(header.get("identity") or {})
-            break
-    except (OSError, ValueError):
-        pass
-    return {}
+        except ValueError:
+            return None
+        return header if isinstance(header, dict) and header.get("format") == FORMAT else None
+    return None
 
 
 class _AppendOnly:

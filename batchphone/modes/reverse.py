@@ -25,17 +25,14 @@ order; a journal a live run is writing is refused (its rows are not final yet).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from batchphone.cells import parse_flag
 from batchphone.errors import InputError
 from batchphone.files.formats import FORMATS, file_format, is_defused, undefuse
-from batchphone.files.journal import FORMAT, iter_records, journal_path, open_nofollow
+from batchphone.files.journal import iter_records, journal_path, read_header
 from batchphone.files.lock import lock_holder, lock_path
 from batchphone.files.reader import Table, file_sha256, open_table
 from batchphone.logs import get_logger
@@ -254,16 +251,12 @@ class JournalUndoSource(UndoSource):
         self.format = "jsonl"
         rows: dict[int, dict[str, Any]] = {}
         try:
-            with open(open_nofollow(path, os.O_RDONLY), "rb") as handle:
-                first = handle.readline()
-            header = orjson.loads(first) if first.endswith(b"\n") else None
+            header = read_header(path)
         except FileNotFoundError:
             raise InputError(f"{path}: no such file", path=str(path)) from None
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
-        except orjson.JSONDecodeError:
-            header = None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if header is None:
             raise InputError(f"{path}: not a batchphone journal", path=str(path))
         locked, holder = lock_holder(lock_path(results))
         if locked:
