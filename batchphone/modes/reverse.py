@@ -36,8 +36,15 @@ from batchphone.files.journal import iter_records, journal_path, read_header
 from batchphone.files.lock import lock_holder, lock_path
 from batchphone.files.reader import Table, file_sha256, open_table
 from batchphone.logs import get_logger
-from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
-from batchphone.rows.prepare import EXPLANATIONS, Prepared, now_iso
+from batchphone.models import (
+    LOOKUP_COLUMNS,
+    InputRow,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
+from batchphone.rows.prepare import Prepared, local_result
 
 __all__ = ["UndoSource", "open_results"]
 
@@ -206,17 +213,8 @@ def _undo_row(
     before = phone_before or ""
 
     def local(status: Status, reason: Reason) -> RowResult:
-        return RowResult(
-            row=row,
-            login_id=login_id,
-            phone_input=phone_before,
-            phone=None,
-            status=status,
-            reason=reason,
-            error_message=EXPLANATIONS.get(reason),
-            finished_at=now_iso(),
-            line=line,
-        )
+        # what undo sends a user is the before-image: it is the row's input phone
+        return local_result(InputRow(row, login_id, phone_before, line=line), status, reason, None)
 
     if status not in _MAY_HAVE_CHANGED or not login_id:
         return local(Status.UNCHANGED, Reason.NOT_UPDATED)
