@@ -233,7 +233,29 @@ def _excel_cells(reader: fastexcel.ExcelReader, sheet: int) -> pl.DataFrame:
     return frame
 
 
-class InputSource(ABC):
+class _Checked:
+    """A file the open-time checks passed: its format, its header, and its content's hash."""
+
+    def __init__(self, path: Path, fmt: str, opened: _Opened) -> None:
+        self.path = path
+        self.format = fmt
+        self.columns = opened.columns
+        self.sheet = opened.sheet  # Excel: the index of the sheet read
+        self.delimiter = opened.delimiter  # CSV/TSV: the one the header was split by
+        self._opened = opened
+        self._digest = opened.digest
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
+        if self._digest is None:
+            self._digest = file_sha256(self.path)
+        return self._digest
+
+    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
+        return _mid_stream_error(self.path, self.format, exc, done, self.delimiter)
+
+
+class InputSource(_Checked, ABC):
     """An opened, checked input file: streams its rows in batches.
 
     ``open_input`` returns one of two kinds: CSV/TSV read through the csv module
@@ -241,16 +263,10 @@ class InputSource(ABC):
     """
 
     def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
+        super().__init__(spec.path, fmt, opened)
         self.spec = spec
-        self.sheet = opened.sheet  # Excel: the index of the sheet read
-        self.delimiter = opened.delimiter  # CSV/TSV: the one the header was split by
-        self.path = spec.path
-        self.format = fmt
-        self.columns = opened.columns
         self.has_verified = spec.verified_column in self.columns
         self.has_region = spec.region_column in self.columns
-        self._opened = opened
-        self._digest = opened.digest
         self._stamp = _stamp(self.path)
 
     def sheet_name(self, wanted: str | None) -> str | None:
@@ -297,12 +313,6 @@ class InputSource(ABC):
     def is_empty(self) -> bool:
         """True when the file has no data row (reads one row, not the file)."""
         return self.count_rows(limit=1) == 0
-
-    def content_hash(self) -> str:
-        """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
-        if self._digest is None:
-            self._digest = file_sha256(self.path)
-        return self._digest
 
 
 class _TextSource(InputSource):
@@ -544,9 +554,6 @@ class _FrameSource(InputSource):
             self._excel = cells.with_columns(numeric.alias(_NUMERIC))
         return self._excel
 
-    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        return _mid_stream_error(self.path, self.format, exc, done, self.delimiter)
-
 
 def _standard(raw: pl.LazyFrame, spec: InputSpec, first: int, limit: int | None) -> pl.LazyFrame:
     """The standard frame (login, phone, verified, region, numeric, line) of non-blank rows.
@@ -607,26 +614,12 @@ class _JsonlLines:
         return self._line
 
 
-class Table:
+class Table(_Checked):
     """A checked file of any input format, read as named columns of text in file order.
 
     ``undo`` reads result files through it. Unlike ``InputSource`` it keeps every row as it is
     (rows are numbered by their position, blank ones included) and knows no column's meaning.
     """
-
-    def __init__(self, path: Path, fmt: str, opened: _Opened) -> None:
-        self.path = path
-        self.format = fmt
-        self.columns = opened.columns
-        self.sheet = opened.sheet
-        self._opened = opened
-        self._digest = opened.digest
-
-    def content_hash(self) -> str:
-        """SHA-256 (hex) of the file's bytes; computed once."""
-        if self._digest is None:
-            self._digest = file_sha256(self.path)
-        return self._digest
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many rows the file has below its header (at most ``limit``)."""
@@ -649,7 +642,7 @@ class Table:
                 yield from (n for n, line in enumerate(file, start=1) if line.strip())
         elif self.format in ("csv", "tsv"):
             with self.path.open(encoding="utf-8-sig", newline="") as file:
-                reader = csv.reader(file, delimiter=self._opened.delimiter)
+                reader = csv.reader(file, delimiter=self.delimiter)
                 next(reader, None)
                 end = reader.line_num
                 for _ in reader:
@@ -693,9 +686,6 @@ class Table:
                     yield rows
         except _POLARS_ERRORS as exc:
             raise self._mid_stream_error(exc, done) from None
-
-    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        return _mid_stream_error(self.path, self.format, exc, done, self._opened.delimiter)
 
 
 def _mid_stream_error(
