@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batchphone.files.atomic import write_private
+from batchphone.files.atomic import replacing, write_private
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -85,3 +85,16 @@ def test_a_temp_file_left_by_a_crashed_writer_of_this_pid_is_cleaned(tmp_path: P
     write_private(path, b"new")
     assert path.read_bytes() == b"new"
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+def test_an_error_inside_the_block_keeps_the_old_file(tmp_path: Path) -> None:
+    """``replacing``, as the result writer uses it: a writer that fails half way (a stop, a
+    bad row) leaves the old file whole and no temp file."""
+    path = tmp_path / "results.csv"
+    write_private(path, b"old")
+    with pytest.raises(KeyboardInterrupt), replacing(path) as (temp, file):
+        file.write(b"half of the new")
+        assert temp.parent == tmp_path and temp.exists()
+        raise KeyboardInterrupt
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["results.csv"]

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +17,10 @@ from batchphone.errors import OutputError, ResumeError
 from batchphone.files.journal import (
     Journal,
     RunIdentity,
-    RunLock,
     iter_records,
     journal_path,
-    lock_path,
 )
+from batchphone.files.lock import RunLock, lock_path
 from batchphone.models import Command, RowResult, Status
 
 IDENTITY = RunIdentity(
@@ -132,64 +129,6 @@ def test_dry_run_journal_is_replaced_by_a_real_run(tmp_path: Path) -> None:
     real = Journal.open(out, IDENTITY)
     assert not real.resumed and real.state.status(1) is None
     real.close()
-
-
-# Run in a child process: sets the lock, or tries to and prints what happened.
-_LOCKER = """
-import sys, time
-from pathlib import Path
-from batchphone.errors import OutputError
-from batchphone.files.journal import RunLock
-assert ("fcntl" in sys.modules and sys.modules["fcntl"] is None) == (sys.argv[2] == "nofcntl")
-lock = RunLock(Path(sys.argv[1]))
-try:
-    lock.acquire()
-except OutputError as exc:
-    print("refused:", exc, flush=True)
-    sys.exit(0)
-print("locked", flush=True)
-if sys.argv[3] == "hold":
-    time.sleep(60)
-lock.release()
-print("released", flush=True)
-"""
-
-
-def no_fcntl_env(tmp_path: Path) -> dict[str, str]:
-    """The environment of a Python where ``import fcntl`` fails (as on Windows)."""
-    shim = tmp_path / "shim"
-    shim.mkdir(exist_ok=True)
-    (shim / "sitecustomize.py").write_text("import sys\nsys.modules['fcntl'] = None\n")
-    path = os.pathsep.join(filter(None, [str(shim), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path}
-
-
-@pytest.mark.parametrize("platform", ["fcntl", "nofcntl"])
-def test_lock_is_exclusive_names_its_holder_and_a_dead_ones_is_taken_over(
-    tmp_path: Path, platform: str
-) -> None:
-    out = tmp_path / "results.csv"
-    env = no_fcntl_env(tmp_path) if platform == "nofcntl" else dict(os.environ)
-
-    def locker(mode: str) -> subprocess.Popen[str]:
-        argv = [sys.executable, "-c", _LOCKER, str(out), platform, mode]
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
-
-    holder = locker("hold")
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        inode = os.stat(lock_path(out)).st_ino
-        contender, _ = locker("release").communicate(timeout=60)
-        assert contender.startswith("refused: results.csv is being written by another")
-        assert f"pid {holder.pid}" in contender  # a live holder is named
-    finally:
-        holder.kill()  # like kill -9: the kernel (or the soft lock's pid check) frees it
-        holder.wait()
-    taker, _ = locker("release").communicate(timeout=60)
-    assert taker.split() == ["locked", "released"]  # the dead holder's lock is taken over
-    # the lock file is never unlinked: a waiter and a newcomer always lock the same file
-    assert os.stat(lock_path(out)).st_ino == inode
-    assert stat.S_IMODE(os.stat(lock_path(out)).st_mode) == 0o600
 
 
 def test_a_symlink_for_the_lock_or_journal_is_refused_and_its_target_untouched(

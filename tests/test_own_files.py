@@ -18,11 +18,12 @@ from click.testing import CliRunner, Result
 from batchphone.cli import main
 from batchphone.errors import OutputError, ResumeError
 from batchphone.files import writer
-from batchphone.files.journal import journal_path, lock_path
+from batchphone.files.journal import journal_path
+from batchphone.files.lock import lock_path
 from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 from tests.emulated import by_row, calls, make_emulator, new_phones, phone_users, write_input
 from tests.emulated import run_job as run_emulated
-from tests.test_journal import no_fcntl_env
+from tests.test_lock import no_fcntl_env
 
 
 def digest(*paths: Path) -> list[str]:

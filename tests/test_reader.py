@@ -309,6 +309,20 @@ def test_a_ragged_row_mid_stream_names_its_row(tmp_path: Path) -> None:
     )
 
 
+def test_a_ragged_row_in_a_result_file_is_named_as_in_an_input_file(tmp_path: Path) -> None:
+    """``Table`` (undo's reader) reads with polars; where polars stops, the one walk over the
+    CSV records names the row and line, as it does for an input file."""
+    lines = "".join(f"user{i},+1\n" for i in range(1, 200))
+    path = _write(tmp_path, "results.csv", "loginId,phone\n\n" + lines + "late,+1,extra\n")
+    table = open_table(path)
+    with pytest.raises(InputError) as info:
+        list(table.rows(["loginId", "phone"], batch_size=50))
+    assert info.value.row == 200  # the blank line is no record
+    assert str(info.value) == (
+        f"{path}: line 202: has 3 fields but the header has 2 (an unquoted delimiter in a cell?)"
+    )
+
+
 def test_a_bad_json_line_mid_stream_names_its_row(tmp_path: Path) -> None:
     lines = "".join(json.dumps({"loginId": f"u{i}", "phone": "+1"}) + "\n" for i in range(150))
     path = _write(tmp_path, "users.jsonl", lines + '{"loginId": "late", "phone": \n')

@@ -18,9 +18,9 @@ from click.testing import CliRunner
 
 import batchphone
 from batchphone.cli import main
-from batchphone.files.journal import RunLock
-from batchphone.modes import status as status_module
-from batchphone.modes.status import lock_holder, read_status, with_eta
+from batchphone.files import lock as lock_module
+from batchphone.files.lock import RunLock
+from batchphone.modes.status import read_status, with_eta
 from batchphone.render import status_lines
 
 HOLDER = f"pid {os.getpid()} on {socket.gethostname()}"
@@ -70,7 +70,7 @@ def test_status_changes_nothing(
     try:
         held = _snapshot(folder)
         assert read_status(out).locked
-        monkeypatch.setattr(status_module, "PROC_LOCKS", folder / "no-proc-locks")
+        monkeypatch.setattr(lock_module, "PROC_LOCKS", folder / "no-proc-locks")
         assert read_status(out).locked
         assert _snapshot(folder) == held
     finally:
@@ -82,29 +82,6 @@ def test_status_changes_nothing(
     assert result.exit_code == 0, result.output
     assert _snapshot(folder) == after_release
     assert before["results.csv.journal"] == after_release["results.csv.journal"]
-
-
-@pytest.mark.parametrize("proc_locks", [True, False])
-def test_the_lock_holder_is_named_without_taking_the_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, proc_locks: bool
-) -> None:
-    out = tmp_path / "results.csv"
-    assert lock_holder(tmp_path / "results.csv.lock") == (False, None)  # no lock file yet
-    if not proc_locks:  # a system without /proc/locks: a non-blocking try, released at once
-        monkeypatch.setattr(status_module, "PROC_LOCKS", tmp_path / "no-proc-locks")
-    lock = RunLock(out)
-    lock.acquire()
-    try:
-        assert lock_holder(lock.path) == (True, HOLDER)
-        assert lock_holder(lock.path) == (True, HOLDER)  # asking twice takes nothing
-    finally:
-        lock.release()
-    # the text stays in the file after the run: only the OS lock says whether it is live
-    assert HOLDER in lock.path.read_text()
-    assert lock_holder(lock.path) == (False, None)
-    again = RunLock(out)
-    again.acquire()  # status left nothing behind that keeps a run from starting
-    again.release()
 
 
 def _journal(path: Path, records: list[dict[str, object]], tail: bytes = b"") -> None:
@@ -232,22 +209,6 @@ def test_a_live_run_started_by_another_process(tmp_path: Path) -> None:
     assert document["locked"] and document["input_rows"] == rows  # found beside OUT
     assert 0 < document["rows_final"] < rows and document["eta_s"] > 0
     assert read_status(out).locked is False  # the process ended, its lock with it
-
-
-@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="Linux: /proc/locks")
-def test_a_free_lock_is_not_even_tried_on_linux(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A run starting at that instant must not find its lock busy because of a status."""
-    lock = RunLock(tmp_path / "results.csv")
-    lock.acquire()
-    lock.release()  # the file is there, nobody holds it
-
-    def tried(fd: int) -> bool:
-        raise AssertionError("a lock nobody holds was tried")
-
-    monkeypatch.setattr(status_module, "_held_by_trying", tried)
-    assert lock_holder(lock.path) == (False, None)
 
 
 def test_a_stopped_run_counts_the_rows_it_never_reached_as_its_result_file_does(

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from batchphone.errors import UsageError
-from batchphone.files.journal import RunLock
+from batchphone.files.lock import RunLock
 from batchphone.ui import UiOptions, _banner
 from batchphone.ui.app import build_app
 from batchphone.ui.jobs import Page
@@ -630,7 +630,7 @@ async def test_the_downloads_keep_a_formula_like_login_id_exact(tmp_path: Path) 
     from openpyxl import load_workbook
 
     import batchphone
-    from batchphone.files.writer import defuse
+    from batchphone.files.formats import defuse
 
     keys = Keys()
     async with _signed_in(_page(tmp_path, limit=10**6), keys) as client:

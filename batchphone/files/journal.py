@@ -30,9 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import secrets
-import socket
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,11 +65,10 @@ __all__ = [
     "Journal",
     "JournalState",
     "RunIdentity",
-    "RunLock",
     "iter_records",
     "journal_identity",
     "journal_path",
-    "lock_path",
+    "read_header",
     "refuse_link",
 ]
 
@@ -190,11 +187,6 @@ def journal_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.name + ".journal")
 
 
-def lock_path(out_path: Path) -> Path:
-    """Where the lock of a result file lives."""
-    return out_path.with_name(out_path.name + ".lock")
-
-
 def refuse_link(path: Path) -> None:
     """Raise ``OutputError`` when ``path`` is a symbolic link (followed, it could make us write
     over any file its owner can point it at)."""
@@ -275,37 +267,122 @@ def journal_identity(out_path: Path) -> dict[str, Any]:
     """The run identity in the header of ``out_path``'s journal, as written (``{}`` when there
     is no journal or its first line is not a header). Read-only."""
     try:
-        for _, line, complete in _read_lines(journal_path(out_path)):
+        header = read_header(journal_path(out_path))
+    except OSError:
+        return {}
+    return dict(header.get("identity") or {}) if header else {}
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The header of the journal at ``path``, or ``None`` when its first line is not a whole
+    batchphone journal header. ``OSError`` when it cannot be read (never through a link)."""
+    for _, line, complete in _read_lines(path):
+        try:
             header = _loads(line) if complete else None
-            if isinstance(header, dict) and header.get("format") == FORMAT:
-                return dict(header.get("identity") or {})
-            break
-    except (OSError, ValueError):
-        pass
-    return {}
+        except ValueError:
+            return None
+        return header if isinstance(header, dict) and header.get("format") == FORMAT else None
+    return None
 
 
-class Journal:
-    """An open journal, appended to by the one writer task of a run."""
+class _AppendOnly:
+    """An append-only file of JSON lines, written by one thread.
 
-    def __init__(self, path: Path, header: dict[str, Any], state: JournalState) -> None:
+    Lines are buffered and handed to the OS by ``flush``. The first write or fsync that fails
+    (a full disk) stops all writing: what was not written whole stays in memory
+    (``unwritten_records``), so a torn line can only be the file's last.
+    """
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.header = header
-        self.state = state
         self._fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._last_flush = time.monotonic()
-        #: files ``--restart`` moved aside (result file, journal), to report
-        self.moved: tuple[Path, ...] = ()
-        # call ids: unique across the processes that append to this journal in turn
-        self._session = secrets.token_hex(4)
-        self._calls = 0
         #: the first write or fsync that failed (a full disk): nothing is written after it
         self.failed: OSError | None = None
         #: called (on the appending thread) with that error; unset, the error is raised
         self.on_failure: Callable[[OSError], None] | None = None
         self._unwritten: list[bytes] = []
+
+    def flush(self) -> None:
+        """Hand every buffered line to the OS.
+
+        A write that fails (``ENOSPC``) marks the journal ``failed``: the lines not written
+        whole stay in memory (``unwritten_records``, for the result file), later lines join
+        them, and nothing more is written, so a torn line can only be the file's last.
+        """
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            if self.failed is not None:
+                self._unwritten.append(data)
+            else:
+                done = 0
+                try:
+                    while done < len(data):
+                        done += os.write(self._fd, data[done:])
+                except OSError as exc:
+                    # from the start of the line the write broke off in
+                    self._unwritten.append(data[data.rfind(b"\n", 0, done) + 1 :])
+                    self.fail(exc)
+        self._last_flush = time.monotonic()
+
+    def fsync(self) -> None:
+        """Ask the OS to put what it holds on disk (blocking: run it in a worker thread).
+
+        It touches only the file descriptor, never the buffer, so it is safe to run while the
+        event loop thread goes on appending; ``flush`` must stay on the thread that appends.
+        Raises the ``OSError`` of a failed fsync: the appending thread passes it to ``fail``.
+        """
+        if self._fd >= 0 and self.failed is None:
+            os.fsync(self._fd)
+
+    def fail(self, exc: OSError) -> None:
+        """Mark the journal failed (nothing more is written) and tell ``on_failure``, once."""
+        if self.failed is not None:
+            return
+        self.failed = exc
+        if self.on_failure is None:
+            raise exc
+        self.on_failure(exc)
+
+    def unwritten_records(self) -> Iterator[dict[str, Any]]:
+        """The row records a failed journal could not write, in the order appended."""
+        for line in b"".join(self._unwritten).splitlines():
+            record = _loads(line)
+            if "row" in record:
+                yield record
+
+    def close(self) -> None:
+        """Flush, fsync and close (a failed journal keeps what it could not write in memory)."""
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+            if self.failed is None:
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    self.fail(exc)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Journal(_AppendOnly):
+    """An open journal, appended to by the one writer task of a run."""
+
+    def __init__(self, path: Path, header: dict[str, Any], state: JournalState) -> None:
+        super().__init__(path)
+        self.header = header
+        self.state = state
+        #: files ``--restart`` moved aside (result file, journal), to report
+        self.moved: tuple[Path, ...] = ()
+        # call ids: unique across the processes that append to this journal in turn
+        self._session = secrets.token_hex(4)
+        self._calls = 0
 
     @classmethod
     def open(
@@ -335,47 +412,18 @@ class Journal:
         refuse_link(path)
         refuse_link(out_path)
         new = identity.header()
-        moved: tuple[Path, ...] = ()
+        moved: tuple[Path, ...] | None = ()
         if path.exists():
-            header, changed, answered = _scan(path)
-            if header is None and not restart:
-                raise ResumeError(
-                    f"{path} is not a batchphone journal, or is damaged: move it away, "
-                    "or add restart=True to move it aside"
-                )
-            old = header.get("identity", {}) if header else {}
-            if header and old == new and resume and not restart:
-                header, state = _load(path)
-                journal = cls(path, header, state)
-                journal.header["resumed"] = True
-                return journal
-            if changed and not restart:
-                raise ResumeError(_kept(path, old, new))
-            if changed:
-                moved = _move_aside(out_path, path)
-            elif not (restart or replaceable or old.get("dry_run")) and (
-                answered or not _retargeted(old, new)
-            ):
-                raise ResumeError(_mismatch(path, old, new))
-            else:
-                path.unlink()  # it changed no user: nothing is lost
-        header = {
-            "format": FORMAT,
-            "version": VERSION,
-            "identity": new,
-            "created": time.time(),
-        }
+            moved = _make_way(path, out_path, new, restart, replaceable, resume)
+        if moved is None:
+            header, state = _load(path)
+            journal = cls(path, header, state)
+            journal.header["resumed"] = True
+            return journal
+        header = {"format": FORMAT, "version": VERSION, "identity": new, "created": time.time()}
         if rate is not None:
             header["rate"] = rate
-        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
-            os.write(fd, _dumps(header) + b"\n")
-            os.fsync(fd)
-        except OSError as exc:  # a full disk before the first call: nothing was sent
-            path.unlink(missing_ok=True)
-            raise OutputError(f"cannot write the journal {path} ({exc.strerror})") from None
-        finally:
-            os.close(fd)
+        _create(path, header)
         journal = cls(path, header, JournalState())
         journal.moved = moved
         return journal
@@ -458,70 +506,51 @@ class Journal:
         self._buffered += len(self._buffer[-1])
         self.state.record(result.row, result.status)
 
-    def flush(self) -> None:
-        """Hand every buffered line to the OS.
 
-        A write that fails (``ENOSPC``) marks the journal ``failed``: the lines not written
-        whole stay in memory (``unwritten_records``, for the result file), later lines join
-        them, and nothing more is written, so a torn line can only be the file's last.
-        """
-        if self._buffer:
-            data = b"".join(self._buffer)
-            self._buffer.clear()
-            self._buffered = 0
-            if self.failed is not None:
-                self._unwritten.append(data)
-            else:
-                done = 0
-                try:
-                    while done < len(data):
-                        done += os.write(self._fd, data[done:])
-                except OSError as exc:
-                    # from the start of the line the write broke off in
-                    self._unwritten.append(data[data.rfind(b"\n", 0, done) + 1 :])
-                    self.fail(exc)
-        self._last_flush = time.monotonic()
+def _make_way(
+    path: Path,
+    out_path: Path,
+    new: Mapping[str, Any],
+    restart: bool,
+    replaceable: bool,
+    resume: bool,
+) -> tuple[Path, ...] | None:
+    """Decide about the journal already at ``path`` for a run whose identity is ``new``
+    (``Journal.open`` says when each happens): ``None`` when that run resumes it; else it is
+    moved aside with the result file (the paths moved are returned), deleted (it changed no
+    user: ``()``), or refused (``ResumeError``). Nothing is written before the decision."""
+    header, changed, answered = _scan(path)
+    if header is None and not restart:
+        raise ResumeError(
+            f"{path} is not a batchphone journal, or is damaged: move it away, "
+            "or add restart=True to move it aside"
+        )
+    old = header.get("identity", {}) if header else {}
+    if header and old == new and resume and not restart:
+        return None
+    if changed and not restart:
+        raise ResumeError(_kept(path, old, new))
+    if changed:
+        return _move_aside(out_path, path)
+    if not (restart or replaceable or old.get("dry_run")) and (
+        answered or not _retargeted(old, new)
+    ):
+        raise ResumeError(_mismatch(path, old, new))
+    path.unlink()  # it changed no user: nothing is lost
+    return ()
 
-    def fsync(self) -> None:
-        """Ask the OS to put what it holds on disk (blocking: run it in a worker thread).
 
-        It touches only the file descriptor, never the buffer, so it is safe to run while the
-        event loop thread goes on appending; ``flush`` must stay on the thread that appends.
-        Raises the ``OSError`` of a failed fsync: the appending thread passes it to ``fail``.
-        """
-        if self._fd >= 0 and self.failed is None:
-            os.fsync(self._fd)
-
-    def fail(self, exc: OSError) -> None:
-        """Mark the journal failed (nothing more is written) and tell ``on_failure``, once."""
-        if self.failed is not None:
-            return
-        self.failed = exc
-        if self.on_failure is None:
-            raise exc
-        self.on_failure(exc)
-
-    def unwritten_records(self) -> Iterator[dict[str, Any]]:
-        """The row records a failed journal could not write, in the order appended."""
-        for line in b"".join(self._unwritten).splitlines():
-            record = _loads(line)
-            if "row" in record:
-                yield record
-
-    def close(self) -> None:
-        """Flush, fsync and close (a failed journal keeps what it could not write in memory)."""
-        if self._fd < 0:
-            return
-        try:
-            self.flush()
-            if self.failed is None:
-                try:
-                    os.fsync(self._fd)
-                except OSError as exc:
-                    self.fail(exc)
-        finally:
-            os.close(self._fd)
-            self._fd = -1
+def _create(path: Path, header: Mapping[str, Any]) -> None:
+    """A new journal holding ``header``, on disk before the first call is sent."""
+    fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        os.write(fd, _dumps(header) + b"\n")
+        os.fsync(fd)
+    except OSError as exc:  # a full disk before the first call: nothing was sent
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write the journal {path} ({exc.strerror})") from None
+    finally:
+        os.close(fd)
 
 
 def _load(path: Path) -> tuple[dict[str, Any], JournalState]:
@@ -766,72 +795,3 @@ def _mismatch(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str
         f"{path} belongs to another run ({why}); "
         "rerun with restart=True to start over, or choose another out=..."
     )
-
-
-class RunLock:
-    """An exclusive lock on a result file, so two runs never write the same journal.
-
-    The OS lock is taken on a descriptor of ``<out>.lock`` that we open ourselves (without
-    following a link) through ``filelock.lock_descriptor``: ``flock`` on POSIX, ``LockFileEx``
-    on byte 0 on Windows. The kernel drops it when its process dies, so a lock left by a
-    ``kill -9`` is stale by construction and is simply taken over. The file is never unlinked:
-    unlinking a lock file lets a waiter lock the old inode while a third run creates a new one.
-    The holder writes ``pid N on HOST`` after byte 0 (readable while Windows locks byte 0).
-    Where the OS has no such lock (no ``fcntl``), filelock's soft lock on ``<out>.lock.soft``
-    stands in: it names its holder and takes over from a dead one the same way.
-    """
-
-    def __init__(self, out_path: Path) -> None:
-        self.path = lock_path(out_path)
-        self._fd = -1
-        self._soft: Any = None
-
-    def acquire(self) -> None:
-        """Take the lock or raise ``OutputError`` naming the process holding it."""
-        with warnings.catch_warnings():  # "only soft file lock is available": handled below
-            warnings.simplefilter("ignore")
-            import filelock
-
-        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            locked = filelock.lock_descriptor(fd, blocking=False)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno != errno.ENOSYS:
-                raise OutputError(f"cannot lock {self.path}: {exc.strerror}") from None
-            self._acquire_soft(filelock)
-            return
-        if not locked:
-            os.lseek(fd, 1, os.SEEK_SET)
-            holder = os.read(fd, 512).decode("utf-8", "replace").strip()
-            os.close(fd)
-            self._busy(holder)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"\npid {os.getpid()} on {socket.gethostname()}\n".encode())
-        self._fd = fd
-
-    def _acquire_soft(self, filelock: Any) -> None:
-        soft_path = self.path.with_name(self.path.name + ".soft")
-        refuse_link(soft_path)
-        soft = filelock.SoftFileLock(str(soft_path), timeout=0)
-        try:
-            soft.acquire()
-        except filelock.Timeout:
-            pid = soft.pid
-            self._busy(f"pid {pid}" if pid else "")
-        self._soft = soft
-
-    def _busy(self, holder: str) -> None:
-        raise OutputError(
-            f"{self.path.name[: -len('.lock')]} is being written by another batchphone run "
-            f"({holder or 'another process'}); wait for it or stop it first"
-        )
-
-    def release(self) -> None:
-        """Release the lock; its file stays."""
-        if self._fd >= 0:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = -1
-        if self._soft is not None:
-            self._soft.release()
-            self._soft = None

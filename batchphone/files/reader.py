@@ -28,19 +28,20 @@ import difflib
 import hashlib
 import itertools
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fastexcel
 import polars as pl
 
 from batchphone.errors import InputError
+from batchphone.files.formats import FORMATS, file_format
 from batchphone.models import InputRow
 
 __all__ = [
-    "FORMATS",
     "InputSource",
     "InputSpec",
     "Table",
@@ -49,14 +50,13 @@ __all__ = [
     "open_table",
 ]
 
-#: File extension (lower case) -> input format.
-FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet", ".xlsx": "xlsx"}
-FORMATS |= {".jsonl": "jsonl", ".ndjson": "jsonl"}
 _CHUNK = 1 << 20
 _ASCII_WHITESPACE = " \t\r\n\x0b\x0c"
 # a cell may be huge (a pasted blob): the normalizer rejects it, the reader must not choke on it
 csv.field_size_limit(1 << 30)
+_T = TypeVar("_T")
 _JSON_SAMPLE_LINES = 100
+_COUNT_BATCH = 50_000  # CSV/TSV rows per batch when only counted or hashed
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
 _TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
 _HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
@@ -149,7 +149,8 @@ def open_input(spec: InputSpec) -> InputSource:
             dtype = schema[name]
             if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
                 raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
-    source = InputSource(spec, fmt, opened)
+    kind = _TextSource if fmt in ("csv", "tsv") else _FrameSource
+    source = kind(spec, fmt, opened)
     if source.is_empty():
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
@@ -167,7 +168,7 @@ def open_table(path: Path, wanted: Sequence[str] = ()) -> Table:
 
 
 def _format(path: Path) -> str:
-    fmt = FORMATS.get(path.suffix.lower())
+    fmt = file_format(path)
     if fmt is None:
         raise _error(
             path, f"unsupported file type {path.suffix or '(none)'!r}: use " + ", ".join(FORMATS)
@@ -232,22 +233,40 @@ def _excel_cells(reader: fastexcel.ExcelReader, sheet: int) -> pl.DataFrame:
     return frame
 
 
-class InputSource:
-    """An opened, checked input file: streams its rows in batches."""
+class _Checked:
+    """A file the open-time checks passed: its format, its header, and its content's hash."""
 
-    def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
-        self.spec = spec
-        self.sheet = opened.sheet  # Excel: the index of the sheet read
-        self.delimiter = opened.delimiter  # CSV/TSV: the one the header was split by
-        self.path = spec.path
+    def __init__(self, path: Path, fmt: str, opened: _Opened) -> None:
+        self.path = path
         self.format = fmt
         self.columns = opened.columns
-        self.has_verified = spec.verified_column in self.columns
-        self.has_region = spec.region_column in self.columns
+        self.sheet = opened.sheet  # Excel: the index of the sheet read
+        self.delimiter = opened.delimiter  # CSV/TSV: the one the header was split by
         self._opened = opened
         self._digest = opened.digest
-        self._excel: pl.DataFrame | None = None
-        self._text_count: tuple[int | None, int] | None = None
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
+        if self._digest is None:
+            self._digest = file_sha256(self.path)
+        return self._digest
+
+    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
+        return _mid_stream_error(self.path, self.format, exc, done, self.delimiter)
+
+
+class InputSource(_Checked, ABC):
+    """An opened, checked input file: streams its rows in batches.
+
+    ``open_input`` returns one of two kinds: CSV/TSV read through the csv module
+    (``_TextSource``), Parquet, JSONL and Excel through polars (``_FrameSource``).
+    """
+
+    def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
+        super().__init__(spec.path, fmt, opened)
+        self.spec = spec
+        self.has_verified = spec.verified_column in self.columns
+        self.has_region = spec.region_column in self.columns
         self._stamp = _stamp(self.path)
 
     def sheet_name(self, wanted: str | None) -> str | None:
@@ -272,13 +291,183 @@ class InputSource:
                 "when the run started): leave the input alone until the run ends",
             )
 
+    @abstractmethod
     def batches(
         self, batch_size: int = 20_000, limit: int | None = None
     ) -> Iterator[list[InputRow]]:
         """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
-        if self.format in ("csv", "tsv"):
-            yield from self._text_batches(batch_size, limit)
-            return
+
+    @abstractmethod
+    def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
+        """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
+
+        Collects one 64-bit hash per row in batches and sorts them (8 bytes per row: a hash
+        table over the ids, even over their hashes, costs several times that), then checks the
+        ids whose hash repeats in a second pass: a hash collision only costs a candidate.
+        """
+
+    @abstractmethod
+    def count_rows(self, limit: int | None = None) -> int:
+        """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
+
+    def is_empty(self) -> bool:
+        """True when the file has no data row (reads one row, not the file)."""
+        return self.count_rows(limit=1) == 0
+
+
+class _TextSource(InputSource):
+    """CSV/TSV rows through the csv module, which reads only as fast as it is asked.
+
+    polars' ``collect_batches`` reads ahead of a slow consumer without bound (the runner
+    judges rows far slower than polars parses them), so its memory grew with the file:
+    ~500 MB for 5M rows. This keeps one batch in memory. The file was checked at open
+    (UTF-8, header, columns); the cells follow the same rules as the polars frame: empty
+    cells are None, login ids lose surrounding ASCII whitespace, blank rows are skipped.
+    """
+
+    def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
+        super().__init__(spec, fmt, opened)
+        where = {name: index for index, name in reversed(list(enumerate(self.columns)))}
+        self._login, self._phone = where[spec.login_id_column], where[spec.phone_column]
+        self._verified = where.get(spec.verified_column)
+        self._region = where.get(spec.region_column)
+        self._count: tuple[int | None, int] | None = None  # (limit, rows) once counted
+
+    def batches(
+        self, batch_size: int = 20_000, limit: int | None = None
+    ) -> Iterator[list[InputRow]]:
+        """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
+        login, phone, verified, region = self._login, self._phone, self._verified, self._region
+
+        def row(number: int, start: int, cells: list[str]) -> InputRow:
+            width = len(cells)
+            return InputRow(
+                number,
+                (cells[login].strip(_ASCII_WHITESPACE) if login < width else "") or None,
+                (cells[phone] if phone < width else "") or None,
+                (cells[verified] if verified is not None and verified < width else "") or None,
+                (cells[region] if region is not None and region < width else "") or None,
+                False,
+                start,
+            )
+
+        return self._records(row, batch_size, limit)
+
+    def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
+        """Login ids on more than one of the (first ``limit``) rows, on the csv module: polars'
+        streaming scan holds ~200 MB of read-ahead here, the csv module one batch.
+
+        The hashes are kept as one small Series per batch (8 bytes a row) and sorted a
+        sixteenth at a time, so the sort's copies stay small: at 5M rows 40 MB in all, where
+        one array sorted whole held three copies (120 MB). The ids whose hash repeats are
+        counted in a second pass: a hash collision only costs a candidate.
+        """
+        parts: list[pl.Series] = []
+        count = 0
+        for logins in self._logins(limit):
+            count += len(logins)
+            hashes = [hash(login) for login in logins if login is not None]
+            parts.append(pl.Series("h", hashes, dtype=pl.Int64))
+        self._count = (limit, count)  # count_rows is asked next: no third pass
+        repeated: set[int] = set()
+        for bucket in range(_HASH_BUCKETS):
+            ordered = pl.concat(
+                [part.filter(part & (_HASH_BUCKETS - 1) == bucket) for part in parts]
+            )
+            ordered = ordered.sort()
+            repeated.update(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
+        del parts
+        if not repeated:
+            return frozenset()
+        seen: collections.Counter[str] = collections.Counter()
+        for logins in self._logins(limit):
+            seen.update(login for login in logins if login is not None and hash(login) in repeated)
+        return frozenset(login for login, n in seen.items() if n > 1)
+
+    def count_rows(self, limit: int | None = None) -> int:
+        """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
+        if self._count is None or self._count[0] != limit:
+            self._count = (limit, sum(map(len, self._records(_nothing, _COUNT_BATCH, limit))))
+        return self._count[1]
+
+    def _logins(self, limit: int | None) -> Iterator[list[str | None]]:
+        """The login id of each row ``batches`` yields (same rows, same errors), alone."""
+        login = self._login
+
+        def login_id(number: int, start: int, cells: list[str]) -> str | None:
+            return (cells[login].strip(_ASCII_WHITESPACE) if login < len(cells) else "") or None
+
+        return self._records(login_id, _COUNT_BATCH, limit)
+
+    def _records(
+        self, pick: Callable[[int, int, list[str]], _T], batch_size: int, limit: int | None
+    ) -> Iterator[list[_T]]:
+        width = len(self.columns)
+        return _csv_records(self.path, self.delimiter, width, pick, batch_size, limit)
+
+
+def _csv_records(
+    path: Path,
+    delimiter: str,
+    width: int,
+    pick: Callable[[int, int, list[str]], _T],
+    batch_size: int,
+    limit: int | None,
+) -> Iterator[list[_T]]:
+    """What ``pick`` makes of each data record of a CSV/TSV file, in order, ``batch_size`` at a
+    time; at most ``limit`` records. ``pick`` gets the record's number (1..), the line where it
+    starts, and its cells.
+
+    The one walk over a CSV file's rows: blank records (every cell empty) are skipped and not
+    numbered, and a record wider than the header (``width`` fields) or one the csv module cannot
+    read is an ``InputError`` naming its row and line. Reads only as fast as it is asked, and
+    keeps only what ``pick`` returns (a batch of the csv module's lists would cost the garbage
+    collector several times the reading).
+    """
+    done = 0
+    batch: list[_T] = []
+    with path.open(encoding="utf-8-sig", newline="") as file:
+        reader = csv.reader(file, delimiter=delimiter)
+        next(reader, None)
+        end = reader.line_num  # the last line read: a record starts on the line after it
+        try:
+            for cells in reader:
+                start, end = end + 1, reader.line_num
+                if not any(cells):
+                    continue  # a blank line, or a row of empty cells
+                if len(cells) > width:
+                    problem = f"has {len(cells)} fields but the header has {width}"
+                    message = f"{problem} (an unquoted delimiter in a cell?)"
+                    raise _error(path, message, row=done + 1, line=start)
+                done += 1
+                batch.append(pick(done, start, cells))
+                if len(batch) >= batch_size:
+                    yield batch
+                    batch = []
+                if limit is not None and done >= limit:
+                    break
+        except csv.Error as exc:
+            raise _error(path, f"is malformed ({exc})", row=done + 1, line=end + 1) from None
+    if batch:
+        yield batch
+
+
+def _nothing(number: int, start: int, cells: list[str]) -> None:
+    """A record only counted."""
+
+
+class _FrameSource(InputSource):
+    """Parquet, JSONL and Excel rows through polars' streaming engine, as the standard frame
+    (``_standard``)."""
+
+    def __init__(self, spec: InputSpec, fmt: str, opened: _Opened):
+        super().__init__(spec, fmt, opened)
+        self._excel: pl.DataFrame | None = None
+
+    def batches(
+        self, batch_size: int = 20_000, limit: int | None = None
+    ) -> Iterator[list[InputRow]]:
+        """Yield the rows in file order, ``batch_size`` at a time (blocking; streams the file)."""
         done = 0
         lines = _JsonlLines(self.path) if self.format == "jsonl" else None
         try:
@@ -298,77 +487,8 @@ class InputSource:
             if lines is not None:
                 lines.close()
 
-    def is_empty(self) -> bool:
-        """True when the file has no data row (reads one row, not the file)."""
-        if self.format in ("csv", "tsv"):
-            return next(self._text_batches(1, 1), None) is None
-        return self.count_rows(limit=1) == 0
-
-    def _text_batches(self, batch_size: int, limit: int | None) -> Iterator[list[InputRow]]:
-        """CSV/TSV rows through the csv module, which reads only as fast as it is asked.
-
-        polars' ``collect_batches`` reads ahead of a slow consumer without bound (the runner
-        judges rows far slower than polars parses them), so its memory grew with the file:
-        ~500 MB for 5M rows. This keeps one batch in memory. The file was checked at open
-        (UTF-8, header, columns); the cells follow the same rules as the polars frame: empty
-        cells are None, login ids lose surrounding ASCII whitespace, blank rows are skipped.
-        """
-        spec = self.spec
-        done = 0
-        batch: list[InputRow] = []
-        with self.path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, delimiter=self.delimiter)
-            header = next(reader, [])
-            where = {name: index for index, name in reversed(list(enumerate(header)))}
-            login, phone = where[spec.login_id_column], where[spec.phone_column]
-            verified, region = where.get(spec.verified_column), where.get(spec.region_column)
-            end = reader.line_num  # the last line read: a record starts on the line after it
-            try:
-                for cells in reader:
-                    start, end = end + 1, reader.line_num
-                    if not any(cells):
-                        continue  # a blank line, or a row of empty cells
-                    width = len(cells)
-                    if width > len(header):
-                        message = (
-                            f"has {width} fields but the header has {len(header)}"
-                            " (an unquoted delimiter in a cell?)"
-                        )
-                        raise _error(self.path, message, row=done + 1, line=start)
-                    login_id = cells[login].strip(_ASCII_WHITESPACE) if login < width else ""
-                    done += 1
-                    batch.append(
-                        InputRow(
-                            done,
-                            login_id or None,
-                            (cells[phone] if phone < width else "") or None,
-                            (cells[verified] if verified is not None and verified < width else "")
-                            or None,
-                            (cells[region] if region is not None and region < width else "")
-                            or None,
-                            False,
-                            start,
-                        )
-                    )
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-                    if limit is not None and done >= limit:
-                        break
-            except csv.Error as exc:
-                raise _error(self.path, str(exc), row=done + 1, line=end + 1) from None
-        if batch:
-            yield batch
-
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
-        """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
-
-        Collects one 64-bit hash per row in batches and sorts them (8 bytes per row: a hash
-        table over the ids, even over their hashes, costs several times that), then checks the
-        ids whose hash repeats in a second pass: a hash collision only costs a candidate.
-        """
-        if self.format in ("csv", "tsv"):
-            return self._repeated_in_text(limit)
+        """Login ids on more than one of the (first ``limit``) rows (streaming group-by)."""
         logins = self._frame(limit).select(_LOGIN).drop_nulls()
         hashed = pl.col(_LOGIN).hash(seed=0)
         try:
@@ -392,86 +512,9 @@ class InputSource:
         query = candidates.filter(pl.col("len") > 1).select(_LOGIN)
         return frozenset(self._collect(query)[_LOGIN].to_list())
 
-    def _repeated_in_text(self, limit: int | None) -> frozenset[str]:
-        """``repeated_login_ids`` for CSV/TSV, on the csv module: polars' streaming scan holds
-        ~200 MB of read-ahead here, the csv module one batch.
-
-        The hashes are kept as one small Series per batch (8 bytes a row) and sorted a
-        sixteenth at a time, so the sort's copies stay small: at 5M rows 40 MB in all, where
-        one array sorted whole held three copies (120 MB).
-        """
-        parts: list[pl.Series] = []
-        count = 0
-        for logins in self._text_logins(50_000, limit):
-            count += len(logins)
-            hashes = [hash(login) for login in logins if login is not None]
-            parts.append(pl.Series("h", hashes, dtype=pl.Int64))
-        self._text_count = (limit, count)  # count_rows is asked next: no third pass
-        repeated: set[int] = set()
-        for bucket in range(_HASH_BUCKETS):
-            ordered = pl.concat(
-                [part.filter(part & (_HASH_BUCKETS - 1) == bucket) for part in parts]
-            )
-            ordered = ordered.sort()
-            repeated.update(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
-        del parts
-        if not repeated:
-            return frozenset()
-        seen: collections.Counter[str] = collections.Counter()
-        for logins in self._text_logins(50_000, limit):
-            seen.update(login for login in logins if login is not None and hash(login) in repeated)
-        return frozenset(login for login, n in seen.items() if n > 1)
-
-    def _text_logins(self, batch_size: int, limit: int | None) -> Iterator[list[str | None]]:
-        """The login id of each row ``_text_batches`` yields (same rows, same errors), alone."""
-        done = 0
-        batch: list[str | None] = []
-        with self.path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, delimiter=self.delimiter)
-            header = next(reader, [])
-            login = {name: i for i, name in reversed(list(enumerate(header)))}[
-                self.spec.login_id_column
-            ]
-            end = reader.line_num
-            try:
-                for cells in reader:
-                    start, end = end + 1, reader.line_num
-                    if not any(cells):
-                        continue  # a blank line, or a row of empty cells
-                    width = len(cells)
-                    if width > len(header):
-                        message = (
-                            f"has {width} fields but the header has {len(header)}"
-                            " (an unquoted delimiter in a cell?)"
-                        )
-                        raise _error(self.path, message, row=done + 1, line=start)
-                    done += 1
-                    batch.append(
-                        (cells[login].strip(_ASCII_WHITESPACE) if login < width else "") or None
-                    )
-                    if len(batch) >= batch_size:
-                        yield batch
-                        batch = []
-                    if limit is not None and done >= limit:
-                        break
-            except csv.Error as exc:
-                raise _error(self.path, str(exc), row=done + 1, line=end + 1) from None
-        if batch:
-            yield batch
-
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
-        if self.format in ("csv", "tsv"):
-            if self._text_count is None or self._text_count[0] != limit:
-                self._text_count = (limit, sum(map(len, self._text_logins(50_000, limit))))
-            return self._text_count[1]
         return int(self._collect(self._frame(limit).select(pl.len())).item())
-
-    def content_hash(self) -> str:
-        """SHA-256 (hex) of the file's bytes, read in chunks; computed once."""
-        if self._digest is None:
-            self._digest = file_sha256(self.path)
-        return self._digest
 
     def _collect(self, query: pl.LazyFrame) -> pl.DataFrame:
         try:
@@ -480,42 +523,8 @@ class InputSource:
             raise self._mid_stream_error(exc, 0) from None
 
     def _frame(self, limit: int | None) -> pl.LazyFrame:
-        """The standard frame (login, phone, verified, region, numeric, line) of non-blank rows.
-
-        ``line``: JSONL the record's position (``_JsonlLines`` turns it into its line number).
-        """
-        raw = self._scan()
-        spec, schema = self.spec, raw.collect_schema()
-        cells = [(pl.col(name), dtype) for name, dtype in schema.items() if name != _NUMERIC]
-        filled = [c.is_not_null() & ((c != "") if t == pl.String else True) for c, t in cells]
-        # numbered before blank rows are dropped: a blank row still has its number
-        frame = raw.with_row_index(_INDEX).filter(pl.any_horizontal(filled))
         first = {"xlsx": self._opened.header_line + 1, "parquet": 2}.get(self.format, 0)
-        if limit is not None:
-            frame = frame.head(limit)
-
-        def text(name: str, *, login: bool = False) -> pl.Expr:
-            if name not in schema:
-                return pl.lit(None, dtype=pl.String)
-            cell = _as_text(pl.col(name), schema[name])
-            if login:
-                cell = cell.str.strip_chars(_ASCII_WHITESPACE)
-            return pl.when(cell == "").then(None).otherwise(cell)
-
-        phone = pl.col(spec.phone_column)
-        numeric = (  # Parquet: a numeric phone column; JSONL and Excel: the flag per cell
-            pl.col(_NUMERIC).fill_null(False)
-            if _NUMERIC in schema
-            else phone.is_not_null() & schema[spec.phone_column].is_numeric()
-        )
-        return frame.select(
-            text(spec.login_id_column, login=True).alias(_LOGIN),
-            text(spec.phone_column).alias(_PHONE),
-            text(spec.verified_column).alias(_VERIFIED),
-            text(spec.region_column).alias(_REGION),
-            numeric.alias(_NUMERIC),
-            (pl.col(_INDEX).cast(pl.Int64) + first).alias(_LINE),
-        )
+        return _standard(self._scan(), self.spec, first, limit)
 
     def _scan(self) -> pl.LazyFrame:
         """The file as a lazy frame; for JSONL and Excel with a ``numeric`` phone flag."""
@@ -545,8 +554,43 @@ class InputSource:
             self._excel = cells.with_columns(numeric.alias(_NUMERIC))
         return self._excel
 
-    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        return _mid_stream_error(self.path, self.format, exc, done, self.delimiter)
+
+def _standard(raw: pl.LazyFrame, spec: InputSpec, first: int, limit: int | None) -> pl.LazyFrame:
+    """The standard frame (login, phone, verified, region, numeric, line) of non-blank rows.
+
+    ``first``: the number a person sees for the first record (``line`` counts on from it);
+    JSONL gives 0, the record's position (``_JsonlLines`` turns it into its line number).
+    """
+    schema = raw.collect_schema()
+    cells = [(pl.col(name), dtype) for name, dtype in schema.items() if name != _NUMERIC]
+    filled = [c.is_not_null() & ((c != "") if t == pl.String else True) for c, t in cells]
+    # numbered before blank rows are dropped: a blank row still has its number
+    frame = raw.with_row_index(_INDEX).filter(pl.any_horizontal(filled))
+    if limit is not None:
+        frame = frame.head(limit)
+
+    def text(name: str, *, login: bool = False) -> pl.Expr:
+        if name not in schema:
+            return pl.lit(None, dtype=pl.String)
+        cell = _as_text(pl.col(name), schema[name])
+        if login:
+            cell = cell.str.strip_chars(_ASCII_WHITESPACE)
+        return pl.when(cell == "").then(None).otherwise(cell)
+
+    phone = pl.col(spec.phone_column)
+    numeric = (  # Parquet: a numeric phone column; JSONL and Excel: the flag per cell
+        pl.col(_NUMERIC).fill_null(False)
+        if _NUMERIC in schema
+        else phone.is_not_null() & schema[spec.phone_column].is_numeric()
+    )
+    return frame.select(
+        text(spec.login_id_column, login=True).alias(_LOGIN),
+        text(spec.phone_column).alias(_PHONE),
+        text(spec.verified_column).alias(_VERIFIED),
+        text(spec.region_column).alias(_REGION),
+        numeric.alias(_NUMERIC),
+        (pl.col(_INDEX).cast(pl.Int64) + first).alias(_LINE),
+    )
 
 
 class _JsonlLines:
@@ -570,26 +614,12 @@ class _JsonlLines:
         return self._line
 
 
-class Table:
+class Table(_Checked):
     """A checked file of any input format, read as named columns of text in file order.
 
     ``undo`` reads result files through it. Unlike ``InputSource`` it keeps every row as it is
     (rows are numbered by their position, blank ones included) and knows no column's meaning.
     """
-
-    def __init__(self, path: Path, fmt: str, opened: _Opened) -> None:
-        self.path = path
-        self.format = fmt
-        self.columns = opened.columns
-        self.sheet = opened.sheet
-        self._opened = opened
-        self._digest = opened.digest
-
-    def content_hash(self) -> str:
-        """SHA-256 (hex) of the file's bytes; computed once."""
-        if self._digest is None:
-            self._digest = file_sha256(self.path)
-        return self._digest
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many rows the file has below its header (at most ``limit``)."""
@@ -612,7 +642,7 @@ class Table:
                 yield from (n for n, line in enumerate(file, start=1) if line.strip())
         elif self.format in ("csv", "tsv"):
             with self.path.open(encoding="utf-8-sig", newline="") as file:
-                reader = csv.reader(file, delimiter=self._opened.delimiter)
+                reader = csv.reader(file, delimiter=self.delimiter)
                 next(reader, None)
                 end = reader.line_num
                 for _ in reader:
@@ -657,9 +687,6 @@ class Table:
         except _POLARS_ERRORS as exc:
             raise self._mid_stream_error(exc, done) from None
 
-    def _mid_stream_error(self, exc: Exception, done: int) -> InputError:
-        return _mid_stream_error(self.path, self.format, exc, done, self._opened.delimiter)
-
 
 def _mid_stream_error(
     path: Path, fmt: str, exc: Exception, done: int, delimiter: str = ","
@@ -667,7 +694,9 @@ def _mid_stream_error(
     # polars says what is wrong but not on which row: a second pass in Python finds it.
     try:
         if fmt in ("csv", "tsv"):
-            _csv_header(path, delimiter, every_row=True)
+            width = len(_csv_header(path, delimiter))
+            for _ in _csv_records(path, delimiter, width, _nothing, _COUNT_BATCH, None):
+                pass
         elif fmt == "jsonl":
             _jsonl_keys(path, sample=None)
     except InputError as located:
@@ -767,26 +796,13 @@ def _delimiter_name(delimiter: str) -> str:
     return "tab" if delimiter == "\t" else f'"{delimiter}"'
 
 
-def _csv_header(path: Path, delimiter: str, *, every_row: bool = False) -> tuple[str, ...]:
-    """The header row; with ``every_row`` (error path only) also an error for a bad data row."""
-    header: list[str] | None = None
-    row = line = 0
+def _csv_header(path: Path, delimiter: str) -> tuple[str, ...]:
+    """The header row, split by ``delimiter``."""
     try:
         with path.open(encoding="utf-8-sig", newline="") as file:
-            reader = csv.reader(file, delimiter=delimiter)
-            header = next(reader, None)
-            line = reader.line_num
-            for record in reader if every_row and header else ():
-                start, line = line + 1, reader.line_num
-                if not any(record):
-                    continue
-                row += 1
-                if len(record) > len(header or ()):
-                    problem = f"has {len(record)} fields but the header has {len(header or ())}"
-                    message = f"{problem} (an unquoted delimiter in a cell?)"
-                    raise _error(path, message, row, line=start)
+            header = next(csv.reader(file, delimiter=delimiter), None)
     except csv.Error as exc:
-        raise _error(path, f"is malformed ({exc})", line=line + 1 if header else None) from None
+        raise _error(path, f"is malformed ({exc})") from None
     if not header or not any(name.strip() for name in header):
         raise _error(path, "is empty (no header row)")
     found = [sep for sep in (",", ";", "\t", "|") if len(header) == 1 and sep in header[0]]

@@ -8,10 +8,8 @@ result and merged with ``heapq.merge``, so memory stays flat however many rows t
 * The result holds personal data: it is written to a temp file created ``0600`` in the result's
   directory, fsynced, then renamed over ``out_path`` (a crash leaves the old file or none).
   Spilled runs live in a ``0700`` directory beside it and are removed afterwards.
-* Formula injection: in CSV and TSV every text cell that starts with ``=``, ``+``, ``-``,
-  ``@``, tab or CR gets a leading ``'`` (``defuse``), unless it is phone-shaped
-  (``^\+?[0-9 ().\-/]+$``: phones stay exact). A cell that already starts with ``'`` before
-  such a value gets one more, so ``undefuse`` (undo's reader) gives back every value exactly.
+* Formula injection: in CSV and TSV every text cell that could run as a formula gets a
+  leading ``'`` (``formats.defuse``, which ``formats.undefuse`` takes back for undo).
   XLSX needs no quote: a string cell is never a formula, so its text is the value itself (a
   ``'`` there would be part of what a person copies). Only ``row``, ``line``, ``http_status``
   and ``attempts`` are number cells. JSONL and Parquet are for programs: written as they are.
@@ -31,10 +29,8 @@ import heapq
 import json
 import os
 import pickle
-import re
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,55 +42,32 @@ from polars.io.plugins import register_io_source
 
 from batchphone.cells import parse_flag
 from batchphone.errors import OutputError, UsageError
-from batchphone.files.journal import journal_path, lock_path, refuse_link
+from batchphone.files.atomic import replacing
+from batchphone.files.formats import FORMATS, RISKY_FIRST, XLSX_EXACT_TEXT, defuse, file_format
+from batchphone.files.journal import journal_path, refuse_link
+from batchphone.files.lock import lock_path
 from batchphone.models import RESULT_COLUMNS
 
 __all__ = [
-    "RESULT_FORMATS",
     "SHORT_COLUMNS",
-    "XLSX_EXACT_TEXT",
     "XLSX_MAX_ROWS",
     "ShortSheet",
     "check_output_path",
     "check_sheet_rows",
     "check_side_paths",
-    "defuse",
-    "holds_exact_text",
-    "needs_quote",
     "short_sheet",
     "write_results",
     "write_rows",
 ]
 
-#: File extension (lower case) -> result format.
-RESULT_FORMATS: dict[str, str] = {".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
-RESULT_FORMATS |= {".xlsx": "xlsx", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 #: Data rows an Excel sheet can hold below its header row.
 XLSX_MAX_ROWS = 1_048_575
 #: The columns of a short sheet when ``--short-out`` comes without ``--columns``.
 SHORT_COLUMNS = ("row", "line", "loginId", "phone", "status", "reason", "error_message")
-#: The custom document property of an XLSX result whose text cells hold their values exactly.
-XLSX_EXACT_TEXT = "batchphone_exact_text"
-
-
-def holds_exact_text(path: Path) -> bool:
-    """Whether ``path`` is an XLSX result that holds its text exactly (no ``'`` added before a
-    formula-like value: the document property ``XLSX_EXACT_TEXT`` says so)."""
-    try:
-        with zipfile.ZipFile(path) as workbook:
-            properties = workbook.read("docProps/custom.xml")
-    except (KeyError, OSError, zipfile.BadZipFile):
-        return False
-    return f'name="{XLSX_EXACT_TEXT}"'.encode() in properties
-
 
 _INT_COLUMNS = frozenset({"row", "line", "http_status", "attempts"})
 _BOOL_COLUMNS = frozenset({"verified_phone"})
 _PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
-#: First characters that make a spreadsheet read a cell as a formula (or that mark one defused).
-_RISKY_FIRST = frozenset("=+-@\t\r'")
-_FORMULA_FIRST = frozenset("=+-@\t\r")
-_PHONE_SHAPED = re.compile(r"\+?[0-9 ().\-/]+")
 _WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
 _BLOCK = 256  # records per pickled block: what the merge holds per run
@@ -104,18 +77,6 @@ _WORK = ".batchphone-sort-"  # + the writer's process id + "-": the folder of sp
 Values = tuple[Any, ...]
 # (row, arrival number, values in column order): sorts by row, then by arrival.
 _Keyed = tuple[int, int, Values]
-
-
-def needs_quote(value: str) -> bool:
-    """True when a spreadsheet could read ``value`` as a formula, or when it starts with the
-    ``'`` of a defused one (so that the quote we add can always be told from the data's)."""
-    text = value.lstrip("'")
-    return bool(text) and text[0] in _FORMULA_FIRST and not _PHONE_SHAPED.fullmatch(text)
-
-
-def defuse(value: str) -> str:
-    """``value`` as a spreadsheet shows it and never runs: a leading ``'`` when it needs one."""
-    return "'" + value if value and value[0] in _RISKY_FIRST and needs_quote(value) else value
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,10 +304,10 @@ def _spilled(
 
 
 def _format(out_path: Path) -> str:
-    fmt = RESULT_FORMATS.get(out_path.suffix.lower())
+    fmt = file_format(out_path)
     if fmt is None:
         kind = f"unsupported result file type {out_path.suffix or '(none)'!r}"
-        raise OutputError(f"{out_path}: {kind}: use " + ", ".join(RESULT_FORMATS))
+        raise OutputError(f"{out_path}: {kind}: use " + ", ".join(FORMATS))
     return fmt
 
 
@@ -497,37 +458,16 @@ def _to_text(value: Any) -> str | None:
 def _write_atomically(
     out_path: Path, fmt: str, columns: tuple[str, ...], rows: Iterator[Values], work: Path
 ) -> int:
-    temp = out_path.parent / f".{out_path.name}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        temp.unlink()  # left by a crashed writer of this same process id
-    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(temp, flags | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        if hasattr(os, "fchmod"):  # not on Windows, where the mode bits mean little
-            os.fchmod(fd, 0o600)  # exactly 0600 whatever the umask
-        with open(fd, "wb") as file:
-            if fmt == "parquet":
-                count = _write_parquet(temp, columns, rows)
-            elif fmt == "xlsx":
-                count = _write_xlsx(file, columns, rows, work)
-            elif fmt == "jsonl":
-                count = _write_jsonl(file, columns, rows)
-            else:
-                count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
-            file.flush()
-            os.fsync(file.fileno())
+    with replacing(out_path) as (temp, file):
+        if fmt == "parquet":
+            count = _write_parquet(temp, columns, rows)
+        elif fmt == "xlsx":
+            count = _write_xlsx(file, columns, rows, work)
+        elif fmt == "jsonl":
+            count = _write_jsonl(file, columns, rows)
+        else:
+            count = _write_delimited(file, columns, rows, "\t" if fmt == "tsv" else ",")
         refuse_link(out_path)  # os.replace would swap the link itself, but never write through one
-        os.replace(temp, out_path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        directory = os.open(out_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
     return count
 
 
@@ -548,8 +488,8 @@ def _write_delimited(
             cells: list[Any] = list(values)
             for i in risky:
                 cell = cells[i]
-                if cell and cell[0] in _RISKY_FIRST and needs_quote(cell):
-                    cells[i] = "'" + cell
+                if cell and cell[0] in RISKY_FIRST:  # a quick look first: most cells pass
+                    cells[i] = defuse(cell)
             for i in flags:
                 if cells[i] is not None:
                     cells[i] = "true" if cells[i] else "false"

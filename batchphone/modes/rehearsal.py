@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 from batchphone.config import Endpoint, Secret
 from batchphone.errors import BatchphoneError, InputError, OutputError, UsageError
-from batchphone.files.journal import RunLock
+from batchphone.files.lock import RunLock
 
 __all__ = ["EMULATOR_BASE_URL", "EMULATOR_PROJECT_ID", "Rehearsal", "embedded_target"]
 

@@ -25,23 +25,26 @@ order; a journal a live run is writing is refused (its rows are not final yet).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
-import polars as pl
-
 from batchphone.cells import parse_flag
 from batchphone.errors import InputError
-from batchphone.files.journal import FORMAT, iter_records, journal_path, lock_path, open_nofollow
+from batchphone.files.formats import FORMATS, file_format, is_defused, undefuse
+from batchphone.files.journal import iter_records, journal_path, read_header
+from batchphone.files.lock import lock_holder, lock_path
 from batchphone.files.reader import Table, file_sha256, open_table
-from batchphone.files.writer import RESULT_FORMATS, holds_exact_text
 from batchphone.logs import get_logger
-from batchphone.models import LOOKUP_COLUMNS, Reason, RowResult, Status, UpdateRequest
-from batchphone.modes.status import lock_holder
-from batchphone.rows.prepare import EXPLANATIONS, Prepared, now_iso
+from batchphone.models import (
+    LOOKUP_COLUMNS,
+    InputRow,
+    Reason,
+    RowResult,
+    Status,
+    UpdateRequest,
+)
+from batchphone.rows.prepare import Prepared, local_result
 
 __all__ = ["UndoSource", "open_results"]
 
@@ -50,11 +53,6 @@ log = get_logger()
 _LOGIN, _PHONE, _STATUS = "loginId", "phone", "status"
 _PHONE_BEFORE, _VERIFIED_BEFORE = LOOKUP_COLUMNS
 _COLUMNS = (_LOGIN, _PHONE, _STATUS, _PHONE_BEFORE, _VERIFIED_BEFORE)
-#: The writer defuses CSV/TSV cells that start like a formula with a leading quote (and XLSX
-#: cells too, in results written before ``XLSX_EXACT_TEXT`` marked them).
-_DEFUSED_FORMATS = ("csv", "tsv")
-_FORMULA_START = r"^[=+\-@\t\r]"
-_PHONE_SHAPED = r"^\+?[0-9 ().\-/]+$"
 _BATCH_ROWS = 5_000
 #: Rows whose call may have changed the user: updated, unsettled (the answer was lost), and
 #: failed with a before-image (a canary mismatch, a 200 that showed no change, a refusal).
@@ -90,8 +88,8 @@ def open_results(path: Path) -> UndoSource:
             f"crashed before writing it): undoing from the journal {journal}",
         )
         return source
-    if path.suffix.lower() not in RESULT_FORMATS:
-        kinds = ", ".join(RESULT_FORMATS)
+    if file_format(path) is None:
+        kinds = ", ".join(FORMATS)
         raise InputError(f"{path}: not a result file type ({kinds})", path=str(path))
     table = open_table(path, (_LOGIN, _PHONE))  # the reader's checks: readable, UTF-8, a header
     columns = table.columns
@@ -137,21 +135,6 @@ def _older_than_journal(path: Path, journal: Path) -> bool:
         return False  # no journal, or one we cannot read: the result file is all there is
 
 
-def _undefuse(cell: pl.Expr) -> pl.Expr:
-    """The inverse of ``writer.defuse``: drop the ``'`` it put before a formula-like value.
-
-    The writer quotes a value when, after its own leading quotes, it starts like a formula and
-    is not phone-shaped; so a cell that starts with ``'`` and meets that test had one added.
-    """
-    text = cell.str.replace(r"^'+", "")
-    quoted = (
-        cell.str.starts_with("'")
-        & text.str.contains(_FORMULA_START)
-        & ~text.str.contains(_PHONE_SHAPED)
-    )
-    return pl.when(quoted).then(cell.str.slice(1)).otherwise(cell)
-
-
 class UndoSource:
     """A result file read as the rows of an undo run."""
 
@@ -184,10 +167,7 @@ class UndoSource:
 
     def prepared(self, *, allow_remove: bool, limit: int | None = None) -> Iterator[list[Prepared]]:
         """What undo does with each row, in batches: a request back, or a result at once."""
-        defused = self.format in _DEFUSED_FORMATS or (
-            self.format == "xlsx" and not holds_exact_text(self.path)
-        )
-        cells = _undefuse if defused else None
+        cells = undefuse if is_defused(self.path, self.format) else None
         done = 0
         lines = self._table.lines()
         try:
@@ -233,17 +213,8 @@ def _undo_row(
     before = phone_before or ""
 
     def local(status: Status, reason: Reason) -> RowResult:
-        return RowResult(
-            row=row,
-            login_id=login_id,
-            phone_input=phone_before,
-            phone=None,
-            status=status,
-            reason=reason,
-            error_message=EXPLANATIONS.get(reason),
-            finished_at=now_iso(),
-            line=line,
-        )
+        # what undo sends a user is the before-image: it is the row's input phone
+        return local_result(InputRow(row, login_id, phone_before, line=line), status, reason, None)
 
     if status not in _MAY_HAVE_CHANGED or not login_id:
         return local(Status.UNCHANGED, Reason.NOT_UPDATED)
@@ -278,16 +249,12 @@ class JournalUndoSource(UndoSource):
         self.format = "jsonl"
         rows: dict[int, dict[str, Any]] = {}
         try:
-            with open(open_nofollow(path, os.O_RDONLY), "rb") as handle:
-                first = handle.readline()
-            header = orjson.loads(first) if first.endswith(b"\n") else None
+            header = read_header(path)
         except FileNotFoundError:
             raise InputError(f"{path}: no such file", path=str(path)) from None
         except OSError as exc:
             raise InputError(f"cannot read {path}: {exc.strerror}", path=str(path)) from None
-        except orjson.JSONDecodeError:
-            header = None
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
+        if header is None:
             raise InputError(f"{path}: not a batchphone journal", path=str(path))
         locked, holder = lock_holder(lock_path(results))
         if locked:

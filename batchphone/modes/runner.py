@@ -44,7 +44,8 @@ from batchphone.errors import (
     RemoteError,
     UsageError,
 )
-from batchphone.files.journal import Journal, RunIdentity, RunLock, iter_records, journal_identity
+from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_identity
+from batchphone.files.lock import RunLock
 from batchphone.files.reader import InputSource, InputSpec, open_input
 from batchphone.files.writer import (
     ShortSheet,

@@ -12,10 +12,8 @@ an error: a newer batchphone may be writing the journal.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import math
 import os
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +22,14 @@ from typing import Any
 import orjson
 
 from batchphone.errors import InputError
-from batchphone.files.journal import FORMAT, journal_path, lock_path, open_nofollow
+from batchphone.files.journal import FORMAT, journal_path, open_nofollow
+from batchphone.files.lock import lock_holder, lock_path
 from batchphone.models import FINAL_STATUSES, Status
 
-__all__ = ["RunStatus", "count_input", "lock_holder", "read_status", "with_eta"]
+__all__ = ["RunStatus", "count_input", "read_status", "with_eta"]
 
 _FINAL = frozenset(status.value for status in FINAL_STATUSES)
 _NOT_ATTEMPTED = Status.NOT_ATTEMPTED.value
-#: Linux lists every file lock here, with the inode it is on: no need to touch the lock at all.
-PROC_LOCKS = Path("/proc/locks")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,21 +91,8 @@ def read_status(out: Path) -> RunStatus:
     """
     path = out if out.name.endswith(".journal") else journal_path(out)
     result = out.with_name(out.name[: -len(".journal")]) if path is out else out
-    header: dict[str, Any] | None = None
-    last: dict[int, str] = {}
-    calls = 0
-    last_call: float | None = None
-    try:
-        fd = open_nofollow(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise InputError(
-            f"{path}: no journal: no run has written {result} (validate and dry runs keep "
-            "none), or it was moved aside",
-            path=str(path),
-        ) from None
-    except OSError as exc:
-        raise InputError(f"cannot read journal {path}: {exc.strerror}", path=str(path)) from None
-    with open(fd, "rb") as handle:
+    tally = _Tally(path)
+    with open(_open_journal(path, result), "rb") as handle:
         for line in handle:
             if not line.endswith(b"\n"):
                 break  # being written, or torn by a crash: not a record yet
@@ -116,28 +100,13 @@ def read_status(out: Path) -> RunStatus:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
                 continue  # a damaged line: the others still tell
-            if not isinstance(record, dict):
-                continue
-            if header is None:
-                if record.get("format") != FORMAT:
-                    raise InputError(f"{path}: not a batchphone journal", path=str(path))
-                header = record
-                continue
-            call = record.get("call")
-            if isinstance(call, int | float) and "row" not in record:
-                calls += 1
-                last_call = max(last_call or 0.0, float(call))
-                continue
-            row, status = record.get("row"), record.get("status")
-            if isinstance(row, int) and isinstance(status, str) and "start" not in record:
-                last[row] = status
-                if record.get("attempts") and isinstance(record.get("ts"), int | float):
-                    last_call = max(last_call or 0.0, float(record["ts"]))
-            # any other kind (call starts, ...): not ours to count
+            if isinstance(record, dict):
+                tally.take(record)
+    header = tally.header
     if header is None:
         raise InputError(f"{path}: empty: not a batchphone journal yet", path=str(path))
     identity = header.get("identity") or {}
-    counts = Counter(last.values())
+    counts = Counter(tally.last.values())
     locked, holder = lock_holder(lock_path(result))
     return RunStatus(
         journal=str(path),
@@ -149,8 +118,8 @@ def read_status(out: Path) -> RunStatus:
         started_ts=header.get("created"),
         counts=dict(counts),
         rows_final=sum(n for status, n in counts.items() if status in _FINAL),
-        calls=calls,  # every call (reads, retries, 429s too) leaves one call record
-        last_call_ts=last_call,
+        calls=tally.calls,  # every call (reads, retries, 429s too) leaves one call record
+        last_call_ts=tally.last_call,
         locked=locked,
         holder=holder,
         identity=dict(identity),
@@ -158,60 +127,49 @@ def read_status(out: Path) -> RunStatus:
     )
 
 
-def lock_holder(path: Path) -> tuple[bool, str | None]:
-    """Whether a process holds the run lock at ``path``, and who (``pid N on HOST``).
-
-    A non-blocking try on a read-only descriptor, released at once: it takes nothing from a
-    lock that is held. On Linux it is made only when ``/proc/locks`` lists a lock on that inode,
-    so a lock that nobody holds is never touched (a run starting at that instant would find it
-    busy). The inode alone: some file systems (btrfs) show another device number there.
-    """
+def _open_journal(path: Path, result: Path) -> int:
+    """A read-only descriptor of the journal ``path`` (never through a link), or
+    ``InputError`` saying why there is none."""
     try:
-        fd = open_nofollow(path, os.O_RDONLY)
+        return open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
-        return False, None
+        raise InputError(
+            f"{path}: no journal: no run has written {result} (validate and dry runs keep "
+            "none), or it was moved aside",
+            path=str(path),
+        ) from None
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            return False, None
-        raise
-    try:
-        held = _listed_in_proc_locks(fd) is not False and _held_by_trying(fd)
-        if not held:
-            return False, None
-        os.lseek(fd, 1, os.SEEK_SET)  # the holder writes after byte 0 (Windows locks byte 0)
-        text = os.read(fd, 512).decode("utf-8", "replace").strip()
-        return True, text or None
-    finally:
-        os.close(fd)
+        raise InputError(f"cannot read journal {path}: {exc.strerror}", path=str(path)) from None
 
 
-def _listed_in_proc_locks(fd: int) -> bool | None:
-    """Whether ``/proc/locks`` lists a lock on the file's inode; ``None`` where there is no
-    such file (not Linux)."""
-    try:
-        table = PROC_LOCKS.read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return None
-    inode = str(os.fstat(fd).st_ino)
-    # "1: FLOCK  ADVISORY  WRITE 4242 08:01:131077 0 EOF": device major:minor (hex), inode
-    for line in table.splitlines():
-        for word in line.split():
-            parts = word.split(":")
-            if len(parts) == 3 and parts[2] == inode:
-                return True
-    return False
+@dataclass(slots=True)
+class _Tally:
+    """What a journal's records add up to: its header, each row's last status, the calls."""
 
+    path: Path
+    header: dict[str, Any] | None = None
+    last: dict[int, str] = dataclasses.field(default_factory=dict)
+    calls: int = 0
+    last_call: float | None = None
 
-def _held_by_trying(fd: int) -> bool:
-    with warnings.catch_warnings():  # "only soft file lock is available": no lock to test
-        warnings.simplefilter("ignore")
-        import filelock
-
-    try:
-        taken = filelock.lock_descriptor(fd, blocking=False)
-    except OSError:
-        return False
-    return not taken  # taken: released when the descriptor closes, a moment later
+    def take(self, record: dict[str, Any]) -> None:
+        """Count one record (the first must be the header: else ``InputError``)."""
+        if self.header is None:
+            if record.get("format") != FORMAT:
+                raise InputError(f"{self.path}: not a batchphone journal", path=str(self.path))
+            self.header = record
+            return
+        call = record.get("call")
+        if isinstance(call, int | float) and "row" not in record:
+            self.calls += 1
+            self.last_call = max(self.last_call or 0.0, float(call))
+            return
+        row, status = record.get("row"), record.get("status")
+        if isinstance(row, int) and isinstance(status, str) and "start" not in record:
+            self.last[row] = status
+            if record.get("attempts") and isinstance(record.get("ts"), int | float):
+                self.last_call = max(self.last_call or 0.0, float(record["ts"]))
+        # any other kind (call starts, ...): not ours to count
 
 
 def count_input(status: RunStatus, candidates: list[Path]) -> int | None:

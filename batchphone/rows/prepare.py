@@ -38,6 +38,7 @@ __all__ = [
     "ResultFields",
     "RowRules",
     "UserFields",
+    "local_result",
     "now_iso",
     "result_for",
     "unsettled",
@@ -205,7 +206,10 @@ Outcome = tuple[Status, Reason | None, str | None]
 _Memo = dict[tuple[str | None, str | None, bool], Normalized]
 
 
-def _local(row: InputRow, status: Status, reason: Reason | None, phone: str | None) -> RowResult:
+def local_result(
+    row: InputRow, status: Status, reason: Reason | None, phone: str | None
+) -> RowResult:
+    """The result of ``row`` settled here, without a call: ``reason`` explained in words."""
     message = EXPLANATIONS.get(reason) if reason else None
     return RowResult(
         row=row.row,
@@ -256,11 +260,13 @@ class Preparer:
                 if not isinstance(verdict, UpdateRequest):
                     out.append(verdict)
                 elif len(distinct) > 1:
-                    out.append(_local(row, Status.INVALID, Reason.CONFLICTING_DUPLICATE, None))
+                    out.append(
+                        local_result(row, Status.INVALID, Reason.CONFLICTING_DUPLICATE, None)
+                    )
                 elif row.row == first:
                     out.append(self._settle(row, verdict))
                 else:
-                    out.append(_local(row, Status.DUPLICATE, Reason.DUPLICATE_ROW, None))
+                    out.append(local_result(row, Status.DUPLICATE, Reason.DUPLICATE_ROW, None))
         self._held.clear()
         out.sort(key=lambda item: item.row)
         return out
@@ -291,12 +297,12 @@ class Preparer:
             return verdict
         status = Status.WOULD_UPDATE if self.rules.mode is Mode.DRY_RUN else Status.VALID
         reason = Reason.REMOVE_PHONE if verdict.phone == "" else None
-        return _local(row, status, reason, verdict.phone)
+        return local_result(row, status, reason, verdict.phone)
 
     def _judge(self, row: InputRow, memo: _Memo) -> Prepared:
         reason, phone, verified = self._verdict(row, memo)
         if reason is not None or phone is None or row.login_id is None:
-            return _local(row, Status.INVALID, reason or Reason.INVALID_NUMBER, None)
+            return local_result(row, Status.INVALID, reason or Reason.INVALID_NUMBER, None)
         return UpdateRequest(
             row=row.row,
             login_id=row.login_id,

@@ -227,8 +227,8 @@ def converted(path: Path, fmt: str, short: bool) -> bytes:
     Every cell stays text but the row numbers (numbers, as in the CLI's XLSX results); in CSV a
     cell a spreadsheet could run as a formula starts with ``'`` (as the CLI's CSV results do).
     """
+    from batchphone.files.formats import defuse, holds_exact_text
     from batchphone.files.reader import open_table
-    from batchphone.files.writer import defuse, holds_exact_text
 
     table = open_table(path)
     exact = holds_exact_text(path)
@@ -292,7 +292,7 @@ def lock_holder(out: Path) -> str | None:
     """
     import socket
 
-    from batchphone.files.journal import lock_path
+    from batchphone.files.lock import lock_path
 
     try:
         text = lock_path(out).read_bytes()[1:512].decode("utf-8", "replace").strip()
