@@ -27,7 +27,8 @@ from batchphone.errors import (
 from batchphone.models import Command, InputRow, Normalized, Reason, RowResult, Status, Summary
 
 if TYPE_CHECKING:
-    from batchphone.modes.runner import Job, execute, run_sync
+    from batchphone.modes.job import Job
+    from batchphone.modes.runner import execute, run_sync
 
 from batchphone.version import __version__
 
@@ -68,7 +69,7 @@ _LAZY = {"Job", "execute", "run_sync"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from batchphone.modes import runner
+        from batchphone.modes import job, runner
 
-        return getattr(runner, name)
+        return getattr(job if name == "Job" else runner, name)
     raise AttributeError(f"module 'batchphone' has no attribute {name!r}")

@@ -388,7 +388,8 @@ class Summary:
     """What a finished run reports: counts by status and the figures a scheduler wants."""
 
     input_rows: int
-    counts: dict[str, int]
+    #: rows by status (a ``Status`` is its text: ``counts["updated"]`` finds it too)
+    counts: dict[Status, int]
     requests: int
     rate_limited: int
     elapsed_s: float
@@ -429,14 +430,14 @@ class Summary:
         exits 1, but its rows ``not_attempted`` were never sent, and ``unsettled`` rows are not
         final (the same command, run again, reads them back): no success.
         """
-        open_rows = (Status.NOT_ATTEMPTED.value, Status.UNSETTLED.value)
+        open_rows = (Status.NOT_ATTEMPTED, Status.UNSETTLED)
         return self.exit_code in (0, 1) and not any(self.counts.get(s) for s in open_rows)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document, field for field."""
         document: dict[str, Any] = {
             "input_rows": self.input_rows,
-            "counts": dict(sorted(self.counts.items())),
+            "counts": {str(status): n for status, n in sorted(self.counts.items())},
             "requests": self.requests,
             "rate_limited": self.rate_limited,
             "elapsed_s": round(self.elapsed_s, 3),

@@ -18,7 +18,9 @@ import polars as pl
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, ProjectSettings
 from batchphone.models import Summary
-from batchphone.modes.runner import Job, execute
+from batchphone.modes.command import CommandPlan, decide
+from batchphone.modes.job import Job
+from batchphone.modes.runner import execute
 
 PROJECT = "P2batchphoneIssue6Project000000"
 KEY = "K2-issue6-management-key-0123456789"
@@ -104,14 +106,30 @@ async def run_job(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     job: dict[str, Any] | None = None,
+    local: bool | None = None,
     **overrides: Any,
 ) -> Summary:
-    """Execute ``command`` with the job options ``job`` and settings ``overrides``."""
-    return await execute(
+    """Execute ``command`` with the job options ``job`` and settings ``overrides``.
+
+    ``local=False``: a ``validate`` or dry run through the pool, as a run goes (the report
+    path's oracle, tests/test_report.py).
+    """
+    plan = plan_of(
         Job(command=command, input_path=input_path, out_path=out, **(job or {})),
         settings(**overrides),
-        transport=transport or emulator.transport(),
     )
+    if local is not None:
+        plan = replace(plan, local=local)
+    return await execute(plan, transport=transport or emulator.transport())
+
+
+def plan_of(job: Job, the_settings: Settings, target: Endpoint | None = None) -> CommandPlan:
+    """The plan of ``job`` against ``target``, by default the project ``the_settings`` name
+    (``settings()``: the emulated one; its base URL never reached: pass a transport)."""
+    if target is None and the_settings.project_id and the_settings.management_key:
+        base_url = the_settings.base_url or "http://127.0.0.1:9"
+        target = Endpoint(the_settings.project_id, base_url, the_settings.management_key)
+    return decide(job, the_settings, target)
 
 
 class Spy(httpx.AsyncBaseTransport):

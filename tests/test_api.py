@@ -284,33 +284,18 @@ def test_a_typo_in_a_command_is_refused(samples: Path, tmp_path: Path) -> None:
     assert job.command is Command.PLAN
 
 
-@pytest.mark.anyio
-async def test_execute_refuses_emulator_settings_it_cannot_honour(
-    served: tuple[Emulator, str], samples: Path, tmp_path: Path
-) -> None:
-    emulator, base_url = served
-    settings = Settings(
-        project_id=PROJECT, management_key=Secret(KEY), base_url=base_url, emulator=True
-    )
+def test_a_plan_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
+    from batchphone.modes.command import decide
+
     job = batchphone.Job(
         command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
     )
-    with pytest.raises(UsageError, match="ask for the emulator"):
-        await batchphone.execute(job, settings)
-    assert calls(emulator) == 0
-
-
-@pytest.mark.anyio
-async def test_execute_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
-    job = batchphone.Job(
-        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
-    )
-    # the dict execute once took: refused before anything is opened, the key never shown
+    # a dict: refused before anything is opened, the key never shown
     plain = {"project_id": PROJECT, "base_url": "http://127.0.0.1:9", "management_key": KEY}
     with pytest.raises(
         UsageError, match=r"target: expected a batchphone\.config\.Endpoint"
     ) as caught:
-        await batchphone.execute(job, Settings(), target=plain)  # type: ignore[arg-type]
+        decide(job, Settings(), plain)  # type: ignore[arg-type]
     assert KEY not in str(caught.value)
     assert not (tmp_path / "r.csv.lock").exists()  # not even the lock was taken
 
@@ -333,12 +318,6 @@ def test_emulator_settings_never_reach_the_settings_project(
             settings=settings,
             target=target(base_url),
         )
-    # run_sync, the old entry point, refuses too
-    job = batchphone.Job(
-        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r3.csv"
-    )
-    with pytest.raises(UsageError, match="ask for the emulator"):
-        batchphone.run_sync(job, settings)
     assert calls(emulator) == 0
 
 

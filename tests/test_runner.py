@@ -21,7 +21,8 @@ from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.errors import InputError, ResumeError
 from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
-from batchphone.modes.runner import Job, execute
+from batchphone.modes.job import Job
+from batchphone.modes.runner import execute
 from tests.emulated import (
     KEY,
     LICENSE,
@@ -35,6 +36,7 @@ from tests.emulated import (
     make_emulator,
     new_phones,
     phone_users,
+    plan_of,
     run_job,
     settings,
     write_input,
@@ -85,8 +87,7 @@ async def run(
     # (tests/test_lookup_default.py covers the default, which reads the users first)
     overrides.setdefault("no_lookup", True)
     return await execute(
-        Job(command=command, input_path=input_path, out_path=out),
-        settings(**overrides),
+        plan_of(Job(command=command, input_path=input_path, out_path=out), settings(**overrides)),
         transport=transport or emulator.transport(),
     )
 
@@ -387,7 +388,10 @@ async def execute_with_signals(
     job: Job, transport: httpx.AsyncBaseTransport, progress: Any = None, **overrides: Any
 ) -> Summary:
     return await execute(
-        job, settings(**overrides), transport=transport, progress=progress, handle_signals=True
+        plan_of(job, settings(**overrides)),
+        transport=transport,
+        progress=progress,
+        handle_signals=True,
     )
 
 
@@ -485,9 +489,7 @@ async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
     source = write_input(tmp_path / "in.csv", new_phones(150))
     out = tmp_path / "r.csv"
     summary = await execute(
-        Job(command="run", input_path=source, out_path=out),
-        settings(),
-        transport=spy,
+        plan_of(Job(command="run", input_path=source, out_path=out), settings()), transport=spy
     )
     assert summary.counts == {"updated": 150}
     made = sum(len(bodies) for bodies in spy.bodies.values())  # reads, retries, license

@@ -11,7 +11,8 @@ from structlog.testing import capture_logs
 
 from batchphone.errors import ResumeError
 from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
-from batchphone.modes.runner import Job, execute
+from batchphone.modes.job import Job
+from batchphone.modes.runner import execute
 from tests.emulated import (
     LICENSE,
     PATCH_BATCH,
@@ -24,6 +25,7 @@ from tests.emulated import (
     json_answer,
     make_emulator,
     phone_users,
+    plan_of,
     read,
     run_job,
     settings,
@@ -289,8 +291,7 @@ async def test_a_429_during_the_reads_pauses_and_every_row_still_ends(
     source = write_input(tmp_path / "in.csv", sync_rows(120, {3, 110}), ["true"] * 120)
     out = tmp_path / "r.csv"
     summary = await execute(
-        Job(command="run", input_path=source, out_path=out),
-        settings(),
+        plan_of(Job(command="run", input_path=source, out_path=out), settings()),
         transport=emulator.transport(),
     )
     assert summary.counts == {"unchanged": 118, "updated": 2}
