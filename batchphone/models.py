@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,6 +381,11 @@ class RowResult:
         }
         record.update(self.extra)
         return record
+
+    def values(self, columns: Sequence[str]) -> tuple[Any, ...]:
+        """The result row's values in ``columns`` order, each of its column's type (a column
+        the result does not hold: ``None``)."""
+        return tuple(map(self.to_record().get, columns))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, OutputError
 from batchphone.files.journal import Journal, iter_records
 from batchphone.files.reader import InputSource
 from batchphone.files.writer import ShortSheet, write_results
-from batchphone.models import Reason, Status
+from batchphone.models import Reason, RowResult, Status
 from batchphone.modes.job import BATCH_ROWS
 from batchphone.modes.reverse import UndoSource
 from batchphone.rows.prepare import EXPLANATIONS, now_iso
@@ -47,27 +46,27 @@ class Unreached:
         self.settings = settings
         # 1 byte per row: which rows have a record
         self.codes = bytes(journal.state.statuses[1 : total + 1]).ljust(total, b"\0")
-        self.reason = (reason or Reason.INTERRUPTED).value
+        self.reason = reason or Reason.INTERRUPTED
         self.message = EXPLANATIONS.get(reason or Reason.INTERRUPTED)
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def __iter__(self) -> Iterator[RowResult]:
         if b"\0" not in self.codes:
             return
         codes, stamp = self.codes, now_iso()
         try:
             for row, line, login_id, phone_input in self._rows():
                 if row <= len(codes) and not codes[row - 1]:
-                    yield {
-                        "row": row,
-                        "line": line,
-                        "loginId": login_id,
-                        "phone_input": phone_input,
-                        "status": Status.NOT_ATTEMPTED.value,
-                        "reason": self.reason,
-                        "error_message": self.message,
-                        "attempts": 0,
-                        "finished_at": stamp,
-                    }
+                    yield RowResult(
+                        row=row,
+                        login_id=login_id,
+                        phone_input=phone_input,
+                        phone=None,
+                        status=Status.NOT_ATTEMPTED,
+                        reason=self.reason,
+                        error_message=self.message,
+                        finished_at=stamp,
+                        line=line,
+                    )
         except BatchphoneError:
             # the input cannot be read past some row (the error that stopped the run says so):
             # the result lists every row up to there
@@ -98,7 +97,7 @@ def write_somewhere(
     out_path: Path,
     journal: Journal,
     total: int,
-    unreached: Iterable[dict[str, Any]],
+    unreached: Iterable[RowResult],
     columns: tuple[str, ...],
     sent: bool,
     short: ShortSheet | None = None,
@@ -124,7 +123,7 @@ def _write(
     out_path: Path,
     journal: Journal,
     total: int,
-    unreached: Iterable[dict[str, Any]],
+    unreached: Iterable[RowResult],
     columns: tuple[str, ...],
     short: ShortSheet | None,
 ) -> int:

@@ -84,8 +84,7 @@ def _settle_repeated(
         preparer.prepare([row for row in rows if row.login_id in preparer.repeated])
     for result in preparer.finish():
         assert isinstance(result, RowResult)  # validate and dry runs send nothing
-        record = result.to_record()
-        settled[result.row] = tuple(map(record.get, RESULT_COLUMNS))
+        settled[result.row] = result.values(RESULT_COLUMNS)
     return settled
 
 
