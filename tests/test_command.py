@@ -9,10 +9,10 @@ import pytest
 
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.errors import UsageError
-from batchphone.models import RESULT_COLUMNS
+from batchphone.models import LOOKUP_COLUMNS, PLAN_COLUMNS, RESULT_COLUMNS
 from batchphone.modes.command import decide
 from batchphone.modes.job import Job
-from batchphone.remote.screen import LOOKUP_COLUMNS, PLAN_COLUMNS, ScreenRules
+from batchphone.remote.screen import ScreenRules
 from batchphone.rows.prepare import Mode
 
 SETTINGS = Settings()
