@@ -69,7 +69,7 @@ OTHER_OPTIONS: Mapping[str, str] = {
 #: What a command that calls the API says when the settings name no project (the page too).
 NO_PROJECT_ID = "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id"
 
-#: Keywords that describe the job (``runner.Job``) rather than settings.
+#: Keywords that describe the job (``modes.job.Job``) rather than settings.
 _JOB_PARSERS = {
     "api": _choice("update", "batch"),
     "batch_size": _positive_int,
