@@ -21,6 +21,7 @@ from batchphone.models import Summary
 from batchphone.modes.command import CommandPlan, decide
 from batchphone.modes.job import Job
 from batchphone.modes.runner import execute
+from batchphone.progress import Progress
 
 PROJECT = "P2batchphoneIssue6Project000000"
 KEY = "K2-issue6-management-key-0123456789"
@@ -99,7 +100,7 @@ def settings(**overrides: Any) -> Settings:
 
 
 async def run_job(
-    emulator: Emulator,
+    emulator: Emulator | None,
     command: str,
     input_path: Path,
     out: Path,
@@ -107,9 +108,13 @@ async def run_job(
     transport: httpx.AsyncBaseTransport | None = None,
     job: dict[str, Any] | None = None,
     local: bool | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
     **overrides: Any,
 ) -> Summary:
-    """Execute ``command`` with the job options ``job`` and settings ``overrides``.
+    """Execute ``command`` with the job options ``job`` and settings ``overrides``: the one
+    place the tests of whole commands on an in-process emulator (faults, spies, a virtual clock,
+    both anyio backends) drive ``runner.execute`` rather than the synchronous public API.
 
     ``local=False``: a ``validate`` or dry run through the pool, as a run goes (the report
     path's oracle, tests/test_report.py).
@@ -120,7 +125,15 @@ async def run_job(
     )
     if local is not None:
         plan = replace(plan, local=local)
-    return await execute(plan, transport=transport or emulator.transport())
+    if transport is None:
+        assert emulator is not None, "an emulator or a transport to it"
+        transport = emulator.transport()
+    return await execute(
+        plan,
+        transport=transport,
+        progress=progress,
+        handle_signals=handle_signals,
+    )
 
 
 def plan_of(job: Job, the_settings: Settings, target: Endpoint | None = None) -> CommandPlan:
