@@ -66,10 +66,7 @@ OTHER_OPTIONS: Mapping[str, str] = {
     "metrics_file": "the CLI's output: batchphone.files.metrics.write_metrics(PATH, summary, ...)",
 }
 
-#: What a command that calls the API says when the settings name no project (the page too).
-NO_PROJECT_ID = "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id"
-
-#: Keywords that describe the job (``modes.job.Job``) rather than settings.
+#: Keywords that describe the job (``runner.Job``) rather than settings.
 _JOB_PARSERS = {
     "api": _choice("update", "batch"),
     "batch_size": _positive_int,
@@ -447,7 +444,10 @@ def _resolve_target(target: Target | None, settings: Settings, *, from_settings:
     if target is None:
         resolved = Target.from_settings(settings)
         if resolved is None and from_settings:  # the CLI's case: say where a project id goes
-            raise UsageError(NO_PROJECT_ID, setting="project_id")
+            raise UsageError(
+                "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id",
+                setting="project_id",
+            )
         if resolved is None:
             raise UsageError(
                 "no target: pass target=batchphone.Target.from_env(), Target(project_id=..., "

@@ -219,7 +219,7 @@ _SENDING_OPTIONS = [
         help="Rows per patch call with --api batch (default 100).",
     ),
 ]
-#: Flags that describe the job (``modes.job.Job``), not settings.
+#: Flags that describe the job (``runner.Job``), not settings.
 _JOB_FLAGS = ("api", "batch_size", "canary")
 
 

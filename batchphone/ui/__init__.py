@@ -37,7 +37,7 @@ class UiOptions:
 def _banner(options: UiOptions) -> tuple[str, bool, Path | None, Path | None]:
     """(the target in words, live?, the emulator's state file, its users file); raises
     ``UsageError`` as the CLI would when no project is named."""
-    from batchphone.api import NO_PROJECT_ID, Target
+    from batchphone.api import Target
     from batchphone.config import load_settings
 
     flags = dict(options.flags or {})
@@ -52,7 +52,9 @@ def _banner(options: UiOptions) -> tuple[str, bool, Path | None, Path | None]:
     target = Target.from_settings(settings)
     if target is None:
         raise UsageError(
-            f"{NO_PROJECT_ID} (or rehearse with --emulator-state FILE)", setting="project_id"
+            "no project id: set DESCOPE_PROJECT_ID, project_id in config.toml, or --project-id "
+            "(or rehearse with --emulator-state FILE)",
+            setting="project_id",
         )
     return f"LIVE project {target.project_id[:4]}…", True, None, None
 
