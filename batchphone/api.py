@@ -477,27 +477,21 @@ def _execute(
     handle_signals: bool,
 ) -> Summary:
     from batchphone.modes import runner  # looked up at call time: tests replace runner.run_sync
+    from batchphone.modes.command import decide
+    from batchphone.modes.job import Job
 
-    job = runner.Job(command=command, input_path=input_path, out_path=out, **job_options)
-    if target is None:
-        return runner.run_sync(job, settings, progress=progress, handle_signals=handle_signals)
-    embedded = target._embedded
+    job = Job(command=command, input_path=input_path, out_path=out, **job_options)
+    embedded = target._embedded if target is not None else None
     if embedded is None:
-        return runner.run_sync(
-            job,
-            settings,
-            progress=progress,
-            target=_endpoint(target),  # the key a Secret until client.py builds the header
-            handle_signals=handle_signals,
-        )
+        # the key a Secret until client.py builds the header
+        plan = decide(job, settings, _endpoint(target) if target is not None else None)
+        return runner.run_sync(plan, progress=progress, handle_signals=handle_signals)
     try:
         found = embedded.open(input_path, command, settings)
         summary = runner.run_sync(
-            job,
-            settings,
+            decide(job, settings, found.target),
             progress=progress,
             transport_factory=found.transport_factory,
-            target=found.target,
             handle_signals=handle_signals,
         )
     except BaseException:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -382,13 +382,19 @@ class RowResult:
         record.update(self.extra)
         return record
 
+    def values(self, columns: Sequence[str]) -> tuple[Any, ...]:
+        """The result row's values in ``columns`` order, each of its column's type (a column
+        the result does not hold: ``None``)."""
+        return tuple(map(self.to_record().get, columns))
+
 
 @dataclass(frozen=True, slots=True)
 class Summary:
     """What a finished run reports: counts by status and the figures a scheduler wants."""
 
     input_rows: int
-    counts: dict[str, int]
+    #: rows by status (a ``Status`` is its text: ``counts["updated"]`` finds it too)
+    counts: dict[Status, int]
     requests: int
     rate_limited: int
     elapsed_s: float
@@ -429,14 +435,14 @@ class Summary:
         exits 1, but its rows ``not_attempted`` were never sent, and ``unsettled`` rows are not
         final (the same command, run again, reads them back): no success.
         """
-        open_rows = (Status.NOT_ATTEMPTED.value, Status.UNSETTLED.value)
+        open_rows = (Status.NOT_ATTEMPTED, Status.UNSETTLED)
         return self.exit_code in (0, 1) and not any(self.counts.get(s) for s in open_rows)
 
     def to_json(self) -> dict[str, Any]:
         """The ``--summary-json`` document, field for field."""
         document: dict[str, Any] = {
             "input_rows": self.input_rows,
-            "counts": dict(sorted(self.counts.items())),
+            "counts": {str(status): n for status, n in sorted(self.counts.items())},
             "requests": self.requests,
             "rate_limited": self.rate_limited,
             "elapsed_s": round(self.elapsed_s, 3),

@@ -211,8 +211,8 @@ def summary_lines(summary: Summary, command: str, budget: str) -> list[str]:
     """The summary table a person reads at the end of a command."""
     lines = [f"{command}: {summary.input_rows} rows in {summary.elapsed_s:.1f}s"]
     for status in Status:
-        if summary.counts.get(status.value):
-            lines.append(f"  {status.value:<14} {summary.counts[status.value]:>9}")
+        if summary.counts.get(status):
+            lines.append(f"  {status.value:<14} {summary.counts[status]:>9}")
     if command != "validate":
         lines.append(f"  {'API calls':<14} {summary.requests:>9}")
         if summary.rate_limited:
@@ -246,7 +246,7 @@ def _not_valid_lines(summary: Summary) -> list[str]:
     shown = summary.not_valid or ()
     if not shown:
         return ["  every row is valid; no file written (--out FILE writes the report)"]
-    count = sum(summary.counts.values()) - summary.counts.get(Status.VALID.value, 0)
+    count = sum(summary.counts.values()) - summary.counts.get(Status.VALID, 0)
     head = f"first {len(shown)} of {count}"
     lines = [f"  rows not valid ({head}; no file written: --out FILE writes every row):"]
     lines += [

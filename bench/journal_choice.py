@@ -9,9 +9,10 @@ and the before-image columns, about 800 bytes) the way the runner feeds them:
 1. *append*: per answered call, its call record and its row(s). Per-row mode (``run``): one
    row per call, ``Journal.append(urgent=True)`` / one sqlite commit per row. Batch mode
    (``run --api batch``): 100 rows per call, each row ``urgent`` / one sqlite commit per call.
-   The JSONL side also runs the runner's fsync every second, in a thread, as ``_sync_journal``
-   does. Figures are µs of the appending thread per row, set against a row's share of a budget
-   of 500 calls per 60 s (120 ms per row; 1.2 ms per row in batch mode).
+   The JSONL side also runs the runner's fsync every second, in a thread, as
+   ``modes.sending.sync_journal`` does. Figures are µs of the appending thread per row, set
+   against a row's share of a budget of 500 calls per 60 s (120 ms per row; 1.2 ms per row in
+   batch mode).
 2. *kill -9*: a child appends rows in per-row mode and prints each row's number once its
    append returned; it is SIGKILLed at a random moment. Every acknowledged row must be found
    on reopening (the real ``Journal.open`` resume, which cuts a torn last line; sqlite's own
@@ -100,7 +101,7 @@ BUDGET_CALLS, BUDGET_WINDOW_S = 500, 60.0
 #: Rows per call in batch mode (``--batch-size`` default).
 BATCH_ROWS = 100
 _CHUNK = 10_000  # results built ahead of each timed stretch (never all 1M in memory)
-_FSYNC_EVERY_S = 1.0  # as runner._sync_journal
+_FSYNC_EVERY_S = 1.0  # as modes.sending.sync_journal
 _SCENARIO = "11 journal"
 _USER = (
     '{{"loginIds":["user{i}@example.com"],"userId":"U{i:027d}","name":"User {i}",'
@@ -147,7 +148,7 @@ def intent(one: RowResult) -> UpdateRequest:
 
 
 class _Jsonl:
-    """The real journal, driven as ``runner._Recorder`` drives it."""
+    """The real journal, driven as ``modes.recorder.Recorder`` drives it."""
 
     def __init__(self, out: Path) -> None:
         self.journal = Journal.open(out, IDENTITY, restart=True)
@@ -157,8 +158,8 @@ class _Jsonl:
         self._syncer.start()
 
     def _sync(self) -> None:
-        # runner._sync_journal: flush on the appending thread (here every append is urgent, so
-        # the buffer is always empty), fsync in a worker thread every second
+        # modes.sending.sync_journal: flush on the appending thread (here every append is
+        # urgent, so the buffer is always empty), fsync in a worker thread every second
         while not self._stop.wait(_FSYNC_EVERY_S):
             self.journal.fsync()
 
@@ -385,7 +386,7 @@ def _child_reopen(fmt: str, out: Path, result_path: Path, total: int) -> dict[st
     doc["calls"] = len(state.call_times)
     del state
     began, cpu = time.perf_counter(), _cpu_s()
-    if fmt == "jsonl":  # as runner._write does it
+    if fmt == "jsonl":  # as modes.outfile._write does it
         records = (r for r in iter_records(journal_path(out)) if r["row"] <= total)
         doc["rows"] = write_results(records, result_path, columns=COLUMNS)
     else:

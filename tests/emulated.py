@@ -18,7 +18,10 @@ import polars as pl
 from batchphone.config import Endpoint, Secret, Settings
 from batchphone.emulator import Emulator, ProjectSettings
 from batchphone.models import Summary
-from batchphone.modes.runner import Job, execute
+from batchphone.modes.command import CommandPlan, decide
+from batchphone.modes.job import Job
+from batchphone.modes.runner import execute
+from batchphone.progress import Progress
 
 PROJECT = "P2batchphoneIssue6Project000000"
 KEY = "K2-issue6-management-key-0123456789"
@@ -97,21 +100,49 @@ def settings(**overrides: Any) -> Settings:
 
 
 async def run_job(
-    emulator: Emulator,
+    emulator: Emulator | None,
     command: str,
     input_path: Path,
     out: Path,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     job: dict[str, Any] | None = None,
+    local: bool | None = None,
+    progress: Progress | None = None,
+    handle_signals: bool = False,
     **overrides: Any,
 ) -> Summary:
-    """Execute ``command`` with the job options ``job`` and settings ``overrides``."""
-    return await execute(
+    """Execute ``command`` with the job options ``job`` and settings ``overrides``: the one
+    place the tests of whole commands on an in-process emulator (faults, spies, a virtual clock,
+    both anyio backends) drive ``runner.execute`` rather than the synchronous public API.
+
+    ``local=False``: a ``validate`` or dry run through the pool, as a run goes (the report
+    path's oracle, tests/test_report.py).
+    """
+    plan = plan_of(
         Job(command=command, input_path=input_path, out_path=out, **(job or {})),
         settings(**overrides),
-        transport=transport or emulator.transport(),
     )
+    if local is not None:
+        plan = replace(plan, local=local)
+    if transport is None:
+        assert emulator is not None, "an emulator or a transport to it"
+        transport = emulator.transport()
+    return await execute(
+        plan,
+        transport=transport,
+        progress=progress,
+        handle_signals=handle_signals,
+    )
+
+
+def plan_of(job: Job, the_settings: Settings, target: Endpoint | None = None) -> CommandPlan:
+    """The plan of ``job`` against ``target``, by default the project ``the_settings`` name
+    (``settings()``: the emulated one; its base URL never reached: pass a transport)."""
+    if target is None and the_settings.project_id and the_settings.management_key:
+        base_url = the_settings.base_url or "http://127.0.0.1:9"
+        target = Endpoint(the_settings.project_id, base_url, the_settings.management_key)
+    return decide(job, the_settings, target)
 
 
 class Spy(httpx.AsyncBaseTransport):

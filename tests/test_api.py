@@ -17,7 +17,7 @@ import batchphone
 from batchphone import Command, InputError, Secret, Settings, Target, UsageError
 from batchphone.emulator import Emulator, ProjectSettings, load_users
 from batchphone.emulator.server import ServerThread
-from batchphone.modes import runner
+from batchphone.modes.job import Job
 from batchphone.modes.rehearsal import EMULATOR_BASE_URL, EMULATOR_PROJECT_ID
 
 PROJECT = "P2batchphoneApiProject0000000000"
@@ -254,40 +254,23 @@ def test_validate_needs_no_target_and_keeps_no_file_without_out(
 
 def test_a_typo_in_a_command_is_refused(samples: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="did you mean 'validate'"):
-        runner.Job(command="Validate", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+        Job(command="Validate", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="unknown command 'update'"):
-        runner.Job(command="update", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
-    job = runner.Job(command="plan", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+        Job(command="update", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
+    job = Job(command="plan", input_path=samples / "phones.csv", out_path=tmp_path)  # type: ignore[arg-type]
     assert job.command is Command.PLAN
 
 
-@pytest.mark.anyio
-async def test_execute_refuses_emulator_settings_it_cannot_honour(
-    served: tuple[Emulator, str], samples: Path, tmp_path: Path
-) -> None:
-    emulator, base_url = served
-    settings = Settings(
-        project_id=PROJECT, management_key=Secret(KEY), base_url=base_url, emulator=True
-    )
-    job = runner.Job(
-        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
-    )
-    with pytest.raises(UsageError, match="ask for the emulator"):
-        await runner.execute(job, settings)
-    assert calls(emulator) == 0
+def test_a_plan_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
+    from batchphone.modes.command import decide
 
-
-@pytest.mark.anyio
-async def test_execute_takes_its_target_as_an_endpoint_only(samples: Path, tmp_path: Path) -> None:
-    job = runner.Job(
-        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv"
-    )
-    # the dict execute once took: refused before anything is opened, the key never shown
+    job = Job(command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r.csv")
+    # a dict: refused before anything is opened, the key never shown
     plain = {"project_id": PROJECT, "base_url": "http://127.0.0.1:9", "management_key": KEY}
     with pytest.raises(
         UsageError, match=r"target: expected a batchphone\.config\.Endpoint"
     ) as caught:
-        await runner.execute(job, Settings(), target=plain)  # type: ignore[arg-type]
+        decide(job, Settings(), plain)  # type: ignore[arg-type]
     assert KEY not in str(caught.value)
     assert not (tmp_path / "r.csv.lock").exists()  # not even the lock was taken
 
@@ -310,12 +293,6 @@ def test_emulator_settings_never_reach_the_settings_project(
             settings=settings,
             target=target(base_url),
         )
-    # run_sync, the old entry point, refuses too
-    job = runner.Job(
-        command=Command.RUN, input_path=samples / "phones.csv", out_path=tmp_path / "r3.csv"
-    )
-    with pytest.raises(UsageError, match="ask for the emulator"):
-        runner.run_sync(job, settings)
     assert calls(emulator) == 0
 
 

@@ -20,7 +20,7 @@ from batchphone.errors import OutputError
 from batchphone.files import journal as journal_module
 from batchphone.files.journal import iter_records, journal_path
 from batchphone.modes import job as job_module
-from batchphone.modes import runner
+from batchphone.modes import outfile
 from tests.emulated import Spy, journal_results, new_phones, phone_users, run_job, write_input
 from tests.test_runner import PROJECT, UPDATE, make_emulator, read, run, update_calls
 from tests.virtual import VirtualClock
@@ -387,14 +387,14 @@ async def test_a_result_file_that_cannot_be_written_goes_to_a_copy_that_is_named
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
     disk = FullDisk(monkeypatch)
-    write_results = runner.write_results
+    write_results = outfile.write_results
 
     def full_beside_out(records: Any, path: Path, **kwargs: Any) -> int:
         if path.parent == out.parent:  # the result's folder is on the full disk too
             raise OutputError(f"{path}: cannot write the result (No space left on device)")
         return write_results(records, path, **kwargs)
 
-    monkeypatch.setattr(runner, "write_results", full_beside_out)
+    monkeypatch.setattr(outfile, "write_results", full_beside_out)
 
     def fill() -> None:
         disk.full = True

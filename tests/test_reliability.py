@@ -16,11 +16,11 @@ import polars as pl
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from batchphone.config import Endpoint, Secret, Settings
+import batchphone
+from batchphone.config import Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
 from batchphone.files.metrics import LAST_SUCCESS
-from batchphone.modes.runner import Job, run_sync
 
 pytestmark = pytest.mark.slow
 
@@ -306,10 +306,11 @@ def test_a_host_name_that_does_not_resolve_stops_the_run(
         rate_period=1.0,
         concurrency=32,
     )
-    job = Job(command="run", input_path=source, out_path=out)
     wrong = "https://api.batchphone.invalid"
     started = time.monotonic()
-    summary = run_sync(job, settings, target=Endpoint(PROJECT, wrong, Secret(KEY)))
+    summary = batchphone.run(
+        source, out=out, settings=settings, target=batchphone.Target(PROJECT, Secret(KEY), wrong)
+    )
     assert time.monotonic() - started < 5
     assert summary.exit_code == 3
     assert summary.stopped_reason is not None
@@ -318,7 +319,12 @@ def test_a_host_name_that_does_not_resolve_stops_the_run(
     rows = pl.read_csv(out, infer_schema=False)
     assert set(rows["reason"]) == {"UNREACHABLE"} and set(rows["attempts"]) == {"0"}
     assert emulator.stats(PROJECT).total_requests == 0
-    summary = run_sync(job, settings, target=Endpoint(PROJECT, base_url, Secret(KEY)))
+    summary = batchphone.run(
+        source,
+        out=out,
+        settings=settings,
+        target=batchphone.Target(PROJECT, Secret(KEY), base_url),
+    )
     assert summary.exit_code == 0
     assert summary.counts == {"updated": ROWS}
 

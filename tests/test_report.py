@@ -10,8 +10,8 @@ from typing import Any
 import polars as pl
 import pytest
 
+import batchphone
 import batchphone.modes.report
-import batchphone.modes.runner
 import batchphone.rows.prepare
 from batchphone.emulator import Emulator
 from batchphone.files.journal import journal_path
@@ -92,9 +92,8 @@ async def _both(
 ) -> tuple[Path, Path, Summary, Summary]:
     new, old = out_dir / f"new.{ext}", out_dir / f"old.{ext}"
     fast = await run_job(emulator, command, source, new, **overrides)
-    with monkeypatch.context() as patch:  # the row-by-row path: judge, journal, sort, write
-        patch.setattr(batchphone.modes.runner, "local_report", lambda mode, source: False)
-        slow = await run_job(emulator, command, source, old, **overrides)
+    # the row-by-row path: judge, journal, sort, write
+    slow = await run_job(emulator, command, source, old, local=False, **overrides)
     return new, old, fast, slow
 
 
@@ -172,16 +171,14 @@ async def test_an_old_journal_at_the_result_path_is_replaced_as_before(tmp_path:
     emulator = make_emulator([])
     source = _input(tmp_path)
     out = tmp_path / "r.csv"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(batchphone.modes.runner, "local_report", lambda mode, source: False)
-        await run_job(emulator, "run", source, out, dry_run=True)
+    await run_job(emulator, "run", source, out, dry_run=True, local=False)
     assert journal_path(out).exists()  # the row-by-row path keeps it
     summary = await run_job(emulator, "run", source, out, dry_run=True)
     assert not journal_path(out).exists()
     assert summary.counts["would_update"] > 0 and summary.resumed_rows == 0
 
 
-async def test_progress_sees_every_row(tmp_path: Path) -> None:
+def test_progress_sees_every_row(tmp_path: Path) -> None:
     """A listener (the CLI's bar) still gets each row's result; a quiet run builds none."""
     seen: list[RowResult] = []
 
@@ -198,35 +195,26 @@ async def test_progress_sees_every_row(tmp_path: Path) -> None:
         def close(self) -> None:
             seen.append(None)  # type: ignore[arg-type]
 
-    from batchphone.modes.runner import Job, execute
-    from tests.emulated import settings
-
-    out = tmp_path / "r.csv"
-    job = Job(command="validate", input_path=_input(tmp_path), out_path=out)
-    await execute(job, settings(), progress=Recorder(), transport=make_emulator([]).transport())
+    batchphone.validate(_input(tmp_path), out=tmp_path / "r.csv", progress=Recorder())
     assert [r.row for r in seen[:-1]] == list(range(1, len(ROWS) + 1))
     assert seen[-1] is None
     assert seen[0].status is Status.VALID and seen[3].reason is Reason.MISSING_REGION
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("with_out", [True, False])
-async def test_without_a_listener_no_row_result_is_built(
+def test_without_a_listener_no_row_result_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_out: bool
 ) -> None:
     """No bar (``--quiet``, JSON logs): no result object per row is built (a million of them
     cost validate a fifth of its time), also when the summary lists the rows not valid."""
     from batchphone.modes import report
-    from batchphone.modes.runner import Job, execute
-    from tests.emulated import settings
 
     def refuse(values: object) -> RowResult:
         raise AssertionError("no row result without a listener")
 
     monkeypatch.setattr(report, "_result", refuse)
     out = tmp_path / "r.csv" if with_out else None
-    job = Job(command="validate", input_path=_input(tmp_path), out_path=out)
-    summary = await execute(job, settings())
+    summary = batchphone.validate(_input(tmp_path), out=out)
     assert sum(summary.counts.values()) == len(ROWS)
     if with_out:
         assert summary.not_valid is None

@@ -21,7 +21,7 @@ from batchphone.emulator import Emulator, Faults, load_users
 from batchphone.errors import InputError, ResumeError
 from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_path
 from batchphone.models import RESULT_COLUMNS, RowResult, Summary
-from batchphone.modes.runner import Job, execute
+from batchphone.modes.job import Job
 from tests.emulated import (
     KEY,
     LICENSE,
@@ -36,7 +36,6 @@ from tests.emulated import (
     new_phones,
     phone_users,
     run_job,
-    settings,
     write_input,
 )
 from tests.virtual import VirtualClock
@@ -84,11 +83,7 @@ async def run(
     # these tests are about sending: without the reads every sendable row makes one call
     # (tests/test_lookup_default.py covers the default, which reads the users first)
     overrides.setdefault("no_lookup", True)
-    return await execute(
-        Job(command=command, input_path=input_path, out_path=out),
-        settings(**overrides),
-        transport=transport or emulator.transport(),
-    )
+    return await run_job(emulator, command, input_path, out, transport=transport, **overrides)
 
 
 def read(path: Path) -> list[dict[str, Any]]:
@@ -386,8 +381,15 @@ def interrupt_on_update(emulator: Emulator, nth: int, answer: httpx.Response | N
 async def execute_with_signals(
     job: Job, transport: httpx.AsyncBaseTransport, progress: Any = None, **overrides: Any
 ) -> Summary:
-    return await execute(
-        job, settings(**overrides), transport=transport, progress=progress, handle_signals=True
+    return await run_job(
+        None,
+        job.command,
+        job.input_path,
+        job.out_path,  # type: ignore[arg-type]
+        transport=transport,
+        progress=progress,
+        handle_signals=True,
+        **overrides,
     )
 
 
@@ -484,11 +486,7 @@ async def test_every_call_is_journaled_and_seeds_the_limiter_after_a_crash(
     spy = Spy(emulator, flaky)
     source = write_input(tmp_path / "in.csv", new_phones(150))
     out = tmp_path / "r.csv"
-    summary = await execute(
-        Job(command="run", input_path=source, out_path=out),
-        settings(),
-        transport=spy,
-    )
+    summary = await run_job(emulator, "run", source, out, transport=spy)
     assert summary.counts == {"updated": 150}
     made = sum(len(bodies) for bodies in spy.bodies.values())  # reads, retries, license
     lines = journal_path(out).read_bytes().splitlines()

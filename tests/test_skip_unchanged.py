@@ -11,7 +11,6 @@ from structlog.testing import capture_logs
 
 from batchphone.errors import ResumeError
 from batchphone.models import LOOKUP_COLUMNS, RESULT_COLUMNS
-from batchphone.modes.runner import Job, execute
 from tests.emulated import (
     LICENSE,
     PATCH_BATCH,
@@ -26,7 +25,6 @@ from tests.emulated import (
     phone_users,
     read,
     run_job,
-    settings,
     write_input,
 )
 from tests.virtual import VirtualClock
@@ -288,10 +286,6 @@ async def test_a_429_during_the_reads_pauses_and_every_row_still_ends(
     emulator.block(PROJECT, 60.0)
     source = write_input(tmp_path / "in.csv", sync_rows(120, {3, 110}), ["true"] * 120)
     out = tmp_path / "r.csv"
-    summary = await execute(
-        Job(command="run", input_path=source, out_path=out),
-        settings(),
-        transport=emulator.transport(),
-    )
+    summary = await run_job(emulator, "run", source, out)
     assert summary.counts == {"unchanged": 118, "updated": 2}
     assert summary.rate_limited >= 1

@@ -446,7 +446,10 @@ def test_rows_in_order_join_the_sorted_records_without_a_sort(
 
     monkeypatch.setattr(writer, "_sorted_runs", counting)
     journal = [_record(5), _record(2), _record(5, status="failed")]
-    unreached = (_record(row, status="not_attempted", attempts=0) for row in (1, 3, 4, 6, 7))
+    unreached = (
+        RowResult(row, f"user{row}@example.com", "x", None, Status.NOT_ATTEMPTED)
+        for row in (1, 3, 4, 6, 7)
+    )
     out = tmp_path / "r.csv"
     assert write_results(journal, out, in_order=unreached) == 7
     rows = _read(out)

@@ -86,7 +86,7 @@ def render_metrics(
             registry=registry,
         )
         for status in Status:  # every status, zeros too: a series never just disappears
-            rows.labels(command, status.value).set(summary.counts.get(status.value, 0))
+            rows.labels(command, status.value).set(summary.counts.get(status, 0))
         gauge("batchphone_input_rows", "Rows in the input of the last run.", summary.input_rows)
         gauge("batchphone_api_calls", "API calls the last run made.", summary.requests)
         gauge(

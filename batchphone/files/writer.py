@@ -46,7 +46,7 @@ from batchphone.files.atomic import replacing
 from batchphone.files.formats import FORMATS, RISKY_FIRST, XLSX_EXACT_TEXT, defuse, file_format
 from batchphone.files.journal import journal_path, refuse_link
 from batchphone.files.lock import lock_path
-from batchphone.models import RESULT_COLUMNS
+from batchphone.models import RESULT_COLUMNS, RowResult
 
 __all__ = [
     "SHORT_COLUMNS",
@@ -176,12 +176,12 @@ def write_results(
     out_path: Path,
     *,
     columns: Sequence[str] = RESULT_COLUMNS,
-    in_order: Iterable[dict[str, Any]] = (),
+    in_order: Iterable[RowResult] = (),
     short: ShortSheet | None = None,
 ) -> int:
     """Write the last record of each row, rows ascending, ``columns`` in that order.
 
-    ``in_order`` are more records, already ascending by row, of rows ``records`` does not hold
+    ``in_order`` are results, already ascending by row, of rows ``records`` does not hold
     (a stopped run's rows never reached): they join the merge as one more sorted run instead of
     going through the sort, so a stop of a long file costs one pass over it, not a sort.
     Missing keys are written empty, other keys are ignored. ``short``: the same rows to a second
@@ -197,14 +197,10 @@ def write_results(
     return _write(out_path, columns, ordered, short)
 
 
-def _keyed_in_order(
-    records: Iterable[dict[str, Any]], columns: tuple[str, ...]
-) -> Iterator[_Keyed]:
-    typed = _Typer(columns)
-    for record in records:
-        row = int(record["row"])
+def _keyed_in_order(results: Iterable[RowResult], columns: tuple[str, ...]) -> Iterator[_Keyed]:
+    for result in results:
         # arrival -1: were a row also journaled, its journal record (arrival >= 0) wins
-        yield row, -1, typed(record, row)
+        yield result.row, -1, result.values(columns)
 
 
 def write_rows(

@@ -1,7 +1,6 @@
 """A job: what to do (``run``, ``validate``, ``plan``, ``undo``), with which rows, and how.
 
-``Job`` is what the CLI asks for; ``job_mode`` says what becomes of a sendable row (and refuses
-options that cannot go together), ``screen_rules`` which reads come before sending, and
+``Job`` is what the CLI asks for (``command.decide`` makes it a plan), and
 ``prepared_batches`` turns the input (or, for ``undo``, a result file) into batches of update
 requests and of results that need no call.
 """
@@ -20,10 +19,9 @@ from batchphone.models import Command
 from batchphone.modes.reverse import UndoSource
 from batchphone.options import Sending
 from batchphone.remote.batch import MAX_BATCH
-from batchphone.remote.screen import ScreenRules
 from batchphone.rows.prepare import Mode, Prepared, Preparer, RowRules
 
-__all__ = ["BATCH_ROWS", "Job", "job_mode", "prepared_batches", "screen_rules"]
+__all__ = ["BATCH_ROWS", "Job", "prepared_batches"]
 
 #: Input rows read and judged at a time.
 BATCH_ROWS = 5_000
@@ -75,44 +73,8 @@ class Job:
             raise UsageError(f"canary: expected N >= 1, not {self.canary}", setting="canary")
 
 
-def job_mode(job: Job, settings: Settings) -> Mode:
-    """What the job does with sendable rows; refuses options that cannot go together."""
-    if job.command is Command.VALIDATE:
-        mode = Mode.VALIDATE
-    elif job.command is Command.PLAN or (settings.dry_run and job.command is Command.UNDO):
-        mode = Mode.PLAN  # a dry undo reads the users, as the undo would: it is a plan
-    else:
-        mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
-    if job.api == "batch" and settings.allow_merge and mode is Mode.RUN:
-        raise UsageError(
-            "allow_merge=True cannot be used with api=batch: a batch patch has no failOnConflict, "
-            "so batchphone refuses every phone that is another user's login id there",
-            setting="allow_merge",
-        )
-    if job.canary and mode is not Mode.RUN:
-        raise UsageError(
-            "canary=... reads back the updates it sent: it cannot be used with dry_run=True",
-            setting="canary",
-        )
-    return mode
-
-
-def screen_rules(job: Job, settings: Settings, mode: Mode) -> ScreenRules:
-    """Which reads come before sending: nothing is read when nothing could be sent.
-
-    A run reads every user first unless ``no_lookup``; undo always does (it must not overwrite
-    a phone changed since the run).
-    """
-    if mode not in (Mode.RUN, Mode.PLAN):
-        return ScreenRules()
-    compare = mode is Mode.PLAN or job.command is Command.UNDO or not settings.no_lookup
-    # a plan always shows conflicts; a batch patch cannot refuse them itself
-    guard = mode is Mode.PLAN or job.api == "batch" or (compare and not settings.allow_merge)
-    return ScreenRules(compare=compare, guard=guard, plan=mode is Mode.PLAN)
-
-
 def prepared_batches(
-    source: InputSource | UndoSource, settings: Settings, mode: Mode
+    source: InputSource | UndoSource, settings: Settings, rules: RowRules
 ) -> tuple[Iterator[list[Prepared]], int]:
     """The row batches to process (lazily: each is read when asked for) and how many rows."""
     limit = settings.limit
@@ -120,20 +82,13 @@ def prepared_batches(
         batches = source.prepared(allow_remove=settings.allow_remove, limit=limit)
         return batches, source.count_rows(limit)
     unverified = settings.verified is None and not source.has_verified
-    if mode is Mode.RUN and settings.no_lookup and unverified:
+    if rules.mode is Mode.RUN and settings.no_lookup and unverified:
         # without reads nothing tells a same phone from a new one: every row says false
         log.warning(
             "rows_sent_unverified",
-            message="--no-lookup and no verified value (no --verified, no verified column): "
+            message="no_lookup=True and no verified value (no verified=..., no verified column): "
             "every row is sent with verified false, which un-verifies phones users verified",
         )
-    rules = RowRules(
-        mode=mode,
-        default_region=settings.default_region,
-        verified=settings.verified,
-        allow_merge=settings.allow_merge,
-        allow_remove=settings.allow_remove,
-    )
     preparer = Preparer(rules, source.repeated_login_ids(limit))
 
     def judged() -> Iterator[list[Prepared]]:
