@@ -48,7 +48,9 @@ def test_the_mode_of_each_command(command: str, dry_run: bool, mode: Mode) -> No
 
 def test_allow_merge_and_the_batch_api_are_refused_together_when_sending() -> None:
     merging = replace(SETTINGS, allow_merge=True)
-    with pytest.raises(UsageError, match="--allow-merge cannot be used with --api batch") as caught:
+    with pytest.raises(
+        UsageError, match="allow_merge=True cannot be used with api=batch"
+    ) as caught:
         mode_of(job(api="batch"), merging)
     assert caught.value.setting == "allow_merge"
     # nothing is sent: nothing to refuse
@@ -61,7 +63,7 @@ def test_allow_merge_and_the_batch_api_are_refused_together_when_sending() -> No
     ("command", "dry_run"), [("run", True), ("validate", False), ("plan", False)]
 )
 def test_a_canary_is_refused_when_nothing_is_sent(command: str, dry_run: bool) -> None:
-    with pytest.raises(UsageError, match="--canary reads back the updates it sent") as caught:
+    with pytest.raises(UsageError, match=r"canary=\.\.\. reads back the updates it sent") as caught:
         mode_of(job(command, canary=5), replace(SETTINGS, dry_run=dry_run))
     assert caught.value.setting == "canary"
 
