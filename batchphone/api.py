@@ -38,7 +38,7 @@ from batchphone.config import (
 )
 from batchphone.errors import UsageError
 from batchphone.models import Command, Summary
-from batchphone.options import OPTIONS, Goes, _text, _url
+from batchphone.options import OPTIONS, BudgetStore, Goes, _text, _url
 
 if TYPE_CHECKING:
     from batchphone.modes.rehearsal import Rehearsal
@@ -398,7 +398,7 @@ def _call(command: Command, arguments: dict[str, Any]) -> Summary:
         state = {"Target.emulator(state=...)": target._embedded.state}
         check_side_paths(state, input_path, Path(out))
     if target.is_emulator:  # an emulated project shares no budget with real runs
-        settings = dataclasses.replace(settings, budget_store="none")
+        settings = dataclasses.replace(settings, budget_store=BudgetStore.NONE)
     return _execute(
         command, input_path, Path(out), settings, target, job_options, progress, handle_signals
     )

@@ -21,6 +21,7 @@ from typing import Any
 
 from batchphone.files.atomic import write_private
 from batchphone.models import FINAL_STATUSES, RESUME_HINT, RowResult, Status, Summary
+from batchphone.options import LogFormat
 
 __all__ = [
     "RESUME_HINT",
@@ -36,7 +37,9 @@ __all__ = [
 
 def json_logs(log_format: str) -> bool:
     """True when stderr is for machines: ``json``, or ``auto`` and stderr is not a terminal."""
-    return log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    return log_format == LogFormat.JSON or (
+        log_format == LogFormat.AUTO and not sys.stderr.isatty()
+    )
 
 
 class TqdmProgress:

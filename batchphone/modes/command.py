@@ -22,6 +22,7 @@ from batchphone.files.writer import ShortSheet, short_sheet
 from batchphone.models import RESULT_COLUMNS, Command
 from batchphone.modes.job import Job
 from batchphone.modes.reverse import UndoSource
+from batchphone.options import Sending
 from batchphone.remote.screen import ScreenRules
 from batchphone.rows.prepare import Mode, RowRules
 
@@ -61,7 +62,7 @@ class CommandPlan:
     @property
     def batch_size(self) -> int | None:
         """Rows per patch call with ``--api batch``; ``None`` when each row is its own call."""
-        return self.job.batch_size if self.job.api == "batch" else None
+        return self.job.batch_size if self.job.api is Sending.BATCH else None
 
     @property
     def calls_api(self) -> bool:
@@ -128,7 +129,7 @@ def _mode(job: Job, settings: Settings) -> Mode:
         mode = Mode.PLAN  # a dry undo reads the users, as the undo would: it is a plan
     else:
         mode = Mode.DRY_RUN if settings.dry_run else Mode.RUN
-    if job.api == "batch" and settings.allow_merge and mode is Mode.RUN:
+    if job.api is Sending.BATCH and settings.allow_merge and mode is Mode.RUN:
         raise UsageError(
             "allow_merge=True cannot be used with api=batch: a batch patch has no failOnConflict, "
             "so batchphone refuses every phone that is another user's login id there",
@@ -152,7 +153,7 @@ def _screen(job: Job, settings: Settings, mode: Mode) -> ScreenRules:
         return ScreenRules()
     compare = mode is Mode.PLAN or job.command is Command.UNDO or not settings.no_lookup
     # a plan always shows conflicts; a batch patch cannot refuse them itself
-    guard = mode is Mode.PLAN or job.api == "batch" or (compare and not settings.allow_merge)
+    guard = mode is Mode.PLAN or job.api is Sending.BATCH or (compare and not settings.allow_merge)
     return ScreenRules(compare=compare, guard=guard, plan=mode is Mode.PLAN)
 
 

@@ -47,6 +47,7 @@ from filelock import FileLock
 
 from batchphone.errors import BatchphoneError, UsageError
 from batchphone.logs import get_logger
+from batchphone.options import BudgetStore
 from batchphone.remote.ratelimit import SharedBudget
 
 __all__ = [
@@ -93,9 +94,9 @@ def open_budget(
     The file store lives in ``<state_dir>/budget`` (``None``: ``default_state_dir()``). A store
     opened starts a heartbeat thread: ``close`` it, and the thread is joined.
     """
-    if spec == "none":
+    if spec == BudgetStore.NONE:
         return None
-    if spec == "file":
+    if spec == BudgetStore.FILE:
         folder = state_dir.expanduser() if state_dir is not None else default_state_dir()
         return FileBudget(folder / "budget", project_id, period=period)
     if spec.startswith(("redis://", "rediss://", "unix://")):
