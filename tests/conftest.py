@@ -85,6 +85,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The browser tests (the longest, about 50 s) go first, so that xdist runs them beside the
+    """The browser tests (the longest, about 20-30 s) go first, so that xdist runs them beside the
     others instead of after them (sorted is stable: the rest keep their order)."""
     items.sort(key=lambda item: item.get_closest_marker("browser") is None)

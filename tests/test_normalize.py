@@ -181,7 +181,7 @@ def phone_texts(draw: st.DrawFn) -> tuple[str, str]:
     return phonenumbers.format_number(example_number, style), region
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(case=phone_texts(), again=st.one_of(st.none(), st.sampled_from(REGIONS)))
 def test_an_output_normalizes_to_itself_under_any_region(
     case: tuple[str, str], again: str | None
@@ -210,7 +210,7 @@ def _libphonenumber(text: str) -> str | None:
 country_codes = st.sampled_from(sorted(phonenumbers.COUNTRY_CODE_TO_REGION_CODE))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(code=country_codes, digits=st.text("0123456789", min_size=2, max_size=13))
 @example(code=375, digits="8106314539")  # the parser strips a trunk prefix here
 @example(code=7, digits="8001234567")
@@ -255,7 +255,7 @@ def national_texts(draw: st.DrawFn) -> tuple[str, str]:
     return body, region
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(case=national_texts())
 @example(case=("(415) 555-0134", "US"))
 @example(case=("0 20 7946 0000", "GB"))
@@ -304,7 +304,7 @@ def test_is_valid_agrees_with_libphonenumber_on_every_example_number() -> None:
         assert is_valid(number) == phonenumbers.is_valid_number(number), number
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(
     base=st.sampled_from(EXAMPLES),
     code=st.one_of(st.none(), country_codes, st.integers(0, 999)),

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 PROJECT = "P2batchphoneKillProject00000000"
 KEY = "K2-kill-test-key-000000000000000"
-ROWS = 600
+ROWS = 300
 
 
 @pytest.fixture
@@ -111,9 +111,9 @@ def test_kill_9_at_many_moments_then_resume(
     out = tmp_path / "results.csv"
     kills = 0
     for moment in range(8):
-        process = start(source, out, base_url, "--rate", "60/1", "--concurrency", "8")
+        process = start(source, out, base_url, "--rate", "30/1", "--concurrency", "8")
         # from start-up (no call made yet) to well into the run: each resumed run gets a
-        # little further, and 600 rows at 60/s outlast all eight
+        # little further, and 300 rows at 30/s outlast all eight
         time.sleep(0.3 + 0.19 * moment)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
@@ -147,8 +147,8 @@ def test_sigint_writes_everything_and_resume_finishes(
     out = tmp_path / "results.csv"
     prom = tmp_path / "sync.prom"
     metrics = ("--metrics-file", str(prom))
-    process = start(source, out, base_url, "--rate", "100/1", "--log-format", "json", *metrics)
-    wait_for(lambda: sum(updates(emulator).values()) >= 30)  # under way: 600 rows take 6 s
+    process = start(source, out, base_url, "--rate", "50/1", "--log-format", "json", *metrics)
+    wait_for(lambda: sum(updates(emulator).values()) >= 30)  # under way: 300 rows take 6 s
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -241,7 +241,7 @@ def test_nothing_waiting_for_a_slot_is_sent_after_ctrl_c(
     assert process.returncode == 130, stderr
     assert sent == 1 and sum(updates(emulator).values()) == sent
     journal = out.with_name(out.name + ".journal").read_bytes().splitlines()
-    # the header, the call times, the rows taken from the queue (at most 3 x 8): not 600
+    # the header, the call times, the rows taken from the queue (at most 3 x 8): not 300
     assert len(journal) < 40
 
 

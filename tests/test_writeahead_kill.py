@@ -151,6 +151,7 @@ def test_kill_9_with_calls_in_flight_then_resume_then_undo(
             kills += 1
         process.communicate(timeout=60)
     assert kills >= 2
+    emulator.set_faults(Faults(seed=5, latency=0.01))  # the kills are over: answers at once
     final = batchphone(base_url, *command)
     _, stderr = final.communicate(timeout=120)
     assert final.returncode == 0, stderr
@@ -224,6 +225,7 @@ def test_undo_straight_after_kill_9_reads_the_journal_and_sends_nothing_new(
     assert not out.exists()  # the case under test: the run never wrote its result file
     changed = {login for login in before if state(emulator)[login] != before[login]}
     assert changed and len(changed) < ROWS
+    emulator.set_faults(Faults(seed=5, latency=0.01))  # the kills are over: answers at once
     undo = batchphone(
         base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"), "--allow-remove"
     )
@@ -266,6 +268,7 @@ def test_undo_after_a_resume_killed_by_kill_9_reads_past_the_older_result_file(
     wait_for(lambda: writes(emulator) >= sent + 12 or process.poll() is not None)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
+    emulator.set_faults(Faults(seed=5, latency=0.01))  # the kills are over: answers at once
     undo = batchphone(
         base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"), "--allow-remove"
     )
@@ -298,7 +301,9 @@ def test_undo_refuses_the_journal_of_a_run_still_writing_it(
 def test_a_restart_after_kill_9_counts_the_calls_that_were_in_flight(tmp_path: Path) -> None:
     """The calls on the wire at a kill were never answered, so never journaled as answered:
     their start records make the restart's limiter wait for them (no 429, no block)."""
-    users = [{"loginId": f"user{i}@example.com"} for i in range(60)]
+    # 28 rows left after the kill: more than the window's 20, so a restart that forgot the 8
+    # calls in flight would send 28 in one window and meet a 429
+    users = [{"loginId": f"user{i}@example.com"} for i in range(36)]
     project = ProjectSettings(
         project_id=PROJECT,
         management_key=KEY,
@@ -310,7 +315,7 @@ def test_a_restart_after_kill_9_counts_the_calls_that_were_in_flight(tmp_path: P
     emulator = Emulator(projects=[project], faults=Faults(seed=1, latency=0.4))
     source = tmp_path / "in.csv"
     pl.DataFrame(
-        {"loginId": [u["loginId"] for u in users], "phone": [f"+1415666{i:04d}" for i in range(60)]}
+        {"loginId": [u["loginId"] for u in users], "phone": [f"+1415666{i:04d}" for i in range(36)]}
     ).write_csv(source)
     out = tmp_path / "r.csv"
     command = ["run", str(source), "--out", str(out), "--no-lookup", "--rate", "20/3"]
