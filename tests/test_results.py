@@ -8,27 +8,10 @@ from typing import Any
 import pytest
 
 from batchphone.errors import OutputError
-from batchphone.files.journal import Journal, RunIdentity, iter_records, journal_path
+from batchphone.files.journal import Journal, iter_records, journal_path
 from batchphone.files.results import result_rows
-from batchphone.models import Command, Reason, ResultCells, RowResult, Status
-
-IDENTITY = RunIdentity(
-    command=Command.RUN,
-    input_name="in.csv",
-    input_sha256="0" * 64,
-    project_id="P2results",
-    base_url=None,
-    login_id_column="loginId",
-    phone_column="phone",
-    default_region=None,
-    verified=None,
-    allow_merge=False,
-    allow_remove=False,
-    dry_run=False,
-    no_lookup=False,
-    api="update",
-    batch_size=None,
-)
+from batchphone.models import Reason, ResultCells, RowResult, Status
+from tests.test_journal import IDENTITY
 
 
 def test_a_journaled_result_reads_back_as_its_own_cells(tmp_path: Path) -> None:
