@@ -213,8 +213,10 @@ def test_columns_choose_and_order_output(tmp_path: Path) -> None:
         {"status": "invalid", "row": 1, "verified": None, "phone": None},
         {"status": "valid", "row": 2, "verified": "true", "phone": None},
     ]
-    assert write_rows(sorted(rows), out, columns=("row",)) == 2
-    assert _read(out) == [{"row": 1}, {"row": 2}]
+    assert write_rows(sorted(rows), out, columns=("status",)) == 2
+    assert _read(out) == [{"status": "invalid"}, {"status": "valid"}]
+    assert write_rows(sorted(rows), out, columns=("row", "line")) == 2  # the leading columns
+    assert _read(out) == [{"row": 1, "line": None}, {"row": 2, "line": None}]
 
 
 def test_a_name_that_is_not_a_result_column_is_refused(tmp_path: Path) -> None:

@@ -230,6 +230,8 @@ def _cells_in(columns: tuple[str, ...]) -> Callable[[ResultCells], Values]:
     unknown = [name for name in columns if name not in fields]
     if unknown:
         raise ValueError(f"not result columns: {', '.join(unknown)}")
+    if columns == fields[: len(columns)]:  # a result file's columns: a slice, the fastest cut
+        return operator.itemgetter(slice(0, len(columns)))
     if len(columns) == 1:
         only = fields.index(columns[0])
         return lambda cells: (cells[only],)

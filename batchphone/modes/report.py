@@ -49,7 +49,6 @@ __all__ = ["report_rows", "write_report"]
 
 #: How many rows that are not valid a summary without a report file lists.
 SHOWN_ROWS = 20
-_make = ResultCells._make
 #: (status, reason) -> their texts in the result file: (status, reason, error_message)
 _Texts = dict[tuple[Status, Reason | None], tuple[str, str | None, str | None]]
 
@@ -114,29 +113,28 @@ def _batch_cells(
                 message,
             )
         status_text, reason_text, message = text
-        # by position, as fast as a plain tuple: no call, no user, no attempt, no before-image
+        # by position (mypy checks each cell's type): no call, no user, no attempt, no
+        # before-image
         cells.append(
-            _make(
-                (
-                    row.row,  # row
-                    row.line,  # line
-                    row.login_id,  # loginId
-                    row.phone_raw,  # phone_input
-                    phone,  # phone
-                    status_text,  # status
-                    reason_text,  # reason
-                    None,  # http_status
-                    None,  # error_code
-                    message,  # error_message
-                    0,  # attempts
-                    None,  # user_id
-                    None,  # verified_phone
-                    None,  # user
-                    now_iso(),  # finished_at
-                    None,  # phone_before
-                    None,  # verified_before
-                    None,  # verified
-                )
+            ResultCells(
+                row.row,  # row
+                row.line,  # line
+                row.login_id,  # loginId
+                row.phone_raw,  # phone_input
+                phone,  # phone
+                status_text,  # status
+                reason_text,  # reason
+                None,  # http_status
+                None,  # error_code
+                message,  # error_message
+                0,  # attempts
+                None,  # user_id
+                None,  # verified_phone
+                None,  # user
+                now_iso(),  # finished_at
+                None,  # phone_before
+                None,  # verified_before
+                None,  # verified
             )
         )
     return cells
