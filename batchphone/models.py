@@ -1,7 +1,7 @@
 """The data that flows through batchphone: frozen, slotted, free of I/O.
 
 The way of a row: ``InputRow`` (reader) -> ``Normalized`` (normalizer) -> ``UpdateRequest``
-(runner) -> ``ApiOutcome`` (client) -> ``RowResult`` (journal, writer).
+(runner) -> ``ApiOutcome`` (client) -> ``RowResult`` (journal) -> ``ResultCells`` (writer).
 """
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import time
-from collections.abc import Mapping, Sequence
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
+    "CELL_TYPES",
     "FINAL_STATUSES",
     "LOOKUP_COLUMNS",
     "PLAN_COLUMNS",
@@ -27,11 +29,13 @@ __all__ = [
     "NotValidRow",
     "PhoneState",
     "Reason",
+    "ResultCells",
     "RowResult",
     "Status",
     "Summary",
     "UpdateRequest",
     "User",
+    "flag_text",
     "next_step",
 ]
 
@@ -309,28 +313,71 @@ class ApiOutcome:
     user: User | None = None
 
 
-#: The fixed columns of every result file, in this order.
-RESULT_COLUMNS: tuple[str, ...] = (
-    "row",
-    "line",
-    "loginId",
-    "phone_input",
-    "phone",
-    "status",
-    "reason",
-    "http_status",
-    "error_code",
-    "error_message",
-    "attempts",
-    "user_id",
-    "verified_phone",
-    "user",
-    "finished_at",
-)
+class ResultCells(NamedTuple):
+    """One row of a result file: a cell per column, named as the column and of its type.
+
+    The fields are every column a result file may have, in file order: ``RESULT_COLUMNS``,
+    then ``LOOKUP_COLUMNS``, then ``PLAN_COLUMNS``; a file writes the ones its command has
+    (``CELL_TYPES`` gives each one's type, ``None`` is an empty cell). It is what the writer
+    takes, from the journal (``files.results``), from a report (``modes.report``) or from a
+    ``RowResult`` (``cells``). A tuple, built by position, because millions of rows are: a
+    result file's row costs what a plain tuple does, with names.
+    """
+
+    row: int
+    #: the row's number as the input file shows it (``InputRow.line``)
+    line: int | None
+    loginId: str | None
+    phone_input: str | None
+    #: the E.164 sent
+    phone: str | None
+    #: a ``Status``'s text
+    status: str
+    #: a ``Reason``'s text
+    reason: str | None = None
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    attempts: int | None = None
+    user_id: str | None = None
+    verified_phone: bool | None = None
+    #: the user the API returned, as compact JSON
+    user: str | None = None
+    #: ISO 8601 UTC
+    finished_at: str | None = None
+    phone_before: str | None = None
+    #: ``true``/``false``: a text column in every format (undo reads it back as text)
+    verified_before: str | None = None
+    #: ``true``/``false``, as ``verified_before``: the flag a plan's run sends
+    verified: str | None = None
+
+
 #: Appended after ``RESULT_COLUMNS`` whenever a run looked users up (the before-image).
 LOOKUP_COLUMNS: tuple[str, ...] = ("phone_before", "verified_before")
 #: Appended after those in a plan file: the verified flag a run sends with ``phone``.
 PLAN_COLUMNS: tuple[str, ...] = ("verified",)
+#: The fixed columns of every result file, in this order.
+RESULT_COLUMNS: tuple[str, ...] = tuple(
+    name for name in ResultCells._fields if name not in LOOKUP_COLUMNS + PLAN_COLUMNS
+)
+
+
+def _cell_types() -> dict[str, type]:
+    """``int | None`` -> ``int``: each field's type without its ``None``."""
+    hints = typing.get_type_hints(ResultCells)
+    return {
+        name: next(kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None))
+        for name, hint in hints.items()
+    }
+
+
+#: Each result column's cell type (``int``, ``bool`` or ``str``), from ``ResultCells``.
+CELL_TYPES: dict[str, type] = _cell_types()
+
+
+def flag_text(flag: bool | None) -> str | None:
+    """A flag as a text cell of a result file (``verified_before``, ``verified``)."""
+    return None if flag is None else "true" if flag else "false"
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,10 +429,30 @@ class RowResult:
         record.update(self.extra)
         return record
 
-    def values(self, columns: Sequence[str]) -> tuple[Any, ...]:
-        """The result row's values in ``columns`` order, each of its column's type (a column
-        the result does not hold: ``None``)."""
-        return tuple(map(self.to_record().get, columns))
+    def cells(self) -> ResultCells:
+        """The result row as a result file holds it: ``extra``'s before-image and verified
+        flag in their columns (a flag as text), any other key of ``extra`` left out."""
+        extra = self.extra
+        return ResultCells(
+            self.row,
+            self.line,
+            self.login_id,
+            self.phone_input,
+            self.phone,
+            self.status.value,
+            self.reason.value if self.reason else None,
+            self.http_status,
+            self.error_code,
+            self.error_message,
+            self.attempts,
+            self.user_id,
+            self.verified_phone,
+            self.user_json,
+            self.finished_at,
+            extra.get("phone_before"),
+            flag_text(extra.get("verified_before")),
+            flag_text(extra.get("verified")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -367,6 +367,7 @@ def _child_reopen(fmt: str, out: Path, result_path: Path, total: int) -> dict[st
     Everything is imported first, so the peak RSS after the resume is the resume's (plus the
     imports, reported apart); the peak at the end is the write's when it is the higher.
     """
+    from batchphone.files.results import result_rows
     from batchphone.files.writer import write_results, write_rows
 
     doc: dict[str, Any] = {"rss_imports_mb": _rss_mb()}
@@ -387,8 +388,9 @@ def _child_reopen(fmt: str, out: Path, result_path: Path, total: int) -> dict[st
     del state
     began, cpu = time.perf_counter(), _cpu_s()
     if fmt == "jsonl":  # as modes.outfile._write does it
-        records = (r for r in iter_records(journal_path(out)) if r["row"] <= total)
-        doc["rows"] = write_results(records, result_path, columns=COLUMNS)
+        journaled = result_rows(iter_records(journal_path(out)))
+        rows = (cells for cells in journaled if cells.row <= total)
+        doc["rows"] = write_results(rows, result_path, columns=COLUMNS)
     else:
         doc["rows"] = write_rows(sqlite.rows(), result_path, columns=COLUMNS)
         sqlite.close()

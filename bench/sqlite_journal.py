@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from batchphone.files.journal import JournalState
-from batchphone.models import RowResult, Status
+from batchphone.models import ResultCells, RowResult, Status
 
 __all__ = ["SqliteJournal"]
 
@@ -54,8 +54,8 @@ class SqliteJournal:
     def __init__(self, path: Path, columns: Sequence[str], identity: dict[str, Any]) -> None:
         self.path = path
         self.columns = tuple(columns)
-        if self.columns[0] != "row":
-            raise ValueError("the first column must be row")
+        if self.columns != ResultCells._fields[: len(self.columns)]:
+            raise ValueError("the columns must be the first result columns, in their order")
         # created 0600 first: sqlite gives its -wal and -shm files the database file's mode
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         # autocommit mode: transactions are opened and committed explicitly below
@@ -133,20 +133,19 @@ class SqliteJournal:
         ]
         return state
 
-    def rows(self) -> Iterator[tuple[Any, ...]]:
+    def rows(self) -> Iterator[ResultCells]:
         """Every row's last result, ascending by row, values of their column's type."""
         names = ", ".join(f'"{name}"' for name in self.columns)
         flags = [i for i, name in enumerate(self.columns) if name in _BOOL_COLUMNS]
-        cursor = self.db.execute(f"SELECT {names} FROM results ORDER BY row")
-        if not flags:
-            yield from cursor
-            return
-        for values in cursor:
+        # the columns lead the result columns (checked when opened): the rest are empty
+        rest = (None,) * (len(ResultCells._fields) - len(self.columns))
+        make = ResultCells._make
+        for values in self.db.execute(f"SELECT {names} FROM results ORDER BY row"):
             cells = list(values)
             for i in flags:
                 if cells[i] is not None:
                     cells[i] = bool(cells[i])
-            yield tuple(cells)
+            yield make((*cells, *rest))
 
     def close(self) -> None:
         """Commit what is open and close (sqlite checkpoints the WAL into the database)."""

@@ -11,7 +11,7 @@ from batchphone.cells import FALSE_WORDS, TRUE_WORDS, check_region, parse_flag
 from batchphone.config import load_settings
 from batchphone.emulator.users import load_users
 from batchphone.errors import UsageError
-from batchphone.files import writer
+from batchphone.files import results
 from batchphone.models import InputRow, RowResult, UpdateRequest
 from batchphone.modes.reverse import _undo_row
 from batchphone.rows.prepare import Preparer, RowRules
@@ -26,7 +26,7 @@ def spellings(word: str) -> list[str]:
 
 def test_the_two_sets_are_disjoint_and_hold_every_word_any_part_accepted_before() -> None:
     assert not TRUE_WORDS & FALSE_WORDS
-    # prepare: true/1/yes/y/t; config: on/off besides; undo and writer: true/1/yes
+    # prepare: true/1/yes/y/t; config: on/off besides; undo and the result rows: true/1/yes
     assert {"true", "1", "yes", "y", "t", "on"} <= TRUE_WORDS
     assert {"false", "0", "no", "n", "f", "off"} <= FALSE_WORDS
 
@@ -54,7 +54,7 @@ def test_every_reader_of_a_flag_agrees(word: str, tmp_path: Path) -> None:
         assert isinstance(back, UpdateRequest) and back.verified is expected
         settings = load_settings({"no_lookup": text}, env={"BATCHPHONE_VERIFIED": text})
         assert settings.verified is expected and settings.no_lookup is expected
-        assert writer._to_bool(text) is expected
+        assert results._to_bool(text) is expected
     seeds = tmp_path / "users.csv"
     seeds.write_text(f"loginId,verifiedPhone\na@x.com,{word}\n")
     assert load_users(seeds)[0]["verifiedPhone"] is expected
@@ -68,7 +68,7 @@ def test_a_word_outside_the_vocabulary_is_refused_or_unknown_everywhere(tmp_path
     assert isinstance(back, RowResult) and back.reason == "NO_BEFORE_IMAGE"
     with pytest.raises(UsageError, match="expected true or false"):
         load_settings({"allow_merge": "maybe"}, env={})
-    assert writer._to_bool("maybe") is None  # unknown, not false
+    assert results._to_bool("maybe") is None  # unknown, not false
 
 
 def test_check_region() -> None:

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from batchphone.models import Reason, User, next_step
+from batchphone.models import (
+    CELL_TYPES,
+    LOOKUP_COLUMNS,
+    PLAN_COLUMNS,
+    RESULT_COLUMNS,
+    Reason,
+    ResultCells,
+    RowResult,
+    Status,
+    User,
+    next_step,
+)
 
 
 def test_a_user_reads_the_fields_batchphone_uses_and_keeps_the_rest() -> None:
@@ -43,3 +54,44 @@ def test_after_too_many_failed_calls_the_next_step_is_to_find_why() -> None:
     with_unsettled = next_step(3, resumable=True, stopped=Reason.CIRCUIT_OPEN, unsettled=20)
     assert with_unsettled is not None and with_unsettled.startswith("find why the calls failed")
     assert "the 20 unsettled rows' users back first" in with_unsettled
+
+
+def test_result_cells_name_every_result_column_with_its_type() -> None:
+    assert ResultCells._fields == RESULT_COLUMNS + LOOKUP_COLUMNS + PLAN_COLUMNS
+    assert {name for name, kind in CELL_TYPES.items() if kind is int} == {
+        "row",
+        "line",
+        "http_status",
+        "attempts",
+    }
+    assert {name for name, kind in CELL_TYPES.items() if kind is bool} == {"verified_phone"}
+    assert set(CELL_TYPES.values()) == {int, bool, str}
+
+
+def test_a_result_as_cells_holds_its_before_image_and_flags_as_text() -> None:
+    result = RowResult(
+        row=3,
+        login_id="ada@example.com",
+        phone_input="(415) 555-0100",
+        phone="+14155550100",
+        status=Status.CHANGE,
+        reason=Reason.VERIFIED_ONLY,
+        extra={"phone_before": "+14155550100", "verified_before": True, "verified": False},
+        line=4,
+    )
+    cells = result.cells()
+    assert cells == ResultCells(
+        3,
+        4,
+        "ada@example.com",
+        "(415) 555-0100",
+        "+14155550100",
+        "change",
+        reason="VERIFIED_ONLY",
+        attempts=0,
+        finished_at="",
+        phone_before="+14155550100",
+        verified_before="true",
+        verified="false",
+    )
+    assert type(cells.status) is str and type(cells.reason) is str

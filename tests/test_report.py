@@ -16,7 +16,7 @@ import batchphone.rows.prepare
 from batchphone.emulator import Emulator
 from batchphone.files.journal import journal_path
 from batchphone.files.reader import InputSpec, open_input
-from batchphone.models import RESULT_COLUMNS, Reason, RowResult, Status, Summary
+from batchphone.models import Reason, RowResult, Status, Summary
 from batchphone.modes.report import report_rows
 from batchphone.rows.prepare import Mode, Preparer, RowRules
 from tests.emulated import make_emulator, run_job
@@ -134,8 +134,7 @@ async def test_every_local_reason_is_in_the_mixed_file(tmp_path: Path) -> None:
     for allow_remove in (False, True):
         rules = RowRules(mode=Mode.DRY_RUN, allow_remove=allow_remove)
         preparer = Preparer(rules, source.repeated_login_ids())
-        reason = RESULT_COLUMNS.index("reason")
-        seen |= {values[reason] for values in report_rows(source, preparer) if values[reason]}
+        seen |= {cells.reason for cells in report_rows(source, preparer) if cells.reason}
     local = {reason.value for reason in Reason} - {
         reason.value
         for reason in (

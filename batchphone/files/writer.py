@@ -1,9 +1,11 @@
-r"""Journal records -> the result file (CSV, TSV, JSONL, Parquet or XLSX), atomically.
+r"""Result rows (``ResultCells``) -> the result file (CSV, TSV, JSONL, Parquet or XLSX),
+atomically.
 
-Journal records come nearly in row order, and a resumed run appends the rows it re-did at the
-end. The last record of each row is kept and rows are written in ascending order by an external
-merge sort: sorted runs of about ``_RUN_BYTES`` are spilled to private temp files beside the
-result and merged with ``heapq.merge``, so memory stays flat however many rows there are.
+The rows of a journal (``files.results``) come nearly in row order, and a resumed run appends
+the rows it re-did at the end. The last of each row is kept and rows are written in ascending
+order by an external merge sort: sorted runs of about ``_RUN_BYTES`` are spilled to private
+temp files beside the result and merged with ``heapq.merge``, so memory stays flat however many
+rows there are. A row is cut down to the file's columns (a plain tuple) before it is sorted.
 
 * The result holds personal data: it is written to a temp file created ``0600`` in the result's
   directory, fsynced, then renamed over ``out_path`` (a crash leaves the old file or none).
@@ -27,6 +29,7 @@ import contextlib
 import csv
 import heapq
 import json
+import operator
 import os
 import pickle
 import shutil
@@ -40,13 +43,12 @@ import polars as pl
 import xlsxwriter
 from polars.io.plugins import register_io_source
 
-from batchphone.cells import parse_flag
 from batchphone.errors import OutputError, UsageError
 from batchphone.files.atomic import replacing
 from batchphone.files.formats import FORMATS, RISKY_FIRST, XLSX_EXACT_TEXT, defuse, file_format
 from batchphone.files.journal import journal_path, refuse_link
 from batchphone.files.lock import lock_path
-from batchphone.models import RESULT_COLUMNS, RowResult
+from batchphone.models import CELL_TYPES, RESULT_COLUMNS, ResultCells
 
 __all__ = [
     "SHORT_COLUMNS",
@@ -65,8 +67,8 @@ XLSX_MAX_ROWS = 1_048_575
 #: The columns of a short sheet when ``--short-out`` comes without ``--columns``.
 SHORT_COLUMNS = ("row", "line", "loginId", "phone", "status", "reason", "error_message")
 
-_INT_COLUMNS = frozenset({"row", "line", "http_status", "attempts"})
-_BOOL_COLUMNS = frozenset({"verified_phone"})
+_INT_COLUMNS = frozenset(name for name, kind in CELL_TYPES.items() if kind is int)
+_BOOL_COLUMNS = frozenset(name for name, kind in CELL_TYPES.items() if kind is bool)
 _PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
 _WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
@@ -172,49 +174,68 @@ def check_side_paths(
 
 
 def write_results(
-    records: Iterable[dict[str, Any]],
+    rows: Iterable[ResultCells],
     out_path: Path,
     *,
     columns: Sequence[str] = RESULT_COLUMNS,
-    in_order: Iterable[RowResult] = (),
+    in_order: Iterable[ResultCells] = (),
     short: ShortSheet | None = None,
 ) -> int:
-    """Write the last record of each row, rows ascending, ``columns`` in that order.
+    """Write the last of each row's ``rows`` (a journal's), rows ascending, ``columns`` in
+    that order.
 
-    ``in_order`` are results, already ascending by row, of rows ``records`` does not hold
-    (a stopped run's rows never reached): they join the merge as one more sorted run instead of
-    going through the sort, so a stop of a long file costs one pass over it, not a sort.
-    Missing keys are written empty, other keys are ignored. ``short``: the same rows to a second
-    file too. Returns the number of rows written.
+    ``in_order`` are rows, already ascending, that ``rows`` does not hold (a stopped run's
+    rows never reached): they join the merge as one more sorted run instead of going through
+    the sort, so a stop of a long file costs one pass over it, not a sort. ``short``: the same
+    rows to a second file too. Returns the number of rows written.
     """
     columns = tuple(columns)
+    project = _cells_in(columns)
 
     def ordered(work: Path) -> Iterator[Values]:
-        runs = _sorted_runs(records, columns, work)
-        runs.append(_keyed_in_order(in_order, columns))
+        runs = _sorted_runs(rows, project, work)
+        runs.append(_keyed_in_order(in_order, project))
         return _last_per_row(_merge(runs))
 
     return _write(out_path, columns, ordered, short)
 
 
-def _keyed_in_order(results: Iterable[RowResult], columns: tuple[str, ...]) -> Iterator[_Keyed]:
-    for result in results:
+def _keyed_in_order(
+    rows: Iterable[ResultCells], project: Callable[[ResultCells], Values]
+) -> Iterator[_Keyed]:
+    for cells in rows:
         # arrival -1: were a row also journaled, its journal record (arrival >= 0) wins
-        yield result.row, -1, result.values(columns)
+        yield cells.row, -1, project(cells)
 
 
 def write_rows(
-    rows: Iterable[Values],
+    rows: Iterable[ResultCells],
     out_path: Path,
     *,
     columns: Sequence[str] = RESULT_COLUMNS,
     short: ShortSheet | None = None,
 ) -> int:
-    """Write rows that are already final: one per input row, ascending, values in ``columns``
-    order and of their column's type (int, bool, text or None). No journal records, no sort:
+    """Write rows that are already final: one per input row, ascending. No journal, no sort:
     the report of ``validate`` and dry runs (``report.py``). Returns the number written.
     """
-    return _write(out_path, tuple(columns), lambda work: iter(rows), short)
+    columns = tuple(columns)
+    project = _cells_in(columns)
+    return _write(out_path, columns, lambda work: map(project, rows), short)
+
+
+def _cells_in(columns: tuple[str, ...]) -> Callable[[ResultCells], Values]:
+    """A row's cells in ``columns`` order, as a plain tuple (what is sorted, spilled and
+    written). ``ValueError`` for a name that is not a result column."""
+    fields = ResultCells._fields
+    unknown = [name for name in columns if name not in fields]
+    if unknown:
+        raise ValueError(f"not result columns: {', '.join(unknown)}")
+    if columns == fields[: len(columns)]:  # a result file's columns: a slice, the fastest cut
+        return operator.itemgetter(slice(0, len(columns)))
+    if len(columns) == 1:
+        only = fields.index(columns[0])
+        return lambda cells: (cells[only],)
+    return operator.itemgetter(*map(fields.index, columns))
 
 
 def _write(
@@ -315,20 +336,15 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _sorted_runs(
-    records: Iterable[dict[str, Any]], columns: tuple[str, ...], work: Path
+    rows: Iterable[ResultCells], project: Callable[[ResultCells], Values], work: Path
 ) -> list[Iterable[_Keyed]]:
-    """Cut the records into sorted runs; all but an only run are spilled to disk."""
-    typed = _Typer(columns)
+    """Cut the rows into sorted runs; all but an only run are spilled to disk."""
     runs: list[Iterable[_Keyed]] = []
     run: list[_Keyed] = []
     size = per_record = 0
-    for seq, record in enumerate(records):
-        try:
-            row = int(record["row"])
-        except (KeyError, TypeError, ValueError):
-            raise OutputError(f"result record {seq + 1} has no row number") from None
-        values = typed(record, row)
-        run.append((row, seq, values))
+    for seq, cells in enumerate(rows):
+        values = project(cells)
+        run.append((cells.row, seq, values))
         if seq % 1024 == 0:  # sizing every record would cost more than the sort
             per_record = 100 + 60 * len(values) + sum(len(v) for v in values if type(v) is str)
         size += per_record
@@ -341,42 +357,6 @@ def _sorted_runs(
     elif run:
         runs.append(run)
     return runs
-
-
-class _Typer:
-    """Record -> values in column order, each of its column's type (or None).
-
-    Journal records nearly always have the right types already, and only a handful of
-    shapes (which cells are null): a shape once checked is remembered, so the common case
-    costs two C-level ``map`` calls and a dict lookup instead of a Python call per cell.
-    """
-
-    def __init__(self, columns: tuple[str, ...]) -> None:
-        self.columns = columns
-        self.kinds = tuple(
-            int if name in _INT_COLUMNS else bool if name in _BOOL_COLUMNS else str
-            for name in columns
-        )
-        self.converters = tuple(_coercer(name) for name in columns)
-        self.clean: dict[tuple[type, ...], bool] = {}
-
-    def __call__(self, record: dict[str, Any], row: int) -> Values:
-        values = tuple(map(record.get, self.columns))
-        shape = tuple(map(type, values))
-        clean = self.clean.get(shape)
-        if clean is None:
-            clean = self.clean[shape] = all(
-                kind is type(None) or kind is wanted
-                for kind, wanted in zip(shape, self.kinds, strict=True)
-            )
-        if clean:
-            return values
-        try:
-            return tuple(
-                convert(value) for convert, value in zip(self.converters, values, strict=True)
-            )
-        except (TypeError, ValueError) as exc:
-            raise OutputError(f"result row {row} has a value of the wrong type ({exc})") from None
 
 
 def _spill(run: list[_Keyed], work: Path, number: int) -> Iterable[_Keyed]:
@@ -416,39 +396,6 @@ def _last_per_row(keyed: Iterator[_Keyed]) -> Iterator[Values]:
         pending = item
     if pending is not None:
         yield pending[2]
-
-
-def _coercer(name: str) -> Callable[[Any], Any]:
-    """The converter of one column to its result type (int, bool or text; None stays None)."""
-    if name in _INT_COLUMNS:
-        return _to_int
-    if name in _BOOL_COLUMNS:
-        return _to_bool
-    return _to_text
-
-
-def _to_int(value: Any) -> int | None:
-    if value is None or value == "":
-        return None
-    return int(value)
-
-
-def _to_bool(value: Any) -> bool | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return parse_flag(value)  # a word outside the vocabulary: no value, not false
-    return bool(value)
-
-
-def _to_text(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    return str(value)
 
 
 def _write_atomically(

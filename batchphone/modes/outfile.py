@@ -17,8 +17,9 @@ from batchphone.config import Settings
 from batchphone.errors import BatchphoneError, OutputError
 from batchphone.files.journal import Journal, iter_records
 from batchphone.files.reader import InputSource
+from batchphone.files.results import result_rows
 from batchphone.files.writer import ShortSheet, write_results
-from batchphone.models import Reason, RowResult, Status
+from batchphone.models import Reason, ResultCells, Status
 from batchphone.modes.job import BATCH_ROWS
 from batchphone.modes.reverse import UndoSource
 from batchphone.rows.prepare import EXPLANATIONS, now_iso
@@ -49,23 +50,25 @@ class Unreached:
         self.reason = reason or Reason.INTERRUPTED
         self.message = EXPLANATIONS.get(reason or Reason.INTERRUPTED)
 
-    def __iter__(self) -> Iterator[RowResult]:
+    def __iter__(self) -> Iterator[ResultCells]:
         if b"\0" not in self.codes:
             return
         codes, stamp = self.codes, now_iso()
+        status, reason = Status.NOT_ATTEMPTED.value, self.reason.value
         try:
             for row, line, login_id, phone_input in self._rows():
                 if row <= len(codes) and not codes[row - 1]:
-                    yield RowResult(
+                    yield ResultCells(
                         row=row,
-                        login_id=login_id,
+                        line=line,
+                        loginId=login_id,
                         phone_input=phone_input,
                         phone=None,
-                        status=Status.NOT_ATTEMPTED,
-                        reason=self.reason,
+                        status=status,
+                        reason=reason,
                         error_message=self.message,
+                        attempts=0,
                         finished_at=stamp,
-                        line=line,
                     )
         except BatchphoneError:
             # the input cannot be read past some row (the error that stopped the run says so):
@@ -97,7 +100,7 @@ def write_somewhere(
     out_path: Path,
     journal: Journal,
     total: int,
-    unreached: Iterable[RowResult],
+    unreached: Iterable[ResultCells],
     columns: tuple[str, ...],
     sent: bool,
     short: ShortSheet | None = None,
@@ -123,16 +126,14 @@ def _write(
     out_path: Path,
     journal: Journal,
     total: int,
-    unreached: Iterable[RowResult],
+    unreached: Iterable[ResultCells],
     columns: tuple[str, ...],
     short: ShortSheet | None,
 ) -> int:
     # a journal that failed (a full disk) holds the rest of its records in memory
     journaled = itertools.chain(iter_records(journal.path), journal.unwritten_records())
-    records = (r for r in journaled if r["row"] <= total)
-    written: int = write_results(
-        records, out_path, columns=columns, in_order=unreached, short=short
-    )
+    rows = (cells for cells in result_rows(journaled) if cells.row <= total)
+    written: int = write_results(rows, out_path, columns=columns, in_order=unreached, short=short)
     return written
 
 

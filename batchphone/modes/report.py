@@ -2,9 +2,9 @@
 
 These jobs send nothing, so a row's result is known the moment it is judged. They skip what a
 run that calls the API needs: no request and result object per row, no journal round trip, no
-sort (rows are judged in file order). Each batch becomes rows of result values that stream into
-the writer (``write_rows``: same formats, columns and rules as every result file). The result
-file is the same as the row-by-row path's, byte for byte but for ``finished_at``.
+sort (rows are judged in file order). Each batch becomes result rows (``ResultCells``) that
+stream into the writer (``write_rows``: same formats, columns and rules as every result file).
+The result file is the same as the row-by-row path's, byte for byte but for ``finished_at``.
 
 A dry run is not resumable: it changed nothing, so running it again is the way to redo it.
 The journal beside the result file is opened as for any run (an old one is refused or replaced
@@ -22,7 +22,6 @@ import contextlib
 import operator
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.from_thread
@@ -30,7 +29,15 @@ import anyio.from_thread
 from batchphone.files.journal import Journal, RunIdentity
 from batchphone.files.reader import InputSource
 from batchphone.files.writer import ShortSheet, write_rows
-from batchphone.models import RESULT_COLUMNS, InputRow, NotValidRow, Reason, RowResult, Status
+from batchphone.models import (
+    RESULT_COLUMNS,
+    InputRow,
+    NotValidRow,
+    Reason,
+    ResultCells,
+    RowResult,
+    Status,
+)
 from batchphone.modes.command import CommandPlan
 from batchphone.modes.ending import Tally, log_started
 from batchphone.modes.job import BATCH_ROWS
@@ -42,8 +49,6 @@ __all__ = ["report_rows", "write_report"]
 
 #: How many rows that are not valid a summary without a report file lists.
 SHOWN_ROWS = 20
-Values = tuple[Any, ...]
-_STATUS_AT = RESULT_COLUMNS.index("status")
 #: (status, reason) -> their texts in the result file: (status, reason, error_message)
 _Texts = dict[tuple[Status, Reason | None], tuple[str, str | None, str | None]]
 
@@ -57,11 +62,11 @@ def report_rows(
     preparer: Preparer,
     *,
     limit: int | None = None,
-    on_batch: Callable[[list[Values]], None] | None = None,
-) -> Iterator[Values]:
-    """The result values (``RESULT_COLUMNS`` order) of every input row, ascending.
+    on_batch: Callable[[list[ResultCells]], None] | None = None,
+) -> Iterator[ResultCells]:
+    """The result row of every input row, ascending.
 
-    ``on_batch`` sees each batch's values before they are yielded (counts, progress, a stop).
+    ``on_batch`` sees each batch's rows before they are yielded (counts, progress, a stop).
     """
     settled = _settle_repeated(source, preparer, limit) if preparer.repeated else {}
     texts: _Texts = {}
@@ -69,35 +74,34 @@ def report_rows(
         outcomes: list[Outcome] = preparer.outcomes(
             [row for row in rows if row.row not in settled] if settled else rows
         )
-        values = _batch_values(rows, outcomes, settled, texts)
+        cells = _batch_cells(rows, outcomes, settled, texts)
         if on_batch is not None:
-            on_batch(values)
-        yield from values
+            on_batch(cells)
+        yield from cells
 
 
 def _settle_repeated(
     source: InputSource, preparer: Preparer, limit: int | None
-) -> dict[int, Values]:
+) -> dict[int, ResultCells]:
     """Rows of repeated login ids: held by the preparer until the input ends, then settled."""
-    settled: dict[int, Values] = {}
+    settled: dict[int, ResultCells] = {}
     for rows in source.batches(batch_size=BATCH_ROWS, limit=limit):
         preparer.prepare([row for row in rows if row.login_id in preparer.repeated])
     for result in preparer.finish():
         assert isinstance(result, RowResult)  # validate and dry runs send nothing
-        settled[result.row] = result.values(RESULT_COLUMNS)
+        settled[result.row] = result.cells()
     return settled
 
 
-def _batch_values(
-    rows: list[InputRow], outcomes: list[Outcome], settled: dict[int, Values], texts: _Texts
-) -> list[Values]:
-    """The values of a batch's rows in ``RESULT_COLUMNS`` order (kept inline: a million rows
-    go through this loop)."""
-    values: list[Values] = []
+def _batch_cells(
+    rows: list[InputRow], outcomes: list[Outcome], settled: dict[int, ResultCells], texts: _Texts
+) -> list[ResultCells]:
+    """The result rows of a batch (kept inline: a million rows go through this loop)."""
+    cells: list[ResultCells] = []
     judged = iter(outcomes)
     for row in rows:
         if settled and row.row in settled:
-            values.append(settled.pop(row.row))
+            cells.append(settled.pop(row.row))
             continue
         status, reason, phone = next(judged)
         text = texts.get((status, reason))
@@ -109,27 +113,31 @@ def _batch_values(
                 message,
             )
         status_text, reason_text, message = text
-        # the columns of RESULT_COLUMNS: no call, no user, no attempt
-        values.append(
-            (
-                row.row,
-                row.line,
-                row.login_id,
-                row.phone_raw,
-                phone,
-                status_text,
-                reason_text,
-                None,
-                None,
-                message,
-                0,
-                None,
-                None,
-                None,
-                now_iso(),
+        # by position (mypy checks each cell's type): no call, no user, no attempt, no
+        # before-image
+        cells.append(
+            ResultCells(
+                row.row,  # row
+                row.line,  # line
+                row.login_id,  # loginId
+                row.phone_raw,  # phone_input
+                phone,  # phone
+                status_text,  # status
+                reason_text,  # reason
+                None,  # http_status
+                None,  # error_code
+                message,  # error_message
+                0,  # attempts
+                None,  # user_id
+                None,  # verified_phone
+                None,  # user
+                now_iso(),  # finished_at
+                None,  # phone_before
+                None,  # verified_before
+                None,  # verified
             )
         )
-    return values
+    return cells
 
 
 async def write_report(
@@ -195,48 +203,50 @@ def _no_journal(plan: CommandPlan, identity: RunIdentity) -> tuple[Path, ...]:
 
 
 class _Counter:
-    """Sees each batch of result values: counts them, keeps the first rows not valid (when
+    """Sees each batch of result rows: counts them, keeps the first rows not valid (when
     there is no report file), moves a listener's bar, and ends the reading on a stop."""
 
     def __init__(self, stop: Stop, progress: Progress, *, keep_not_valid: bool) -> None:
         self.stop = stop
         self.progress = progress
+        #: rows by their status's text (a ``Status`` once counted: ``write_report``)
         self.counts: collections.Counter[str] = collections.Counter()
         #: without a report file the summary lists the first rows that are not valid
         self.not_valid: list[NotValidRow] | None = [] if keep_not_valid else None
         # a result per row only for a listener (the CLI's bar, validate's list of bad rows)
         self.listening = not isinstance(progress, NullProgress)
 
-    def __call__(self, values: list[Values]) -> None:
+    def __call__(self, rows: list[ResultCells]) -> None:
         if self.stop.reason is not None:
             raise _Stopped
-        self.counts.update(map(operator.itemgetter(_STATUS_AT), values))
+        self.counts.update(map(_status, rows))
         if self.not_valid is not None and len(self.not_valid) < SHOWN_ROWS:
-            _keep_not_valid(values, self.not_valid)
+            _keep_not_valid(rows, self.not_valid)
         if self.listening:
-            results = [_result(value) for value in values]
+            results = [_result(cells) for cells in rows]
             anyio.from_thread.run_sync(_advance, self.progress, results)
 
 
-def _keep_not_valid(values: list[Values], kept: list[NotValidRow]) -> None:
+_status = operator.attrgetter("status")
+
+
+def _keep_not_valid(rows: list[ResultCells], kept: list[NotValidRow]) -> None:
     """Add the batch's rows that are not valid to ``kept``, up to ``SHOWN_ROWS`` (rows come
     in ascending order: the first ones kept are the first of the file)."""
-    status_at, reason_at = RESULT_COLUMNS.index("status"), RESULT_COLUMNS.index("reason")
-    line_at = RESULT_COLUMNS.index("line")
     valid = Status.VALID.value
-    for value in values:
-        if value[status_at] == valid:
+    for cells in rows:
+        if cells.status == valid:
             continue
-        reason = value[reason_at]
-        explanation = (EXPLANATIONS.get(Reason(reason)) if reason else None) or value[status_at]
-        line = value[line_at] if isinstance(value[line_at], int) else None
-        kept.append(NotValidRow(value[0], value[status_at], reason or "", explanation, line))
+        reason = cells.reason
+        explanation = (EXPLANATIONS.get(Reason(reason)) if reason else None) or cells.status
+        line = cells.line if isinstance(cells.line, int) else None
+        kept.append(NotValidRow(cells.row, cells.status, reason or "", explanation, line))
         if len(kept) >= SHOWN_ROWS:
             return
 
 
 def _write_or_count(
-    rows: Iterator[Values], out_path: Path | None, short: ShortSheet | None = None
+    rows: Iterator[ResultCells], out_path: Path | None, short: ShortSheet | None = None
 ) -> None:
     if out_path is None:
         collections.deque(rows, maxlen=0)  # judged and counted (on_batch), written nowhere
@@ -249,16 +259,15 @@ def _advance(progress: Progress, results: list[RowResult]) -> None:
         progress.advance(result)
 
 
-def _result(values: Values) -> RowResult:
-    record = dict(zip(RESULT_COLUMNS, values, strict=True))
+def _result(cells: ResultCells) -> RowResult:
     return RowResult(
-        row=record["row"],
-        login_id=record["loginId"],
-        phone_input=record["phone_input"],
-        phone=record["phone"],
-        status=Status(record["status"]),
-        reason=Reason(record["reason"]) if record["reason"] else None,
-        error_message=record["error_message"],
-        finished_at=record["finished_at"],
-        line=record["line"],
+        row=cells.row,
+        login_id=cells.loginId,
+        phone_input=cells.phone_input,
+        phone=cells.phone,
+        status=Status(cells.status),
+        reason=Reason(cells.reason) if cells.reason else None,
+        error_message=cells.error_message,
+        finished_at=cells.finished_at or "",
+        line=cells.line,
     )

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from batchphone.files.journal import Journal, iter_records, journal_path
+from batchphone.files.results import result_rows
 from batchphone.files.writer import write_results, write_rows
 from batchphone.models import Reason, Status
 from bench.context import Bench, Plan
@@ -121,7 +122,7 @@ def test_sqlite_keeps_the_last_record_of_a_row_and_writes_what_the_jsonl_path_wr
     state = sqlite.state()
     assert [state.status(row) for row in range(1, 7)] == [Status.UPDATED] * 6
     from_jsonl, from_sqlite = tmp_path / "a.csv", tmp_path / "b.csv"
-    write_results(iter_records(journal_path(out)), from_jsonl, columns=COLUMNS)
+    write_results(result_rows(iter_records(journal_path(out))), from_jsonl, columns=COLUMNS)
     write_rows(sqlite.rows(), from_sqlite, columns=COLUMNS)
     sqlite.close()
     assert from_jsonl.read_bytes() == from_sqlite.read_bytes()
