@@ -21,7 +21,7 @@ from typing import Any
 
 from batchphone.files.atomic import write_private
 from batchphone.models import FINAL_STATUSES, RESUME_HINT, RowResult, Status, Summary
-from batchphone.options import LogFormat
+from batchphone.options import LogFormat, flagged
 
 __all__ = [
     "RESUME_HINT",
@@ -166,6 +166,8 @@ class _TqdmStream:
 TABLE_EVENTS = frozenset({"run_started", "run_finished"})
 #: Events the CLI says itself, also with ``--quiet`` (``Output.note``): never twice.
 NOTED_EVENTS = frozenset({"emulator_users"})
+#: the fields of a library event that may name an option (``no_lookup=True``): shown as flags
+WORDED_FIELDS = ("event", "message", "stopped_reason")
 
 
 def configure_logging(
@@ -187,6 +189,9 @@ def configure_logging(
             raise structlog.DropEvent
         for key in hide:
             event.pop(key, None)
+        for key in WORDED_FIELDS:  # the library names options; a command line shows flags
+            if isinstance(event.get(key), str):
+                event[key] = flagged(event[key])
         return event
 
     renderer: Any = (

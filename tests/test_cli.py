@@ -695,3 +695,19 @@ def test_sheet_names_any_case_and_a_csv_named_xlsx_is_one_line(tmp_path: Path) -
         f"batchphone: error: {text}: is text (CSV or TSV?), not an Excel workbook: "
         "rename it to .csv (.tsv: tab separated)\n"
     )
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_a_library_warning_names_flags_on_the_command_line(
+    samples: Path, tmp_path: Path, log_format: str
+) -> None:
+    """The library's events name options as keywords (no_lookup=True); its log lines on the
+    command line show the flags the user typed."""
+    bare = tmp_path / "in.csv"  # no verified column
+    bare.write_text("loginId,phone\nalice@example.com,+14155550132\n")
+    args = ["run", str(bare), "--emulator", "--out", str(tmp_path / "r.csv"), "--no-lookup"]
+    result = invoke([*args, "--log-format", log_format])
+    assert result.exit_code == 0
+    (line,) = [line for line in result.stderr.splitlines() if "rows_sent_unverified" in line]
+    assert "--no-lookup and no verified value (no --verified, no verified column)" in line
+    assert "no_lookup=" not in line and "verified=..." not in line

@@ -368,3 +368,14 @@ def test_a_journal_with_answers_or_changes_is_not_given_to_another_url(
     with pytest.raises(ResumeError, match=words):
         Journal.open(out, CORRECTED)
     assert _digest(out, journal_path(out)) == before
+
+
+def test_the_record_of_a_command_reads_as_english() -> None:
+    from batchphone.files.journal import _kept
+
+    undo = {"command": "undo", "input_name": "r.csv"}
+    assert "is the record of an 'undo' of r.csv that changed users" in _kept("j", undo, undo)
+    assert "rerun that undo to resume it" in _kept("j", undo, undo)
+    unknown = _kept("j", {}, {"command": "run"})
+    assert "the record of an unknown command" in unknown
+    assert "rerun that command to resume it" in unknown

@@ -713,3 +713,44 @@ def test_a_task_is_seen_ended_only_once_its_notes_are_written() -> None:
     Tasks({}, None)._follow(task, io.StringIO(summary), lambda t: seen.append(t.state))
     assert seen == ["running"]
     assert task.state == "done" and task.exit_code == 0
+
+
+def test_library_messages_reach_the_page_in_its_words() -> None:
+    """The library names options as keywords (``login_id_column=...``): the page names its own
+    controls by their labels and any other option by the flag, never a Python keyword."""
+    from batchphone.ui.tasks import Task, _apply, _stopped, page_words
+
+    no_column = 'fix.csv: no column "user" (columns found: loginId, phone; use login_id_column=...)'
+    assert page_words(no_column) == (
+        'fix.csv: no column "user" (columns found: loginId, phone; use the Login id column setting)'
+    )
+    assert page_words("has a single column \"a|b\" (use delimiter='|')") == (
+        "has a single column \"a|b\" (use --delimiter '|')"
+    )
+    task = Task(id="t1", job_id="j", kind="check", out=None)
+    _apply(task, {"event": "error", "message": no_column, "exit_code": 2})
+    assert task.error is not None and "login_id_column=" not in task.error
+    stopped = {
+        "exit_code": 3,
+        "stopped_reason": "the answers cannot be trusted (check base_url=...)",
+    }
+    assert _stopped([stopped], 3) == "stopped: the answers cannot be trusted (check --base-url)"
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_a_check_that_fails_names_the_page_s_control_not_a_keyword(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    keys = Keys()
+    async with _signed_in(_page(work, limit=10**6), keys) as client:
+        job = await _uploaded(client, keys, "loginId,phone\na@example.com,+14155550101\n")
+        options = {"login_id_column": "user", "phone_column": "phone"}
+        check = await _post(client, keys, f"/jobs/{job}/check", **options)
+        view = await _finished(client, check.json()["task"])
+        page = (await client.get(f"/jobs/{job}")).text
+    assert view["state"] == "failed"
+    expected = 'no column "user" (columns found: loginId, phone; use the Login id column setting)'
+    assert str(view["error"]).endswith(expected)
+    assert expected.replace('"', "&#34;") in page
+    assert "login_id_column=" not in page

@@ -780,12 +780,15 @@ def _target(identity: Mapping[str, Any], other: Mapping[str, Any]) -> str:
 
 def _kept(path: Path, old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     command = old.get("command") or "an unknown command"
-    what = f"'{command}' of {old['input_name']}" if old.get("input_name") else f"'{command}'"
+    article = "an" if command[:1] in "aeiou" else "a"
+    what = f"{article} '{command}'" if old.get("command") else command
+    if old.get("input_name"):
+        what += f" of {old['input_name']}"
     why = "" if old == new else f" ({_why(old, new)})"
     return (
-        f"{path} is the record of a {what} that changed users{why}: it is kept as it is; "
-        f"rerun that {command} to resume it, add restart=True to move it and its result file "
-        "aside, or choose another out=..."
+        f"{path} is the record of {what} that changed users{why}: it is kept as it is; "
+        f"rerun that {old.get('command') or 'command'} to resume it, add restart=True to move "
+        "it and its result file aside, or choose another out=..."
     )
 
 

@@ -23,7 +23,7 @@ from batchphone.ui import files
 from batchphone.ui.jobs import Jobs, Page
 from batchphone.ui.security import Guard, Keys
 from batchphone.ui.steps import Steps
-from batchphone.ui.tasks import Tasks
+from batchphone.ui.tasks import Tasks, page_words
 from batchphone.ui.transfers import Transfers
 
 __all__ = ["build_app"]
@@ -81,6 +81,7 @@ class _Pages:
         self.keys = keys
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters["seconds"] = _seconds
+        self.templates.env.filters["page_words"] = page_words
 
     def render(self, request: Request, name: str, **context: Any) -> Response:
         context.update(
@@ -126,7 +127,7 @@ def _job_context(folder: Path, query: dict[str, str]) -> dict[str, Any]:
     try:
         sheets, sheet, header = files.sheet_headers(folder / record["name"], wanted)
     except InputError as exc:
-        read_error = exc.message
+        read_error = page_words(exc.message)
         sheet = None
     if not settings or sheet != settings.get("sheet"):
         # a new file or another sheet: guess its columns again

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batchphone.logs import get_logger
+from batchphone.options import flagged
 
-__all__ = ["Task", "Tasks"]
+__all__ = ["Task", "Tasks", "page_words"]
 
 log = get_logger()
 
@@ -214,7 +216,7 @@ def _apply(task: Task, event: dict[str, Any]) -> None:
     elif name == "summary":
         task.summaries.append(event["summary"])
     elif name == "error":
-        task.error = str(event.get("message"))
+        task.error = page_words(str(event.get("message")))
         task.exit_code = int(event.get("exit_code", 1))
 
 
@@ -223,5 +225,25 @@ def _stopped(summaries: list[dict[str, Any]], code: int) -> str:
     unreachable API, a 401, a full disk ends with a summary and exit 3 or 4), else exit code."""
     last = summaries[-1] if summaries else {}
     if last.get("exit_code") == code and last.get("stopped_reason"):
-        return f"stopped: {last['stopped_reason']}"
+        return f"stopped: {page_words(last['stopped_reason'])}"
     return f"the task ended unexpectedly (exit {code})"
+
+
+#: The options the page sets with a control of its own, by the control's label.
+_PAGE_CONTROLS = {
+    "login_id_column": "Login id column",
+    "phone_column": "Phone column",
+    "sheet": "Sheet",
+    "default_region": "Default region",
+}
+_CONTROL_NAMED = re.compile(r"(?<![\w.-])(" + "|".join(_PAGE_CONTROLS) + r")=\.\.\.")
+
+
+def page_words(message: str) -> str:
+    """A library message (it names options as keywords: ``login_id_column=...``) in the page's
+    words: an option the page has a control for by that control's label, any other by the flag
+    ``batchphone ui`` or the CLI takes (``--delimiter``), as the command line shows it."""
+    named = _CONTROL_NAMED.sub(
+        lambda match: f"the {_PAGE_CONTROLS[match.group(1)]} setting", message
+    )
+    return flagged(named)
