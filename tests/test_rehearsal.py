@@ -64,6 +64,10 @@ def test_the_readme_rehearsal_runs_verbatim_and_undo_restores_every_phone(
         ["batchphone", "undo"],
     ]
     seeded = by_login(load_users(workdir / "samples" / "users.csv"))
+    # a new user runs the README's opening command first, in the same folder: its result file
+    # belongs to another emulated project, and the rehearsal must not trip over it
+    opening = invoke(["run", "samples/phones.csv", "--emulator", "--out", "results.csv"])
+    assert opening.exit_code == 1, opening.stderr
     codes, after_run = [], {}
     for argv in commands:
         result = invoke(argv[1:])
