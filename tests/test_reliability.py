@@ -184,8 +184,11 @@ def test_second_sigint_cancels_calls_in_flight(source: Path, tmp_path: Path) -> 
     with ServerThread(slow, port=0) as base_url:
         out = tmp_path / "results.csv"
         process = start(source, out, base_url, "--concurrency", "4", "--log-format", "json")
-        time.sleep(2.0)
-        process.send_signal(signal.SIGINT)  # first: stop taking rows, wait for the 4 in flight
+        # a slow start-up under load must not let the first Ctrl-C land before any call has
+        # left: the journal is written just before the first call (its answer takes 30 s)
+        wait_for(lambda: out.with_name("results.csv.journal").exists())
+        time.sleep(0.5)
+        process.send_signal(signal.SIGINT)  # first: stop taking rows, wait for the calls in flight
         time.sleep(0.5)
         assert process.poll() is None
         stopped_at = time.monotonic()
