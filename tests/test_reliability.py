@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,9 +15,11 @@ from typing import Any
 
 import polars as pl
 import pytest
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 import batchphone
+from batchphone.cli import main
 from batchphone.config import Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
@@ -78,6 +81,17 @@ def start(source: Path, out: Path, base_url: str, *extra: str) -> subprocess.Pop
     )
 
 
+def resume(source: Path, out: Path, base_url: str, *extra: str) -> tuple[int, str]:
+    """The same run as ``start``'s, once the signals are over, in this process: the same CLI
+    without a new interpreter's start-up (its exit code, and what it wrote on stderr)."""
+    env = {"DESCOPE_PROJECT_ID": PROJECT, "DESCOPE_MANAGEMENT_KEY": KEY}
+    args = ["run", str(source), "--out", str(out), *extra]
+    with contextlib.chdir(out.parent):
+        result = CliRunner().invoke(main, args, env={**env, "DESCOPE_BASE_URI": base_url})
+    assert result.exception is None or isinstance(result.exception, SystemExit), result
+    return result.exit_code, result.stderr
+
+
 def requests_to(emulator: Emulator, path: str) -> int:
     return sum(n for (p, _), n in emulator.stats(PROJECT).requests.items() if p == path)
 
@@ -122,9 +136,8 @@ def test_kill_9_at_many_moments_then_resume(
         assert process.returncode == -signal.SIGKILL, stderr
     assert kills >= 6
     # the calls' latency, not the budget, bounds the resume: more calls in flight finish it sooner
-    final = start(source, out, base_url, "--rate", "1000/1", "--concurrency", "32")
-    _, stderr = final.communicate(timeout=120)
-    assert final.returncode == 0, stderr
+    code, stderr = resume(source, out, base_url, "--rate", "1000/1", "--concurrency", "32")
+    assert code == 0, stderr
     rows = pl.read_csv(out, infer_schema=False)
     assert rows.height == ROWS
     assert rows["row"].cast(int).to_list() == list(range(1, ROWS + 1))
@@ -164,9 +177,8 @@ def test_sigint_writes_everything_and_resume_finishes(
     assert set(rows.filter(pl.col("status") == "not_attempted")["reason"]) == {"INTERRUPTED"}
     # the journal resumes the run; the shared budget file (~4 ms a call here) is not under test
     fast = ("--rate", "1000/1", "--concurrency", "32", "--budget-store", "none")
-    resumed = start(source, out, base_url, *fast, *metrics)
-    _, stderr = resumed.communicate(timeout=60)
-    assert resumed.returncode == 0, stderr
+    code, stderr = resume(source, out, base_url, *fast, *metrics)
+    assert code == 0, stderr
     finished = prom_values(prom)
     assert finished["batchphone_exit_code"] == 0 and finished[LAST_SUCCESS] > time.time() - 60
     assert set(pl.read_csv(out, infer_schema=False)["status"]) == {"updated"}
@@ -276,9 +288,8 @@ def test_nothing_listening_stops_at_once_and_the_corrected_url_is_not_refused(
     assert set(rows["attempts"]) == {"0"}
     # the same command with the right URL: the journal records no change, so it is not refused
     fast = ("--rate", "1000/1", "--concurrency", "32", "--budget-store", "none")
-    corrected = start(source, out, base_url, *fast)
-    _, stderr = corrected.communicate(timeout=120)
-    assert corrected.returncode == 0, stderr
+    code, stderr = resume(source, out, base_url, *fast)
+    assert code == 0, stderr
     rows = pl.read_csv(out, infer_schema=False)
     assert set(rows["status"]) == {"updated"}
     assert updates(emulator) == {f"user{i}@example.com": 1 for i in range(ROWS)}
