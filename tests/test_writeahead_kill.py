@@ -134,10 +134,10 @@ def sending(emulator: Emulator, process: subprocess.Popen[str], sent: int) -> Ca
     return lambda: writes(emulator) > sent or process.poll() is not None
 
 
-def undo_everything(base_url: str, out: Path) -> tuple[int, str]:
-    # a fifth of the users had no phone: putting that back removes the one the run set
+def undo_everything(base_url: str, out: Path, *extra: str) -> tuple[int, str]:
+    """Undo the run of ``out`` into ``undo.csv`` beside it, once the kills are over."""
     undo = out.with_name("undo.csv")
-    return after_kills(base_url, "undo", str(out), "--out", str(undo), cwd=out.parent)
+    return after_kills(base_url, "undo", str(out), "--out", str(undo), *extra, cwd=out.parent)
 
 
 MODES = {
@@ -215,15 +215,7 @@ def test_a_second_ctrl_c_cancels_calls_in_flight_and_undo_restores_them(
     assert {statuses[login] for login in changed} <= {"unsettled", "updated"}
     assert "unsettled" in {statuses[login] for login in changed}
     emulator.set_faults(Faults(seed=5, latency=0.01))
-    code, stderr = after_kills(
-        base_url,
-        "undo",
-        str(out),
-        "--out",
-        str(tmp_path / "undo.csv"),
-        "--allow-remove",
-        cwd=tmp_path,
-    )
+    code, stderr = undo_everything(base_url, out, "--allow-remove")
     assert code == 0, stderr
     assert state(emulator) == before
 
@@ -246,15 +238,7 @@ def test_undo_straight_after_kill_9_reads_the_journal_and_sends_nothing_new(
     changed = {login for login in before if state(emulator)[login] != before[login]}
     assert changed and len(changed) < ROWS
     emulator.set_faults(Faults(seed=5, latency=0.01))  # the kills are over: answers at once
-    code, stderr = after_kills(
-        base_url,
-        "undo",
-        str(out),
-        "--out",
-        str(tmp_path / "undo.csv"),
-        "--allow-remove",
-        cwd=tmp_path,
-    )
+    code, stderr = undo_everything(base_url, out, "--allow-remove")
     assert code == 0, stderr
     assert "undo_from_journal" in stderr
     assert state(emulator) == before
@@ -294,15 +278,7 @@ def test_undo_after_a_resume_killed_by_kill_9_reads_past_the_older_result_file(
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     emulator.set_faults(Faults(seed=5, latency=0.01))  # the kills are over: answers at once
-    code, stderr = after_kills(
-        base_url,
-        "undo",
-        str(out),
-        "--out",
-        str(tmp_path / "undo.csv"),
-        "--allow-remove",
-        cwd=tmp_path,
-    )
+    code, stderr = undo_everything(base_url, out, "--allow-remove")
     assert code == 0, stderr
     assert state(emulator) == before
 
