@@ -213,8 +213,12 @@ def _finish(
         message = f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for details)"
         _end_with_error(output, ends, message, 1)
         return
-    if summary.stopped_reason:  # a library reason names options: show their flags
-        summary = dataclasses.replace(summary, stopped_reason=flagged(summary.stopped_reason))
+    # the library's reason and next step name options: show their flags
+    summary = dataclasses.replace(
+        summary,
+        stopped_reason=summary.stopped_reason and flagged(summary.stopped_reason),
+        next_step=summary.next_step and flagged(summary.next_step),
+    )
     failure = ends.write(summary)
     output.summary(summary, command, _budget(settings))
     if failure is not None:

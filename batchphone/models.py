@@ -567,7 +567,7 @@ def next_step(
     simply run again). ``http_status``: the 401/403 that stopped the run, if one did; a rerun
     alone would be refused the same way, so the key or the project comes first. ``stopped``:
     why the run stopped; ``unsettled``: rows whose call's answer was lost; ``failed``: rows
-    that ended ``failed``, which is final (only ``--retry-failed`` sends them again); ``undo``:
+    that ended ``failed``, which is final (only ``retry_failed=True`` sends them again); ``undo``:
     the command was an undo (its failed rows are users not restored).
     """
     if http_status in (401, 403):
@@ -576,7 +576,7 @@ def next_step(
             "same command: it resumes, rows already final are not sent again"
         )
     if stopped is Reason.UNREACHABLE:
-        return "fix the base URL (--base-url, DESCOPE_BASE_URI), then rerun the same command"
+        return "fix the base URL (base_url=..., DESCOPE_BASE_URI), then rerun the same command"
     if exit_code == 4:
         return "fix the local cause (disk space, the input file), then " + RESUME_HINT
     if stopped is Reason.CIRCUIT_OPEN:
@@ -604,7 +604,7 @@ def next_step(
         what = f"{rows} failed: those users are not restored" if undo else f"{rows} failed"
         return (
             f"{what} (see reason and error_message in the result file); once the cause is "
-            "fixed, rerun the same command with --retry-failed to send them again"
+            "fixed, rerun the same command with retry_failed=True to send them again"
         )
     if exit_code not in (3, 130):
         return None

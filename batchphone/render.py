@@ -167,7 +167,7 @@ TABLE_EVENTS = frozenset({"run_started", "run_finished"})
 #: Events the CLI says itself, also with ``--quiet`` (``Output.note``): never twice.
 NOTED_EVENTS = frozenset({"emulator_users"})
 #: the fields of a library event that may name an option (``no_lookup=True``): shown as flags
-WORDED_FIELDS = ("event", "message", "stopped_reason")
+WORDED_FIELDS = ("event", "message", "stopped_reason", "next_step", "hint")
 
 
 def configure_logging(

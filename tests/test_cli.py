@@ -155,6 +155,45 @@ def test_wrong_key_exits_3_and_never_shows_the_key(
     assert calls(emulator) <= 2  # the license handshake, at most one update in flight
 
 
+def _closed_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_the_next_step_names_the_option_to_python_and_the_flag_to_the_command_line(
+    samples: Path, tmp_path: Path
+) -> None:
+    """The library's next step names options (``base_url=...``), as its errors do; the command
+    line shows their flags, on stderr, in the JSON log and in --summary-json alike."""
+    import batchphone
+
+    nowhere = _closed_port()
+    key = batchphone.Secret(KEY)
+    target = batchphone.Target(project_id=PROJECT, management_key=key, base_url=nowhere)
+    summary = batchphone.run(samples / "phones.csv", out=tmp_path / "lib.csv", target=target)
+    assert summary.exit_code == 3
+    assert summary.next_step == (
+        "fix the base URL (base_url=..., DESCOPE_BASE_URI), then rerun the same command"
+    )
+    cli_step = "fix the base URL (--base-url, DESCOPE_BASE_URI), then rerun the same command"
+    env = {"DESCOPE_PROJECT_ID": PROJECT, "DESCOPE_MANAGEMENT_KEY": KEY}
+    for log_format in ("console", "json"):
+        summary_json = tmp_path / f"{log_format}.json"
+        args = ["run", str(samples / "phones.csv"), "--out", str(tmp_path / f"{log_format}.csv")]
+        args += ["--base-url", nowhere, "--log-format", log_format]
+        result = invoke([*args, "--summary-json", str(summary_json)], env=env)
+        assert result.exit_code == 3, result.output
+        assert json.loads(summary_json.read_text())["next_step"] == cli_step
+        assert "base_url=..." not in result.stderr
+        if log_format == "console":
+            assert f"next: {cli_step}" in result.stderr
+        else:
+            events = [json.loads(line) for line in result.stderr.splitlines()]
+            (event,) = (e for e in events if e["event"] == "summary")
+            assert event["next_step"] == event["hint"] == cli_step
+
+
 def test_management_key_flag_is_refused(samples: Path, tmp_path: Path) -> None:
     result = invoke(
         [

@@ -140,7 +140,7 @@ async def test_an_undo_whose_reads_failed_names_retry_failed_as_its_next_step(
     tmp_path: Path,
 ) -> None:
     """Undo rows that failed are users not restored, and ``failed`` is final: rerunning the
-    same undo restores none of them. The summary must name ``--retry-failed``."""
+    same undo restores none of them. The summary must name ``retry_failed=True``."""
     users = [{"loginId": f"user{i}@example.com", "phone": f"+1415000{i:04d}"} for i in range(5)]
     _, source = users_and_input(tmp_path, 5)
     emulator = make_emulator(users)
@@ -150,7 +150,7 @@ async def test_an_undo_whose_reads_failed_names_retry_failed_as_its_next_step(
     emulator.set_faults(Faults(error_500=1.0))  # the undo's reads fail: nothing is sent
     undone = await run(emulator, out, tmp_path / "u.csv", command="undo", max_attempts=2)
     assert undone.counts == {"failed": 5} and undone.exit_code == 1
-    assert undone.next_step is not None and "--retry-failed" in undone.next_step
+    assert undone.next_step is not None and "retry_failed=True" in undone.next_step
     emulator.set_faults(Faults())
     again = await run(emulator, out, tmp_path / "u.csv", command="undo")
     assert again.counts == {"failed": 5}  # final: the same command alone does nothing
