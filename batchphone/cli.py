@@ -80,6 +80,8 @@ def _click_option(option: Option, command: str) -> Callable[[F], F]:
         "default": option.default if own else None,
         "show_default": own and not flag and option.default is not None,
     }
+    if settings["required"]:  # click 8.3+ takes an explicit default=None as given
+        del settings["default"]
     if option.kind is Kind.FLAG:
         settings["is_flag"] = True
     if option.refused:

@@ -194,6 +194,16 @@ def test_the_next_step_names_the_option_to_python_and_the_flag_to_the_command_li
             assert event["next_step"] == event["hint"] == cli_step
 
 
+@pytest.mark.parametrize("command", ["run", "plan", "undo"])
+def test_a_command_without_its_required_out_is_a_usage_error(command: str, samples: Path) -> None:
+    """click 8.3+ counts an explicit ``default=None`` as given: ``--out`` must still be asked
+    for (it once ended in "unexpected AssertionError")."""
+    result = invoke([command, str(samples / "phones.csv")])
+    assert result.exit_code == 2, result.output
+    assert "Missing option '--out'" in result.stderr
+    assert "unexpected" not in result.stderr and "Traceback" not in result.output
+
+
 def test_management_key_flag_is_refused(samples: Path, tmp_path: Path) -> None:
     result = invoke(
         [
