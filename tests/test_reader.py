@@ -134,7 +134,7 @@ def test_repeated_login_ids_across_batches_and_hash_ranges(tmp_path: Path) -> No
     expected = frozenset(f"user{i}" for i in range(0, 120_000, 97))
     assert source.repeated_login_ids() == expected
     ranges = {(hash(login) + 2**63) * _HASH_PARTS >> 64 for login in expected}
-    assert ranges == set(range(_HASH_PARTS))
+    assert len(ranges) > 900  # 1,237 ids in 4,096 ranges: about 1,066 of them
     assert source.count_rows() == len(ids)
 
 
@@ -171,12 +171,13 @@ def test_repeated_login_ids_are_the_ids_counted_twice(logins: list[str], limit: 
 @given(
     batches=st.lists(st.lists(st.none() | st.text(alphabet="abc", max_size=4), max_size=8)),
     key=st.sampled_from([hash, len, lambda login: 0, lambda login: -(2**63) + len(login)]),
-    parts=st.sampled_from([1, 2, 3, 64]),
+    parts=st.sampled_from([1, 2, 3, 64, _HASH_PARTS]),
 )
 def test_repeated_ids_are_exact_when_every_key_collides(
     batches: list[list[str | None]], key: Callable[[str], int], parts: int
 ) -> None:
-    """Keys that many ids share (a forced collision) cost candidates, never a wrong answer."""
+    """Keys that many ids share (forced collisions, ranges of one value) cost candidates,
+    never a wrong answer."""
     counted = collections.Counter(login for batch in batches for login in batch if login)
     expected = frozenset(login for login, n in counted.items() if n > 1)
     repeated, count = _repeated_ids(lambda: iter(batches), key=key, parts=parts)

@@ -33,7 +33,7 @@ import itertools
 import json
 from abc import ABC, abstractmethod
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +65,8 @@ _JSON_SAMPLE_LINES = 100
 _COUNT_BATCH = 50_000  # CSV/TSV rows per batch when only counted or hashed
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
 _TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
-_HASH_PARTS = 64  # the login id hashes are kept in this many ranges, each checked alone
+_HASH_PARTS = 4096  # the login id hashes are kept in this many ranges, each checked alone
+_LOW_BITS = (1 << 32) - 1  # the bits of a hash its range keeps
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
 _INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
@@ -466,38 +467,45 @@ def _repeated_ids(
     """The ids ``batches()`` yields more than once (``None`` or ``""``: no id), and how many
     items it yielded in all; ``batches`` is called a second time only when some id may repeat.
 
-    Exact, in memory that stays small at millions of rows: one 64-bit ``key`` per id (8 bytes
-    a row: 40 MB at 5M rows; a set or Counter of the ids, even of their keys, costs several
-    times that), then the ids whose key repeats are counted in a second pass (a key two ids
-    share only costs a candidate). The standard library has no sort of a stream larger than
-    what it holds, and polars costs a CSV run more to import than this takes: so each batch's
-    keys are sorted and cut into ``parts`` ranges of values, kept in typed arrays, and each
-    range is then checked alone (a set of a ``parts``-th of the keys at a time).
+    Exact, in memory that stays small at millions of rows. The standard library has no sort of
+    a stream larger than what it holds (a set or Counter of the ids, even of their hashes,
+    costs ~100 bytes a row), and polars costs a CSV run more to import than this takes. So
+    each batch's 64-bit ``key``s are sorted and cut into ``parts`` ranges of values; a range
+    keeps only the low 32 bits of its keys, in a typed array (4 bytes a row: 20 MB at 5M
+    rows), and each range is then checked alone. The ids whose range and low bits repeat are
+    counted in a second pass: keys that agree there (two ids in about 2**45 at 4,096 ranges:
+    at 5M rows one such pair in two files) only cost that pass.
     ``key`` and ``parts`` are for tests (forced collisions, one range).
     """
     step = (1 << 64) // parts
     bounds = [-(1 << 63) + step * n for n in range(1, parts)]
-    ranges = [array("q") for _ in range(parts)]
+    ranges = [array("I") for _ in range(parts)]
+    low = _LOW_BITS.__and__
     count = 0
     for logins in batches():
         count += len(logins)
         keys = sorted(map(key, filter(None, logins)))
+        lows = list(map(low, keys))
         start = 0
         for kept, bound in zip(ranges, bounds, strict=False):  # the last range: what is left
             end = bisect_left(keys, bound, start)
-            kept.extend(keys[start:end])
+            kept.extend(lows[start:end])
             start = end
-        ranges[-1].extend(keys[start:])
+        ranges[-1].extend(lows[start:])
     repeated: set[int] = set()
     for index, kept in enumerate(ranges):
-        ranges[index] = array("q")  # each range is freed once checked
+        ranges[index] = array("I")  # each range is freed once checked
         if len(set(kept)) < len(kept):
-            repeated.update(k for k, n in collections.Counter(kept).items() if n > 1)
+            counted = collections.Counter(kept).items()
+            repeated.update((index << 32) | bits for bits, n in counted if n > 1)
     if not repeated:
         return frozenset(), count
     seen: collections.Counter[str] = collections.Counter()
     for logins in batches():
-        seen.update(login for login in logins if login and key(login) in repeated)
+        for login in filter(None, logins):
+            hashed = key(login)
+            if ((bisect_right(bounds, hashed) << 32) | low(hashed)) in repeated:
+                seen[login] += 1
     return frozenset(login for login, n in seen.items() if n > 1), count
 
 
