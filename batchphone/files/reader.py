@@ -65,8 +65,9 @@ _JSON_SAMPLE_LINES = 100
 _COUNT_BATCH = 50_000  # CSV/TSV rows per batch when only counted or hashed
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
 _TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
-_HASH_PARTS = 4096  # the login id hashes are kept in this many ranges, each checked alone
-_LOW_BITS = (1 << 32) - 1  # the bits of a hash its range keeps
+_HASH_PARTS = 1024  # the login id hashes are kept in this many ranges, each checked alone
+# The bits of a hash its range keeps: the low 32, and the 8 above them
+_LOW_BITS, _BYTE_BITS, _KEPT_BITS = (1 << 32) - 1, 0xFF, (1 << 40) - 1
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
 _INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
@@ -471,42 +472,59 @@ def _repeated_ids(
     a stream larger than what it holds (a set or Counter of the ids, even of their hashes,
     costs ~100 bytes a row), and polars costs a CSV run more to import than this takes. So
     each batch's 64-bit ``key``s are sorted and cut into ``parts`` ranges of values; a range
-    keeps only the low 32 bits of its keys, in a typed array (4 bytes a row: 20 MB at 5M
+    keeps only the low 40 bits of its keys, in typed arrays (5 bytes a row: 25 MB at 5M
     rows), and each range is then checked alone. The ids whose range and low bits repeat are
-    counted in a second pass: keys that agree there (two ids in about 2**45 at 4,096 ranges:
-    at 5M rows one such pair in two files) only cost that pass.
+    counted in a second pass: keys that agree there (two ids in 2**50 at 1,024 ranges: at 5M
+    rows one such pair in a hundred files) only cost that pass.
     ``key`` and ``parts`` are for tests (forced collisions, one range).
     """
     step = (1 << 64) // parts
     bounds = [-(1 << 63) + step * n for n in range(1, parts)]
-    ranges = [array("I") for _ in range(parts)]
-    low = _LOW_BITS.__and__
-    count = 0
-    for logins in batches():
-        count += len(logins)
-        keys = sorted(map(key, filter(None, logins)))
-        lows = list(map(low, keys))
-        start = 0
-        for kept, bound in zip(ranges, bounds, strict=False):  # the last range: what is left
-            end = bisect_left(keys, bound, start)
-            kept.extend(lows[start:end])
-            start = end
-        ranges[-1].extend(lows[start:])
+    ranges, count = _kept_keys(batches(), key, bounds)
     repeated: set[int] = set()
-    for index, kept in enumerate(ranges):
-        ranges[index] = array("I")  # each range is freed once checked
-        if len(set(kept)) < len(kept):
-            counted = collections.Counter(kept).items()
-            repeated.update((index << 32) | bits for bits, n in counted if n > 1)
+    for index, (lows, highs) in enumerate(ranges):
+        ranges[index] = (array("I"), array("B"))  # each range is freed once checked
+        if len(set(lows)) < len(lows):  # rare unless an id repeats: only then the 8 bits more
+            counted = collections.Counter(zip(highs, lows, strict=True)).items()
+            repeated.update(index << 40 | high << 32 | low for (high, low), n in counted if n > 1)
     if not repeated:
         return frozenset(), count
     seen: collections.Counter[str] = collections.Counter()
     for logins in batches():
         for login in filter(None, logins):
             hashed = key(login)
-            if ((bisect_right(bounds, hashed) << 32) | low(hashed)) in repeated:
+            if ((bisect_right(bounds, hashed) << 40) | (hashed & _KEPT_BITS)) in repeated:
                 seen[login] += 1
     return frozenset(login for login, n in seen.items() if n > 1), count
+
+
+def _kept_keys(
+    batches: Iterator[list[str | None]], key: Callable[[str], int], bounds: list[int]
+) -> tuple[list[tuple[array[int], array[int]]], int]:
+    """The keys of the ids in ``batches`` by range (split at ``bounds``): their low 32 bits and
+    the 8 above them, in typed arrays; and how many items ``batches`` yielded."""
+    ranges = [(array("I"), array("B")) for _ in range(len(bounds) + 1)]
+    low, byte, above = _LOW_BITS.__and__, _BYTE_BITS.__and__, (32).__rrshift__
+    count = 0
+    for logins in batches:
+        count += len(logins)
+        keys = sorted(map(key, filter(None, logins)))
+        lows, highs = list(map(low, keys)), list(map(byte, map(above, keys)))
+        start = 0
+        for (kept_lows, kept_highs), end in zip(ranges, _cuts(keys, bounds), strict=True):
+            kept_lows.extend(lows[start:end])
+            kept_highs.extend(highs[start:end])
+            start = end
+    return ranges, count
+
+
+def _cuts(keys: list[int], bounds: list[int]) -> Iterator[int]:
+    """Where each range of the sorted ``keys`` ends (the last range: the rest)."""
+    start = 0
+    for bound in bounds:
+        start = bisect_left(keys, bound, start)
+        yield start
+    yield len(keys)
 
 
 def _nothing(number: int, start: int, cells: list[str]) -> None:
