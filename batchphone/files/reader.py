@@ -331,7 +331,7 @@ class InputSource(_Checked, ABC):
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
 
-        Collects one 64-bit hash per row in batches and sorts them (8 bytes per row: a hash
+        Keeps a hash of each id, not the id, sorted a part at a time (a few bytes a row: a hash
         table over the ids, even over their hashes, costs several times that), then checks the
         ids whose hash repeats in a second pass: a hash collision only costs a candidate.
         """
