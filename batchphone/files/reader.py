@@ -31,6 +31,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import sys
 from abc import ABC, abstractmethod
 from array import array
 from bisect import bisect_left, bisect_right
@@ -67,7 +68,9 @@ _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own r
 _TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
 _HASH_PARTS = 1024  # the login id hashes are kept in this many ranges, each checked alone
 # The bits of a hash its range keeps: the low 32, and the 8 above them
-_LOW_BITS, _BYTE_BITS, _KEPT_BITS = (1 << 32) - 1, 0xFF, (1 << 40) - 1
+_KEPT_BITS = (1 << 40) - 1
+# Where they are in a 64-bit word of this machine: which 32-bit half, which byte
+_LOW_HALF, _BYTE_AT = (0, 4) if sys.byteorder == "little" else (1, 3)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
 _INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
@@ -504,16 +507,18 @@ def _kept_keys(
     """The keys of the ids in ``batches`` by range (split at ``bounds``): their low 32 bits and
     the 8 above them, in typed arrays; and how many items ``batches`` yielded."""
     ranges = [(array("I"), array("B")) for _ in range(len(bounds) + 1)]
-    low, byte, above = _LOW_BITS.__and__, _BYTE_BITS.__and__, (32).__rrshift__
     count = 0
     for logins in batches:
         count += len(logins)
         keys = sorted(map(key, filter(None, logins)))
-        lows, highs = list(map(low, keys)), list(map(byte, map(above, keys)))
+        # the bits are cut from the keys' machine words, not by an operation per key
+        words = memoryview(array("q", keys)).cast("B")
+        lows, highs = words.cast("I")[_LOW_HALF::2], words[_BYTE_AT::8]
         start = 0
         for (kept_lows, kept_highs), end in zip(ranges, _cuts(keys, bounds), strict=True):
-            kept_lows.extend(lows[start:end])
-            kept_highs.extend(highs[start:end])
+            if end > start:
+                kept_lows.frombytes(lows[start:end].tobytes())
+                kept_highs.frombytes(highs[start:end].tobytes())
             start = end
     return ranges, count
 
