@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import collections
+import csv
 import hashlib
 import json
 import os
+import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 import pytest
 import xlsxwriter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchphone.errors import InputError
-from batchphone.files.reader import InputSource, InputSpec, open_input, open_table
+from batchphone.files.reader import (
+    _HASH_PARTS,
+    InputSource,
+    InputSpec,
+    _repeated_ids,
+    open_input,
+    open_table,
+)
 from batchphone.models import InputRow
 
 
@@ -113,15 +126,63 @@ def test_repeated_login_ids_after_stripping_and_within_limit(tmp_path: Path) -> 
     assert source.repeated_login_ids(limit=2) == frozenset()
 
 
-def test_repeated_login_ids_across_batches_and_hash_buckets(tmp_path: Path) -> None:
-    """Repeats far apart (other batches of 50,000), in every bucket the hashes are sorted in."""
+def test_repeated_login_ids_across_batches_and_hash_ranges(tmp_path: Path) -> None:
+    """Repeats far apart (other batches of 50,000), in every range the hashes are kept in."""
     ids = [f"user{i}" for i in range(120_000)] + [f"user{i}" for i in range(0, 120_000, 97)]
     lines = "".join(f"{login},+1\n" for login in ids)
     source = _open(_write(tmp_path, "users.csv", "loginId,phone\n" + lines))
     expected = frozenset(f"user{i}" for i in range(0, 120_000, 97))
     assert source.repeated_login_ids() == expected
-    assert {hash(login) & 15 for login in expected} == set(range(16))
+    ranges = {(hash(login) + 2**63) * _HASH_PARTS >> 64 for login in expected}
+    assert len(ranges) > 600  # 1,237 ids in 1,024 ranges: about 720 of them
     assert source.count_rows() == len(ids)
+
+
+_LOGIN_CELLS = st.sampled_from(["a", "b", "c", "a ", " b", "\ta\n", "", " ", "\x0b", "é", "a\rb"])
+
+
+def _counted_twice(logins: list[str], limit: int | None) -> frozenset[str]:
+    """What ``repeated_login_ids`` promises, the plain way: ids stripped of ASCII whitespace
+    (only whitespace: no id), counted over the first ``limit`` rows."""
+    stripped = [login.strip(" \t\r\n\x0b\x0c") for login in logins[:limit]]
+    counted = collections.Counter(login for login in stripped if login)
+    return frozenset(login for login, n in counted.items() if n > 1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logins=st.lists(_LOGIN_CELLS | st.text(max_size=3), min_size=1, max_size=60),
+    limit=st.none() | st.integers(min_value=1, max_value=70),
+)
+def test_repeated_login_ids_are_the_ids_counted_twice(logins: list[str], limit: int | None) -> None:
+    logins = [login.replace("\x00", "") for login in logins]  # a NUL byte: not a text file
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "users.csv"
+        with path.open("w", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["loginId", "phone"])
+            writer.writerows([login, "+1"] for login in logins)  # no row is blank
+        source = _open(path)
+        assert source.repeated_login_ids(limit) == _counted_twice(logins, limit)
+        assert source.count_rows(limit) == len(logins[:limit])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    batches=st.lists(st.lists(st.none() | st.text(alphabet="abc", max_size=4), max_size=8)),
+    key=st.sampled_from([hash, len, lambda login: 0, lambda login: -(2**63) + len(login)]),
+    parts=st.sampled_from([1, 2, 3, 64, _HASH_PARTS]),
+)
+def test_repeated_ids_are_exact_when_every_key_collides(
+    batches: list[list[str | None]], key: Callable[[str], int], parts: int
+) -> None:
+    """Keys that many ids share (forced collisions, ranges of one value) cost candidates,
+    never a wrong answer."""
+    counted = collections.Counter(login for batch in batches for login in batch if login)
+    expected = frozenset(login for login, n in counted.items() if n > 1)
+    repeated, count = _repeated_ids(lambda: iter(batches), key=key, parts=parts)
+    assert repeated == expected
+    assert count == sum(map(len, batches))
 
 
 def test_content_hash_is_the_sha256_of_the_bytes(tmp_path: Path) -> None:

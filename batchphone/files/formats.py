@@ -17,8 +17,10 @@ from __future__ import annotations
 import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import polars as pl
+if TYPE_CHECKING:
+    import polars as pl
 
 __all__ = [
     "FORMATS",
@@ -72,6 +74,8 @@ def undefuse(cell: pl.Expr) -> pl.Expr:
     ``defuse`` quotes a value when, after its own leading quotes, it starts like a formula and
     is not phone-shaped; so a cell that starts with ``'`` and meets that test had one added.
     """
+    import polars as pl  # undo's reader is the one user: a run never loads polars
+
     text = cell.str.replace(r"^'+", "")
     quoted = (
         cell.str.starts_with("'")

@@ -1,4 +1,4 @@
-"""Input file -> stream of ``InputRow`` (polars; every cell read as text).
+"""Input file -> stream of ``InputRow`` (every cell read as text).
 
 ``open_input`` checks all it can before the first API call (format, encoding, header, one data
 row) and raises a one-line ``InputError`` a support person can act on; a problem met later while
@@ -17,6 +17,9 @@ streaming is an ``InputError`` naming the data row. Rules the rest of batchphone
   Excel: the first sheet, or ``sheet`` (a name, any case, or a number from 1).
   Parquet/JSONL/Excel number cells become text,
   and a number in the phone column sets ``phone_was_number`` (its ``+`` or ``0`` may be gone).
+
+CSV/TSV go through the csv module and never import polars or fastexcel (their import costs a
+short run more CPU than its rows: ~0.2 s); Parquet, JSONL and Excel import them where read.
 """
 
 from __future__ import annotations
@@ -28,18 +31,22 @@ import difflib
 import hashlib
 import itertools
 import json
+import sys
 from abc import ABC, abstractmethod
+from array import array
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import fastexcel
-import polars as pl
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from batchphone.errors import InputError
 from batchphone.files.formats import FORMATS, file_format
 from batchphone.models import InputRow
+
+if TYPE_CHECKING:
+    import fastexcel
+    import polars as pl
 
 __all__ = [
     "InputSource",
@@ -59,11 +66,14 @@ _JSON_SAMPLE_LINES = 100
 _COUNT_BATCH = 50_000  # CSV/TSV rows per batch when only counted or hashed
 _HEADER_PROBE_ROWS = 64  # Excel: rows read at a time to find the header's own row number
 _TITLE_ROWS = 10  # Excel: rows under a header without the columns searched for the real one
-_HASH_BUCKETS = 16  # the login id hashes are sorted a sixteenth at a time (a power of two)
+_HASH_PARTS = 1024  # the login id hashes are kept in this many ranges, each checked alone
+# The bits of a hash its range keeps: the low 32, and the 8 above them
+_KEPT_BITS = (1 << 40) - 1
+# Where they are in a 64-bit word of this machine: which 32-bit half, which byte
+_LOW_HALF, _BYTE_AT = (0, 4) if sys.byteorder == "little" else (1, 3)
 # Internal names of the standard frame every format is turned into.
 _LOGIN, _PHONE, _VERIFIED, _REGION, _NUMERIC = "login", "phone", "verified", "region", "numeric"
 _INDEX, _LINE = "__batchphone_index__", "line"  # a record's position; the number a person sees
-_POLARS_ERRORS = (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
 _EXCEL_HINT = "re-save it as UTF-8 (in Excel: CSV UTF-8)"
 _MAGIC: dict[bytes | tuple[bytes, ...], str] = {
     (b"\xff\xfe", b"\xfe\xff"): f"is UTF-16 text: {_EXCEL_HINT}",
@@ -144,17 +154,24 @@ def open_input(spec: InputSpec) -> InputSource:
     if doubled:
         raise _error(path, f"column {doubled} appears more than once: keep one, re-save the file")
     if fmt == "parquet":
-        schema = pl.read_parquet_schema(path)
-        for name in used & set(columns):
-            dtype = schema[name]
-            if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
-                raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
+        _check_parquet_types(path, used & set(columns))
     kind = _TextSource if fmt in ("csv", "tsv") else _FrameSource
     source = kind(spec, fmt, opened)
     if source.is_empty():
         what = {"jsonl": "keys", "parquet": "columns"}.get(fmt, "a header row")
         raise _error(path, f"has {what} but no data rows")
     return source
+
+
+def _check_parquet_types(path: Path, names: set[str]) -> None:
+    """The Parquet columns ``names`` hold text or numbers (nothing nested, no bytes)."""
+    import polars as pl
+
+    schema = pl.read_parquet_schema(path)
+    for name in names:
+        dtype = schema[name]
+        if dtype.is_nested() or dtype in (pl.Binary, pl.Object):
+            raise _error(path, f'column "{name}" holds {dtype} values, not text or numbers')
 
 
 def open_table(path: Path, wanted: Sequence[str] = ()) -> Table:
@@ -193,21 +210,34 @@ def _open(
         raise _error(path, f"delimiter=... applies to CSV and TSV files, not to {fmt.upper()}")
     if fmt in _BINARY_MAGIC:
         _check_binary(path, fmt)
+    errors = (OSError, ValueError) if fmt in ("csv", "tsv", "jsonl") else _frame_errors()
     try:
         if fmt in ("csv", "tsv"):
             chosen = delimiter or _detect_delimiter(path, fmt, wanted)
             return _Opened(digest, _csv_header(path, chosen), delimiter=chosen)
         if fmt == "jsonl":
             return _Opened(digest, _jsonl_keys(path, sample=_JSON_SAMPLE_LINES))
+        import fastexcel
+        import polars as pl
+
         if fmt == "parquet":
             return _Opened(digest, tuple(pl.read_parquet_schema(path)))
         sheets = tuple(fastexcel.read_excel(path).sheet_names)
         sheet = _sheet_index(path, wanted_sheet, sheets)
         columns, header_line = _excel_header(path, sheet, sheets)
         return _Opened(digest, columns, sheet, sheets, header_line=header_line)
-    except _POLARS_ERRORS as exc:
+    except errors as exc:
         problem = f"cannot be read as {fmt.upper()}: damaged or truncated? ({_short(exc)})"
         raise _error(path, problem) from None
+
+
+def _frame_errors() -> tuple[type[Exception], ...]:
+    """What reading a damaged file through polars or fastexcel raises (they are imported here,
+    on the way to a frame: a CSV/TSV run never loads them)."""
+    import fastexcel
+    import polars as pl
+
+    return (pl.exceptions.PolarsError, fastexcel.FastExcelError, OSError, ValueError)
 
 
 def _scan_cells(path: Path, fmt: str, names: Sequence[str], opened: _Opened) -> pl.LazyFrame:
@@ -216,6 +246,9 @@ def _scan_cells(path: Path, fmt: str, names: Sequence[str], opened: _Opened) -> 
     The one dispatch over formats for reading rows: ``InputSource`` and ``Table`` both use it.
     ``names`` are the columns a JSONL object may hold (JSONL has no header to scan).
     """
+    import fastexcel
+    import polars as pl
+
     if fmt in ("csv", "tsv"):
         return pl.scan_csv(
             path, separator=opened.delimiter, infer_schema=False, raise_if_empty=False
@@ -301,7 +334,7 @@ class InputSource(_Checked, ABC):
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows (streaming group-by).
 
-        Collects one 64-bit hash per row in batches and sorts them (8 bytes per row: a hash
+        Keeps a hash of each id, not the id, sorted a part at a time (a few bytes a row: a hash
         table over the ids, even over their hashes, costs several times that), then checks the
         ids whose hash repeats in a second pass: a hash collision only costs a candidate.
         """
@@ -355,34 +388,12 @@ class _TextSource(InputSource):
 
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows, on the csv module: polars'
-        streaming scan holds ~200 MB of read-ahead here, the csv module one batch.
-
-        The hashes are kept as one small Series per batch (8 bytes a row) and sorted a
-        sixteenth at a time, so the sort's copies stay small: at 5M rows 40 MB in all, where
-        one array sorted whole held three copies (120 MB). The ids whose hash repeats are
-        counted in a second pass: a hash collision only costs a candidate.
+        streaming scan holds ~200 MB of read-ahead here, the csv module one batch
+        (``_repeated_ids`` says how).
         """
-        parts: list[pl.Series] = []
-        count = 0
-        for logins in self._logins(limit):
-            count += len(logins)
-            hashes = [hash(login) for login in logins if login is not None]
-            parts.append(pl.Series("h", hashes, dtype=pl.Int64))
+        repeated, count = _repeated_ids(lambda: self._logins(limit))
         self._count = (limit, count)  # count_rows is asked next: no third pass
-        repeated: set[int] = set()
-        for bucket in range(_HASH_BUCKETS):
-            ordered = pl.concat(
-                [part.filter(part & (_HASH_BUCKETS - 1) == bucket) for part in parts]
-            )
-            ordered = ordered.sort()
-            repeated.update(ordered.filter(ordered == ordered.shift(1)).unique().to_list())
-        del parts
-        if not repeated:
-            return frozenset()
-        seen: collections.Counter[str] = collections.Counter()
-        for logins in self._logins(limit):
-            seen.update(login for login in logins if login is not None and hash(login) in repeated)
-        return frozenset(login for login, n in seen.items() if n > 1)
+        return repeated
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
@@ -452,6 +463,75 @@ def _csv_records(
         yield batch
 
 
+def _repeated_ids(
+    batches: Callable[[], Iterator[list[str | None]]],
+    key: Callable[[str], int] = hash,
+    parts: int = _HASH_PARTS,
+) -> tuple[frozenset[str], int]:
+    """The ids ``batches()`` yields more than once (``None`` or ``""``: no id), and how many
+    items it yielded in all; ``batches`` is called a second time only when some id may repeat.
+
+    Exact, in memory that stays small at millions of rows. The standard library has no sort of
+    a stream larger than what it holds (a set or Counter of the ids, even of their hashes,
+    costs ~100 bytes a row), and polars costs a CSV run more to import than this takes. So
+    each batch's 64-bit ``key``s are sorted and cut into ``parts`` ranges of values; a range
+    keeps only the low 40 bits of its keys, in typed arrays (5 bytes a row: 25 MB at 5M
+    rows), and each range is then checked alone. The ids whose range and low bits repeat are
+    counted in a second pass: keys that agree there (two ids in 2**50 at 1,024 ranges: at 5M
+    rows one such pair in a hundred files) only cost that pass.
+    ``key`` and ``parts`` are for tests (forced collisions, one range).
+    """
+    step = (1 << 64) // parts
+    bounds = [-(1 << 63) + step * n for n in range(1, parts)]
+    ranges, count = _kept_keys(batches(), key, bounds)
+    repeated: set[int] = set()
+    for index, (lows, highs) in enumerate(ranges):
+        ranges[index] = (array("I"), array("B"))  # each range is freed once checked
+        if len(set(lows)) < len(lows):  # rare unless an id repeats: only then the 8 bits more
+            counted = collections.Counter(zip(highs, lows, strict=True)).items()
+            repeated.update(index << 40 | high << 32 | low for (high, low), n in counted if n > 1)
+    if not repeated:
+        return frozenset(), count
+    seen: collections.Counter[str] = collections.Counter()
+    for logins in batches():
+        for login in filter(None, logins):
+            hashed = key(login)
+            if ((bisect_right(bounds, hashed) << 40) | (hashed & _KEPT_BITS)) in repeated:
+                seen[login] += 1
+    return frozenset(login for login, n in seen.items() if n > 1), count
+
+
+def _kept_keys(
+    batches: Iterator[list[str | None]], key: Callable[[str], int], bounds: list[int]
+) -> tuple[list[tuple[array[int], array[int]]], int]:
+    """The keys of the ids in ``batches`` by range (split at ``bounds``): their low 32 bits and
+    the 8 above them, in typed arrays; and how many items ``batches`` yielded."""
+    ranges = [(array("I"), array("B")) for _ in range(len(bounds) + 1)]
+    count = 0
+    for logins in batches:
+        count += len(logins)
+        keys = sorted(map(key, filter(None, logins)))
+        # the bits are cut from the keys' machine words, not by an operation per key
+        words = memoryview(array("q", keys)).cast("B")
+        lows, highs = words.cast("I")[_LOW_HALF::2], words[_BYTE_AT::8]
+        start = 0
+        for (kept_lows, kept_highs), end in zip(ranges, _cuts(keys, bounds), strict=True):
+            if end > start:
+                kept_lows.frombytes(lows[start:end].tobytes())
+                kept_highs.frombytes(highs[start:end].tobytes())
+            start = end
+    return ranges, count
+
+
+def _cuts(keys: list[int], bounds: list[int]) -> Iterator[int]:
+    """Where each range of the sorted ``keys`` ends (the last range: the rest)."""
+    start = 0
+    for bound in bounds:
+        start = bisect_left(keys, bound, start)
+        yield start
+    yield len(keys)
+
+
 def _nothing(number: int, start: int, cells: list[str]) -> None:
     """A record only counted."""
 
@@ -481,7 +561,7 @@ class _FrameSource(InputSource):
                 done += len(rows)
                 if rows:
                     yield rows
-        except _POLARS_ERRORS as exc:
+        except _frame_errors() as exc:
             raise self._mid_stream_error(exc, done) from None
         finally:
             if lines is not None:
@@ -489,6 +569,8 @@ class _FrameSource(InputSource):
 
     def repeated_login_ids(self, limit: int | None = None) -> frozenset[str]:
         """Login ids on more than one of the (first ``limit``) rows (streaming group-by)."""
+        import polars as pl
+
         logins = self._frame(limit).select(_LOGIN).drop_nulls()
         hashed = pl.col(_LOGIN).hash(seed=0)
         try:
@@ -498,7 +580,7 @@ class _FrameSource(InputSource):
                     chunk_size=200_000, engine="streaming"
                 )
             ]
-        except _POLARS_ERRORS as exc:
+        except _frame_errors() as exc:
             raise self._mid_stream_error(exc, 0) from None
         if not parts:
             return frozenset()
@@ -514,12 +596,14 @@ class _FrameSource(InputSource):
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many data rows the file has (at most ``limit``); streams, for the progress bar."""
+        import polars as pl
+
         return int(self._collect(self._frame(limit).select(pl.len())).item())
 
     def _collect(self, query: pl.LazyFrame) -> pl.DataFrame:
         try:
             return query.collect(engine="streaming")
-        except _POLARS_ERRORS as exc:
+        except _frame_errors() as exc:
             raise self._mid_stream_error(exc, 0) from None
 
     def _frame(self, limit: int | None) -> pl.LazyFrame:
@@ -528,6 +612,8 @@ class _FrameSource(InputSource):
 
     def _scan(self) -> pl.LazyFrame:
         """The file as a lazy frame; for JSONL and Excel with a ``numeric`` phone flag."""
+        import polars as pl
+
         path, fmt, phone = self.path, self.format, self.spec.phone_column
         if fmt == "xlsx":
             return self._excel_frame().lazy()
@@ -542,6 +628,8 @@ class _FrameSource(InputSource):
 
     def _excel_frame(self) -> pl.DataFrame:
         if self._excel is None:
+            import fastexcel
+
             reader = fastexcel.read_excel(self.path)
             cells = _excel_cells(reader, self.sheet)
             phone = self.spec.phone_column
@@ -561,6 +649,8 @@ def _standard(raw: pl.LazyFrame, spec: InputSpec, first: int, limit: int | None)
     ``first``: the number a person sees for the first record (``line`` counts on from it);
     JSONL gives 0, the record's position (``_JsonlLines`` turns it into its line number).
     """
+    import polars as pl
+
     schema = raw.collect_schema()
     cells = [(pl.col(name), dtype) for name, dtype in schema.items() if name != _NUMERIC]
     filled = [c.is_not_null() & ((c != "") if t == pl.String else True) for c, t in cells]
@@ -623,12 +713,19 @@ class Table(_Checked):
 
     def count_rows(self, limit: int | None = None) -> int:
         """How many rows the file has below its header (at most ``limit``)."""
+        if self.format in ("csv", "tsv"):  # the csv module counts as polars does, blank rows too
+            try:
+                return sum(1 for _ in itertools.islice(self.lines(), limit))
+            except csv.Error as exc:
+                raise self._mid_stream_error(exc, 0) from None
+        import polars as pl
+
         frame = _scan_cells(self.path, self.format, self.columns[:1], self._opened)
         if limit is not None:
             frame = frame.head(limit)
         try:
             return int(frame.select(pl.len()).collect(engine="streaming").item())
-        except _POLARS_ERRORS as exc:
+        except _frame_errors() as exc:
             raise self._mid_stream_error(exc, 0) from None
 
     def lines(self) -> Generator[int]:
@@ -666,6 +763,8 @@ class Table(_Checked):
         A column the file lacks reads as empty; a problem met while streaming is an
         ``InputError`` naming the row.
         """
+        import polars as pl
+
         frame = _scan_cells(self.path, self.format, names, self._opened)
         if limit is not None:
             frame = frame.head(limit)
@@ -684,7 +783,7 @@ class Table(_Checked):
                 done += len(rows)
                 if rows:
                     yield rows
-        except _POLARS_ERRORS as exc:
+        except _frame_errors() as exc:
             raise self._mid_stream_error(exc, done) from None
 
 
@@ -709,6 +808,8 @@ def _mid_stream_error(
 
 def _as_text(cell: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     """A Parquet column as text; whole floats lose their ``.0`` (login ids 123.0 -> 123)."""
+    import polars as pl
+
     if dtype == pl.String:
         return cell
     if dtype.is_float():
@@ -903,6 +1004,9 @@ def _names(sheets: tuple[str, ...]) -> str:
 
 def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[tuple[str, ...], int]:
     """The header row (the sheet's first row that is not empty) and its own row number."""
+    import fastexcel
+    import polars as pl
+
     reader = fastexcel.read_excel(path)
     header = reader.load_sheet(sheet, header_row=None, n_rows=1, dtypes="string").to_polars()
     if header.height == 0:
@@ -925,6 +1029,8 @@ def _excel_header(path: Path, sheet: int, sheets: tuple[str, ...]) -> tuple[tupl
 def _header_below(path: Path, opened: _Opened, wanted: tuple[str, ...]) -> int | None:
     """The sheet's row number of a row under the header that holds every ``wanted`` column
     name (a title above the header is common in sheets people make), else ``None``."""
+    import fastexcel
+
     try:
         top = (
             fastexcel.read_excel(path)
@@ -937,7 +1043,7 @@ def _header_below(path: Path, opened: _Opened, wanted: tuple[str, ...]) -> int |
             )
             .to_polars()
         )
-    except _POLARS_ERRORS:
+    except _frame_errors():
         return None
     for index, row in enumerate(top.iter_rows()):
         if set(wanted) <= {str(value) for value in row if value is not None}:

@@ -39,10 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import polars as pl
-import xlsxwriter
-from polars.io.plugins import register_io_source
-
 from batchphone.errors import OutputError, UsageError
 from batchphone.files.atomic import replacing
 from batchphone.files.formats import FORMATS, RISKY_FIRST, XLSX_EXACT_TEXT, defuse, file_format
@@ -69,7 +65,6 @@ SHORT_COLUMNS = ("row", "line", "loginId", "phone", "status", "reason", "error_m
 
 _INT_COLUMNS = frozenset(name for name, kind in CELL_TYPES.items() if kind is int)
 _BOOL_COLUMNS = frozenset(name for name, kind in CELL_TYPES.items() if kind is bool)
-_PARQUET_TYPES = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
 _WIDTH_MIN, _WIDTH_MAX = 8, 60
 _RUN_BYTES = 48 << 20  # estimated size of one in-memory sorted run
 _BLOCK = 256  # records per pickled block: what the merge holds per run
@@ -455,7 +450,11 @@ def _write_jsonl(file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Value
 
 
 def _write_parquet(path: Path, columns: tuple[str, ...], rows: Iterator[Values]) -> int:
-    schema = {name: _PARQUET_TYPES.get(name, pl.String) for name in columns}
+    import polars as pl  # here, not at the top: a CSV run never loads it (~0.2 s of CPU)
+    from polars.io.plugins import register_io_source
+
+    kinds = dict.fromkeys(_INT_COLUMNS, pl.Int64) | dict.fromkeys(_BOOL_COLUMNS, pl.Boolean)
+    schema = {name: kinds.get(name, pl.String) for name in columns}
     count = 0
     failure: list[BaseException] = []
 
@@ -486,6 +485,8 @@ def _write_parquet(path: Path, columns: tuple[str, ...], rows: Iterator[Values])
 def _write_xlsx(
     file: IO[bytes], columns: tuple[str, ...], rows: Iterator[Values], work: Path
 ) -> int:
+    import xlsxwriter  # only XLSX results load it
+
     workbook = xlsxwriter.Workbook(
         file,
         {
