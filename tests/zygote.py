@@ -24,6 +24,7 @@ import os
 import select
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -211,10 +212,12 @@ class Forked:
     signals, ``poll``, ``wait``, ``communicate`` and ``returncode`` (negative for a signal)."""
 
     def __init__(self, program: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self._folder = Path(os.environ.get("TMPDIR", "/tmp"))
+        folder = Path(tempfile.gettempdir())
         stamp = f"{os.getpid()}-{time.monotonic_ns()}"
-        self._out = self._folder / f".zygote-{stamp}.out"
-        self._err = self._folder / f".zygote-{stamp}.err"
+        self._out = folder / f".zygote-{stamp}.out"
+        self._err = folder / f".zygote-{stamp}.err"
+        for path in (self._out, self._err):  # there to read before the child writes
+            path.touch(0o600)
         self._zygote = zygote()
         argv = [program, *args]
         request = {"program": program, "argv": argv, "env": env, "cwd": str(cwd)}
