@@ -45,6 +45,8 @@ PRELOAD = (
     "batchphone.modes.runner",
     "batchphone.remote.client",
     "batchphone.render",
+    "batchphone.ui.app",
+    "batchphone.ui.jobs",
     "certifi",
     "httpx",
     "phonenumbers.data.region_US",
@@ -52,6 +54,7 @@ PRELOAD = (
     "structlog",
     "tests.budget_worker",
     "tqdm",
+    "uvicorn",
 )
 
 
@@ -211,11 +214,20 @@ class Forked:
     """A child of the zygote, used as a ``subprocess.Popen`` is: text out and err, pid,
     signals, ``poll``, ``wait``, ``communicate`` and ``returncode`` (negative for a signal)."""
 
-    def __init__(self, program: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(
+        self,
+        program: str,
+        args: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        *,
+        stderr: Path | None = None,
+    ) -> None:
         folder = Path(tempfile.gettempdir())
         stamp = f"{os.getpid()}-{time.monotonic_ns()}"
         self._out = folder / f".zygote-{stamp}.out"
-        self._err = folder / f".zygote-{stamp}.err"
+        self._err = stderr or folder / f".zygote-{stamp}.err"
+        self._own = [self._out] if stderr else [self._out, self._err]
         for path in (self._out, self._err):  # there to read before the child writes
             path.touch(0o600)
         self._zygote = zygote()
@@ -242,16 +254,20 @@ class Forked:
         if self.poll() is None:
             os.kill(self.pid, signal)
 
+    def terminate(self) -> None:
+        self.send_signal(15)  # SIGTERM
+
     def output(self) -> str:
         """What the child wrote on stdout so far."""
         return self._out.read_text(encoding="utf-8", errors="replace")
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
-        """Wait for the end; its stdout and stderr (the files are removed)."""
+        """Wait for the end; its stdout and stderr (the files are removed, but a ``stderr``
+        file the caller named)."""
         self.wait(timeout)
         out, err = self.output(), self._err.read_text(encoding="utf-8", errors="replace")
-        self._out.unlink(missing_ok=True)
-        self._err.unlink(missing_ok=True)
+        for path in self._own:
+            path.unlink(missing_ok=True)
         return out, err
 
 
