@@ -19,6 +19,7 @@ side is ``spawn``.
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -117,6 +118,7 @@ def _main() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    gc.freeze()  # what every child shares: its collections need not walk (and copy) it
     request = _serve()
     if request is None:
         return
