@@ -12,8 +12,12 @@ The zygote is single-threaded but for polars' allocator and cleanup threads (idl
 jemalloc forks safely), and it forks before any run has started a thread pool or an event loop.
 
 ``python -m tests.zygote`` serves: one JSON request a line on stdin, ``pid N`` back on stdout,
-then ``exit N CODE`` when that child ends (CODE as ``subprocess``: -9 for SIGKILL). The test's
-side is ``spawn``.
+then ``exit N CODE CPU`` when that child ends (CODE as ``subprocess``: -9 for SIGKILL; CPU its
+user + system seconds). The test's side is ``Forked``, used as a ``subprocess.Popen``; the zygote
+starts at the first one and ends with the test process, which reaps it (so the children's CPU
+is counted in the test process's).
+
+Programs: ``batchphone`` (the CLI) and ``budget_worker`` (tests/budget_worker.py).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import gc
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,7 +157,7 @@ class Zygote:
         self._changed = threading.Condition(self._lock)
         self._pids: list[int] = []
         self._codes: dict[int, int] = {}
-        self.cpu: dict[int, float] = {}  # each ended child's CPU seconds
+        self.cpu: dict[int, float] = {}  # each ended child's CPU seconds (to measure)
         threading.Thread(target=self._read, name="zygote-answers", daemon=True).start()
 
     def _read(self) -> None:
@@ -252,12 +257,12 @@ class Forked:
                 raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
         return self.returncode
 
-    def send_signal(self, signal: int) -> None:
+    def send_signal(self, sig: int) -> None:
         if self.poll() is None:
-            os.kill(self.pid, signal)
+            os.kill(self.pid, sig)
 
     def terminate(self) -> None:
-        self.send_signal(15)  # SIGTERM
+        self.send_signal(signal.SIGTERM)
 
     def output(self) -> str:
         """What the child wrote on stdout so far."""
