@@ -187,7 +187,8 @@ def two_runs(store: str, tmp_path: Path) -> None:
         worker("run", store, str(calls), str(period), str(seconds), "0.03", str(o)) for o in outs
     ]
     for proc in procs:
-        assert proc.wait(60) == 0, proc.communicate()
+        _, err = proc.communicate(60)
+        assert proc.returncode == 0, err
     per_run = [
         [tuple(map(float, line.split())) for line in out.read_text().splitlines()] for out in outs
     ]
@@ -212,7 +213,7 @@ def killed_holder(store: str) -> None:
     assert holder.output() == "held\n"
     os.kill(holder.pid, signal.SIGKILL)
     killed = time.time()
-    holder.wait(10)
+    holder.communicate(10)
     budget = open_budget(store, "Pshared", period=period)
     assert budget is not None
     try:

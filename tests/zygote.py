@@ -27,6 +27,7 @@ import gc
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -153,6 +154,7 @@ class Zygote:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
+        self.folder = Path(tempfile.mkdtemp(prefix="zygote-"))  # the children's out and err
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._pids: list[int] = []
@@ -192,6 +194,7 @@ class Zygote:
         assert self._process.stdin is not None
         self._process.stdin.close()
         self._process.wait(30)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _shared: Zygote | None = None
@@ -230,14 +233,13 @@ class Forked:
         *,
         stderr: Path | None = None,
     ) -> None:
-        folder = Path(tempfile.gettempdir())
-        stamp = f"{os.getpid()}-{time.monotonic_ns()}"
-        self._out = folder / f".zygote-{stamp}.out"
-        self._err = stderr or folder / f".zygote-{stamp}.err"
+        self._zygote = zygote()
+        stamp = time.monotonic_ns()
+        self._out = self._zygote.folder / f"{stamp}.out"
+        self._err = stderr or self._zygote.folder / f"{stamp}.err"
         self._own = [self._out] if stderr else [self._out, self._err]
         for path in (self._out, self._err):  # there to read before the child writes
             path.touch(0o600)
-        self._zygote = zygote()
         argv = [program, *args]
         request = {"program": program, "argv": argv, "env": env, "cwd": str(cwd)}
         request |= {"stdout": str(self._out), "stderr": str(self._err)}
