@@ -55,9 +55,14 @@ async def hold(store: str, calls: int, period: float) -> None:
     await anyio.sleep(3600)
 
 
-if __name__ == "__main__":
-    mode, store, *rest = sys.argv[1:]
+def main(argv: list[str]) -> None:
+    """``MODE STORE ...`` as the module's docstring says."""
+    mode, store, *rest = argv
     if mode == "run":
         anyio.run(run, store, int(rest[0]), float(rest[1]), float(rest[2]), float(rest[3]), rest[4])
     else:
         anyio.run(hold, store, int(rest[0]), float(rest[1]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,4 +1,8 @@
-"""Real processes, sockets and signals: kill -9 and resume, Ctrl-C, bad input with zero calls."""
+"""Real processes, sockets and signals: kill -9 and resume, Ctrl-C, bad input with zero calls.
+
+Each run under test is a process of its own, forked from a zygote that imported the CLI once
+(tests/zygote.py); a resume once the signals are over runs in this process.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import contextlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from batchphone.config import Secret, Settings
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
 from batchphone.files.metrics import LAST_SUCCESS
+from tests.zygote import Forked
 
 pytestmark = pytest.mark.slow
 
@@ -64,21 +67,15 @@ def source(tmp_path: Path) -> Path:
     return path
 
 
-def start(source: Path, out: Path, base_url: str, *extra: str) -> subprocess.Popen[str]:
+def start(source: Path, out: Path, base_url: str, *extra: str) -> Forked:
+    """``batchphone run SOURCE --out OUT EXTRA`` in a process of its own, in ``out``'s folder."""
     env = {
         **os.environ,
         "DESCOPE_PROJECT_ID": PROJECT,
         "DESCOPE_MANAGEMENT_KEY": KEY,
         "DESCOPE_BASE_URI": base_url,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchphone", "run", str(source), "--out", str(out), *extra],
-        env=env,
-        cwd=out.parent,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return Forked("batchphone", ["run", str(source), "--out", str(out), *extra], env, out.parent)
 
 
 def resume(source: Path, out: Path, base_url: str, *extra: str) -> tuple[int, str]:
@@ -126,9 +123,10 @@ def test_kill_9_at_many_moments_then_resume(
     kills = 0
     for moment in range(8):
         process = start(source, out, base_url, "--rate", "30/1", "--concurrency", "8")
-        # from start-up (no call made yet) to well into the run: each resumed run gets a
-        # little further, and 300 rows at 30/s outlast all eight
-        time.sleep(0.3 + 0.19 * moment)
+        # from start-up (no call made yet: the lock, the journal, the license) to well into
+        # the run: each resumed run gets a little further, and 300 rows at 30/s outlast all
+        # eight (a fork starts at once: no interpreter start-up to wait out)
+        time.sleep(0.02 + 0.14 * moment)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
@@ -354,11 +352,9 @@ def test_sigterm_during_the_final_write_is_a_ctrl_c(tmp_path: Path) -> None:
     seed = tmp_path / "users.csv"
     pl.DataFrame({"loginId": ["user0@example.com"], "phone": ["+14155550000"]}).write_csv(seed)
     out = tmp_path / "results.csv"
-    argv = [sys.executable, "-m", "batchphone", "run", str(source), "--out", str(out)]
-    argv += ["--emulator", "--emulator-users", str(seed), "--log-format", "json"]
-    process = subprocess.Popen(
-        argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    args = ["run", str(source), "--out", str(out)]
+    args += ["--emulator", "--emulator-users", str(seed), "--log-format", "json"]
+    process = Forked("batchphone", args, dict(os.environ), tmp_path)
     wait_for(lambda: any(tmp_path.glob(".batchphone-sort-*")) or process.poll() is not None)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)

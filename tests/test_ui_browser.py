@@ -16,14 +16,14 @@ import io
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.zygote import Forked
 
 CHROMIUM = next(
     (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
@@ -80,12 +80,12 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
     users, phones = _seed(tmp_path)
     state = tmp_path / "state.json"
     log = tmp_path / "server.log"
-    command = [
-        sys.executable, "-m", "batchphone", "ui", "--work-dir", str(work), "--no-browser",
+    args = [
+        "ui", "--work-dir", str(work), "--no-browser",
         "--emulator-users", str(users), "--emulator-state", str(state), "--rate", "4/1",
     ]  # fmt: skip
-    with log.open("wb") as errors:
-        process = subprocess.Popen(command, stderr=errors, stdout=subprocess.DEVNULL, cwd=tmp_path)
+    # a process of its own, forked from the zygote (tests/zygote.py): no interpreter start-up
+    process = Forked("batchphone", args, dict(os.environ), tmp_path, stderr=log)
     try:
         deadline = time.monotonic() + 30
         url = None
@@ -97,7 +97,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield {"url": url, "work": work, "state": state, "phones": phones, "log": log}
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        process.communicate(timeout=30)
 
 
 def _counts(texts: list[str]) -> dict[str, int]:

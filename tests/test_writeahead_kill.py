@@ -1,19 +1,19 @@
 """Every run can be undone after kill -9 and a second Ctrl-C with calls in flight (real processes).
 
-The emulator runs in a thread of this process (it outlives every run); each run is a
-``python -m batchphone`` process that is killed at random moments (seeded) while updates or
-patches are on the wire (``write_latency``: applied on arrival, answered later). After the last
-run, or straight after the second Ctrl-C, ``undo`` must put every user back exactly as it was.
+The emulator runs in a thread of this process (it outlives every run); each run is a real
+``batchphone`` process (forked from a zygote that imported the CLI once: tests/zygote.py) that
+is killed at random moments (seeded) while updates or patches are on the wire
+(``write_latency``: applied on arrival, answered later). After the last run, or straight after
+the second Ctrl-C, ``undo`` must put every user back exactly as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from batchphone.cli import main
 from batchphone.emulator import Emulator, Faults, ProjectSettings
 from batchphone.emulator.server import ServerThread
+from batchphone.files.journal import CALL_KEY, START_KEY, journal_path
+from tests.zygote import Forked
 
 pytestmark = pytest.mark.slow
 
@@ -87,20 +89,15 @@ def state(emulator: Emulator) -> dict[str, tuple[str, bool]]:
     }
 
 
-def batchphone(base_url: str, *args: str) -> subprocess.Popen[str]:
+def batchphone(base_url: str, *args: str, cwd: Path) -> Forked:
+    """``batchphone ARGS --log-format json`` in a process of its own, in the test's folder."""
     env = {
         **os.environ,
         "DESCOPE_PROJECT_ID": PROJECT,
         "DESCOPE_MANAGEMENT_KEY": KEY,
         "DESCOPE_BASE_URI": base_url,
     }
-    return subprocess.Popen(
-        [sys.executable, "-m", "batchphone", *args, "--log-format", "json"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return Forked("batchphone", [*args, "--log-format", "json"], env, cwd)
 
 
 def after_kills(base_url: str, *args: str, cwd: Path) -> tuple[int, str]:
@@ -129,9 +126,25 @@ def writes(emulator: Emulator) -> int:
     return sum(n for (path, _), n in requests.items() if path in (UPDATE, PATCH))
 
 
-def sending(emulator: Emulator, process: subprocess.Popen[str], sent: int) -> Callable[[], bool]:
+def sending(emulator: Emulator, process: Forked, sent: int) -> Callable[[], bool]:
     """True once ``process`` has made a write beyond the first ``sent`` (or has ended)."""
     return lambda: writes(emulator) > sent or process.poll() is not None
+
+
+def in_flight(out: Path) -> int:
+    """Calls the journal of ``out`` says were started and not answered (so far)."""
+    started, answered = set(), set()
+    path = journal_path(out)
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            break  # being written
+        record = json.loads(line)
+        if START_KEY in record:
+            started.add(record["id"])
+        elif CALL_KEY in record:
+            answered.add(record["id"])
+    return len(started - answered)
 
 
 def undo_everything(base_url: str, out: Path, *extra: str) -> tuple[int, str]:
@@ -159,7 +172,7 @@ def test_kill_9_with_calls_in_flight_then_resume_then_undo(
     kills = 0
     for _ in range(3):
         sent = writes(emulator)
-        process = batchphone(base_url, *command)
+        process = batchphone(base_url, *command, cwd=tmp_path)
         wait_for(sending(emulator, process, sent))
         time.sleep(rng.uniform(0.0, 0.6))  # calls applied and in flight, answers pending
         if process.poll() is None:
@@ -197,8 +210,11 @@ def test_a_second_ctrl_c_cancels_calls_in_flight_and_undo_restores_them(
     emulator.set_faults(Faults(seed=5, latency=0.01, write_latency=3.0))  # slow patches
     before = state(emulator)
     out = tmp_path / "results.csv"
-    process = batchphone(base_url, "run", str(source), "--out", str(out), *MODES[mode])
-    wait_for(lambda: writes(emulator) >= 4)
+    process = batchphone(
+        base_url, "run", str(source), "--out", str(out), *MODES[mode], cwd=tmp_path
+    )
+    # writes on the wire in every lane (batch mode has 2), their answers held 3 s
+    wait_for(lambda: writes(emulator) >= (2 if mode == "batch" else 4))
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
@@ -229,7 +245,9 @@ def test_undo_straight_after_kill_9_reads_the_journal_and_sends_nothing_new(
     emulator, base_url = served
     before = state(emulator)
     out = tmp_path / "results.csv"
-    process = batchphone(base_url, "run", str(source), "--out", str(out), *MODES[mode])
+    process = batchphone(
+        base_url, "run", str(source), "--out", str(out), *MODES[mode], cwd=tmp_path
+    )
     wait_for(lambda: writes(emulator) >= 6 or process.poll() is not None)
     time.sleep(0.1)  # calls applied and in flight, answers pending
     process.send_signal(signal.SIGKILL)
@@ -267,13 +285,13 @@ def test_undo_after_a_resume_killed_by_kill_9_reads_past_the_older_result_file(
     before = state(emulator)
     out = tmp_path / "results.csv"
     command = ["run", str(source), "--out", str(out), *MODES["update"]]
-    process = batchphone(base_url, *command)
+    process = batchphone(base_url, *command, cwd=tmp_path)
     wait_for(lambda: writes(emulator) >= 6 or process.poll() is not None)
     process.send_signal(signal.SIGINT)
     process.communicate(timeout=60)
     assert process.returncode == 130 and out.exists()
     sent = writes(emulator)
-    process = batchphone(base_url, *command)
+    process = batchphone(base_url, *command, cwd=tmp_path)
     wait_for(lambda: writes(emulator) >= sent + 12 or process.poll() is not None)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
@@ -289,10 +307,12 @@ def test_undo_refuses_the_journal_of_a_run_still_writing_it(
     emulator, base_url = served
     emulator.set_faults(Faults(seed=5, latency=0.01, write_latency=1.0))
     out = tmp_path / "results.csv"
-    process = batchphone(base_url, "run", str(source), "--out", str(out), *MODES["update"])
+    command = ["run", str(source), "--out", str(out), *MODES["update"]]
+    process = batchphone(base_url, *command, cwd=tmp_path)
     try:
         wait_for(lambda: writes(emulator) >= 2)
-        undo = batchphone(base_url, "undo", str(out), "--out", str(tmp_path / "undo.csv"))
+        undo_args = ["undo", str(out), "--out", str(tmp_path / "undo.csv")]
+        undo = batchphone(base_url, *undo_args, cwd=tmp_path)
         _, stderr = undo.communicate(timeout=60)
         writes_during = writes(emulator)
     finally:
@@ -308,30 +328,31 @@ def test_a_restart_after_kill_9_counts_the_calls_that_were_in_flight(tmp_path: P
     """The calls on the wire at a kill were never answered, so never journaled as answered:
     their start records make the restart's limiter wait for them (no 429, no block)."""
     # 28 rows left after the kill: more than the window's 20, so a restart that forgot the 8
-    # calls in flight would send 28 in one window and meet a 429
+    # calls in flight would send 28 in one window and meet a 429 (it starts well within the
+    # window: a fork, no interpreter start-up; calls take 0.2 s, time out after 1 s)
     users = [{"loginId": f"user{i}@example.com"} for i in range(36)]
     project = ProjectSettings(
         project_id=PROJECT,
         management_key=KEY,
         users=users,
         rate_limit=20,
-        rate_window=3.0,
+        rate_window=1.5,
         penalty=30.0,
     )
-    emulator = Emulator(projects=[project], faults=Faults(seed=1, latency=0.4))
+    emulator = Emulator(projects=[project], faults=Faults(seed=1, latency=0.2))
     source = tmp_path / "in.csv"
     pl.DataFrame(
         {"loginId": [u["loginId"] for u in users], "phone": [f"+1415666{i:04d}" for i in range(36)]}
     ).write_csv(source)
     out = tmp_path / "r.csv"
-    command = ["run", str(source), "--out", str(out), "--no-lookup", "--rate", "20/3"]
-    command += ["--budget-store", "none", "--concurrency", "8", "--timeout", "2"]
+    command = ["run", str(source), "--out", str(out), "--no-lookup", "--rate", "20/1.5"]
+    command += ["--budget-store", "none", "--concurrency", "8", "--timeout", "1"]
     with ServerThread(emulator, port=0) as base_url:
-        process = batchphone(base_url, *command)
-        wait_for(lambda: writes(emulator) >= 8)  # 8 updates arrived, none answered yet
+        process = batchphone(base_url, *command, cwd=tmp_path)
+        wait_for(lambda: in_flight(out) >= 8)  # 8 updates on the wire, none answered yet
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)
-        restart = batchphone(base_url, *command)
+        restart = batchphone(base_url, *command, cwd=tmp_path)
         _, stderr = restart.communicate(timeout=120)
     assert restart.returncode == 0, stderr
     stats = emulator.stats(PROJECT)
