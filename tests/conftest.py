@@ -1,4 +1,4 @@
-"""Shared fixtures: both anyio backends, the sample files, and a state dir per test."""
+"""Shared fixtures: the anyio backends, the sample files, and a state dir per test."""
 
 from __future__ import annotations
 
@@ -33,9 +33,26 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     return path
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+#: The stage whose modules are anyio code for any loop: the pool, the limiter, retries, stops,
+#: lanes, batches. Their tests (``tests/test_<module>.py``) run under asyncio and trio.
+REMOTE = ROOT / "batchphone" / "remote"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The backends of an async test: asyncio and trio for a test of a ``remote/`` module;
+    asyncio alone for the others (whole runs, undo, the report, the emulator), which is the loop
+    ``batchphone.run`` and every other public call start (modes/runner.py), so a trio run of
+    them checks a path no caller can take."""
+    if "anyio_backend" not in metafunc.fixturenames:
+        return
+    module = Path(str(metafunc.definition.path)).stem.removeprefix("test_")
+    backends = ["asyncio", "trio"] if (REMOTE / f"{module}.py").exists() else ["asyncio"]
+    metafunc.parametrize("anyio_backend", backends, indirect=True)
+
+
+@pytest.fixture
 def anyio_backend(request: pytest.FixtureRequest) -> str | tuple[str, dict[str, Any]]:
-    """Every async test runs under asyncio and trio; on virtual time if marked ``virtual_time``
+    """The backend ``pytest_generate_tests`` chose; on virtual time if marked ``virtual_time``
     (see tests/virtual.py)."""
     name = str(request.param)
     if request.node.get_closest_marker("virtual_time") is None:

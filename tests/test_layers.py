@@ -12,6 +12,7 @@ import its own folder or any lower layer; a folder beside it (the same layer) is
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -90,12 +91,15 @@ def _imports(module: str, path: Path) -> set[str]:
     return found
 
 
-GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}
+@functools.cache
+def _graph() -> dict[str, set[str]]:
+    """Each module's imports (parsed when a test first asks: not in every worker's collection)."""
+    return {module: _imports(module, path) for module, path in MODULES.items()}
 
 
 def _wrong_way() -> list[str]:
     wrong = []
-    for module, targets in GRAPH.items():
+    for module, targets in _graph().items():
         own = _group(module)
         for target in sorted(targets):
             theirs = _group(target)
@@ -118,7 +122,7 @@ def _cycles() -> list[list[str]]:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for target in GRAPH[node]:
+        for target in _graph()[node]:
             if target not in index:
                 visit(target)
                 low[node] = min(low[node], low[target])
@@ -135,7 +139,7 @@ def _cycles() -> list[list[str]]:
             if len(component) > 1:
                 components.append(sorted(component))
 
-    for node in sorted(GRAPH):
+    for node in sorted(_graph()):
         if node not in index:
             visit(node)
     return components
@@ -159,11 +163,11 @@ def test_the_checks_see_an_import_inside_a_function(tmp_path: Path) -> None:
     (tmp_path / "probe.py").write_text(source)
     found = _imports("batchphone.files.probe", tmp_path / "probe.py")
     assert found == {"batchphone.modes.runner"}
-    GRAPH["batchphone.files.probe"] = found
+    _graph()["batchphone.files.probe"] = found
     try:
         assert _wrong_way() == ["batchphone.files.probe -> batchphone.modes.runner (up)"]
     finally:
-        del GRAPH["batchphone.files.probe"]
+        del _graph()["batchphone.files.probe"]
 
 
 def _too_long() -> list[str]:

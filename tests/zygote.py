@@ -8,8 +8,9 @@ each command; the child takes the test's environment, folder and output files, r
 ``batchphone.cli.main`` as ``python -m batchphone`` does, and ends as an interpreter ends
 (``sys.exit``: non-daemon threads joined, atexit handlers run, streams flushed).
 
-The zygote is single-threaded but for polars' allocator and cleanup threads (idle at the fork;
-jemalloc forks safely), and it forks before any run has started a thread pool or an event loop.
+The zygote is single-threaded when it forks: it loads no polars (a CSV run does not import it;
+polars' threads do not survive a fork, so a child that reads XLSX or Parquet imports it after),
+and it forks before any run has started a thread pool or an event loop.
 
 ``python -m tests.zygote`` serves: one JSON request a line on stdin, ``pid N`` back on stdout,
 then ``exit N CODE CPU`` when that child ends (CODE as ``subprocess``: -9 for SIGKILL; CPU its
@@ -57,7 +58,6 @@ PRELOAD = (
     "certifi",
     "httpx",
     "phonenumbers.data.region_US",
-    "polars",
     "structlog",
     "tests.budget_worker",
     "tqdm",
@@ -124,6 +124,8 @@ def _main() -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    assert threading.active_count() == 1, threading.enumerate()  # nothing to lose at a fork
+    assert "polars" not in sys.modules, "polars' threads would not survive the fork"
     gc.freeze()  # what every child shares: its collections need not walk (and copy) it
     request = _serve()
     if request is None:
