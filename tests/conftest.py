@@ -102,6 +102,13 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The browser tests (the longest, about 20-30 s) go first, so that xdist runs them beside the
-    others instead of after them (sorted is stable: the rest keep their order)."""
-    items.sort(key=lambda item: item.get_closest_marker("browser") is None)
+    """The browser test (the longest, 20-30 s) first, then the other ``slow`` ones, which wait
+    on real time (kill -9, signals, windows): xdist hands them out one by one to all workers at
+    the start (``--dist load``), so their waits overlap the CPU-bound rest instead of ending the
+    run (sorted is stable: the rest keep their order)."""
+    items.sort(
+        key=lambda item: (
+            not item.get_closest_marker("browser"),
+            not item.get_closest_marker("slow"),
+        )
+    )

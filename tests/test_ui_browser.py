@@ -28,8 +28,6 @@ from tests.zygote import Forked
 CHROMIUM = next(
     (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
 )
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
@@ -138,6 +136,8 @@ def test_the_whole_fix_in_a_browser(server: dict[str, Any], tmp_path: Path) -> N
         default_region="US",
     )
 
+    # imported here, not at collection: every worker collects this file, one runs it
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         viewport = {"width": 1280, "height": 900}

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import openpyxl  # type: ignore[import-untyped]
 import polars as pl
 import pytest
 
@@ -51,6 +50,8 @@ def _read(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     if suffix == ".parquet":
         return pl.read_parquet(path).to_dicts()
+    import openpyxl  # type: ignore[import-untyped]  # here: not at every worker's collection
+
     sheet = openpyxl.load_workbook(path).active
     assert sheet is not None
     rows = list(sheet.iter_rows(values_only=True))
@@ -125,6 +126,8 @@ def test_xlsx_cells_are_text_header_bold_frozen_filtered_and_fitted(tmp_path: Pa
         _record(2, error_message=long_error, verified_phone=False),
     ]
     write_results(records, out)
+    import openpyxl  # type: ignore[import-untyped]
+
     sheet = openpyxl.load_workbook(out).active
     assert sheet is not None
     header = {cell.value: cell for cell in sheet[1]}
