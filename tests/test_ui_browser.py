@@ -16,14 +16,14 @@ import io
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.zygote import Forked
 
 CHROMIUM = next(
     (found for name in ("chromium", "chromium-browser") if (found := shutil.which(name))), None
@@ -82,8 +82,14 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "ui", "--work-dir", str(work), "--no-browser",
         "--emulator-users", str(users), "--emulator-state", str(state), "--rate", "4/1",
     ]  # fmt: skip
-    # a process of its own, forked from the zygote (tests/zygote.py): no interpreter start-up
-    process = Forked("batchphone", args, dict(os.environ), tmp_path, stderr=log)
+    # the command a user types: the console script, whose page forks its tasks from the
+    # standard library's forkserver (which must not run this script again in each task)
+    script = Path(sys.executable).with_name("batchphone")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "batchphone"]
+    with log.open("wb") as errors:
+        process = subprocess.Popen(
+            [*command, *args], stderr=errors, stdout=subprocess.DEVNULL, cwd=tmp_path
+        )
     try:
         deadline = time.monotonic() + 30
         url = None
@@ -95,7 +101,7 @@ def server(tmp_path: Path) -> Iterator[dict[str, Any]]:
         yield {"url": url, "work": work, "state": state, "phones": phones, "log": log}
     finally:
         process.terminate()
-        process.communicate(timeout=30)
+        process.wait(timeout=30)
 
 
 def _counts(texts: list[str]) -> dict[str, int]:

@@ -1,8 +1,9 @@
 """The page's tasks: each a ``batchphone.ui.worker`` process making public API calls.
 
-A task is a child process, so that Stop is the SIGINT a Ctrl-C sends (the run ends as the CLI's
-does: nothing new is sent, the result file is written) and a run holds its lock like any other
-process. A thread reads the child's JSON lines into the task's state, which the page polls.
+A task is a process of its own (forked by ``ui.launcher``), so that Stop is the SIGINT a Ctrl-C
+sends (the run ends as the CLI's does: nothing new is sent, the result file is written) and a run
+holds its lock like any other process. A thread reads its JSON lines into the task's state, which
+the page polls.
 """
 
 from __future__ import annotations
@@ -11,17 +12,16 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from batchphone.logs import get_logger
 from batchphone.options import flagged
+from batchphone.ui.launcher import Worker
 
 __all__ = ["Task", "Tasks", "page_words"]
 
@@ -37,7 +37,7 @@ class Task:
     kind: str
     out: str | None
     started: float = field(default_factory=time.time)
-    process: subprocess.Popen[str] | None = None
+    process: Worker | None = None
     state: str = "running"  # running, stopping, done, failed
     step: int = 0
     total: int = 0
@@ -127,23 +127,11 @@ class Tasks:
             "config_path": str(self.config_path) if self.config_path else None,
             "steps": steps,
         }
-        fd = os.open(log_path, os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
-        with open(fd, "ab") as errors:
-            task.process = subprocess.Popen(
-                [sys.executable, "-m", "batchphone.ui.worker"],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-                text=True,
-                encoding="utf-8",
-            )
-        assert task.process.stdin is not None and task.process.stdout is not None
-        task.process.stdin.write(json.dumps(spec))
-        task.process.stdin.close()
+        task.process = Worker(spec, log_path)
         self._tasks[task_id] = task
         log.info("ui_task_started", task=task_id, kind=kind)
         thread = threading.Thread(
-            target=self._follow, args=(task, task.process.stdout, on_end), daemon=True
+            target=self._follow, args=(task, task.process.lines(), on_end), daemon=True
         )
         thread.start()
         return task
@@ -163,10 +151,10 @@ class Tasks:
             if task.process is not None:
                 try:
                     task.process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
+                except TimeoutError:
                     task.process.kill()
 
-    def _follow(self, task: Task, lines: TextIO, on_end: Callable[[Task], None]) -> None:
+    def _follow(self, task: Task, lines: Iterator[str], on_end: Callable[[Task], None]) -> None:
         for line in lines:
             try:
                 event = json.loads(line)

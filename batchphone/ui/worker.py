@@ -1,13 +1,15 @@
-"""The process that runs one task of the page: ``python -m batchphone.ui.worker``.
+"""The process that runs one task of the page: forked by ``ui.launcher`` (``run``), or
+``python -m batchphone.ui.worker`` with the spec on stdin (``main``).
 
-It reads one JSON spec on stdin (the ``batchphone ui`` flags, then the API calls to make) and
+It takes one JSON spec (the ``batchphone ui`` flags, then the API calls to make) and
 calls the public API (``batchphone.validate``, ``plan``, ``run``, ``undo``) in its main thread
 with ``handle_signals=True``, so the page's Stop is a SIGINT, exactly as Ctrl-C stops the CLI.
 Each call owns its result file, journal and lock like a CLI run: the CLI can resume or undo it.
 
-On stdout it writes JSON lines for the server: progress (counts by status, never a row's
-content), the canary's verdict, then each call's ``Summary`` or its one-line error. The
-management key is read by ``load_settings`` from the environment or the key file, as the CLI
+To the server (stdout, or the launcher's pipe) it writes JSON lines: progress (counts by
+status, never a row's content), the canary's verdict, then each call's ``Summary`` or its
+one-line error. The management key is read by ``load_settings`` from the environment (the
+server's, which a forked task takes as a started one inherits it) or the key file, as the CLI
 does: it is never in the spec.
 """
 
@@ -19,11 +21,20 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from batchphone.models import RowResult, Summary
 
-__all__ = ["JsonProgress", "main"]
+__all__ = ["JsonProgress", "Out", "main", "run"]
+
+
+class Out(Protocol):
+    """Where the lines go: stdout, or the pipe to the page's server (``ui.launcher``)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 #: log events passed on to the page (their numeric fields only: no personal data)
 _EVENTS = frozenset({"canary_passed", "canary_failed"})
@@ -33,7 +44,7 @@ _EVERY_S = 0.2
 class JsonProgress:
     """The progress protocol as JSON lines: counts by status, at most every 0.2 s."""
 
-    def __init__(self, out: TextIO, step: int) -> None:
+    def __init__(self, out: Out, step: int) -> None:
         self.out = out
         self.step = step
         self.counts: Counter[str] = Counter()
@@ -69,7 +80,7 @@ class JsonProgress:
         self.emit("progress", counts=dict(self.counts), attempts=self.sent)
 
 
-def _capture_events(out: TextIO) -> None:
+def _capture_events(out: Out) -> None:
     """Pass the canary's verdict (a library log event) to the server; drop every other event."""
     import structlog
 
@@ -84,7 +95,7 @@ def _capture_events(out: TextIO) -> None:
     structlog.configure(processors=[forward], cache_logger_on_first_use=False)
 
 
-def _call(step: dict[str, Any], number: int, settings: Any, out: TextIO) -> int:
+def _call(step: dict[str, Any], number: int, settings: Any, out: Out) -> int:
     import batchphone
     from batchphone.api import Target
 
@@ -115,13 +126,17 @@ def _call(step: dict[str, Any], number: int, settings: Any, out: TextIO) -> int:
     return int(summary.exit_code)
 
 
-def main(stdin: TextIO = sys.stdin, out: TextIO = sys.stdout) -> int:
+def main(stdin: TextIO = sys.stdin, out: Out = sys.stdout) -> int:
+    """``python -m batchphone.ui.worker``: the spec on stdin, the lines on stdout."""
+    return run(json.load(stdin), out)
+
+
+def run(spec: dict[str, Any], out: Out) -> int:
     """Run the spec's calls in order; stop at the first that does not end with exit code 0
     or 1 (an error, a stop, a fatal answer)."""
     from batchphone.config import load_settings
     from batchphone.errors import BatchphoneError
 
-    spec = json.load(stdin)
     _capture_events(out)
     number = 0
     try:
