@@ -53,8 +53,6 @@ PRELOAD = (
     "batchphone.modes.runner",
     "batchphone.remote.client",
     "batchphone.render",
-    "batchphone.ui.app",
-    "batchphone.ui.jobs",
     "certifi",
     "httpx",
     "phonenumbers.data.region_US",
