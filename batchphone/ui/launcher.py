@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # no ForkServerContext on Windows
     from multiprocessing.context import ForkServerContext, SpawnContext
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "warm"]
 
 #: What a task imports: loaded once in the forkserver.
 _PRELOAD = ["batchphone.ui.worker", "batchphone.api", "batchphone.modes.runner"]
@@ -41,6 +41,15 @@ def _context() -> ForkServerContext | SpawnContext:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
         return context
+
+
+def warm() -> None:
+    """Start the forkserver now (it imports the worker's modules on its own, in the background):
+    the first task's start would otherwise wait for those imports, on the server's event loop."""
+    if _context().get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 class Worker:

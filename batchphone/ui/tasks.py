@@ -21,7 +21,7 @@ from typing import Any
 
 from batchphone.logs import get_logger
 from batchphone.options import flagged
-from batchphone.ui.launcher import Worker
+from batchphone.ui.launcher import Worker, warm
 
 __all__ = ["Task", "Tasks", "page_words"]
 
@@ -94,6 +94,7 @@ class Tasks:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.Lock()
         self._count = 0
+        warm()  # ready by the first click
 
     def get(self, task_id: str) -> Task | None:
         """The task ``task_id``, if this server started it."""
