@@ -619,6 +619,10 @@ def ui(work_dir: Path, port: int, no_browser: bool, upload_limit: int, **flags: 
     limit = upload_limit * 1_000_000
     options = UiOptions(work_dir, port, flags, config_path=config_path, upload_limit=limit)
     try:
-        serve(options, ready=ready)
+        with _sigterm_as_sigint():  # a scheduler's stop is a Ctrl-C here too
+            serve(options, ready=ready)
     except BatchphoneError as exc:
         _fail(flagged(exc.message), exc.exit_code)
+    except KeyboardInterrupt:  # the server stopped its tasks as Ctrl-C stops a run
+        click.echo("batchphone ui: stopped", err=True)
+        sys.exit(130)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import shutil
 import signal
 import statistics
 import struct
@@ -277,6 +278,9 @@ class EmulatorProcess:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        state, self._state_dir = self._state_dir, None
+        if state is not None:  # the clients' budget log: gone with the emulator it measured
+            shutil.rmtree(state, ignore_errors=True)
         proc, self._proc = self._proc, None
         if proc is None:
             return

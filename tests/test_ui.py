@@ -754,3 +754,38 @@ async def test_a_check_that_fails_names_the_page_s_control_not_a_keyword(tmp_pat
     assert str(view["error"]).endswith(expected)
     assert expected.replace('"', "&#34;") in page
     assert "login_id_column=" not in page
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_the_page_s_server_stops_on_ctrl_c_or_sigterm_with_130(
+    signum: str, tmp_path: Path, samples: Path
+) -> None:
+    """A scheduler's SIGTERM stops ``batchphone ui`` as Ctrl-C does: its tasks are stopped,
+    its forkserver's folder removed, exit 130 (it once died of SIGTERM, leaving them, and said
+    "Aborted!" with exit 1 on Ctrl-C)."""
+    import shutil
+    import signal
+    import tempfile
+
+    from tests.zygote import Forked
+
+    args = ["ui", "--work-dir", str(tmp_path / "work"), "--no-browser"]
+    args += ["--emulator-users", str(samples / "users.csv")]
+    log = tmp_path / "server.log"
+    # its own temporary folder, short enough for the forkserver's socket path
+    temp = Path(tempfile.mkdtemp(prefix="bp-", dir="/tmp"))
+    try:
+        env = {**os.environ, "TMPDIR": str(temp)}
+        server = Forked("batchphone", args, env, tmp_path, stderr=log)
+        deadline = time.monotonic() + 30
+        while "open http" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "open http" in log.read_text(), log.read_text()
+        assert [p.name[:5] for p in temp.iterdir()] == ["pymp-"]  # the forkserver's, warm
+        server.send_signal(getattr(signal, signum))
+        assert server.wait(30) == 130, log.read_text()
+        assert log.read_text().rstrip().endswith("batchphone ui: stopped")
+        assert list(temp.iterdir()) == []  # the forkserver's folder went with the server
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
